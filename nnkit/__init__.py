@@ -1,0 +1,14 @@
+"""nnkit: a CPU neural-network framework for people who watch and steer their training.
+
+Declare layers, feed them, and train either layer by layer (``Feed``, ``ComputeFeature``,
+``ComputeGradient``, ``updater.Update``) or through a model.
+"""
+from . import initializers, layers, schedules, updaters
+from .layers import *  # noqa: F401,F403  (the layers are part of the top-level API)
+from .layers import __all__ as _layer_names
+from .updaters import SGD, AdaDelta, AdaGrad, Adam, Nesterov, RMSProp, Updater
+
+__version__ = "0.1.0"
+
+__all__ = [*_layer_names, "Updater", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam",
+           "initializers", "layers", "schedules", "updaters"]

@@ -1,0 +1,1 @@
+"""Cython kernels: pure compute on typed memoryviews, float32 and float64, GIL released."""

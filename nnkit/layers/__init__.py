@@ -1,0 +1,28 @@
+"""nnkit layers: one module per family, all re-exported here."""
+from .input import Dummy, ImageInput, LabelInput
+from .dense import Dense
+from .convolution import Convolution2D
+from .pooling import MaxPooling2D, AvgPooling2D
+from .normalization import LRN2D
+from .activation import Activation
+from .dropout import Dropout
+from .loss import Loss, Accuracy
+from .base import Layer, Param, set_seed
+
+__all__ = [
+    "Dummy",
+    "ImageInput",
+    "LabelInput",
+    "Dense",
+    "Convolution2D",
+    "MaxPooling2D",
+    "AvgPooling2D",
+    "LRN2D",
+    "Activation",
+    "Dropout",
+    "Loss",
+    "Accuracy",
+    "Layer",
+    "Param",
+    "set_seed",
+]

@@ -1,0 +1,262 @@
+"""The layer contract every nnkit layer follows, and the parameters layers own.
+
+A layer is driven either by a model or by hand, one call at a time (the per-layer API):
+
+    layer.ComputeFeature(source)   # reads source.data, writes layer.data
+    layer.ComputeGradient()        # reads layer.grad, fills param grads and source.grad
+    updater.Update(step, layer)    # applies one update to layer.params
+
+Subclasses implement ``build`` (create params from the input shape), ``forward`` and
+``backward``; this base class does the bookkeeping: source checks, clear errors that name
+the layer, reusable buffers and parameter access.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .. import initializers
+
+DEFAULT_DTYPE = np.float32
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+class Param:
+    """A trainable array with its gradient and its per-parameter settings.
+
+    ``lr_mult`` and ``wd_mult`` scale the updater's learning rate and weight decay for this
+    parameter only (Caffe's ``lr_mult``/``decay_mult``). The full name, ``layer/param``, is
+    what checkpoints and updater state use; it follows the owning layer if that is renamed.
+    """
+
+    def __init__(self, owner: "Layer", name: str, spec: initializers.InitSpec,
+                 lr_mult: float = 1.0, wd_mult: float = 1.0) -> None:
+        self.owner = owner
+        self.name = name
+        self.spec = spec
+        self.lr_mult = float(lr_mult)
+        self.wd_mult = float(wd_mult)
+        self.data: np.ndarray | None = None
+        self.grad: np.ndarray | None = None
+
+    @property
+    def full_name(self) -> str:
+        """``layer_name/param_name``, unique within a model."""
+        return f"{self.owner.name}/{self.name}"
+
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, fan_in: int, fan_out: int,
+                 rng: np.random.Generator) -> None:
+        """Creates ``data`` from the init spec and a zeroed ``grad`` of the same shape."""
+        self.data = initializers.initialize(self.spec, shape, fan_in, fan_out, rng, dtype)
+        self.grad = np.zeros_like(self.data)
+
+    def __repr__(self) -> str:
+        shape = None if self.data is None else self.data.shape
+        return f"Param({self.full_name!r}, shape={shape}, lr_mult={self.lr_mult}, wd_mult={self.wd_mult})"
+
+
+class Layer:
+    """Base class of all layers.
+
+    Attributes:
+        name: the layer's name; a model makes default names unique within itself.
+        data: the output of the last ``ComputeFeature`` (a buffer reused across batches of
+            the same shape: copy it if you keep it).
+        grad: the gradient of the loss with respect to ``data``, set by the layer above
+            (or the loss) during ``ComputeGradient``.
+        params: the trainable parameters, weight first, then bias.
+        training: True in training mode (dropout active), False in evaluation mode.
+        rng: the generator used for parameter init and any random draw of this layer.
+    """
+
+    #: Whether a layer below may need ``grad`` from this layer; input layers set False.
+    accepts_grad = True
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name if name is not None else _snake(type(self).__name__)
+        self.has_explicit_name = name is not None
+        self.data: np.ndarray | None = None
+        self.grad: np.ndarray | None = None
+        self.params: list[Param] = []
+        self.training = True
+        self.rng: np.random.Generator | None = None
+        self.srcs: tuple[Layer, ...] = ()
+        self.input_shape: tuple[int, ...] | None = None  # without the batch axis
+        self.dtype: np.dtype | None = None
+        self._buffers: dict[str, np.ndarray] = {}
+
+    # ----------------------------------------------------------------- description
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def describe(self) -> str:
+        """``Type 'name'``, the prefix of every error this layer raises."""
+        return f"{type(self).__name__} '{self.name}'"
+
+    def error(self, message: str, kind: type[Exception] = ValueError) -> Exception:
+        """An exception whose message names this layer: ``raise self.error(...)``."""
+        return kind(f"{self.describe()}: {message}")
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer (Keras style)."""
+        return {"name": self.name}
+
+    # ----------------------------------------------------------------- mode
+    def train(self, mode: bool = True) -> "Layer":
+        """Puts the layer in training mode (or evaluation mode with ``mode=False``)."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "Layer":
+        """Puts the layer in evaluation mode: dropout passes inputs through unchanged."""
+        return self.train(False)
+
+    # ----------------------------------------------------------------- building
+    @property
+    def built(self) -> bool:
+        """True once ``build`` has fixed the input shape and created the params."""
+        return self.input_shape is not None
+
+    def build(self, input_shape: Sequence[int], dtype: Any = DEFAULT_DTYPE) -> None:
+        """Fixes the per-example input shape and dtype and creates the parameters.
+
+        Called by the first ``ComputeFeature``; a model may call it earlier. Subclasses with
+        parameters override ``create_params``.
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in SUPPORTED_DTYPES:
+            raise self.error(f"dtype {dtype} is not supported (float32 or float64)", TypeError)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.dtype = dtype
+        self.output_shape(self.input_shape)  # validates the input shape early
+        self.create_params(self.input_shape, dtype, self.rng or np.random.default_rng())
+
+    def create_params(self, input_shape: tuple[int, ...], dtype: np.dtype,
+                      rng: np.random.Generator) -> None:
+        """Allocates ``self.params`` for this input shape; layers without params do nothing."""
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-example output shape for a per-example input shape (no batch axis)."""
+        return tuple(input_shape)
+
+    def param_count(self) -> int:
+        """The number of trainable scalars."""
+        return sum(int(p.data.size) for p in self.params if p.data is not None)
+
+    # ----------------------------------------------------------------- the per-layer API
+    def ComputeFeature(self, *srcs: "Layer") -> np.ndarray:
+        """Computes ``self.data`` from the source layer's ``data``."""
+        x = self._source_data(srcs)
+        if not self.built:
+            self.build(x.shape[1:], x.dtype)
+        elif x.shape[1:] != self.input_shape or x.dtype != self.dtype:
+            raise self.error(
+                f"input of shape {x.shape} and dtype {x.dtype} from {srcs[0].describe()} does not "
+                f"match the shape (batch, {', '.join(map(str, self.input_shape))}) and dtype "
+                f"{self.dtype} this layer was built for")
+        self.srcs = srcs
+        self.grad = None
+        self.data = self.forward(x)
+        return self.data
+
+    def ComputeGradient(self) -> None:
+        """Fills each param's ``grad`` and the source layer's ``grad`` from ``self.grad``."""
+        if self.data is None or not self.srcs:
+            raise self.error("ComputeGradient called before ComputeFeature", RuntimeError)
+        if self.grad is None:
+            raise self.error(
+                "has no gradient: call ComputeGradient on the layer above it (or on the loss) first",
+                RuntimeError)
+        if self.grad.shape != self.data.shape:
+            raise self.error(f"gradient of shape {self.grad.shape} does not match the output "
+                             f"shape {self.data.shape}")
+        src = self.srcs[0]
+        dx = self.backward(self.grad, need_input_grad=src.accepts_grad)
+        if src.accepts_grad:
+            src.grad = dx
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Returns the output for a batch ``x``; may keep what ``backward`` needs."""
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Fills param grads from ``dy`` and returns the input gradient (None if not needed)."""
+        raise NotImplementedError
+
+    def GetParams(self) -> list[np.ndarray]:
+        """The parameter arrays, weight then bias (the live arrays, not copies)."""
+        return [p.data for p in self.params]
+
+    def SetParams(self, *arrays: np.ndarray) -> None:
+        """Copies ``arrays`` into the parameters, weight then bias, checking every shape."""
+        if not self.built:
+            raise self.error("SetParams before the layer is built: run ComputeFeature once or "
+                             "call build(input_shape)", RuntimeError)
+        if len(arrays) != len(self.params):
+            raise self.error(f"SetParams got {len(arrays)} arrays, expected {len(self.params)} "
+                             f"({', '.join(p.name for p in self.params)})")
+        for p, a in zip(self.params, arrays):
+            a = np.asarray(a)
+            if a.shape != p.data.shape:
+                raise self.error(f"SetParams: {p.name} has shape {p.data.shape}, got {a.shape}")
+            p.data[...] = a
+
+    # ----------------------------------------------------------------- helpers for subclasses
+    def _source_data(self, srcs: Sequence["Layer"]) -> np.ndarray:
+        if len(srcs) != 1:
+            raise self.error(f"ComputeFeature takes one source layer, got {len(srcs)}", TypeError)
+        src = srcs[0]
+        if not isinstance(src, Layer):
+            raise self.error(f"source must be a Layer, got {type(src).__name__}", TypeError)
+        if src.data is None:
+            raise self.error(f"source {src.describe()} has no data: it was never computed or fed",
+                             RuntimeError)
+        return src.data
+
+    def buffer(self, key: str, shape: tuple[int, ...], dtype: Any | None = None) -> np.ndarray:
+        """A scratch array reused while ``shape`` and ``dtype`` stay the same (uninitialized)."""
+        dtype = np.dtype(dtype or self.dtype)
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype)
+            self._buffers[key] = buf
+        return buf
+
+
+def param_specs(prefix: str, init: str | None, kwargs: dict[str, Any],
+                default: initializers.InitSpec) -> tuple[initializers.InitSpec, float, float]:
+    """Reads ``{prefix}_std``, ``{prefix}_lr`` ... from a layer's keyword arguments.
+
+    Returns the init spec and the lr and wd multipliers. ``init`` applies to the weight
+    (``prefix == 'w'``); without it the kind is inferred from the values given
+    (``w_std``/``w_mean`` mean gaussian, ``w_value`` constant, ``w_low``/``w_high`` uniform).
+    """
+    values = {k: kwargs.pop(f"{prefix}_{k}") for k in ("std", "mean", "low", "high", "value")
+              if f"{prefix}_{k}" in kwargs}
+    lr_mult = float(kwargs.pop(f"{prefix}_lr", 1.0))
+    wd_mult = float(kwargs.pop(f"{prefix}_wd", 1.0))
+    spec = initializers.spec_from(init, values, default)
+    return spec, lr_mult, wd_mult
+
+
+def reject_unknown(layer_type: str, kwargs: dict[str, Any]) -> None:
+    """Raises a TypeError naming every keyword argument a layer does not know."""
+    if kwargs:
+        raise TypeError(f"{layer_type}: unknown argument(s) {', '.join(sorted(kwargs))}")
+
+
+def set_seed(layers: Iterable[Layer], seed: int) -> None:
+    """Gives each layer its own generator, all derived from one ``seed``.
+
+    Layer i always gets the same stream for the same seed, whatever other models exist.
+    """
+    layers = list(layers)
+    children = np.random.SeedSequence(seed).spawn(len(layers))
+    for layer, child in zip(layers, children):
+        layer.rng = np.random.default_rng(child)

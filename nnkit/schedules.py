@@ -1,0 +1,1 @@
+"""Placeholder while the schedules are being written."""
