@@ -1,7 +1,74 @@
-"""Placeholder while this layer family is being written."""
-from .base import Layer
+"""Fully connected layer: ``y = x W^T + b``, one GEMM per batch each way."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import initializers
+from .base import Layer, Param, param_specs, reject_unknown
 
 
 class Dense(Layer):
-    pass
+    """A fully connected layer with ``output_dim`` units.
 
+    Accepts 2-D ``(batch, features)`` or 4-D ``(batch, C, H, W)`` input (flattened).
+    The weight has shape ``(output_dim, input_features)`` and the bias ``(output_dim,)``.
+
+    Parameter options (defaults in brackets): ``init`` ['uniform', i.e. U(-0.05, 0.05)],
+    ``w_low``/``w_high``, ``w_mean``/``w_std``, ``w_value``; the bias the same with ``b_``
+    [constant 0]; ``w_lr``/``b_lr`` learning-rate multipliers and ``w_wd``/``b_wd``
+    weight-decay multipliers [1]. See :mod:`nnkit.initializers` for the init kinds.
+    """
+
+    def __init__(self, output_dim: int, init: str | None = None, bias: bool = True,
+                 name: str | None = None, **param_kwargs: Any) -> None:
+        super().__init__(name)
+        if int(output_dim) < 1:
+            raise self.error(f"output_dim must be positive, got {output_dim}")
+        self.output_dim = int(output_dim)
+        self.init = init
+        self.use_bias = bool(bias)
+        self._param_kwargs = dict(param_kwargs)
+        w_spec, w_lr, w_wd = param_specs("w", init, param_kwargs, initializers.UNIFORM)
+        b_spec, b_lr, b_wd = param_specs("b", None, param_kwargs, initializers.ZERO)
+        reject_unknown("Dense", param_kwargs)
+        self.params = [Param(self, "weight", w_spec, w_lr, w_wd)]
+        if self.use_bias:
+            self.params.append(Param(self, "bias", b_spec, b_lr, b_wd))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"output_dim": self.output_dim, "init": self.init, "bias": self.use_bias,
+                "name": self.name, **self._param_kwargs}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) not in (1, 3):
+            raise self.error(f"expected (batch, features) or (batch, C, H, W) input, got "
+                             f"per-example shape {input_shape}")
+        return (self.output_dim,)
+
+    def create_params(self, input_shape: tuple[int, ...], dtype: np.dtype,
+                      rng: np.random.Generator) -> None:
+        fan_in = int(np.prod(input_shape))
+        shapes = [(self.output_dim, fan_in), (self.output_dim,)]
+        for p, shape in zip(self.params, shapes):
+            p.allocate(shape, dtype, fan_in, self.output_dim, rng)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._x = x.reshape(x.shape[0], -1)
+        y = self.buffer("y", (x.shape[0], self.output_dim))
+        np.matmul(self._x, self.params[0].data.T, out=y)
+        if self.use_bias:
+            y += self.params[1].data
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        weight = self.params[0]
+        np.matmul(dy.T, self._x, out=weight.grad)
+        if self.use_bias:
+            np.sum(dy, axis=0, out=self.params[1].grad)
+        if not need_input_grad:
+            return None
+        dx = self.buffer("dx", self._x.shape)
+        np.matmul(dy, weight.data, out=dx)
+        return dx.reshape((dx.shape[0],) + self.input_shape)
