@@ -1,0 +1,115 @@
+"""Train the MNIST MLP (784-2500-2000-1500-1000-500-10, stanh) layer by layer.
+
+This is nnkit's interactive style: feed a batch, compute every layer's feature, then every
+layer's gradient and update, by hand. Run:
+
+    python examples/train_mnist.py --data-dir ../shared/data --epochs 1
+    python examples/train_mnist.py --data-dir ../shared/data --steps 50     # a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import nnkit
+from nnkit import SGD, Activation, Dense, ImageInput, LabelInput, Loss
+from nnkit.datasets import load_mnist
+
+
+def build_mlp(seed: int | None = 0) -> list[nnkit.Layer]:
+    """The layers of the MLP, input first; ``seed`` fixes the initial weights."""
+    nn = [ImageInput(28, 28)]
+    for width in (2500, 2000, 1500, 1000, 500):
+        nn += [Dense(width, init="uniform"), Activation("stanh")]
+    nn.append(Dense(10, init="uniform"))
+    if seed is not None:
+        nnkit.set_seed(nn, seed)
+    return nn
+
+
+def load(data_dir: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST rows (N, 784) scaled to [0, 1] and labels (N, 1)."""
+    images, labels = load_mnist(data_dir, split)
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0, labels.reshape(-1, 1)
+
+
+def train(nn: list[nnkit.Layer], sgd: nnkit.Updater, x: np.ndarray, y: np.ndarray,
+          bsize: int = 64, epochs: int = 1, steps: int | None = None, disp_freq: int = 100,
+          seed: int = 0) -> int:
+    """The per-layer training loop; returns the number of batches run."""
+    label, loss = LabelInput(), Loss("softmaxloss")
+    order_rng = np.random.default_rng(seed)
+    batches_per_epoch = x.shape[0] // bsize
+    total = steps if steps is not None else epochs * batches_per_epoch
+    step = 0
+    while step < total:
+        order = order_rng.permutation(x.shape[0])  # a fresh shuffle every epoch
+        xs, ys = x[order], y[order]
+        for i in range(min(batches_per_epoch, total - step)):
+            xb, yb = xs[i * bsize:(i + 1) * bsize, :], ys[i * bsize:(i + 1) * bsize, :]
+            nn[0].Feed(xb)
+            label.Feed(yb)
+            for h in range(1, len(nn)):
+                nn[h].ComputeFeature(nn[h - 1])
+            loss.ComputeFeature(nn[-1], label)
+            step += 1
+            if step % disp_freq == 0:
+                print(f"step {step:6d}  lr {sgd.lr:.6f}  ", end="")
+                loss.display()
+            loss.ComputeGradient()
+            for h in range(len(nn) - 1, 0, -1):
+                nn[h].ComputeGradient()
+                sgd.Update(step, nn[h])
+    return step
+
+
+def evaluate(nn: list[nnkit.Layer], x: np.ndarray, y: np.ndarray, bsize: int = 500) -> float:
+    """Test accuracy in evaluation mode (the last batch may be smaller)."""
+    label, loss = LabelInput(), Loss("softmaxloss")
+    for layer in nn:
+        layer.eval()
+    correct = 0.0
+    for start in range(0, x.shape[0], bsize):
+        nn[0].Feed(x[start:start + bsize])
+        label.Feed(y[start:start + bsize])
+        for h in range(1, len(nn)):
+            nn[h].ComputeFeature(nn[h - 1])
+        loss.ComputeFeature(nn[-1], label)
+        correct += loss.accuracy * label.data.shape[0]
+    for layer in nn:
+        layer.train()
+    return correct / x.shape[0]
+
+
+def main(argv: list[str] | None = None) -> float:
+    """Parses the flags, trains, evaluates, and returns the test accuracy."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="folder holding mnist/ (default: $NNKIT_DATA or "
+                        "~/.nnkit/datasets)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--steps", type=int, help="stop after this many batches (overrides --epochs)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--lr-type", default="fixed", help="learning-rate schedule (e.g. fixed, step)")
+    parser.add_argument("--disp-freq", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    x, y = load(args.data_dir, "train")
+    xt, yt = load(args.data_dir, "test")
+    nn = build_mlp(args.seed)
+    sgd = SGD(lr=args.lr, momentum=args.momentum, lr_type=args.lr_type)
+    start = time.perf_counter()
+    steps = train(nn, sgd, x, y, args.batch_size, args.epochs, args.steps, args.disp_freq, args.seed)
+    elapsed = time.perf_counter() - start
+    accuracy = evaluate(nn, xt, yt)
+    print(f"trained {steps} batches of {args.batch_size} in {elapsed:.1f} s "
+          f"({steps * args.batch_size / elapsed:.0f} images/s); test accuracy {accuracy:.4f}")
+    return accuracy
+
+
+if __name__ == "__main__":
+    main()

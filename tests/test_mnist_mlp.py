@@ -1,0 +1,36 @@
+"""The issue's per-layer MLP loop learns real MNIST in one epoch (examples/train_mnist.py)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from nnkit import SGD
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+spec = importlib.util.spec_from_file_location("train_mnist", ROOT / "examples" / "train_mnist.py")
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)
+
+pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs ../shared/data/mnist")
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return example.load(DATA, "train"), example.load(DATA, "test")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("updater, floor", [
+    (lambda: SGD(lr=0.001, lr_type="step"), 0.85),   # the loop's own updater; PyTorch: ~0.88
+    (lambda: SGD(lr=0.01, momentum=0.9), 0.93),      # PyTorch: ~0.94
+])
+def test_one_epoch_reaches_accuracy(mnist, updater, floor):
+    (x, y), (xt, yt) = mnist
+    nn = example.build_mlp(seed=0)
+    steps = example.train(nn, updater(), x, y, bsize=64, epochs=1, disp_freq=10**9)
+    assert steps == 60000 // 64
+    accuracy = example.evaluate(nn, xt, yt)
+    print(f"one epoch: test accuracy {accuracy:.4f}")
+    assert accuracy > floor
