@@ -132,9 +132,10 @@ class Layer:
         dtype = np.dtype(dtype)
         if dtype not in SUPPORTED_DTYPES:
             raise self.error(f"dtype {dtype} is not supported (float32 or float64)", TypeError)
-        self.input_shape = tuple(int(d) for d in input_shape)
+        input_shape = tuple(int(d) for d in input_shape)
+        self.output_shape(input_shape)  # validates before anything is fixed
+        self.input_shape = input_shape
         self.dtype = dtype
-        self.output_shape(self.input_shape)  # validates the input shape early
         self.create_params(self.input_shape, dtype, self.rng or np.random.default_rng())
 
     def create_params(self, input_shape: tuple[int, ...], dtype: np.dtype,
