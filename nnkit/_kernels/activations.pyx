@@ -14,14 +14,8 @@ float32 views call the float libm functions (``expf``): ``exp`` would convert ev
 to double and back.
 """
 from cython cimport floating
-from libc.math cimport exp, expf
 
-
-cdef inline floating _exp(floating v) noexcept nogil:
-    if floating is float:
-        return expf(v)
-    else:
-        return exp(v)
+from ._math cimport fexp as _exp
 
 
 # ---------------------------------------------------------------------------- relu

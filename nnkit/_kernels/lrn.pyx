@@ -1,5 +1,4 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
-# distutils: extra_compile_args = -fno-math-errno
 """Local response normalization kernels, used by :class:`nnkit.layers.LRN2D`.
 
     y = x * scale^-beta,   scale = k + alpha/n * S,   S = sum of x^2 over the window of x

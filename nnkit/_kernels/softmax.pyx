@@ -9,15 +9,10 @@ hit when fewer than ``k`` scores are strictly greater than the label's score, so
 boundary count in the label's favour. A NaN label score is never a hit.
 """
 from cython cimport floating
-from libc.math cimport exp, expf, log
+
+from ._math cimport fexp as _exp
+from libc.math cimport log
 from libc.stdint cimport int64_t
-
-
-cdef inline floating _exp(floating v) noexcept nogil:
-    if floating is float:
-        return expf(v)
-    else:
-        return exp(v)
 
 
 cdef inline bint _in_topk(const floating[:, ::1] x, Py_ssize_t n, int64_t label,

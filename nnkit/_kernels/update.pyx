@@ -1,5 +1,4 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
-# distutils: extra_compile_args = -O3 -fno-math-errno
 """Fused parameter updates: one pass over the weights, the gradient and the slots.
 
 Every function takes 1-D contiguous views of one parameter (``w``, updated in place), its
@@ -9,15 +8,8 @@ type before the loop, so float32 arithmetic matches numpy's on float32 arrays. S
 ``nnkit/updaters.py`` for the formulas; the caller checks that all views have the same length.
 """
 from cython cimport floating
-from libc.math cimport sqrt, sqrtf
 
-
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    # sqrtf for float32 keeps the loop in single precision.
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
+from ._math cimport fsqrt as _sqrt
 
 
 def sgd(floating[::1] w, floating[::1] g, double lr, double wd) -> None:
