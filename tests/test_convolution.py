@@ -1,0 +1,266 @@
+"""Convolution2D and its im2col kernels: gradients, parity with torch, shapes and errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradcheck import Source, check_layer
+from nnkit import initializers
+from nnkit._kernels import im2col as kernels
+from nnkit.layers.convolution import Convolution2D, conv_output_size
+
+
+class NoGradSource(Source):
+    """A source that, like an input layer, takes no gradient."""
+
+    accepts_grad = False
+
+
+def reference_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                   stride: tuple[int, int], pad: tuple[int, int]) -> np.ndarray:
+    """A direct NCHW cross-correlation in numpy: one einsum per kernel tap."""
+    (sh, sw), (ph, pw) = stride, pad
+    f, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh = (xp.shape[2] - kh) // sh + 1
+    ow = (xp.shape[3] - kw) // sw + 1
+    y = np.zeros((x.shape[0], f, oh, ow), dtype=np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+            y += np.einsum("nchw,fc->nfhw", patch, w[:, :, i, j])
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def make_layer(x: np.ndarray, *args, seed: int = 0, **kwargs) -> tuple[Convolution2D, Source]:
+    """A built layer with random weights and bias (the bias defaults to zero otherwise)."""
+    layer = Convolution2D(*args, **kwargs)
+    src = Source(x)
+    layer.ComputeFeature(src)
+    rng = np.random.default_rng(seed)
+    layer.SetParams(*(rng.standard_normal(p.data.shape) for p in layer.params))
+    return layer, src
+
+
+# (C, H, W, F, kernel, stride, pad)
+GRAD_CONFIGS = [
+    (2, 5, 6, 3, 3, 1, 0),
+    (2, 5, 6, 3, 3, 1, 1),
+    (2, 5, 6, 2, (3, 2), 2, 2),
+    (3, 5, 6, 2, (2, 3), (2, 1), (1, 0)),
+    (1, 6, 5, 2, 2, 2, 1),
+]
+
+
+@pytest.mark.parametrize("c,h,w,f,kernel,stride,pad", GRAD_CONFIGS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradient_check(c, h, w, f, kernel, stride, pad, bias):
+    x = np.random.default_rng(1).standard_normal((2, c, h, w))
+    layer, _ = make_layer(x, f, kernel, stride, pad, bias=bias)
+    assert len(layer.params) == (2 if bias else 1)
+    check_layer(layer, x)
+
+
+def test_float64_matches_reference():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 2, 7, 6))
+    layer, src = make_layer(x, 4, (3, 2), (2, 1), (1, 2))
+    y = layer.ComputeFeature(src)
+    assert y.dtype == np.float64 and layer.params[0].data.dtype == np.float64
+    w, b = layer.GetParams()
+    np.testing.assert_allclose(y, reference_conv(x, w, b, (2, 1), (1, 2)), rtol=1e-12, atol=1e-12)
+
+
+def test_default_dtype_is_float32():
+    x = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    layer = Convolution2D(4, 3)
+    y = layer.ComputeFeature(Source(x))
+    assert y.dtype == np.float32
+    assert all(p.data.dtype == np.float32 and p.grad.dtype == np.float32 for p in layer.params)
+
+
+@pytest.mark.parametrize("h,w,kernel,stride,pad,expected", [
+    (32, 32, 5, 1, 2, (32, 32)),
+    (7, 7, 3, 2, 0, (3, 3)),      # (7 - 3) / 2 + 1 = 3
+    (8, 8, 3, 2, 0, (3, 3)),      # (8 - 3) / 2 + 1 = 3.5, floored
+    (8, 9, (3, 2), (2, 3), (1, 0), (4, 3)),  # (8+2-3)//2+1 = 4, (9-2)//3+1 = 3
+    (4, 4, 6, 1, 1, (1, 1)),      # the kernel exactly covers the padded input
+])
+def test_output_size_formula(h, w, kernel, stride, pad, expected):
+    layer = Convolution2D(5, kernel, stride, pad)
+    assert layer.output_shape((2, h, w)) == (5, *expected)
+    x = np.zeros((1, 2, h, w), np.float32)
+    assert layer.ComputeFeature(Source(x)).shape == (1, 5, *expected)
+    assert conv_output_size(h, layer.kernel[0], layer.stride[0], layer.pad[0]) == expected[0]
+
+
+def test_batch_size_change():
+    rng = np.random.default_rng(4)
+    layer = Convolution2D(3, 3, 2, 1, name="c1")
+    for n in (4, 2, 5, 4):
+        x = rng.standard_normal((n, 2, 7, 5))
+        y = layer.ComputeFeature(Source(x))
+        w, b = layer.GetParams()
+        np.testing.assert_allclose(y, reference_conv(x, w, b, (2, 2), (1, 1)), rtol=1e-10,
+                                   atol=1e-12)
+        # db is the sum of dy over batch and positions: it must follow the current batch.
+        layer.grad = rng.standard_normal(y.shape)
+        layer.ComputeGradient()
+        np.testing.assert_allclose(layer.params[1].grad, layer.grad.sum(axis=(0, 2, 3)))
+        assert layer.srcs[0].grad.shape == x.shape
+
+
+def test_need_input_grad_false_leaves_source_alone():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 2, 5, 5))
+    src = NoGradSource(x)
+    layer = Convolution2D(3, 3, 1, 1)
+    layer.ComputeFeature(src)
+    sentinel = np.full_like(x, 7.0)
+    src.grad = sentinel
+    layer.grad = rng.standard_normal(layer.data.shape)
+    layer.ComputeGradient()
+    assert src.grad is sentinel and np.all(sentinel == 7.0)
+    assert "dx" not in layer._buffers and "dcol" not in layer._buffers  # the work was skipped
+    # The param grads are still those of a layer whose source does take gradients.
+    twin = Convolution2D(3, 3, 1, 1)
+    twin.ComputeFeature(Source(x))
+    twin.SetParams(*layer.GetParams())
+    twin.grad = layer.grad
+    twin.ComputeGradient()
+    for p, q in zip(layer.params, twin.params):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12)
+    assert layer.backward(layer.grad, need_input_grad=False) is None
+
+
+def test_errors_name_the_layer():
+    layer = Convolution2D(4, 3, name="conv_a")
+    with pytest.raises(ValueError, match=r"Convolution2D 'conv_a'.*4-D.*\(batch, 5, 6\)"):
+        layer.ComputeFeature(Source(np.zeros((2, 5, 6), np.float32)))
+
+    big = Convolution2D(4, (7, 3), pad=1, name="conv_b")
+    with pytest.raises(ValueError, match=r"Convolution2D 'conv_b'.*\(7, 3\).*padded input \(6, 6\)"):
+        big.ComputeFeature(Source(np.zeros((1, 2, 4, 4), np.float32)))
+
+    # A fresh layer: base.build records the input shape before validating it, so a layer
+    # whose first input was rejected stays built for that bad shape.
+    layer = Convolution2D(4, 3, name="conv_a")
+    layer.ComputeFeature(Source(np.zeros((1, 2, 5, 6), np.float32)))
+    with pytest.raises(ValueError, match=r"Convolution2D 'conv_a'.*w has shape \(4, 2, 3, 3\)"):
+        layer.SetParams(np.zeros((4, 3, 3, 3)), np.zeros(4))
+    with pytest.raises(ValueError, match=r"Convolution2D 'conv_a'.*b has shape \(4,\)"):
+        layer.SetParams(np.zeros((4, 2, 3, 3)), np.zeros(5))
+    with pytest.raises(ValueError, match=r"conv_a.*does not match"):
+        layer.ComputeFeature(Source(np.zeros((1, 3, 5, 6), np.float32)))
+    with pytest.raises(ValueError, match=r"Convolution2D 'conv_a'.*dy of shape \(1, 4, 3, 3\), "
+                                         r"expected \(1, 4, 3, 4\)"):
+        layer.backward(np.zeros((1, 4, 3, 3), np.float32))
+    with pytest.raises(RuntimeError, match=r"conv_c.*before forward"):
+        Convolution2D(2, 3, name="conv_c").backward(np.zeros((1, 2, 3, 3), np.float32))
+
+
+@pytest.mark.parametrize("args,kwargs,kind,pattern", [
+    ((0, 3), {}, ValueError, "nb_filter"),
+    ((4, 0), {}, ValueError, "kernel"),
+    ((4, 3, (1, 0)), {}, ValueError, "stride"),
+    ((4, 3, 1, -1), {}, ValueError, "pad"),
+    ((4, (3, 3, 3)), {}, TypeError, "kernel"),
+    ((4, 3), {"w_sdt": 0.1}, TypeError, "w_sdt"),
+])
+def test_bad_arguments(args, kwargs, kind, pattern):
+    with pytest.raises(kind, match=pattern):
+        Convolution2D(*args, name="bad", **kwargs)
+
+
+def test_param_options_and_config():
+    layer = Convolution2D(32, 5, 1, 2, w_std=0.0001, b_lr=2, name="conv1")
+    layer.rng = np.random.default_rng(0)
+    layer.build((3, 32, 32))
+    w, b = layer.params
+    assert (w.name, w.data.shape, b.name, b.data.shape) == ("w", (32, 3, 5, 5), "b", (32,))
+    assert w.spec == initializers.InitSpec("gaussian", {"std": 0.0001})
+    assert 0.5e-4 < w.data.std() < 1.5e-4 and np.all(b.data == 0)
+    assert (w.lr_mult, b.lr_mult, b.wd_mult) == (1.0, 2.0, 1.0)
+    config = layer.get_config()
+    assert config == {"nb_filter": 32, "kernel": (5, 5), "stride": (1, 1), "pad": (2, 2),
+                      "init": None, "bias": True, "name": "conv1", "w_std": 0.0001, "b_lr": 2}
+    clone = Convolution2D(**config)
+    assert clone.get_config() == config
+
+
+def test_glorot_fans():
+    # glorot_uniform draws from U(-a, a), a = sqrt(6 / (C*kh*kw + F*kh*kw)).
+    layer = Convolution2D(8, (3, 2), init="glorot_uniform")
+    layer.rng = np.random.default_rng(0)
+    layer.build((4, 6, 6))
+    limit = np.sqrt(6.0 / (4 * 6 + 8 * 6))
+    w = layer.params[0].data
+    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.9 * limit
+
+
+def test_im2col_kernel_against_numpy():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    kh, kw, sh, sw, ph, pw = 3, 2, 2, 3, 1, 2
+    oh, ow = conv_output_size(5, kh, sh, ph), conv_output_size(7, kw, sw, pw)
+    col = np.full((3 * kh * kw, 2 * oh * ow), np.nan, np.float32)  # padding must be written
+    kernels.im2col(x, col, kh, kw, sh, sw, ph, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    expected = np.stack([xp[:, c, i:i + sh * oh:sh, j:j + sw * ow:sw].reshape(-1)
+                         for c in range(3) for i in range(kh) for j in range(kw)])
+    np.testing.assert_array_equal(col, expected)
+    # col2im is the adjoint of im2col: <im2col(x), d> == <x, col2im(d)>.
+    d = rng.standard_normal(col.shape).astype(np.float32)
+    dx = np.full_like(x, np.nan)
+    kernels.col2im(d, dx, kh, kw, sh, sw, ph, pw)
+    np.testing.assert_allclose(np.sum(col * d, dtype=np.float64),
+                               np.sum(x * dx, dtype=np.float64), rtol=1e-5)
+    with pytest.raises(ValueError, match="column array has shape"):
+        kernels.im2col(x, np.empty((col.shape[0], col.shape[1] - 1), np.float32),
+                       kh, kw, sh, sw, ph, pw)
+    with pytest.raises(ValueError, match="stride"):
+        kernels.col2im(d, dx, kh, kw, 0, sw, ph, pw)
+
+
+# ----------------------------------------------------------------- parity with torch
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+# (N, C, H, W, F, kernel, stride, pad)
+TORCH_CONFIGS = [
+    (4, 3, 32, 32, 32, 5, 1, 2),      # CIFAR-10 conv1
+    (3, 32, 16, 16, 32, 5, 1, 2),     # CIFAR-10 conv2 (smaller batch)
+    (2, 4, 9, 11, 6, (3, 2), (2, 3), (1, 0)),
+    (2, 3, 8, 8, 5, 3, 2, 1),
+    (1, 2, 5, 5, 3, 5, 1, 0),         # a single output pixel
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,f,kernel,stride,pad", TORCH_CONFIGS)
+def test_torch_parity(torch, n, c, h, w, f, kernel, stride, pad):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    layer, src = make_layer(x, f, kernel, stride, pad, seed=8)
+    y = layer.ComputeFeature(src)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    layer.grad = dy
+    layer.ComputeGradient()
+
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.params[0].data, requires_grad=True)
+    bt = torch.tensor(layer.params[1].data, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=layer.stride, padding=layer.pad)
+    yt.backward(torch.tensor(dy))
+    # atol scales with the size of the sums involved (unit-variance data and weights).
+    scale = np.sqrt(layer.params[0].data[0].size)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(src.grad, xt.grad.numpy(), rtol=1e-4, atol=1e-5 * scale)
+    gscale = np.sqrt(y[:, 0].size)
+    np.testing.assert_allclose(layer.params[0].grad, wt.grad.numpy(), rtol=1e-4,
+                               atol=1e-5 * gscale)
+    np.testing.assert_allclose(layer.params[1].grad, bt.grad.numpy(), rtol=1e-4,
+                               atol=1e-5 * gscale)
