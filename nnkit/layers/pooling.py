@@ -1,11 +1,251 @@
-"""Placeholder while this layer family is being written."""
-from .base import Layer
+"""2-D max and average pooling over NCHW images, with Caffe's output-size rule.
+
+Output size per axis (``ceil_mode=True``, Caffe's and this module's default):
+
+    out = ceil((size + 2 * pad - k) / stride) + 1
+
+and ``floor`` instead of ``ceil`` with ``ceil_mode=False``. With ``ceil_mode`` a last window
+that would start at or beyond ``size + pad`` (entirely in the right padding) is dropped, the
+rule Caffe and PyTorch share; the sizes match PyTorch's ``ceil_mode`` exactly.
+
+Max pooling never picks a padding cell. Average pooling divides by the number of window
+cells inside the padded image ``[-pad, size + pad)`` (Caffe; PyTorch's
+``count_include_pad=True``): in ceil mode a window may reach past ``size + pad`` and those
+cells do not count.
+
+The kernels (``nnkit/_kernels/pooling.pyx``) copy each image into a scratch plane where
+every window is whole and every load contiguous; :class:`_Geometry` builds the index
+tables for that copy once per input shape.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._kernels import pooling as _kernels
+from .base import DEFAULT_DTYPE, Layer
+
+IntPair = int | tuple[int, int]
+
+#: The scratch holds about this many cells (or one plane, if larger): the planes of a
+#: group share its rows, so small images still make long vector loops, and it stays in
+#: the L1 cache.
+_SCRATCH_CELLS = 4096
 
 
-class MaxPooling2D(Layer):
-    pass
+def pooled_size(size: int, k: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """The number of windows along one axis of ``size`` cells (may be < 1: the caller checks)."""
+    span = size + 2 * pad - k
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1  # the last window would lie entirely in the right padding
+    return out
 
 
-class AvgPooling2D(Layer):
-    pass
+def _window_cells(size: int, k: int, stride: int, pad: int, out: int) -> np.ndarray:
+    """Each window's number of cells inside the padded axis ``[-pad, size + pad)``."""
+    first = np.arange(out) * stride - pad
+    return np.minimum(first + k, size + pad) - first
 
+
+class _Geometry:
+    """The kernels' scratch for one input shape and the tables that go with it.
+
+    See ``nnkit/_kernels/pooling.pyx`` for the layout. Tables index the scratch as for the
+    first plane of a group.
+
+    Attributes:
+        count: outputs computed per pass over a row (``group * wq`` rounded up to 4).
+        cells: the scratch's size in cells.
+        src: for each scratch cell, the plane index of the nearest image cell (the argmax).
+        phases: for each phase, the [lo, hi) range of its cells that are image columns.
+        border: (scratch index, plane index of the nearest image cell) of each cell outside
+            the image, which max pooling fills with that copy.
+        dst: for each plane cell, its scratch index, or one in the zero row after the last
+            phase row if no window reads it (average pooling's backward pass).
+        args: the trailing ints every kernel takes: ``kh, kw, sh, sw, ph, pw, wq, group``.
+        window_cells: (out_h, out_w) cells of each window inside the padded image, Caffe's
+            divisor for average pooling.
+    """
+
+    def __init__(self, image: tuple[int, int], out: tuple[int, int], k: tuple[int, int],
+                 stride: tuple[int, int], pad: tuple[int, int]) -> None:
+        (h, w), (kh, kw), (sh, sw), (ph, pw) = image, k, stride, pad
+        wq = out[1] + (kw - 1) // sw
+        rows = (out[0] - 1) * sh + kh
+        group = max(1, _SCRATCH_CELLS // (rows * sw * wq))
+        self.count = -(-group * wq // 4) * 4
+        pitch = self.count + (kw - 1) // sw
+        self.cells = (rows * sw + 1) * pitch
+        self.args = (kh, kw, sh, sw, ph, pw, wq, group)
+        self.window_cells = np.outer(_window_cells(h, kh, sh, ph, out[0]),
+                                     _window_cells(w, kw, sw, pw, out[1]))
+        # Image row of each scratch row, image column of each cell of a phase row.
+        row = (np.arange(rows) - ph)[:, None, None]
+        col = (np.arange(pitch) * sw + np.arange(sw)[:, None] - pw)[None]
+        nearest = (np.clip(row, 0, h - 1) * w + np.clip(col, 0, w - 1)).ravel()
+        inside = ((row >= 0) & (row < h) & (col >= 0) & (col < w)).ravel()
+        mine = np.broadcast_to(np.arange(pitch) < wq, (rows, sw, pitch)).ravel()  # plane 0's
+        self.src = np.ascontiguousarray(nearest, dtype=np.intc)
+        in_col = (col[0, :, :wq] >= 0) & (col[0, :, :wq] < w)
+        lo = np.argmax(in_col, axis=1)  # each phase's image columns are one run
+        self.phases = np.ascontiguousarray(np.stack([lo, lo + in_col.sum(axis=1)], 1),
+                                           dtype=np.intc)
+        outside = np.flatnonzero(mine & ~inside)
+        self.border = np.ascontiguousarray(np.stack([outside, nearest[outside]], 1),
+                                           dtype=np.intc)
+        self.dst = np.full(h * w, rows * sw * pitch, dtype=np.intc)
+        self.dst[nearest[mine & inside]] = np.flatnonzero(mine & inside)
+
+
+def _pair(layer_type: str, arg: str, value: IntPair) -> tuple[int, int]:
+    """``value`` as an (h, w) pair of ints; an int means the same for both axes."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+        raise TypeError(f"{layer_type}: {arg} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class _Pooling2D(Layer):
+    """What max and average pooling share: arguments, output size, scratch geometry."""
+
+    def __init__(self, pool_size: IntPair = (3, 3), stride: IntPair = 2, pad: IntPair = 0,
+                 ceil_mode: bool = True, name: str | None = None) -> None:
+        super().__init__(name)
+        kind = type(self).__name__
+        self.pool_size = _pair(kind, "pool_size", pool_size)
+        self.stride = _pair(kind, "stride", stride)
+        self.pad = _pair(kind, "pad", pad)
+        self.ceil_mode = bool(ceil_mode)
+        if min(self.pool_size) < 1 or min(self.stride) < 1 or min(self.pad) < 0:
+            raise self.error(f"pool_size {self.pool_size} and stride {self.stride} must be >= 1 "
+                             f"and pad {self.pad} >= 0")
+        if any(p >= k for p, k in zip(self.pad, self.pool_size)):
+            # A window could then lie entirely in the padding, with nothing to pool.
+            raise self.error(f"pad {self.pad} must be smaller than pool_size {self.pool_size}")
+        self._geometry: _Geometry | None = None
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer."""
+        return {"pool_size": self.pool_size, "stride": self.stride, "pad": self.pad,
+                "ceil_mode": self.ceil_mode, "name": self.name}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(C, H, W) -> (C, out_h, out_w); raises if the input is not an image or too small."""
+        if len(input_shape) != 3:
+            raise self.error(f"expects 4-D input (batch, channels, height, width), got "
+                             f"{len(input_shape) + 1}-D input (batch, "
+                             f"{', '.join(map(str, input_shape))})")
+        c, h, w = input_shape
+        out = tuple(pooled_size(size, k, s, p, self.ceil_mode)
+                    for size, k, s, p in zip((h, w), self.pool_size, self.stride, self.pad))
+        if min(out) < 1:
+            raise self.error(f"input (C, H, W) = {tuple(input_shape)} is too small for "
+                             f"pool_size {self.pool_size}, stride {self.stride}, pad {self.pad} "
+                             f"(ceil_mode={self.ceil_mode}): output size {out} < 1")
+        return (c, *out)
+
+    def build(self, input_shape: Sequence[int], dtype: Any = DEFAULT_DTYPE) -> None:
+        """Fixes the input shape and builds the scratch tables once for it."""
+        super().build(input_shape, dtype)
+        _, h, w = self.input_shape
+        _, out_h, out_w = self.output_shape(self.input_shape)
+        self._geometry = _Geometry((h, w), (out_h, out_w), self.pool_size, self.stride,
+                                   self.pad)
+
+    def _planes(self, a: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) as (N*C, H, W), the stack of planes the kernels take (free: no copy)."""
+        a = np.ascontiguousarray(a, dtype=self.dtype)
+        return a.reshape(-1, *a.shape[2:])
+
+    def _scratch(self) -> np.ndarray:
+        """The kernels' scratch plane (see ``_Geometry``)."""
+        return self.buffer("scratch", (self._geometry.cells,))
+
+    def _output(self, n: int) -> np.ndarray:
+        """This layer's output buffer for a batch of ``n``."""
+        return self.buffer("y", (n, *self.output_shape(self.input_shape)))
+
+    def _input_grad(self, n: int) -> np.ndarray:
+        """This layer's input-gradient buffer for a batch of ``n``."""
+        return self.buffer("dx", (n, *self.input_shape))
+
+
+class MaxPooling2D(_Pooling2D):
+    """Max pooling: each output is the largest input in its window (padding never wins).
+
+    Args:
+        pool_size: window size, an int or (h, w).
+        stride: window step, an int or (h, w).
+        pad: implicit padding on each side, an int or (h, w); smaller than ``pool_size``.
+        ceil_mode: round the output size up (Caffe, the default) or down.
+        name: the layer's name.
+
+    Ties go to the first maximum in row-major window order; a NaN in a window propagates.
+    Backward routes each output gradient to the input its maximum came from.
+    """
+
+    _argmax: np.ndarray | None = None  # each output's flat index h * W + w in its plane
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Pools ``x`` (N, C, H, W) and remembers where each maximum came from."""
+        g = self._geometry
+        y = self._output(x.shape[0])
+        yp = self._planes(y)
+        self._argmax = self.buffer("argmax", yp.shape, np.intc)
+        _kernels.max_forward(self._planes(x), yp, self._argmax, g.src, g.phases, g.border,
+                             self._scratch(), self.buffer("best", (g.count,)),
+                             self.buffer("where", (g.count,), np.intc), *g.args)
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Routes ``dy`` to the positions of the last forward's maxima."""
+        if not need_input_grad:
+            return None
+        dx = self._input_grad(dy.shape[0])
+        _kernels.max_backward(self._planes(dy), self._argmax, dx.reshape(len(self._argmax), -1))
+        return dx
+
+
+class AvgPooling2D(_Pooling2D):
+    """Average pooling, dividing by the window's cells inside the padded image (Caffe).
+
+    That is PyTorch's ``count_include_pad=True``; in ceil mode the cells of a window past
+    the padding do not count.
+
+    Args:
+        pool_size: window size, an int or (h, w).
+        stride: window step, an int or (h, w).
+        pad: implicit zero padding on each side, an int or (h, w); smaller than ``pool_size``.
+        ceil_mode: round the output size up (Caffe, the default) or down.
+        name: the layer's name.
+    """
+
+    _scale: np.ndarray  # 1 / window_cells, in the layer's dtype
+
+    def build(self, input_shape: Sequence[int], dtype: Any = DEFAULT_DTYPE) -> None:
+        """Also computes each window's 1 / cell count once for this input shape."""
+        super().build(input_shape, dtype)
+        self._scale = np.ascontiguousarray(1.0 / self._geometry.window_cells, dtype=self.dtype)
+
+    def _kernel_args(self) -> tuple[Any, ...]:
+        """The scratch, row buffer, scale and geometry both average kernels end with."""
+        g = self._geometry
+        return (self._scratch(), self.buffer("acc", (g.count,)), self._scale, *g.args)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Averages ``x`` (N, C, H, W) over each window."""
+        y = self._output(x.shape[0])
+        _kernels.avg_forward(self._planes(x), self._planes(y), self._geometry.phases,
+                             *self._kernel_args())
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Spreads each output gradient evenly over its window's counted cells."""
+        if not need_input_grad:
+            return None
+        dx = self._input_grad(dy.shape[0])
+        _kernels.avg_backward(self._planes(dy), self._planes(dx), self._geometry.dst,
+                              *self._kernel_args())
+        return dx
