@@ -5,6 +5,8 @@ Written against the public per-layer API only (``Feed``, ``ComputeFeature``,
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 import nnkit
@@ -57,3 +59,15 @@ def evaluate(nn: list[nnkit.Layer], x: np.ndarray, y: np.ndarray, bsize: int = 5
     for layer in nn:
         layer.train()
     return correct / x.shape[0]
+
+
+def train_and_report(nn: list[nnkit.Layer], sgd: nnkit.Updater, train_data: tuple, test_data: tuple,
+                     bsize: int, epochs: int, steps: int | None, disp_freq: int, seed: int) -> float:
+    """Trains, evaluates on the test set, prints wall time and accuracy; returns the accuracy."""
+    start = time.perf_counter()
+    steps = train(nn, sgd, *train_data, bsize, epochs, steps, disp_freq, seed)
+    elapsed = time.perf_counter() - start
+    accuracy = evaluate(nn, *test_data)
+    print(f"trained {steps} batches of {bsize} in {elapsed:.1f} s "
+          f"({steps * bsize / elapsed:.0f} images/s); test accuracy {accuracy:.4f}")
+    return accuracy

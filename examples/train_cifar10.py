@@ -8,7 +8,6 @@ Inputs have the training-set mean image subtracted, as in Caffe. Run:
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
@@ -16,7 +15,7 @@ import nnkit
 from nnkit import (SGD, LRN2D, Activation, AvgPooling2D, Convolution2D, Dense, ImageInput,
                    MaxPooling2D)
 from nnkit.datasets import load_cifar10
-from perlayer import evaluate, train
+from perlayer import train_and_report
 
 
 def build_cnn(seed: int | None = 0) -> list[nnkit.Layer]:
@@ -63,16 +62,9 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    (x, y), (xt, yt) = load(args.data_dir)
-    nn = build_cnn(args.seed)
-    sgd = make_updater(args.lr)
-    start = time.perf_counter()
-    steps = train(nn, sgd, x, y, args.batch_size, args.epochs, args.steps, args.disp_freq, args.seed)
-    elapsed = time.perf_counter() - start
-    accuracy = evaluate(nn, xt, yt)
-    print(f"trained {steps} batches of {args.batch_size} in {elapsed:.1f} s "
-          f"({steps * args.batch_size / elapsed:.0f} images/s); test accuracy {accuracy:.4f}")
-    return accuracy
+    train_data, test_data = load(args.data_dir)
+    return train_and_report(build_cnn(args.seed), make_updater(args.lr), train_data, test_data,
+                            args.batch_size, args.epochs, args.steps, args.disp_freq, args.seed)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ layer's gradient and update, by hand. Run:
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 import nnkit
 from nnkit import SGD, Activation, Dense, ImageInput
 from nnkit.datasets import load_mnist
-from perlayer import evaluate, train
+from perlayer import train_and_report
 
 
 def build_mlp(seed: int | None = 0) -> list[nnkit.Layer]:
@@ -51,17 +50,10 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    x, y = load(args.data_dir, "train")
-    xt, yt = load(args.data_dir, "test")
     nn = build_mlp(args.seed)
     sgd = SGD(lr=args.lr, momentum=args.momentum, lr_type=args.lr_type)
-    start = time.perf_counter()
-    steps = train(nn, sgd, x, y, args.batch_size, args.epochs, args.steps, args.disp_freq, args.seed)
-    elapsed = time.perf_counter() - start
-    accuracy = evaluate(nn, xt, yt)
-    print(f"trained {steps} batches of {args.batch_size} in {elapsed:.1f} s "
-          f"({steps * args.batch_size / elapsed:.0f} images/s); test accuracy {accuracy:.4f}")
-    return accuracy
+    return train_and_report(nn, sgd, load(args.data_dir, "train"), load(args.data_dir, "test"),
+                            args.batch_size, args.epochs, args.steps, args.disp_freq, args.seed)
 
 
 if __name__ == "__main__":

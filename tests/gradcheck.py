@@ -16,6 +16,19 @@ class Source(Layer):
         self.data = x
 
 
+def run(layer: Layer, x: np.ndarray, dy: np.ndarray | None = None
+        ) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward (and backward with ``dy``) through the per-layer API; returns copies of
+    the output and the input gradient (None without ``dy``)."""
+    src = Source(x)
+    y = layer.ComputeFeature(src).copy()
+    if dy is None:
+        return y, None
+    layer.grad = dy
+    layer.ComputeGradient()
+    return y, src.grad.copy()
+
+
 def numerical_gradient(f: Callable[[], float], array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """d f / d array by central differences, perturbing ``array`` in place."""
     grad = np.zeros_like(array)

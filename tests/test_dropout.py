@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gradcheck import Source, check_layer
+from gradcheck import Source, check_layer, run
 from nnkit.layers import Dropout, set_seed
 
 
@@ -12,17 +12,6 @@ class ReseededDropout(Dropout):
     def forward(self, x):
         self.rng = np.random.default_rng(5)
         return super().forward(x)
-
-
-def run(layer, x, dy=None):
-    """One forward (and backward if dy is given); returns (y, dx) as copies."""
-    src = Source(x)
-    y = layer.ComputeFeature(src).copy()
-    if dy is None:
-        return y, None
-    layer.grad = dy
-    layer.ComputeGradient()
-    return y, src.grad.copy()
 
 
 def test_eval_mode_is_identity_and_copies():

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gradcheck import Source, check_layer
+from gradcheck import Source, check_layer, run
 from nnkit.layers import LRN2D
 
 
@@ -30,18 +30,6 @@ def reference_lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float,
                 s += padded[:, :, i:i + x.shape[2], j:j + x.shape[3]]
         n = size * size
     return x / (k + alpha / n * s) ** beta
-
-
-def run(layer: LRN2D, x: np.ndarray, dy: np.ndarray | None = None
-        ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Forward (and backward with ``dy``) through the per-layer API; returns copies."""
-    src = Source(x)
-    y = layer.ComputeFeature(src).copy()
-    if dy is None:
-        return y, None
-    layer.grad = dy
-    layer.ComputeGradient()
-    return y, src.grad.copy()
 
 
 def randn(shape: tuple[int, ...], dtype: Any = np.float32, seed: int = 0, scale: float = 1.0
@@ -129,7 +117,7 @@ def test_errors_name_the_layer() -> None:
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match=r"LRN2D 'lrn'.*positive integer"):
             LRN2D(bad, name="lrn")
-    with pytest.raises(ValueError, match=r"LRN2D 'lrn'.*4-D input.*\(3, 4\)"):
+    with pytest.raises(ValueError, match=r"LRN2D 'lrn'.*4-D input.*\(batch, 3, 4\)"):
         LRN2D(3, name="lrn").ComputeFeature(Source(np.zeros((2, 3, 4), np.float32)))
     with pytest.raises(RuntimeError, match=r"LRN2D 'lrn'.*before forward"):
         LRN2D(3, name="lrn").backward(np.zeros((1, 2, 2, 2), np.float32))

@@ -146,6 +146,14 @@ class Layer:
         """The per-example output shape for a per-example input shape (no batch axis)."""
         return tuple(input_shape)
 
+    def require_images(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Returns ``(C, H, W)``; raises naming the layer unless the input is a batch of images."""
+        if len(input_shape) != 3:
+            raise self.error(f"expects 4-D input (batch, channels, height, width), got "
+                             f"{len(input_shape) + 1}-D input of shape "
+                             f"(batch, {', '.join(map(str, input_shape))})")
+        return tuple(input_shape)
+
     def param_count(self) -> int:
         """The number of trainable scalars."""
         return sum(int(p.data.size) for p in self.params if p.data is not None)

@@ -92,11 +92,7 @@ class Convolution2D(Layer):
     # ----------------------------------------------------------------- shapes and params
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """(F, OH, OW) for an input (C, H, W); raises naming the layer if it does not fit."""
-        if len(input_shape) != 3:
-            raise self.error(
-                f"expects 4-D input (batch, channels, height, width), got input of shape "
-                f"(batch, {', '.join(map(str, input_shape))})")
-        _, h, w = input_shape
+        _, h, w = self.require_images(input_shape)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
         if oh < 1 or ow < 1:

@@ -86,11 +86,7 @@ class LRN2D(Layer):
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The input shape (C, H, W); raises unless the input is a batch of images."""
-        if len(input_shape) != 3:
-            raise self.error(f"expects 4-D input (batch, channels, height, width), got "
-                             f"per-example shape {tuple(input_shape)} "
-                             f"({len(input_shape) + 1}-D with the batch axis)")
-        return tuple(input_shape)
+        return self.require_images(input_shape)
 
     def _views(self, x: np.ndarray) -> _Views:
         """The kernel arguments for ``x``, with the layer's buffers for this shape.

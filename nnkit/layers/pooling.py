@@ -133,11 +133,7 @@ class _Pooling2D(Layer):
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """(C, H, W) -> (C, out_h, out_w); raises if the input is not an image or too small."""
-        if len(input_shape) != 3:
-            raise self.error(f"expects 4-D input (batch, channels, height, width), got "
-                             f"{len(input_shape) + 1}-D input (batch, "
-                             f"{', '.join(map(str, input_shape))})")
-        c, h, w = input_shape
+        c, h, w = self.require_images(input_shape)
         out = tuple(pooled_size(size, k, s, p, self.ceil_mode)
                     for size, k, s, p in zip((h, w), self.pool_size, self.stride, self.pad))
         if min(out) < 1:
