@@ -1,14 +1,18 @@
 """nnkit: a CPU neural-network framework for people who watch and steer their training.
 
 Declare layers, feed them, and train either layer by layer (``Feed``, ``ComputeFeature``,
-``ComputeGradient``, ``updater.Update``) or through a model.
+``ComputeGradient``, ``updater.Update``) or through a ``Sequential`` model's ``fit``.
 """
-from . import initializers, layers, schedules, updaters
+from . import checkpoint, initializers, layers, schedules, training, updaters
+from .checkpoint import load_model_parameter, save_model_parameter
 from .layers import *  # noqa: F401,F403  (the layers are part of the top-level API)
 from .layers import __all__ as _layer_names
+from .model import Sequential, load
+from .training import Trainer
 from .updaters import SGD, AdaDelta, AdaGrad, Adam, Nesterov, RMSProp, Updater
 
 __version__ = "0.1.0"
 
 __all__ = [*_layer_names, "Updater", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam",
-           "initializers", "layers", "schedules", "updaters"]
+           "Sequential", "load", "Trainer", "save_model_parameter", "load_model_parameter",
+           "checkpoint", "initializers", "layers", "schedules", "training", "updaters"]

@@ -1,0 +1,443 @@
+"""HDF5 checkpoints: save and load nested "trees" of arrays and plain values, atomically.
+
+A *tree* is a dict with string keys whose values are dicts again or leaves:
+
+* numpy arrays of a numeric or bool dtype (any shape, 0-d and empty included) and numpy
+  numeric scalars (``np.float32(0.5)``): stored bit-exactly with their dtype;
+* ``None``, ``bool``, ``int`` (any size, e.g. ``Generator.bit_generator.state``), ``float``
+  (NaN and infinities included), ``str``;
+* lists and tuples of the above (lists of arrays, of dicts, nested lists...).
+
+Tuples come back as lists; everything else comes back with its type (a numpy scalar as a
+numpy scalar, a 0-d array as a 0-d array, dict order preserved).
+
+File layout (inspect with ``h5dump -A file.h5`` or ``h5py``)::
+
+    /                          group: the tree itself; attributes
+                                 format         = kind, e.g. "nnkit.checkpoint"
+                                 format_version = 1 (FORMAT_VERSION)
+                                 nnkit_version  = "0.1.0" (the nnkit that wrote it)
+                                 nnkit_type     = "dict"
+    /<key>                     one HDF5 object per dict entry, named by the escaped key;
+                               every object carries an ``nnkit_type`` attribute:
+        "dict"    group        a nested dict, entries in insertion order (track_order)
+        "list"    group        a list or tuple holding arrays, numpy scalars or dicts; its
+                               items are the objects named "0", "1", ...
+        "array"   dataset      a numpy array, stored as is (dtype, shape, bytes)
+        "scalar"  dataset      a numpy scalar, stored as a 0-d dataset
+        "json"    dataset      any other leaf (None, bool, int, float, str, or a list of
+                               those), as a 0-d fixed-length ASCII string holding JSON
+
+Keys are escaped into HDF5 link names so that any string round-trips exactly: ``%``,
+``/`` and NUL become ``%25``, ``%2F`` and ``%00``; the key ``"."`` becomes ``%2E`` and the
+empty key ``""`` becomes a lone ``%``. A parameter named ``dense/weight`` is therefore
+stored as ``/params/dense%2Fweight``; nothing else is changed.
+
+Safety: loading never runs code from the file. Values are decoded with ``json`` (never
+pickle or eval); datasets of object, variable-length, reference, opaque or compound
+dtype, soft and external links, and objects without a known ``nnkit_type`` are rejected.
+Unknown extra attributes are ignored.
+
+Atomicity: a checkpoint is written to a temporary file in the destination directory,
+fsynced, renamed onto the destination with ``os.replace`` and the directory is fsynced. On
+any error the temporary file is removed and an existing file at the destination is left
+untouched, so a crash or a full disk never leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import operator
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+if TYPE_CHECKING:  # the per-layer functions only read layer.params and names
+    from .layers.base import Layer, Param
+
+__all__ = ["FORMAT_VERSION", "CheckpointError", "CheckpointNotFoundError",  # noqa: RUF022
+           "save_tree", "load_tree", "read_kind", "save_model_parameter", "load_model_parameter"]
+
+#: The layout version written by this code; files with a larger version are refused.
+FORMAT_VERSION = 1
+#: The kind of a general checkpoint (model, updater, trainer state...).
+CHECKPOINT_KIND = "nnkit.checkpoint"
+#: The kind written by :func:`save_model_parameter`.
+PARAMETERS_KIND = "nnkit.parameters"
+
+_TYPE = "nnkit_type"
+_NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex
+_PathLike = str | os.PathLike
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read: unsupported data, wrong or damaged file."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (also a ``FileNotFoundError``)."""
+
+
+class _Invalid(Exception):
+    """Internal: a problem inside a file; the public error adds the file path."""
+
+
+# --------------------------------------------------------------------------- key escaping
+_ESCAPED_CHARS = re.compile(r"[%/\x00]")
+_ESCAPE_SEQUENCE = re.compile(r"%([0-9A-F]{2})")
+
+
+def _escape_key(key: str) -> str:
+    """The HDF5 link name of a dict key (see the module docstring); inverse of _unescape_key."""
+    if key == "":
+        return "%"  # a lone '%' never comes out of the general rule: every '%' is escaped
+    if key == ".":
+        return "%2E"  # HDF5 reads "." as the group itself
+    return _ESCAPED_CHARS.sub(lambda m: f"%{ord(m.group()):02X}", key)
+
+
+def _unescape_key(name: str) -> str:
+    """The dict key of an HDF5 link name written by _escape_key."""
+    if name == "%":
+        return ""
+    return _ESCAPE_SEQUENCE.sub(lambda m: chr(int(m.group(1), 16)), name)
+
+
+# --------------------------------------------------------------------------- writing
+def _is_numpy_number(value: Any) -> bool:
+    return isinstance(value, np.generic) and value.dtype.kind in _NUMERIC_KINDS
+
+
+def _is_json_value(value: Any) -> bool:
+    """True for values stored as one JSON string: plain scalars and lists of them."""
+    if _is_numpy_number(value):
+        return False  # kept as a 0-d dataset so its numpy type survives
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_is_json_value(v) for v in value)
+
+
+def _write_items(group: h5py.Group, items: Iterator[tuple[str, Any]], keypath: str) -> None:
+    for key, value in items:
+        _write_value(group, key, value, f"{keypath}/{key}" if keypath else key)
+
+
+def _write_value(group: h5py.Group, key: Any, value: Any, keypath: str) -> None:
+    """Writes one tree entry as the object ``key`` of ``group``; raises naming ``keypath``."""
+    if not isinstance(key, str):
+        raise CheckpointError(f"cannot save {keypath!r}: dict keys must be str, got "
+                              f"{type(key).__name__} {key!r}")
+    name = _escape_key(key)
+    if isinstance(value, Mapping):
+        sub = group.create_group(name, track_order=True)
+        sub.attrs[_TYPE] = "dict"
+        _write_items(sub, iter(value.items()), keypath)
+    elif isinstance(value, np.ndarray) or _is_numpy_number(value):
+        dtype = np.asarray(value).dtype
+        if dtype.kind not in _NUMERIC_KINDS:
+            raise CheckpointError(f"cannot save {keypath!r}: arrays of dtype {dtype} are not "
+                                  f"supported (numeric or bool dtypes only)")
+        try:
+            ds = group.create_dataset(name, data=np.asarray(value))
+        except TypeError as e:  # a numeric dtype HDF5 has no type for
+            raise CheckpointError(f"cannot save {keypath!r}: dtype {dtype}: {e}") from e
+        ds.attrs[_TYPE] = "array" if isinstance(value, np.ndarray) else "scalar"
+    elif _is_json_value(value):
+        try:
+            text = json.dumps(value, ensure_ascii=True, allow_nan=True)
+        except ValueError as e:  # e.g. an int with more digits than Python converts
+            raise CheckpointError(f"cannot save {keypath!r}: {e}") from e
+        # Fixed-length ASCII, not a variable-length string: the loader can then refuse
+        # every variable-length/object dtype outright.
+        ds = group.create_dataset(name, data=np.bytes_(text.encode("ascii")))
+        ds.attrs[_TYPE] = "json"
+    elif isinstance(value, (list, tuple)):
+        sub = group.create_group(name, track_order=True)
+        sub.attrs[_TYPE] = "list"
+        for i, item in enumerate(value):
+            _write_value(sub, str(i), item, f"{keypath}[{i}]")
+    else:
+        raise CheckpointError(
+            f"cannot save {keypath!r}: unsupported type {type(value).__module__}."
+            f"{type(value).__qualname__} (supported: dict, list, tuple, numeric or bool numpy "
+            f"arrays and scalars, None, bool, int, float, str)")
+
+
+def _new_file_mode(path: str) -> int:
+    """The permissions the checkpoint should get: those of the file it replaces, else the
+    umask default (mkstemp creates 0600 files, which would hide checkpoints from a group)."""
+    with contextlib.suppress(OSError):
+        return os.stat(path).st_mode & 0o777
+    umask = 0o022
+    # Linux exposes the umask without the set-and-restore race of os.umask.
+    with contextlib.suppress(OSError, ValueError), \
+            open("/proc/self/status", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                umask = int(line.split()[1], 8)
+    return 0o666 & ~umask
+
+
+def _fsync_path(path: str) -> None:
+    """fsyncs a file or (where the OS allows opening one) a directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_kind(kind: Any) -> None:
+    if not isinstance(kind, str) or not kind:
+        raise CheckpointError(f"kind must be a non-empty str, got {kind!r}")
+
+
+def save_tree(path: _PathLike, tree: Mapping[str, Any], kind: str = CHECKPOINT_KIND) -> None:
+    """Writes ``tree`` to the HDF5 file ``path`` atomically.
+
+    Args:
+        path: destination; its directory must exist. An existing file is replaced only once
+            the new one is completely written and synced.
+        tree: a dict of the values listed in the module docstring.
+        kind: stored as the ``format`` attribute; :func:`load_tree` checks it.
+
+    Raises:
+        CheckpointError: an unsupported value (the message names its key path, e.g.
+            ``'updater/slots/dense/weight'``); nothing is written then.
+        OSError: the file system failed (disk full...); the previous file is untouched.
+    """
+    from . import __version__  # lazily: nnkit/__init__ may import this module
+
+    _check_kind(kind)
+    if not isinstance(tree, Mapping):
+        raise CheckpointError(f"a checkpoint tree must be a dict, got {type(tree).__name__}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    mode = _new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=directory)
+    os.close(fd)  # h5py opens it by name: its native driver is faster than a file object
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            f.attrs["format"] = kind
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["nnkit_version"] = __version__
+            f.attrs[_TYPE] = "dict"
+            _write_items(f, iter(tree.items()), "")
+        os.chmod(tmp, mode)
+        _fsync_path(tmp)  # the data must be on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            e.add_note(f"while writing the checkpoint {path}")
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+        _fsync_path(directory)
+
+
+# --------------------------------------------------------------------------- reading
+def _str_attr(obj: h5py.HLObject, name: str) -> str | None:
+    """A string attribute, or None when absent or not a string."""
+    value = obj.attrs.get(name)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None
+
+
+def _read_object(obj: h5py.HLObject) -> Any:
+    """Decodes one object written by _write_value (recursively for groups)."""
+    kind = _str_attr(obj, _TYPE)
+    if isinstance(obj, h5py.Group) and kind in ("dict", "list"):
+        names = list(obj)
+        for name in names:
+            link = obj.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):  # soft/external links could reach other files
+                raise _Invalid(f"{obj.name}: {name!r} is a {type(link).__name__}, not an object "
+                               f"written by nnkit")
+        if kind == "dict":
+            return {_unescape_key(name): _read_object(obj[name]) for name in names}
+        if sorted(names, key=lambda n: (len(n), n)) != [str(i) for i in range(len(names))]:
+            raise _Invalid(f"{obj.name}: a list group must hold items '0'..'{len(names) - 1}', "
+                           f"got {names[:10]}")
+        return [_read_object(obj[str(i)]) for i in range(len(names))]
+    if isinstance(obj, h5py.Dataset) and kind in ("array", "scalar", "json"):
+        dtype, shape = obj.dtype, obj.shape
+        if kind == "json":
+            if dtype.kind != "S" or shape != ():
+                raise _Invalid(f"{obj.name}: a json value must be a 0-d fixed-length string, "
+                               f"got dtype {dtype} and shape {shape}")
+            text = bytes(obj[()]).decode("ascii")
+            try:
+                return json.loads(text)
+            except ValueError as e:
+                raise _Invalid(f"{obj.name}: invalid JSON value ({e})") from None
+        # dtype.kind excludes object ('O': vlen, references), void ('V': opaque, compound)
+        if dtype.kind not in _NUMERIC_KINDS or shape is None or (kind == "scalar" and shape):
+            raise _Invalid(f"{obj.name}: {kind} of unsupported dtype {dtype} or shape {shape}")
+        data = obj[()]
+        return data if kind == "scalar" else np.asarray(data)
+    raise _Invalid(f"{obj.name}: a {type(obj).__name__} with {_TYPE}={kind!r} is not "
+                   f"an object written by nnkit")
+
+
+@contextlib.contextmanager
+def _open_checkpoint(path: _PathLike) -> Iterator[tuple[h5py.File, str]]:
+    """Opens ``path`` read-only; yields the file and its kind (``format`` attribute).
+
+    Any failure (missing, not HDF5, truncated, not written by nnkit, unreadable content
+    read inside the block) becomes a CheckpointError naming the path.
+    """
+    shown = os.fspath(path)
+    if not os.path.exists(shown):
+        raise CheckpointNotFoundError(f"{shown}: no such checkpoint file")
+    if os.path.isdir(shown):
+        raise CheckpointError(f"{shown}: is a directory, not a checkpoint file")
+    if os.path.getsize(shown) == 0:
+        raise CheckpointError(f"{shown}: the file is empty, not an nnkit checkpoint")
+    try:
+        if not h5py.is_hdf5(shown):
+            raise _Invalid("not an HDF5 file, so not an nnkit checkpoint")
+        with h5py.File(shown, "r") as f:
+            kind = _str_attr(f, "format")
+            if kind is None:
+                raise _Invalid("an HDF5 file without a 'format' attribute: not written by nnkit")
+            yield f, kind
+    except _Invalid as e:
+        raise CheckpointError(f"{shown}: {e}") from None
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{shown}: cannot read the checkpoint, the file may be truncated "
+                              f"or corrupt ({type(e).__name__}: {e})") from e
+
+
+def read_kind(path: _PathLike) -> str:
+    """The ``format`` attribute of a checkpoint (e.g. ``"nnkit.checkpoint"``), unchecked.
+
+    For tools that accept several kinds; raises CheckpointError if ``path`` is not an
+    nnkit HDF5 file.
+    """
+    with _open_checkpoint(path) as (_, kind):
+        return kind
+
+
+def load_tree(path: _PathLike, kind: str = CHECKPOINT_KIND) -> dict[str, Any]:
+    """Reads a tree written by :func:`save_tree` (arrays fully loaded, the file closed).
+
+    Raises:
+        CheckpointNotFoundError: ``path`` does not exist.
+        CheckpointError: naming ``path``, when it is not an HDF5 file, is truncated or
+            corrupt, was not written by nnkit, is of another ``kind``, has a newer
+            ``format_version`` than :data:`FORMAT_VERSION`, or holds objects nnkit does not
+            write.
+    """
+    _check_kind(kind)
+    with _open_checkpoint(path) as (f, file_kind):
+        if file_kind != kind:
+            raise _Invalid(f"is a {file_kind!r} file, expected {kind!r}")
+        version = f.attrs.get("format_version")
+        if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
+            raise _Invalid(f"format_version {version!r} is not an integer")
+        if version > FORMAT_VERSION:
+            writer = _str_attr(f, "nnkit_version") or "unknown"
+            raise _Invalid(f"format_version {int(version)} was written by a newer nnkit "
+                           f"(version {writer}); this nnkit reads format_version <= "
+                           f"{FORMAT_VERSION}: upgrade nnkit")
+        if version < 1:
+            raise _Invalid(f"unknown format_version {int(version)}")
+        tree = _read_object(f)
+        if not isinstance(tree, dict):
+            raise _Invalid("the root group is not a dict")
+        return tree
+
+
+# --------------------------------------------------------------------------- per-layer API
+def _named_params(layers: Sequence[Layer]) -> dict[str, tuple[Layer, Param]]:
+    """Every param by full name; raises if a layer is not built or a name repeats."""
+    from .layers.base import Layer  # lazily, like save_tree's version import
+
+    found: dict[str, tuple[Layer, Param]] = {}
+    for layer in layers:
+        # Some layers (Convolution2D) only create their Param objects in build, so an empty
+        # ``params`` does not prove there is nothing to save: ask whether the class has any.
+        creates_params = type(layer).create_params is not Layer.create_params
+        if (creates_params and not layer.built) or any(p.data is None for p in layer.params):
+            raise CheckpointError(f"{layer.describe()}: is not built, its parameters have no "
+                                  f"arrays yet: run ComputeFeature once or call "
+                                  f"build(input_shape) first")
+        for p in layer.params:
+            if p.full_name in found:
+                other = found[p.full_name][0]
+                raise CheckpointError(
+                    f"parameter name {p.full_name!r} is used by both {other.describe()} and "
+                    f"{layer.describe()}: give the layers distinct names")
+            found[p.full_name] = (layer, p)
+    return found
+
+
+def save_model_parameter(step: int, path: _PathLike, layers: Sequence[Layer]) -> None:
+    """Saves every parameter of ``layers`` and ``step`` to ``path`` (kind "nnkit.parameters").
+
+    Parameters are stored by ``Param.full_name`` (``layer/param``) under ``/params``, the
+    step as ``/step``; the write is atomic like :func:`save_tree`. Layers must be built and
+    their parameter names unique.
+    """
+    step = operator.index(step)
+    params = _named_params(layers)
+    save_tree(path, {"step": step, "params": {name: p.data for name, (_, p) in params.items()}},
+              kind=PARAMETERS_KIND)
+
+
+def load_model_parameter(path: _PathLike, layers: Sequence[Layer]) -> int:
+    """Loads parameters saved by :func:`save_model_parameter` into ``layers``; returns the step.
+
+    Copies into the layers' existing arrays (in place, cast to the layer's dtype). Every
+    parameter of every layer must be in the file and every parameter in the file must
+    belong to a layer; shapes must match. All of this is checked before anything is
+    copied, so on error the layers are unchanged.
+    """
+    tree = load_tree(path, kind=PARAMETERS_KIND)
+    shown = os.fspath(path)
+    step, saved = tree.get("step"), tree.get("params")
+    if type(step) is not int or not isinstance(saved, dict):
+        raise CheckpointError(f"{shown}: expected an int 'step' and a 'params' group")
+    assign_parameters(saved, layers, shown)
+    return step
+
+
+def assign_parameters(saved: Mapping[str, Any], layers: Sequence[Layer], source: str) -> None:
+    """Copies ``saved`` (full parameter name -> array) into the layers' parameters in place.
+
+    Every parameter of every layer must be in ``saved`` and every entry of ``saved`` must
+    belong to a layer; shapes must match and dtypes convert. All of this is checked before
+    anything is copied, so on error the layers are unchanged. ``source`` names the file in
+    error messages.
+    """
+    params = _named_params(layers)
+    missing = [name for name in params if name not in saved]
+    unknown = [name for name in saved if name not in params]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing from the file: {', '.join(missing)}")
+        if unknown:
+            parts.append(f"in the file but in no layer: {', '.join(unknown)}")
+        raise CheckpointError(f"{source}: parameters do not match the layers ({'; '.join(parts)})")
+    for name, (layer, p) in params.items():
+        array = saved[name]
+        if not isinstance(array, np.ndarray) or array.shape != p.data.shape:
+            shape = array.shape if isinstance(array, np.ndarray) else type(array).__name__
+            raise CheckpointError(f"{source}: parameter {name!r} has shape {shape} in the file "
+                                  f"but {p.data.shape} in {layer.describe()}")
+        if not np.can_cast(array.dtype, p.data.dtype, "same_kind"):
+            raise CheckpointError(f"{source}: parameter {name!r} has dtype {array.dtype} in the "
+                                  f"file, which does not convert to {p.data.dtype}")
+    for name, (_, p) in params.items():
+        p.data[...] = saved[name]

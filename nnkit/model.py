@@ -1,0 +1,413 @@
+"""Sequential: a list of layers with Keras-style compile/fit/evaluate/predict.
+
+A Sequential owns nothing the per-layer API cannot see: ``model.layers`` are ordinary layers
+and ``model.updater`` an ordinary updater, so a user may fit for a while, step layer by layer
+by hand, and fit again. The training loop itself lives in :mod:`nnkit.training`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import checkpoint, layers as layers_module, updaters as updaters_module
+from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, set_seed
+from .layers.input import _InputLayer
+from .training import Callback, History, Trainer
+
+# A stream of the model seed that no layer uses: the data order.
+_SHUFFLE_STREAM = 0x5EED
+
+
+def _registry(module: Any, base: type) -> dict[str, type]:
+    """The public subclasses of ``base`` in ``module``: what configs may name (nothing else)."""
+    return {name: obj for name in module.__all__
+            if isinstance(obj := getattr(module, name), type) and issubclass(obj, base)}
+
+
+def _class_config(obj: Any) -> dict[str, Any]:
+    return {"class_name": type(obj).__name__, "config": obj.get_config()}
+
+
+def _from_class_config(entry: dict[str, Any], registry: dict[str, type], what: str) -> Any:
+    name = entry.get("class_name")
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {', '.join(sorted(registry))}")
+    return registry[name](**entry.get("config", {}))
+
+
+class Sequential:
+    """A linear stack of layers.
+
+    Args:
+        layers: the layers in order; the first may be an input layer (``ImageInput``);
+            otherwise one is made from ``input_shape`` (a 3-tuple gives ``ImageInput``),
+            or from the shape of the first batch seen.
+        name: the model's name.
+        input_shape: the per-example input shape, without the batch axis.
+        seed: drives parameter init, dropout and the data order; None draws fresh entropy.
+    """
+
+    def __init__(self, layers: Iterable[Layer] | None = None, name: str = "sequential",
+                 input_shape: Sequence[int] | None = None, seed: int | None = None) -> None:
+        self.name = name
+        self.seed = seed
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        self.layers: list[Layer] = []
+        self.loss_layer: Loss | None = None
+        # (log name, Accuracy layer or None for the softmax loss's own top-1 accuracy)
+        self.metrics: list[tuple[str, Accuracy | None]] = []
+        self.updater: updaters_module.Updater | None = None
+        self.label_layer: Layer | None = None
+        self.stop_training = False
+        self.trainer: Trainer | None = None
+        self.built = False
+        for layer in layers or []:
+            self.add(layer)
+
+    # ------------------------------------------------------------------ building
+    def add(self, layer: Layer) -> None:
+        """Appends a layer (an input layer only as the first one)."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add takes a Layer, got {type(layer).__name__}")
+        if self.built:
+            raise RuntimeError(f"{self.name}: cannot add {layer.describe()} after the model is built")
+        if isinstance(layer, _InputLayer) and self.layers:
+            raise ValueError(f"{self.name}: input layer {layer.describe()} must come first")
+        if isinstance(layer, (Loss, Accuracy)):
+            raise ValueError(f"{self.name}: give the loss to compile(loss=...), not add()")
+        self.layers.append(layer)
+
+    def compile(self, updater: updaters_module.Updater | None = None, loss: str | Loss = "softmaxloss",
+                metrics: Sequence[str | Accuracy] = ("accuracy",),
+                optimizer: updaters_module.Updater | None = None) -> None:
+        """Sets the updater (``optimizer`` is an alias), the loss and the metrics.
+
+        Metrics: ``'accuracy'`` (top-1, from the softmax loss) and ``Accuracy(topk=k)``
+        layers, logged as ``top{k}_accuracy``.
+        """
+        updater = updater or optimizer or updaters_module.SGD()
+        if not isinstance(updater, updaters_module.Updater):
+            raise TypeError(f"compile: updater must be an nnkit Updater, got {type(updater).__name__}")
+        self.updater = updater
+        self.loss_layer = loss if isinstance(loss, Loss) else Loss(loss, name="loss")
+        self.label_layer = (LabelInput(name="label") if self.loss_layer.lossname == "softmaxloss"
+                            else Dummy(name="target"))
+        self.metrics = []
+        for metric in metrics:
+            if metric in ("accuracy", "acc"):
+                if self.loss_layer.lossname != "softmaxloss":
+                    raise ValueError("compile: 'accuracy' needs the softmax loss")
+                self.metrics.append(("accuracy", None))
+            elif isinstance(metric, Accuracy):
+                self.metrics.append(("accuracy" if metric.topk == 1 else f"top{metric.topk}_accuracy",
+                                     metric))
+            else:
+                raise ValueError(f"compile: unknown metric {metric!r} (use 'accuracy' or Accuracy(topk=k))")
+
+    def build(self, input_shape: Sequence[int] | None = None) -> None:
+        """Creates the input layer if needed, names layers uniquely, seeds and builds them."""
+        if self.built:
+            return
+        if not self.layers:
+            raise ValueError(f"{self.name}: the model has no layers")
+        if not isinstance(self.layers[0], _InputLayer):
+            shape = tuple(input_shape or self.input_shape or ())
+            if not shape:
+                raise ValueError(f"{self.name}: the input shape is unknown: pass input_shape= or "
+                                 "start with an input layer such as ImageInput")
+            self.layers.insert(0, ImageInput(shape[1], shape[2], shape[0]) if len(shape) == 3
+                               else Dummy())
+            self.layers[0].input_shape = shape
+        elif self.layers[0].input_shape is None:  # a Dummy: take the shape given
+            self.layers[0].input_shape = tuple(input_shape or self.input_shape or ())
+        self.input_shape = self.layers[0].input_shape
+        self._name_layers()
+        if self.seed is not None:
+            set_seed(self.layers, self.seed)
+        shape = self.layers[0].output_shape(self.input_shape)
+        dtype = self.layers[0].dtype
+        for layer in self.layers[1:]:
+            if not layer.built:
+                layer.build(shape, dtype)
+            shape = layer.output_shape(shape)
+        self.built = True
+
+    def _name_layers(self) -> None:
+        """Explicit names stay (and must be unique); default names become ``type_k``."""
+        taken: set[str] = set()
+        for layer in self.layers:
+            if layer.has_explicit_name:
+                if layer.name in taken:
+                    raise ValueError(f"{self.name}: two layers are named {layer.name!r}")
+                taken.add(layer.name)
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            if not layer.has_explicit_name:
+                base = layer.name
+                while True:
+                    counts[base] = counts.get(base, 0) + 1
+                    candidate = f"{base}_{counts[base]}"
+                    if candidate not in taken:
+                        break
+                layer.name = candidate
+                layer.has_explicit_name = True
+                taken.add(candidate)
+
+    def _ensure_ready(self, x: np.ndarray) -> None:
+        if self.updater is None or self.loss_layer is None:
+            raise RuntimeError(f"{self.name}: call compile(...) before training or evaluating")
+        if not self.built:
+            self.build(np.asarray(x).shape[1:])
+
+    # ------------------------------------------------------------------ access
+    def get_layer(self, name: str) -> Layer:
+        """The layer called ``name``."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"{self.name} has no layer {name!r}; layers: "
+                       f"{', '.join(l.name for l in self.layers)}")
+
+    def __getitem__(self, key: int | str) -> Layer:
+        return self.get_layer(key) if isinstance(key, str) else self.layers[key]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def params(self) -> list:
+        """Every parameter of every layer, in layer order."""
+        return [p for layer in self.layers for p in layer.params]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of every parameter array, layer by layer, weight then bias."""
+        return [p.data.copy() for p in self.params]
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        """Sets every parameter from a list shaped like ``get_weights()`` (shape-checked)."""
+        params = self.params
+        if len(weights) != len(params):
+            raise ValueError(f"{self.name}: set_weights got {len(weights)} arrays, the model has "
+                             f"{len(params)} parameters")
+        for layer in self.layers:
+            if layer.params:
+                layer.SetParams(*weights[:len(layer.params)])
+                weights = weights[len(layer.params):]
+
+    def summary(self, print_fn: Callable[[str], None] = print) -> None:
+        """Prints every layer's name, type, output shape and parameter count."""
+        if not self.built:
+            self.build()
+        rows = [("Layer (type)", "Output shape", "Params")]
+        shape = self.input_shape
+        for i, layer in enumerate(self.layers):
+            shape = shape if i == 0 else layer.output_shape(shape)
+            rows.append((f"{layer.name} ({type(layer).__name__})", str((None, *shape)),
+                         f"{layer.param_count():,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        line = "-" * (sum(widths) + 4)
+        print_fn(f'Model "{self.name}"')
+        print_fn(line)
+        for j, row in enumerate(rows):
+            print_fn(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}")
+            if j == 0:
+                print_fn(line)
+        print_fn(line)
+        print_fn(f"Total params: {sum(l.param_count() for l in self.layers):,}")
+
+    # ------------------------------------------------------------------ computing
+    def _set_training(self, mode: bool) -> None:
+        for layer in self.layers:
+            layer.training = mode
+
+    def _feed(self, x: np.ndarray) -> None:
+        inp = self.layers[0]
+        if isinstance(inp, ImageInput):
+            inp.Feed(x)
+        else:
+            inp.Feed((len(x), *self.input_shape), x)
+
+    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self._set_training(training)
+        self._feed(x)
+        for below, layer in zip(self.layers, self.layers[1:]):
+            layer.ComputeFeature(below)
+        return self.layers[-1].data
+
+    def _criteria(self, y: np.ndarray) -> dict[str, Any]:
+        label = self.label_layer
+        if isinstance(label, LabelInput):
+            label.Feed(y)
+        else:
+            y = np.asarray(y)
+            label.Feed(y.shape if y.ndim > 1 else (len(y), 1), y)
+        top = self.layers[-1]
+        self.loss_layer.ComputeFeature(top, label)
+        logs: dict[str, Any] = {"size": int(top.data.shape[0]), "loss": self.loss_layer.loss}
+        for name, metric in self.metrics:
+            if metric is None:
+                logs[name] = self.loss_layer.accuracy
+            else:
+                metric.ComputeFeature(top, label)
+                logs[name] = metric.accuracy
+        return logs
+
+    def train_on_batch(self, x: np.ndarray, y: np.ndarray, step: int | None = None) -> dict[str, Any]:
+        """One forward, backward and update on a batch; returns its logs (size, loss, metrics).
+
+        ``step`` is the updater's step (1-based); by default the one after its last.
+        """
+        self._ensure_ready(x)
+        if step is None:
+            step = (self.updater.last_step or 0) + 1
+        self._forward(x, training=True)
+        logs = self._criteria(y)
+        self.loss_layer.ComputeGradient()
+        for layer in reversed(self.layers[1:]):
+            layer.ComputeGradient()
+            self.updater.Update(step, layer)
+        return logs
+
+    def test_on_batch(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """Loss and metrics on one batch in evaluation mode (no update)."""
+        self._ensure_ready(x)
+        self._forward(x, training=False)
+        return self._criteria(y)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32) -> dict[str, float]:
+        """Loss and metrics over ``(x, y)``, averaged over examples."""
+        if len(x) != len(y):
+            raise ValueError(f"evaluate: x has {len(x)} examples but y has {len(y)}")
+        sums: dict[str, float] = {}
+        for start in range(0, len(x), batch_size):
+            logs = self.test_on_batch(x[start:start + batch_size], y[start:start + batch_size])
+            n = logs.pop("size")
+            for key, value in logs.items():
+                if value is not None:
+                    sums[key] = sums.get(key, 0.0) + value * n
+        return {key: value / len(x) for key, value in sums.items()}
+
+    def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The last layer's output for every example (evaluation mode), batch by batch."""
+        if not self.built:
+            self.build(np.asarray(x).shape[1:])
+        outputs = [self._forward(x[start:start + batch_size], training=False).copy()
+                   for start in range(0, len(x), batch_size)]
+        return np.concatenate(outputs)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32, epochs: int | None = None,
+            steps: int | None = None, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+            validation_split: float | tuple[float, int] | None = None, shuffle: bool = True,
+            callbacks: Sequence[Callback] = (), verbose: int = 1, seed: int | None = None,
+            run_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None) -> History:
+        """Trains the model; see :meth:`nnkit.training.Trainer.fit` for ``epochs``/``steps``/``resume``.
+
+        ``seed`` seeds the model (init, dropout, data order) if it has no seed yet.
+        ``run_dir``: a checkpoint is written there when the run ends or is interrupted.
+        """
+        if seed is not None and self.seed is None and not self.built:
+            self.seed = seed
+        self._ensure_ready(x)
+        trainer = self.trainer_for_fit()
+        trainer.user_callbacks = list(callbacks)
+        trainer.verbose = verbose
+        trainer.run_dir = None if run_dir is None else Path(run_dir)
+        return trainer.fit(x, y, batch_size=batch_size, epochs=epochs, steps=steps,
+                           validation_data=validation_data, validation_split=validation_split,
+                           shuffle=shuffle, resume=resume)
+
+    def trainer_for_fit(self) -> Trainer:
+        """The model's Trainer (made on first use; it keeps counters across fit calls)."""
+        if self.trainer is None:
+            seed = None if self.seed is None else np.random.SeedSequence(self.seed, spawn_key=(_SHUFFLE_STREAM,))
+            self.trainer = Trainer(self, seed=seed)
+        return self.trainer
+
+    # ------------------------------------------------------------------ config and checkpoints
+    def get_config(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model (layers, loss, metrics, updater), as plain data."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "layers": [_class_config(layer) for layer in self.layers],
+            "loss": None if self.loss_layer is None else _class_config(self.loss_layer),
+            "metrics": [name if m is None else _class_config(m) for name, m in self.metrics],
+            "updater": None if self.updater is None else _class_config(self.updater),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Sequential":
+        """Rebuilds (and compiles, if the config has a loss) a model from ``get_config()``."""
+        layer_classes = _registry(layers_module, Layer)
+        model = cls([_from_class_config(e, layer_classes, "layer") for e in config["layers"]],
+                    name=config.get("name", "sequential"), input_shape=config.get("input_shape"),
+                    seed=config.get("seed"))
+        if config.get("loss") is not None:
+            metrics = [m if isinstance(m, str) else _from_class_config(m, layer_classes, "metric")
+                       for m in config.get("metrics", [])]
+            updater = None
+            if config.get("updater") is not None:
+                updater = _from_class_config(config["updater"], _registry(updaters_module, updaters_module.Updater),
+                                             "updater")
+            model.compile(updater, _from_class_config(config["loss"], layer_classes, "loss"), metrics)
+        return model
+
+    def checkpoint_tree(self) -> dict[str, Any]:
+        """The model's part of a checkpoint: config, parameters, updater state, layer RNG states."""
+        if not self.built:
+            self.build()
+        return {
+            "config": self.get_config(),
+            "params": {p.full_name: p.data for p in self.params},
+            "updater": None if self.updater is None else self.updater.state_dict(),
+            "rngs": {layer.name: layer.rng.bit_generator.state for layer in self.layers
+                     if layer.rng is not None},
+        }
+
+    def restore_tree(self, tree: dict[str, Any], source: str = "checkpoint") -> None:
+        """Loads parameters, updater state and layer RNG states from a checkpoint tree.
+
+        Parameters are all checked before any is copied; ``source`` names the file in errors.
+        """
+        if not self.built:
+            self.build()
+        checkpoint.assign_parameters(tree.get("params", {}), self.layers, source)
+        if self.updater is not None and tree.get("updater") is not None:
+            self.updater.load_state_dict(tree["updater"])
+        for layer in self.layers:
+            state = tree.get("rngs", {}).get(layer.name)
+            if state is not None:
+                layer.rng = layer.rng or np.random.default_rng()
+                layer.rng.bit_generator.state = state
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes a checkpoint (atomically): model, parameters, updater and training state."""
+        tree = {"model": self.checkpoint_tree(), "trainer": {} if self.trainer is None else self.trainer.state_dict()}
+        checkpoint.save_tree(path, tree)
+
+
+def load_tree_model(tree: dict[str, Any], source: str = "checkpoint") -> Sequential:
+    """Rebuilds a model from a checkpoint tree (no user code needed) and restores its state."""
+    model = Sequential.from_config(tree["model"]["config"])
+    model.build()
+    model.restore_tree(tree["model"], source)
+    return model
+
+
+def load(path: str | os.PathLike) -> Sequential:
+    """Loads a model saved by ``model.save`` or a training checkpoint, ready to fit on.
+
+    The training state (counters, data order, RNGs, history) comes back too, so
+    ``nnkit.load(path).fit(x, y, ...)`` continues where the saved run stopped.
+    """
+    tree = checkpoint.load_tree(path)
+    if "model" not in tree:
+        raise ValueError(f"{path}: not a model checkpoint (it has {', '.join(sorted(tree)) or 'nothing'})")
+    model = load_tree_model(tree, os.fspath(path))
+    trainer = model.trainer_for_fit()
+    trainer.load_state_dict(tree.get("trainer") or {})
+    return model

@@ -1,0 +1,272 @@
+"""The Trainer: runs batches with a safe point between every two of them.
+
+The safe point is the only place where stop requests, signals and (later) remote commands take
+effect, so a model is never changed in the middle of a batch. Everything needed to continue
+exactly lives in ``state_dict()``: counters, the data-order cursor, the RNG states, the epoch's
+running sums and the history; together with the model's own state it makes a checkpoint.
+
+The Trainer is model-agnostic: it needs ``train_on_batch(x, y, step)``, ``evaluate``,
+``updater``, ``stop_training`` and ``checkpoint_tree()``/``restore_tree()`` from the model.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .. import checkpoint
+from .callbacks import Callback, CallbackList, History, ProgressBar, TerminateOnNaN
+
+CHECKPOINT_NAME = "checkpoint.h5"
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, split: float | tuple[float, int]
+                     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Splits off the last ``fraction`` of the examples (after a seeded shuffle if a seed is given).
+
+    ``split`` is a fraction, or ``(fraction, seed)``. Returns ``(train, validation)`` pairs.
+    """
+    fraction, seed = (split, None) if np.isscalar(split) else split
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be a fraction in (0, 1), got {fraction}")
+    n = len(x)
+    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+    cut = n - max(1, int(round(n * fraction)))
+    train_idx, val_idx = order[:cut], order[cut:]
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+
+
+class Trainer:
+    """Trains a model batch by batch; stoppable from any thread, resumable exactly.
+
+    Attributes:
+        current_epoch: index (from 0) of the epoch in progress, or of the next one.
+        batch_cursor: batches already done in the current epoch.
+        example_cursor: examples already done in the current epoch (the data-order cursor;
+            kept in examples so that the batch size may change mid-epoch).
+        global_step: batches done since training began (the updater's step).
+        history: the :class:`History` of epoch logs (continued across fit calls and resumes).
+    """
+
+    def __init__(self, model: Any, callbacks: Iterable[Callback] = (), run_dir: str | os.PathLike | None = None,
+                 verbose: int = 1, seed: int | None = None) -> None:
+        self.model = model
+        self.user_callbacks = list(callbacks)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.verbose = verbose
+        self.current_epoch = 0
+        self.batch_cursor = 0
+        self.example_cursor = 0
+        self.global_step = 0
+        self.batches_in_epoch = 0
+        self.history = History()
+        self._interactive: list[tuple[int, float | None, float | None]] = []
+        self._stop = threading.Event()
+        self.interrupted = False
+        self._shuffle_rng = np.random.default_rng(seed)
+        self._epoch_rng_state: dict | None = None  # shuffle state at the start of the epoch
+        self._epoch_sums: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def updater(self) -> Any:
+        """The model's updater."""
+        return self.model.updater
+
+    @property
+    def current_batch(self) -> int:
+        """Batches done in the current epoch (same as ``batch_cursor``)."""
+        return self.batch_cursor
+
+    def stop(self) -> None:
+        """Asks the run to end after the current batch. Thread-safe; callable from anywhere."""
+        self._stop.set()
+
+    def interactive_data(self) -> list[tuple[int, float | None, float | None]]:
+        """``(epoch, train_error, test_error)`` for every finished epoch (errors = 1 - accuracy)."""
+        return list(self._interactive)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, **kwargs: Any) -> "Trainer":
+        """A Trainer for the model saved in checkpoint ``path``, positioned where it stopped."""
+        from ..model import load_tree_model
+        tree = checkpoint.load_tree(path)
+        trainer = cls(load_tree_model(tree, os.fspath(path)), **kwargs)
+        trainer.load_state_dict(tree.get("trainer", {}))
+        return trainer
+
+    def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32, epochs: int | None = None,
+            steps: int | None = None, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+            validation_split: float | tuple[float, int] | None = None, shuffle: bool = True,
+            resume: str | os.PathLike | None = None) -> History:
+        """Trains on ``(x, y)``; returns the History.
+
+        Without ``resume``, runs ``epochs`` more epochs and/or ``steps`` more batches (whichever
+        ends first; one epoch if neither is given). With ``resume=path`` the checkpoint's
+        model and trainer state are loaded first, and ``epochs``/``steps`` are totals counted
+        from the start of training, so the same call that was interrupted finishes its plan.
+        """
+        if resume is not None:
+            tree = checkpoint.load_tree(resume)
+            self.model.restore_tree(tree["model"], os.fspath(resume))
+            self.load_state_dict(tree.get("trainer", {}))
+            target_epoch, target_step = epochs, steps
+        else:
+            if epochs is None and steps is None:
+                epochs = 1
+            target_epoch = None if epochs is None else self.current_epoch + epochs
+            target_step = None if steps is None else self.global_step + steps
+        if len(x) != len(y):
+            raise ValueError(f"fit: x has {len(x)} examples but y has {len(y)}")
+        if validation_split is not None:
+            if validation_data is not None:
+                raise ValueError("fit: give validation_data or validation_split, not both")
+            (x, y), validation_data = split_validation(x, y, validation_split)
+        if batch_size < 1:
+            raise ValueError(f"fit: batch_size must be positive, got {batch_size}")
+        self._stop.clear()
+        self.interrupted = False
+        self.model.stop_training = False
+
+        callbacks = [TerminateOnNaN()] if not any(isinstance(c, TerminateOnNaN) for c in self.user_callbacks) else []
+        callbacks += [self.history]
+        if self.verbose and not any(isinstance(c, ProgressBar) for c in self.user_callbacks):
+            callbacks.append(ProgressBar())
+        cbs = CallbackList(callbacks + self.user_callbacks, self)
+
+        def finished() -> bool:
+            return ((target_epoch is not None and self.current_epoch >= target_epoch)
+                    or (target_step is not None and self.global_step >= target_step))
+
+        previous_handlers = self._install_signal_handlers()
+        cbs.on_train_begin({})
+        try:
+            while not finished() and not self._stop_requested():
+                order = self._epoch_order(len(x), shuffle)
+                self.batches_in_epoch = self.batch_cursor + math.ceil(
+                    (len(x) - self.example_cursor) / batch_size)
+                cbs.on_epoch_begin(self.current_epoch, {})
+                while self.example_cursor < len(x):
+                    idx = order[self.example_cursor:self.example_cursor + batch_size]
+                    batch = self.batch_cursor
+                    cbs.on_batch_begin(batch, {"batch": batch, "size": len(idx)})
+                    logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
+                    self.global_step += 1
+                    self.batch_cursor += 1
+                    self.example_cursor += len(idx)
+                    logs = {"batch": batch, **logs, "lr": self.updater.lr}
+                    self._accumulate(logs)
+                    cbs.on_batch_end(batch, logs)
+                    if self._stop_requested() or finished():
+                        break
+                if self.example_cursor >= len(x):
+                    self._end_epoch(cbs, validation_data, batch_size)
+            if self.run_dir is not None:
+                self.save_checkpoint(self.run_dir / CHECKPOINT_NAME)
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+            cbs.on_train_end({})
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, data-order cursor, RNG states, epoch sums and history (no model state)."""
+        return {
+            "current_epoch": self.current_epoch,
+            "batch_cursor": self.batch_cursor,
+            "example_cursor": self.example_cursor,
+            "global_step": self.global_step,
+            "shuffle_rng": self._shuffle_rng.bit_generator.state,
+            "epoch_rng": self._epoch_rng_state,
+            "epoch_sums": dict(self._epoch_sums),
+            "history": self.history.state_dict(),
+            "interactive": [list(row) for row in self._interactive],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what ``state_dict`` returned."""
+        self.current_epoch = int(state.get("current_epoch", 0))
+        self.batch_cursor = int(state.get("batch_cursor", 0))
+        self.example_cursor = int(state.get("example_cursor", 0))
+        self.global_step = int(state.get("global_step", 0))
+        if state.get("shuffle_rng") is not None:
+            self._shuffle_rng.bit_generator.state = state["shuffle_rng"]
+        self._epoch_rng_state = state.get("epoch_rng")
+        self._epoch_sums = dict(state.get("epoch_sums") or {})
+        self.history.load_state_dict(state.get("history") or {})
+        self._interactive = [tuple(row) for row in state.get("interactive") or []]
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Writes model and trainer state to ``path`` atomically; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_tree(path, {"model": self.model.checkpoint_tree(), "trainer": self.state_dict()})
+        return path
+
+    # ------------------------------------------------------------------ internals
+    def _stop_requested(self) -> bool:
+        return self._stop.is_set() or bool(getattr(self.model, "stop_training", False))
+
+    def _epoch_order(self, n: int, shuffle: bool) -> np.ndarray:
+        """The example order of the current epoch, rebuilt identically when resuming mid-epoch."""
+        if self.example_cursor >= n:  # the data changed size: the old epoch cannot continue
+            self.batch_cursor = self.example_cursor = 0
+        if self.example_cursor == 0:
+            self._epoch_rng_state = self._shuffle_rng.bit_generator.state
+            self._epoch_sums = {}
+        elif self._epoch_rng_state is not None:
+            self._shuffle_rng.bit_generator.state = self._epoch_rng_state
+        if not shuffle:
+            return np.arange(n)
+        return self._shuffle_rng.permutation(n)
+
+    def _accumulate(self, logs: dict[str, Any]) -> None:
+        n = logs.get("size", 1)
+        sums = self._epoch_sums
+        sums["_count"] = sums.get("_count", 0) + n
+        for key, value in logs.items():
+            if key not in ("batch", "size", "lr") and value is not None:
+                sums[key] = sums.get(key, 0.0) + float(value) * n
+
+    def _end_epoch(self, cbs: CallbackList, validation_data, batch_size: int) -> None:
+        count = self._epoch_sums.get("_count", 0) or 1
+        logs = {k: v / count for k, v in self._epoch_sums.items() if k != "_count"}
+        logs["lr"] = self.updater.lr
+        if validation_data is not None:
+            cbs.on_test_begin({})
+            val = self.model.evaluate(*validation_data, batch_size=batch_size)
+            cbs.on_test_end(val)
+            logs.update({f"val_{k}": v for k, v in val.items()})
+        train_acc, val_acc = logs.get("accuracy"), logs.get("val_accuracy")
+        self._interactive.append((self.current_epoch,
+                                  None if train_acc is None else 1.0 - train_acc,
+                                  None if val_acc is None else 1.0 - val_acc))
+        cbs.on_epoch_end(self.current_epoch, logs)
+        self.current_epoch += 1
+        self.batch_cursor = self.example_cursor = 0
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """First Ctrl-C (or SIGTERM) stops at the next safe point; a second Ctrl-C aborts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def first(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            self._stop.set()
+            if signum == signal.SIGINT:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, first)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
