@@ -1,9 +1,11 @@
-"""Train the CIFAR-10 CNN (Caffe's cifar10_full shape: conv-pool-LRN x3, dense) layer by layer.
+"""Train the CIFAR-10 CNN (Caffe's cifar10_full shape: conv-pool-LRN x3, dense) on real CIFAR-10.
 
-Inputs have the training-set mean image subtracted, as in Caffe. Run:
+Inputs have the training-set mean image subtracted, as in Caffe. The default is the per-layer
+loop (examples/common.py); ``--fit`` trains through ``Sequential.fit``. Run:
 
     python examples/train_cifar10.py --data-dir ../shared/data --epochs 1
     python examples/train_cifar10.py --data-dir ../shared/data --steps 20     # a quick check
+    python examples/train_cifar10.py --data-dir ../shared/data --fit --epochs 10 --run-dir runs/cifar
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import numpy as np
 import nnkit
 from nnkit import (SGD, LRN2D, Activation, AvgPooling2D, Convolution2D, Dense, ImageInput,
                    MaxPooling2D)
-from nnkit.datasets import load_cifar10
-from perlayer import train_and_report
+from common import add_flags, run
+from nnkit.datasets import load_cifar10, mean_image, subtract_mean
 
 
 def build_cnn(seed: int | None = 0) -> list[nnkit.Layer]:
@@ -44,27 +46,17 @@ def load(data_dir: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.
     """Train and test images (N, 3, 32, 32) minus the training mean image, labels (N, 1)."""
     x, y = load_cifar10(data_dir, "train")
     xt, yt = load_cifar10(data_dir, "test")
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    return ((x.astype(np.float32) - mean, y.reshape(-1, 1)),
-            (xt.astype(np.float32) - mean, yt.reshape(-1, 1)))
+    mean = mean_image(x)
+    return (subtract_mean(x, mean), y.reshape(-1, 1)), (subtract_mean(xt, mean), yt.reshape(-1, 1))
 
 
 def main(argv: list[str] | None = None) -> float:
     """Parses the flags, trains, evaluates, and returns the test accuracy."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="folder holding cifar10/ (default: $NNKIT_DATA or "
-                        "~/.nnkit/datasets)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--steps", type=int, help="stop after this many batches (overrides --epochs)")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, help="a fixed learning rate instead of the manual schedule")
-    parser.add_argument("--disp-freq", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    add_flags(parser, batch_size=100, lr=None)  # no --lr: the issue's manual schedule
     args = parser.parse_args(argv)
-
     train_data, test_data = load(args.data_dir)
-    return train_and_report(build_cnn(args.seed), make_updater(args.lr), train_data, test_data,
-                            args.batch_size, args.epochs, args.steps, args.disp_freq, args.seed)
+    return run(args, build_cnn(args.seed), make_updater(args.lr), train_data, test_data)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import checkpoint, layers as layers_module, updaters as updaters_module
-from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, set_seed
+from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, name_layers, set_seed
 from .layers.input import _InputLayer
 from .training import Callback, History, Trainer
 
@@ -124,7 +124,7 @@ class Sequential:
         elif self.layers[0].input_shape is None:  # a Dummy: take the shape given
             self.layers[0].input_shape = tuple(input_shape or self.input_shape or ())
         self.input_shape = self.layers[0].input_shape
-        self._name_layers()
+        name_layers(self.layers, self.name)
         if self.seed is not None:
             set_seed(self.layers, self.seed)
         shape = self.layers[0].output_shape(self.input_shape)
@@ -134,27 +134,6 @@ class Sequential:
                 layer.build(shape, dtype)
             shape = layer.output_shape(shape)
         self.built = True
-
-    def _name_layers(self) -> None:
-        """Explicit names stay (and must be unique); default names become ``type_k``."""
-        taken: set[str] = set()
-        for layer in self.layers:
-            if layer.has_explicit_name:
-                if layer.name in taken:
-                    raise ValueError(f"{self.name}: two layers are named {layer.name!r}")
-                taken.add(layer.name)
-        counts: dict[str, int] = {}
-        for layer in self.layers:
-            if not layer.has_explicit_name:
-                base = layer.name
-                while True:
-                    counts[base] = counts.get(base, 0) + 1
-                    candidate = f"{base}_{counts[base]}"
-                    if candidate not in taken:
-                        break
-                layer.name = candidate
-                layer.has_explicit_name = True
-                taken.add(candidate)
 
     def _ensure_ready(self, x: np.ndarray) -> None:
         if self.updater is None or self.loss_layer is None:

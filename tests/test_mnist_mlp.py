@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 spec = importlib.util.spec_from_file_location("train_mnist", ROOT / "examples" / "train_mnist.py")
 example = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(example)
-import perlayer  # noqa: E402  (examples/ is on the path now)
+import common  # noqa: E402  (examples/ is on the path now)
 
 pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs ../shared/data/mnist")
 
@@ -32,8 +32,8 @@ def mnist():
 def test_one_epoch_reaches_accuracy(mnist, updater, floor):
     (x, y), (xt, yt) = mnist
     nn = example.build_mlp(seed=0)
-    steps = perlayer.train(nn, updater(), x, y, bsize=64, epochs=1, disp_freq=10**9)
+    steps = common.train_per_layer(nn, updater(), x, y, bsize=64, epochs=1, disp_freq=10**9)
     assert steps == 60000 // 64
-    accuracy = perlayer.evaluate(nn, xt, yt)
+    accuracy = common.evaluate_per_layer(nn, xt, yt)
     print(f"one epoch: test accuracy {accuracy:.4f}")
     assert accuracy > floor

@@ -1,11 +1,17 @@
 """Datasets: MNIST, Fashion-MNIST and CIFAR-10 readers with a cache dir and verified download.
 
 Every loader takes ``data_dir`` (default ``$NNKIT_DATA`` or ``~/.nnkit/datasets``) and a
-``split`` ('train' or 'test') and returns uint8 images (N, C, H, W or N, H, W) and labels.
+``split`` ('train' or 'test') and returns uint8 images (N, C, H, W or N, H, W) and labels;
+``load(name, ...)`` picks the loader by name. CIFAR-10 is read from the binary version or, through
+a restricted unpickler, the python version. ``preprocessing`` has the normalization helpers
+(``scale``, ``mean_image``, ``subtract_mean``, ``channel_stats``, ``standardize``).
 """
 from ._files import default_data_dir
-from .cifar import load_cifar10, read_cifar_bin
+from .cifar import load_cifar10, read_cifar_bin, read_cifar_py
 from .mnist import load_fashion_mnist, load_mnist, read_idx
+from .preprocessing import channel_stats, mean_image, scale, standardize, subtract_mean
+from .registry import DATASETS, load
 
-__all__ = ["default_data_dir", "load_mnist", "load_fashion_mnist", "load_cifar10", "read_idx",
-           "read_cifar_bin"]
+__all__ = ["default_data_dir", "load", "DATASETS", "load_mnist", "load_fashion_mnist",
+           "load_cifar10", "read_idx", "read_cifar_bin", "read_cifar_py", "scale", "mean_image",
+           "subtract_mean", "channel_stats", "standardize"]

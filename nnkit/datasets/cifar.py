@@ -1,17 +1,27 @@
-"""CIFAR-10, binary version: records of <1 label byte><3072 bytes R, G, B planes of 32x32>."""
+"""CIFAR-10, binary or python version.
+
+Binary version (``cifar-10-batches-bin``): records of <1 label byte><3072 bytes R, G, B planes
+of 32x32>. Python version (``cifar-10-batches-py``): one pickled dict per batch with ``b'data'``
+(uint8 (N, 3072), same R, G, B plane order) and ``b'labels'`` (list of ints), read through a
+restricted unpickler that refuses anything but numpy arrays and plain types.
+"""
 from __future__ import annotations
 
 import gzip
 import os
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ._files import dataset_dir
 from . import _files
+from .safe_pickle import restricted_load_path
 
-RECORD = 1 + 3 * 32 * 32
+PIXELS = 3 * 32 * 32
+RECORD = 1 + PIXELS
+NUM_CLASSES = 10
 TRAIN_BATCHES = [f"data_batch_{i}.bin" for i in range(1, 6)]
 TEST_BATCHES = ["test_batch.bin"]
 ARCHIVE = "cifar-10-binary.tar.gz"
@@ -33,10 +43,57 @@ def read_cifar_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].copy()
 
 
-def _batch_path(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / name, folder / (name + ".gz"), folder / "cifar-10-batches-bin" / name):
+def read_cifar_py(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One python-version batch (a pickle such as ``data_batch_1``): images (N, 3, 32, 32) uint8,
+    labels (N,) uint8.
+
+    A pickle naming any global other than what numpy arrays need is refused with
+    ``pickle.UnpicklingError`` before anything in it runs; a harmless pickle of the wrong layout
+    is a ``ValueError`` naming the path and what was found.
+    """
+    path = Path(path)
+    batch = restricted_load_path(path)
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got "
+                         f"{type(batch).__name__}")
+    data, labels = _field(batch, "data", path), _field(batch, "labels", path)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == PIXELS):
+        got = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
+               else type(data).__name__)
+        raise ValueError(f"{path}: b'data' must be a uint8 array of shape (N, {PIXELS}), got {got}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: b'labels' must be {len(data)} integers (one per row of b'data' "
+                         f"{data.shape}), got {labels.dtype} of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise ValueError(f"{path}: labels must be in 0..{NUM_CLASSES - 1}, got "
+                         f"{labels.min()}..{labels.max()}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.uint8)
+
+
+def _field(batch: dict, key: str, path: Path) -> object:
+    """``batch[b'key']`` (Python-2 pickles read with encoding='bytes') or ``batch['key']``."""
+    for k in (key.encode(), key):
+        if k in batch:
+            return batch[k]
+    raise ValueError(f"{path}: no {key.encode()!r} in the pickled dict "
+                     f"(keys: {sorted(map(repr, batch))})")
+
+
+Reader = Callable[[Path], tuple[np.ndarray, np.ndarray]]
+
+
+def _batch_path(folder: Path, name: str) -> tuple[Path, Reader] | None:
+    """The file of batch ``name`` ('data_batch_1.bin') and its reader: binary first, then python."""
+    stem = name[:-len(".bin")]
+    candidates = [(folder / name, read_cifar_bin), (folder / (name + ".gz"), read_cifar_bin),
+                  (folder / "cifar-10-batches-bin" / name, read_cifar_bin),
+                  (folder / stem, read_cifar_py),
+                  (folder / "cifar-10-batches-py" / stem, read_cifar_py)]
+    for candidate, reader in candidates:
         if candidate.is_file():
-            return candidate
+            return candidate, reader
     return None
 
 
@@ -56,8 +113,11 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "train"
                  download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 images (N, 3, 32, 32) uint8 and labels (N,) uint8 of 'train' or 'test'.
 
-    With ``download=True`` a missing batch is fetched through the official
-    ``cifar-10-binary.tar.gz`` (checksum verified) and its batch files are copied out.
+    Each batch is read from the binary version if present (``data_batch_1.bin``, ``.bin.gz``, or
+    ``cifar-10-batches-bin/``), else from the python version (``data_batch_1`` or
+    ``cifar-10-batches-py/data_batch_1``, through the restricted unpickler). With
+    ``download=True`` a missing batch is fetched through the official ``cifar-10-binary.tar.gz``
+    (checksum verified) and its batch files are copied out.
     """
     if split not in ("train", "test"):
         raise ValueError(f"CIFAR-10: split must be 'train' or 'test', got {split!r}")
@@ -70,10 +130,12 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "train"
         _extract_from_archive(archive, folder)
     parts = []
     for name in names:
-        path = _batch_path(folder, name)
-        if path is None:
+        found = _batch_path(folder, name)
+        if found is None:
             raise FileNotFoundError(
-                f"CIFAR-10: {name} (or {name}.gz) not in {folder}. Pass data_dir= (or --data-dir, "
-                "or set NNKIT_DATA) to a folder that holds it, or download=True")
-        parts.append(read_cifar_bin(path))
+                f"CIFAR-10: {name} (or {name}.gz, or the python-version {name[:-4]}) not in "
+                f"{folder}. Pass data_dir= (or --data-dir, or set NNKIT_DATA) to a folder that "
+                "holds it, or download=True")
+        path, reader = found
+        parts.append(reader(path))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

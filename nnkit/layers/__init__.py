@@ -7,7 +7,7 @@ from .normalization import LRN2D
 from .activation import Activation
 from .dropout import Dropout
 from .loss import Loss, Accuracy
-from .base import Layer, Param, set_seed
+from .base import Layer, Param, name_layers, set_seed
 
 __all__ = [
     "Dummy",
@@ -24,5 +24,6 @@ __all__ = [
     "Accuracy",
     "Layer",
     "Param",
+    "name_layers",
     "set_seed",
 ]

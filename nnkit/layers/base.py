@@ -260,6 +260,32 @@ def reject_unknown(layer_type: str, kwargs: dict[str, Any]) -> None:
         raise TypeError(f"{layer_type}: unknown argument(s) {', '.join(sorted(kwargs))}")
 
 
+def name_layers(layers: Sequence[Layer], owner: str = "model") -> None:
+    """Makes names unique within ``layers``: explicit names stay, default ones become ``type_k``.
+
+    ``k`` counts per type within this list only, so building a second model never shifts the
+    names of the first. Raises ValueError naming ``owner`` if two explicit names collide.
+    """
+    taken: set[str] = set()
+    for layer in layers:
+        if layer.has_explicit_name:
+            if layer.name in taken:
+                raise ValueError(f"{owner}: two layers are named {layer.name!r}")
+            taken.add(layer.name)
+    counts: dict[str, int] = {}
+    for layer in layers:
+        if not layer.has_explicit_name:
+            base = layer.name
+            while True:
+                counts[base] = counts.get(base, 0) + 1
+                candidate = f"{base}_{counts[base]}"
+                if candidate not in taken:
+                    break
+            layer.name = candidate
+            layer.has_explicit_name = True
+            taken.add(candidate)
+
+
 def set_seed(layers: Iterable[Layer], seed: int) -> None:
     """Gives each layer its own generator, all derived from one ``seed``.
 
