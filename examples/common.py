@@ -112,8 +112,10 @@ def run(args: argparse.Namespace, nn: list[nnkit.Layer], sgd: nnkit.Updater,
     if args.fit:
         model = Sequential(nn, seed=args.seed)
         model.compile(sgd, "softmaxloss", ["accuracy"])
+        # Test error after every epoch, to watch; the final number below is the same evaluation.
         model.fit(x, y, batch_size=args.batch_size, epochs=None if args.steps else args.epochs,
-                  steps=args.steps, run_dir=args.run_dir, resume=args.resume, verbose=1)
+                  steps=args.steps, validation_data=(xt, yt), run_dir=args.run_dir,
+                  resume=args.resume, verbose=1)
         steps = model.trainer.global_step
         accuracy = model.evaluate(xt, yt, batch_size=500)["accuracy"]
     else:

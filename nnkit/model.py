@@ -15,7 +15,7 @@ import numpy as np
 from . import checkpoint, layers as layers_module, updaters as updaters_module
 from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, name_layers, set_seed
 from .layers.input import _InputLayer
-from .training import Callback, History, Trainer
+from .training import Callback, History, Trainer, TrainingRun
 
 # A stream of the model seed that no layer uses: the data order.
 _SHUFFLE_STREAM = 0x5EED
@@ -281,11 +281,15 @@ class Sequential:
             steps: int | None = None, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
             validation_split: float | tuple[float, int] | None = None, shuffle: bool = True,
             callbacks: Sequence[Callback] = (), verbose: int = 1, seed: int | None = None,
-            run_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None) -> History:
+            run_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+            background: bool = False) -> History | TrainingRun:
         """Trains the model; see :meth:`nnkit.training.Trainer.fit` for ``epochs``/``steps``/``resume``.
 
         ``seed`` seeds the model (init, dropout, data order) if it has no seed yet.
-        ``run_dir``: a checkpoint is written there when the run ends or is interrupted.
+        ``run_dir``: the run writes ``events.jsonl`` there, takes commands appended to
+        ``commands.jsonl`` (``nnkit ctl``), and checkpoints there when it ends or is interrupted.
+        ``background=True`` returns a :class:`~nnkit.training.TrainingRun` at once and trains
+        in a thread, steerable through the handle.
         """
         if seed is not None and self.seed is None and not self.built:
             self.seed = seed
@@ -294,6 +298,14 @@ class Sequential:
         trainer.user_callbacks = list(callbacks)
         trainer.verbose = verbose
         trainer.run_dir = None if run_dir is None else Path(run_dir)
+        if background or (run_dir is not None and trainer.controller is None):
+            # The run re-enters fit with its channel attached (trainer.controller set).
+            kwargs = dict(x=x, y=y, batch_size=batch_size, epochs=epochs, steps=steps,
+                          validation_data=validation_data, validation_split=validation_split,
+                          shuffle=shuffle, callbacks=callbacks, verbose=verbose, run_dir=run_dir,
+                          resume=resume)
+            run = TrainingRun(self, kwargs, run_dir)
+            return run.start() if background else run.run()
         return trainer.fit(x, y, batch_size=batch_size, epochs=epochs, steps=steps,
                            validation_data=validation_data, validation_split=validation_split,
                            shuffle=shuffle, resume=resume)

@@ -211,8 +211,8 @@ SIGNAL_SCRIPT = textwrap.dedent("""
     from nnkit.training import LambdaCallback
     x, y = toy_data(4000)
     model = mlp()
-    slow = LambdaCallback(on_batch_end=lambda b, logs: (time.sleep({pause}),
-                          b == 5 and print("READY", flush=True)))
+    slow = LambdaCallback(on_batch_end=lambda b, logs: (b == 5 and print("READY", flush=True),
+                                                         time.sleep({pause})))
     history = model.fit(x, y, batch_size=10, epochs=100, verbose=0, run_dir={run_dir!r},
                         callbacks=[slow])
     print("RETURNED", model.trainer.global_step, model.trainer.interrupted, flush=True)

@@ -1,9 +1,14 @@
-"""The training loop (Trainer) and its callbacks; model-agnostic."""
+"""The training loop (Trainer), its callbacks, and the channel to watch and steer a run."""
 from .callbacks import (CSVLogger, Callback, CallbackList, EarlyStopping, History, LambdaCallback,
                         LearningRateScheduler, ModelCheckpoint, NonFiniteLossError, ProgressBar,
                         ReduceLROnPlateau, TerminateOnNaN)
+from .control import COMMANDS, CommandError, Controller, EventReporter, make_command
+from .events import EventBus, JsonlWriter, follow, read_jsonl
+from .run import TrainingRun, attach_channel
 from .trainer import Trainer, split_validation
 
 __all__ = ["Trainer", "split_validation", "Callback", "CallbackList", "History", "ProgressBar",
            "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau",
-           "CSVLogger", "TerminateOnNaN", "LambdaCallback", "NonFiniteLossError"]
+           "CSVLogger", "TerminateOnNaN", "LambdaCallback", "NonFiniteLossError", "TrainingRun",
+           "attach_channel", "Controller", "EventReporter", "CommandError", "COMMANDS", "make_command",
+           "EventBus", "JsonlWriter", "read_jsonl", "follow"]

@@ -64,6 +64,10 @@ class Trainer:
         self.example_cursor = 0
         self.global_step = 0
         self.batches_in_epoch = 0
+        self.batch_size = 32
+        self.target_epoch: int | None = None  # the current fit's plan; commands may move it
+        self.target_step: int | None = None
+        self.controller: Any = None  # acts at every safe point (see nnkit.training.control)
         self.history = History()
         self._interactive: list[tuple[int, float | None, float | None]] = []
         self._stop = threading.Event()
@@ -115,12 +119,12 @@ class Trainer:
             tree = checkpoint.load_tree(resume)
             self.model.restore_tree(tree["model"], os.fspath(resume))
             self.load_state_dict(tree.get("trainer", {}))
-            target_epoch, target_step = epochs, steps
+            self.target_epoch, self.target_step = epochs, steps
         else:
             if epochs is None and steps is None:
                 epochs = 1
-            target_epoch = None if epochs is None else self.current_epoch + epochs
-            target_step = None if steps is None else self.global_step + steps
+            self.target_epoch = None if epochs is None else self.current_epoch + epochs
+            self.target_step = None if steps is None else self.global_step + steps
         if len(x) != len(y):
             raise ValueError(f"fit: x has {len(x)} examples but y has {len(y)}")
         if validation_split is not None:
@@ -129,6 +133,7 @@ class Trainer:
             (x, y), validation_data = split_validation(x, y, validation_split)
         if batch_size < 1:
             raise ValueError(f"fit: batch_size must be positive, got {batch_size}")
+        self.batch_size = int(batch_size)
         self._stop.clear()
         self.interrupted = False
         self.model.stop_training = False
@@ -139,39 +144,44 @@ class Trainer:
             callbacks.append(ProgressBar())
         cbs = CallbackList(callbacks + self.user_callbacks, self)
 
-        def finished() -> bool:
-            return ((target_epoch is not None and self.current_epoch >= target_epoch)
-                    or (target_step is not None and self.global_step >= target_step))
-
         previous_handlers = self._install_signal_handlers()
         cbs.on_train_begin({})
+        epoch_open = False
         try:
-            while not finished() and not self._stop_requested():
-                order = self._epoch_order(len(x), shuffle)
-                self.batches_in_epoch = self.batch_cursor + math.ceil(
-                    (len(x) - self.example_cursor) / batch_size)
-                cbs.on_epoch_begin(self.current_epoch, {})
-                while self.example_cursor < len(x):
-                    idx = order[self.example_cursor:self.example_cursor + batch_size]
-                    batch = self.batch_cursor
-                    cbs.on_batch_begin(batch, {"batch": batch, "size": len(idx)})
-                    logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
-                    self.global_step += 1
-                    self.batch_cursor += 1
-                    self.example_cursor += len(idx)
-                    logs = {"batch": batch, **logs, "lr": self.updater.lr}
-                    self._accumulate(logs)
-                    cbs.on_batch_end(batch, logs)
-                    if self._stop_requested() or finished():
-                        break
+            while True:
+                self._safe_point()
+                if self.finished() or self._stop_requested():
+                    break
+                if not epoch_open:
+                    order = self._epoch_order(len(x), shuffle)
+                    self._count_batches(len(x))
+                    cbs.on_epoch_begin(self.current_epoch, {})
+                    epoch_open = True
+                self._count_batches(len(x))  # the batch size may have changed at the safe point
+                idx = order[self.example_cursor:self.example_cursor + self.batch_size]
+                batch = self.batch_cursor
+                cbs.on_batch_begin(batch, {"batch": batch, "size": len(idx)})
+                logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
+                self.global_step += 1
+                self.batch_cursor += 1
+                self.example_cursor += len(idx)
+                logs = {"batch": batch, **logs, "lr": self.updater.lr}
+                self._accumulate(logs)
+                cbs.on_batch_end(batch, logs)
                 if self.example_cursor >= len(x):
-                    self._end_epoch(cbs, validation_data, batch_size)
+                    self._end_epoch(cbs, validation_data, self.batch_size)
+                    epoch_open = False
             if self.run_dir is not None:
                 self.save_checkpoint(self.run_dir / CHECKPOINT_NAME)
         finally:
             self._restore_signal_handlers(previous_handlers)
             cbs.on_train_end({})
         return self.history
+
+    def finished(self) -> bool:
+        """True once the plan of the current ``fit`` (its target epoch or step) is reached."""
+        return ((self.target_epoch is not None and self.current_epoch >= self.target_epoch)
+                or (self.target_step is not None and self.global_step >= self.target_step))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -209,6 +219,14 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ internals
+    def _safe_point(self) -> None:
+        """Between two batches: where a controller (commands, pause) may act on the run."""
+        if self.controller is not None:
+            self.controller.safe_point(self)
+
+    def _count_batches(self, n: int) -> None:
+        self.batches_in_epoch = self.batch_cursor + math.ceil((n - self.example_cursor) / self.batch_size)
+
     def _stop_requested(self) -> bool:
         return self._stop.is_set() or bool(getattr(self.model, "stop_training", False))
 

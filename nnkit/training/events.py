@@ -1,0 +1,168 @@
+"""The event side of a run: one message schema, a bus that stamps and fans out events, and
+JSON-lines files that survive being killed mid-write.
+
+Every event is a flat JSON object::
+
+    {"schema": 1, "run": "3f2a9c1b7e4d", "seq": 17, "time": 1763690000.123, "type": "loss", ...}
+
+| type        | fields (besides the stamp)                                                  |
+|-------------|------------------------------------------------------------------------------|
+| ``status``  | ``state``: started, paused, resumed, stopped, finished, failed; ``step``    |
+| ``loss``    | ``step``, ``epoch``, ``batch``, ``loss``, metrics, ``lr``, ``images_per_s`` |
+| ``epoch``   | ``epoch``, ``step``, epoch means, ``train_error``, ``test_error``, ``val_*`` |
+| ``state``   | ``step``, ``epoch``, ``hyper`` (lr, momentum, ...), ``layers`` (norms)      |
+| ``snapshot``| ``step``, ``path`` of an HDF5 file with the full parameter and grad arrays  |
+| ``heartbeat``| ``status``, ``step``, ``epoch``                                            |
+| ``ack``     | ``id``, ``command``, ``step`` (the batch count when it took effect), result |
+| ``error``   | ``message``, and ``id``/``command`` when a command caused it                |
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("status", "loss", "epoch", "state", "snapshot", "heartbeat", "ack", "error")
+
+Event = dict[str, Any]
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON for an event field: numpy scalars become numbers, non-finite floats strings."""
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep the lines strictly valid
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class EventBus:
+    """Stamps events (schema, run id, sequence number, time) and hands them to subscribers.
+
+    Subscribers are called in the thread that emits (usually the training thread): keep
+    them short, or hand the event to your own thread or event loop. The last ``keep``
+    events stay available through :meth:`events`.
+    """
+
+    def __init__(self, run_id: str | None = None, keep: int = 100_000) -> None:
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._recent: collections.deque[Event] = collections.deque(maxlen=keep)
+        self._subscribers: list[tuple[str, Callable[[Event], None]]] = []
+        self.last_emit = 0.0
+
+    def emit(self, type: str, **fields: Any) -> Event:
+        """Publishes one event of ``type`` and returns it."""
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}; expected one of {', '.join(EVENT_TYPES)}")
+        with self._lock:
+            self._seq += 1
+            event = {"schema": SCHEMA_VERSION, "run": self.run_id, "seq": self._seq,
+                     "time": time.time(), "type": type, **_jsonable(fields)}
+            self._recent.append(event)
+            subscribers = list(self._subscribers)
+            self.last_emit = time.monotonic()
+        for topic, callback in subscribers:
+            if topic in ("*", type):
+                callback(event)
+        return event
+
+    def subscribe(self, topic: str, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Calls ``callback(event)`` for every event of type ``topic`` ('*' for all).
+
+        Returns a function that unsubscribes.
+        """
+        if topic != "*" and topic not in EVENT_TYPES:
+            raise ValueError(f"unknown topic {topic!r}; expected '*' or one of {', '.join(EVENT_TYPES)}")
+        entry = (topic, callback)
+        with self._lock:
+            self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if entry in self._subscribers:
+                    self._subscribers.remove(entry)
+        return unsubscribe
+
+    def events(self, type: str | None = None, since: int = 0) -> list[Event]:
+        """The kept events (of one ``type`` if given) with ``seq`` greater than ``since``."""
+        with self._lock:
+            return [e for e in self._recent if e["seq"] > since and (type is None or e["type"] == type)]
+
+
+class JsonlWriter:
+    """Appends events to a JSON-lines file, one ``write`` and flush per line.
+
+    A process killed mid-write leaves at most a partial last line, which readers skip.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(line)
+                self._file.flush()
+
+    def close(self) -> None:
+        """Closes the file; later events are dropped."""
+        with self._lock:
+            self._file.close()
+
+
+def read_jsonl(path: str | os.PathLike, offset: int = 0) -> tuple[list[tuple[int, Any]], int]:
+    """Reads the complete lines of a JSON-lines file from byte ``offset``.
+
+    Returns ``([(line_offset, value_or_error), ...], new_offset)``. A partial last line (no
+    newline yet) is left for the next call; a complete line that is not valid JSON comes
+    back as a ``ValueError`` in place of its value, so callers can report and skip it.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    items: list[tuple[int, Any]] = []
+    position = offset
+    for raw in data.split(b"\n")[:-1]:  # the last piece is empty or a partial line
+        line_offset = position
+        position += len(raw) + 1
+        if not raw.strip():
+            continue
+        try:
+            items.append((line_offset, json.loads(raw)))
+        except ValueError as exc:
+            items.append((line_offset, ValueError(f"byte {line_offset}: not valid JSON ({exc})")))
+    return items, position
+
+
+def follow(path: str | os.PathLike, poll: float = 0.2, stop: Callable[[], bool] = lambda: False
+           ) -> Iterator[Any]:
+    """Yields the values of a JSON-lines file as it grows (like ``tail -f``) until ``stop()``."""
+    offset = 0
+    while True:
+        items, offset = read_jsonl(path, offset)
+        for _, value in items:
+            yield value
+        if stop():
+            return
+        if not items:
+            time.sleep(poll)

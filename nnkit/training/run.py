@@ -1,0 +1,251 @@
+"""A training run you can watch and steer while it trains: ``model.fit(..., background=True)``.
+
+The run trains in a thread (the kernels release the GIL, so the caller stays responsive),
+publishes events on a bus and takes commands at the Trainer's safe points. When its plan is
+done it stays available: ``run_until`` extends it, ``shutdown`` ends it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .control import Controller, EventReporter, make_command
+from .events import Event, EventBus, JsonlWriter
+
+EVENTS_FILE = "events.jsonl"
+COMMANDS_FILE = "commands.jsonl"
+
+
+def attach_channel(trainer: Any, run_dir: str | os.PathLike | None = None,
+                   bus: EventBus | None = None) -> tuple[EventBus, Controller, list[Callable]]:
+    """Gives a Trainer an event bus and a controller; with ``run_dir``, also the files.
+
+    In a run directory, events go to ``events.jsonl`` and commands are read from
+    ``commands.jsonl`` (what ``nnkit ctl`` appends to). Returns the bus, the controller and
+    the closers to call when the run ends.
+    """
+    bus = bus or EventBus()
+    closers: list[Callable] = []
+    command_file = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        writer = JsonlWriter(run_dir / EVENTS_FILE)
+        closers += [bus.subscribe("*", writer), writer.close]
+        command_file = run_dir / COMMANDS_FILE
+    controller = Controller(bus, command_file=command_file, run_dir=run_dir)
+    trainer.controller = controller
+    return bus, controller, closers
+
+
+class Heartbeat:
+    """Emits a ``heartbeat`` event whenever the bus has been quiet for ``period`` seconds."""
+
+    def __init__(self, bus: EventBus, describe: Callable[[], dict], period: float = 1.0) -> None:
+        self.bus, self.describe, self.period = bus, describe, period
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="nnkit-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.period / 4):
+            if time.monotonic() - self.bus.last_emit >= self.period * 0.9:
+                self.bus.emit("heartbeat", **self.describe())
+
+    def stop(self) -> None:
+        """Stops the heartbeat thread."""
+        self._done.set()
+        self._thread.join()
+
+
+class TrainingRun:
+    """A handle on a model training in a background thread.
+
+    Commands (each returns the command id; the run answers with an ``ack`` or ``error``
+    event): :meth:`stop`, :meth:`pause`, :meth:`resume`, :meth:`run_until`, :meth:`set`,
+    :meth:`tell_state`, :meth:`report_every`, :meth:`checkpoint`, :meth:`shutdown`.
+    Observing: :attr:`status`, :attr:`current_epoch`, :attr:`current_batch`,
+    :attr:`history`, :meth:`interactive_data`, :meth:`events`, :meth:`subscribe`,
+    :meth:`wait`.
+    """
+
+    def __init__(self, model: Any, fit_kwargs: dict[str, Any], run_dir: str | os.PathLike | None = None,
+                 linger: bool = True) -> None:
+        self.model = model
+        self.linger = linger  # after the plan is done, wait for run_until/shutdown
+        self.trainer = model.trainer_for_fit()
+        self.bus, self.controller, self._closers = attach_channel(self.trainer, run_dir)
+        self._fit_kwargs = dict(fit_kwargs)
+        self._fit_kwargs["callbacks"] = [*fit_kwargs.get("callbacks", ()),
+                                         EventReporter(self.bus, self.controller)]
+        self.status = "starting"
+        self.exception: BaseException | None = None
+        self._settled = threading.Event()  # finished, stopped or failed: wait() returns
+        self._ended = threading.Event()    # the thread is gone
+        self._thread = threading.Thread(target=self._main, name="nnkit-training", daemon=True)
+        self._heartbeat: Heartbeat | None = None
+
+    def start(self) -> "TrainingRun":
+        """Starts training in a background thread; returns at once."""
+        self._thread.start()
+        return self
+
+    def run(self) -> Any:
+        """Trains in the calling thread (no lingering); returns the History, re-raises errors."""
+        self.linger = False
+        self._main()
+        if self.exception is not None:
+            raise self.exception
+        return self.trainer.history
+
+    # ------------------------------------------------------------------ the thread
+    def _set_status(self, state: str, **fields: Any) -> None:
+        self.status = state
+        self.bus.emit("status", state=state, step=self.trainer.global_step, **fields)
+
+    def _main(self) -> None:
+        trainer = self.trainer
+        kwargs = self._fit_kwargs
+        self._heartbeat = Heartbeat(self.bus, lambda: {"status": self.status, "step": trainer.global_step,
+                                                       "epoch": trainer.current_epoch})
+        try:
+            self._set_status("started")
+            while True:
+                self._settled.clear()
+                self.model.fit(**kwargs)
+                if self.controller.shutdown_requested or not trainer.finished():
+                    self._set_status("stopped")
+                    break
+                self._set_status("finished")
+                self._settled.set()
+                if not self.linger or not self._wait_for_more():
+                    break
+                self._set_status("resumed")
+                # Continue the same data; fit's epochs/steps count "more" from here.
+                kwargs = {**kwargs, "epochs": None, "steps": None, "resume": None,
+                          **self._remaining()}
+        except BaseException as exc:  # reported as an event; the caller's thread lives on
+            self.exception = exc
+            self.bus.emit("error", message=f"{type(exc).__name__}: {exc}")
+            self._set_status("failed")
+        finally:
+            self._settled.set()
+            self._heartbeat.stop()
+            trainer.controller = None
+            for close in self._closers:
+                close()
+            self._ended.set()
+
+    def _wait_for_more(self) -> bool:
+        """After the plan is done: answers commands until run_until moves it (True) or shutdown."""
+        trainer = self.trainer
+        trainer._stop.clear()
+        while True:
+            self.controller.idle(trainer)
+            if self.controller.shutdown_requested or trainer._stop.is_set():
+                return False
+            if not trainer.finished():
+                return True
+
+    def _remaining(self) -> dict[str, int]:
+        t = self.trainer
+        if t.target_step is not None:
+            return {"steps": t.target_step - t.global_step}
+        return {"epochs": t.target_epoch - t.current_epoch}
+
+    # ------------------------------------------------------------------ commands
+    def command(self, name: str, **args: Any) -> str:
+        """Sends any command by name; returns its id."""
+        return self.controller.submit(make_command(name, **args))
+
+    def stop(self) -> str:
+        """Ends the run after the current batch."""
+        return self.command("stop")
+
+    def pause(self) -> str:
+        """Waits at the next safe point until :meth:`resume`."""
+        return self.command("pause")
+
+    def resume(self) -> str:
+        """Continues a paused run."""
+        return self.command("resume")
+
+    def run_until(self, batches: int | None = None, epochs: int | None = None) -> str:
+        """Moves the end of the run to ``batches`` (or ``epochs``) in total; extends a finished run."""
+        args = {k: v for k, v in (("batches", batches), ("epochs", epochs)) if v is not None}
+        return self.command("run_until", **args)
+
+    def set(self, **values: Any) -> str:
+        """Changes ``lr``, ``momentum``, ``weight_decay`` or ``batch_size`` from the next batch on."""
+        return self.command("set", **values)
+
+    def tell_state(self, snapshot: bool = False) -> str:
+        """Asks for a ``state`` event (and an HDF5 snapshot of every array with ``snapshot``)."""
+        return self.command("tell_state", snapshot=snapshot)
+
+    def report_every(self, n: int) -> str:
+        """A loss event every ``n`` batches (still at most one per 0.05 s)."""
+        return self.command("report_every", n=n)
+
+    def checkpoint(self, path: str | os.PathLike | None = None) -> str:
+        """Writes a checkpoint at the next safe point (to the run directory by default)."""
+        return self.command("checkpoint", **({} if path is None else {"path": os.fspath(path)}))
+
+    def shutdown(self) -> str:
+        """Stops and ends the run's thread, also when it is finished and waiting."""
+        return self.command("shutdown")
+
+    # ------------------------------------------------------------------ observing
+    def wait(self, timeout: float | None = None) -> str:
+        """Blocks until the run finishes, stops or fails (or ``timeout``); returns the status."""
+        self._settled.wait(timeout)
+        return self.status
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Blocks until the run's thread has ended (after a stop or shutdown); True if it has."""
+        return self._ended.wait(timeout)
+
+    def wait_for(self, command_id: str, timeout: float = 10.0) -> Event:
+        """The ``ack`` or ``error`` event answering command ``command_id`` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.bus.events():
+                if event["type"] in ("ack", "error") and event.get("id") == command_id:
+                    return event
+            time.sleep(0.005)
+        raise TimeoutError(f"no answer to command {command_id} within {timeout} s")
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch in progress (from 0)."""
+        return self.trainer.current_epoch
+
+    @property
+    def current_batch(self) -> int:
+        """Batches done in the current epoch."""
+        return self.trainer.current_batch
+
+    @property
+    def global_step(self) -> int:
+        """Batches done since training began."""
+        return self.trainer.global_step
+
+    @property
+    def history(self) -> Any:
+        """The History of epoch logs so far."""
+        return self.trainer.history
+
+    def interactive_data(self) -> list[tuple[int, float | None, float | None]]:
+        """``(epoch, train_error, test_error)`` for every finished epoch."""
+        return self.trainer.interactive_data()
+
+    def events(self, type: str | None = None, since: int = 0) -> list[Event]:
+        """The events so far (of one ``type``), after sequence number ``since``."""
+        return self.bus.events(type, since)
+
+    def subscribe(self, topic: str, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Calls ``callback(event)`` for each new event of ``topic`` ('*' for all); returns an
+        unsubscribe function. Callbacks run in the training thread: keep them short."""
+        return self.bus.subscribe(topic, callback)
