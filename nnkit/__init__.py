@@ -8,11 +8,13 @@ from .checkpoint import load_model_parameter, save_model_parameter
 from .layers import *  # noqa: F401,F403  (the layers are part of the top-level API)
 from .layers import __all__ as _layer_names
 from .model import Sequential, load
+from .config import Job, load_job, model_from_proto
 from .training import Trainer
 from .updaters import SGD, AdaDelta, AdaGrad, Adam, Nesterov, RMSProp, Updater
 
 __version__ = "0.1.0"
 
 __all__ = [*_layer_names, "Updater", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam",
-           "Sequential", "load", "Trainer", "save_model_parameter", "load_model_parameter",
+           "Sequential", "load", "Job", "load_job", "model_from_proto", "Trainer",
+           "save_model_parameter", "load_model_parameter",
            "checkpoint", "initializers", "layers", "schedules", "training", "updaters"]

@@ -64,6 +64,9 @@ class Sequential:
         self.stop_training = False
         self.trainer: Trainer | None = None
         self.built = False
+        # The JobConf this model was built from (nnkit.config), if any: to_proto() keeps its
+        # data and run sections, so a checkpoint can be evaluated without the config file.
+        self.job: Any = None
         for layer in layers or []:
             self.add(layer)
 
@@ -347,12 +350,27 @@ class Sequential:
             model.compile(updater, _from_class_config(config["loss"], layer_classes, "loss"), metrics)
         return model
 
+    def to_proto(self) -> Any:
+        """The model as a job config (``nnkit.proto.JobConf``); see :func:`nnkit.config.model_to_proto`."""
+        from .config import model_to_proto  # config imports this module
+        return model_to_proto(self)
+
+    def _proto_text(self) -> str | None:
+        """``to_proto()`` in text format, or None for a model the schema cannot describe."""
+        from google.protobuf import text_format
+        try:
+            return text_format.MessageToString(self.to_proto())
+        except ValueError:  # e.g. a user-defined layer class: the dict config still describes it
+            return None
+
     def checkpoint_tree(self) -> dict[str, Any]:
-        """The model's part of a checkpoint: config, parameters, updater state, layer RNG states."""
+        """The model's part of a checkpoint: config (dict and job proto text), parameters,
+        updater state, layer RNG states."""
         if not self.built:
             self.build()
         return {
             "config": self.get_config(),
+            "proto": self._proto_text(),
             "params": {p.full_name: p.data for p in self.params},
             "updater": None if self.updater is None else self.updater.state_dict(),
             "rngs": {layer.name: layer.rng.bit_generator.state for layer in self.layers
@@ -382,8 +400,15 @@ class Sequential:
 
 
 def load_tree_model(tree: dict[str, Any], source: str = "checkpoint") -> Sequential:
-    """Rebuilds a model from a checkpoint tree (no user code needed) and restores its state."""
-    model = Sequential.from_config(tree["model"]["config"])
+    """Rebuilds a model from a checkpoint tree (no user code needed) and restores its state.
+
+    The job proto is used when the checkpoint has one, else the dict config.
+    """
+    if tree["model"].get("proto"):
+        from .config import model_from_proto  # config imports this module
+        model = model_from_proto(tree["model"]["proto"], f"{source} (stored job)")
+    else:
+        model = Sequential.from_config(tree["model"]["config"])
     model.build()
     model.restore_tree(tree["model"], source)
     return model

@@ -1,0 +1,482 @@
+"""The ``nnkit`` command line: train, evaluate, inspect and time jobs described in job configs.
+
+    nnkit train JOB.conf [--set key=value ...] [--run-dir DIR] [--resume CKPT] [--data-dir DIR]
+    nnkit eval CKPT [--data-dir DIR] [--json]
+    nnkit show JOB.conf|CKPT
+    nnkit time JOB.conf [--iterations N]
+
+Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
+traceback), 1 for a failure during the run (``--debug`` adds the traceback), 130 when a run
+was stopped by Ctrl-C (after its checkpoint was written).
+
+A training run writes into its run directory (``runs/<job name>-<YYYYmmdd-HHMMSS>`` by
+default): ``job.conf`` (the job as run, overrides applied), ``checkpoint.h5`` (every
+``run.checkpoint_freq`` steps, at the end and on Ctrl-C), ``metrics.jsonl`` (one JSON object
+per line: train metrics every ``run.display_freq`` steps, tests, epoch ends) and, at the end,
+``metrics.json`` (the final train and test metrics). Every file is written atomically or line
+by line, so a failure never leaves a half-written one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from . import __version__, checkpoint
+from .config import ConfigError, Job, job_from_text, load_job
+from .layers import ImageInput, LabelInput
+from .model import Sequential, load_tree_model
+from .training import Callback, ModelCheckpoint
+from .training.trainer import CHECKPOINT_NAME
+
+DEFAULT_RUNS = "runs"
+JOB_FILE = "job.conf"
+LOG_FILE = "metrics.jsonl"
+FINAL_FILE = "metrics.json"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (exit status 2)."""
+
+
+# ==================================================================================== helpers
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename: all or nothing."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _is_checkpoint(path: str) -> bool:
+    """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint's tree; UsageError (exit 2) if it is missing or not a model checkpoint."""
+    try:
+        tree = checkpoint.load_tree(path)
+    except checkpoint.CheckpointError as e:
+        raise UsageError(str(e)) from None
+    if "model" not in tree:
+        raise UsageError(f"{path}: not a model checkpoint")
+    return tree
+
+
+def _stored_job(tree: dict[str, Any], path: str, overrides: list[str] = (),
+                data_dir: str | None = None) -> Job | None:
+    """The job stored in a checkpoint (None if it has none), with overrides and ``data_dir``."""
+    text = tree["model"].get("proto")
+    if not text:
+        return None
+    return job_from_text(text, f"{path} (stored job)", overrides, data_dir, check_data=False)
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute, so the job.conf and checkpoints of a run work from any folder."""
+    return None if path is None else os.path.abspath(path)
+
+
+def _fmt(logs: dict[str, Any]) -> str:
+    """``loss 0.1234  accuracy 0.9561`` for the numeric entries of ``logs``."""
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in logs.items() if isinstance(v, (int, float)) and v is not None)
+
+
+# ======================================================================= training callbacks
+class RunLog(Callback):
+    """Appends JSON lines to ``metrics.jsonl``: train metrics, tests and epoch ends.
+
+    Every ``display_freq`` steps: the mean loss and metrics of the batches since the last line.
+    Every ``test_freq`` steps (if a test set is given): the test metrics, also printed.
+    """
+
+    def __init__(self, path: Path, display_freq: int, test_data: tuple[np.ndarray, np.ndarray] | None,
+                 test_freq: int, test_batch_size: int, echo: Callable[[str], None]) -> None:
+        self.path = path
+        self.display_freq = display_freq
+        self.test_data = test_data
+        self.test_freq = test_freq
+        self.test_batch_size = test_batch_size
+        self.echo = echo
+        self.file: TextIO | None = None
+        self.sums: dict[str, float] = {}      # since the last train line
+        self.last_test: dict[str, float] | None = None
+        self.last_test_step: int | None = None
+        self.run_sums: dict[str, float] = {}  # over this invocation, for the final metrics
+
+    def _write(self, event: str, **fields: Any) -> None:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()  # whole lines only: a crash loses at most the line being written
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.file = open(self.path, "a")  # appends: a resumed run continues its log
+        self.sums = {}
+
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        n = logs.get("size", 1)
+        for sums in (self.sums, self.run_sums):
+            sums["_count"] = sums.get("_count", 0) + n
+            for key, value in logs.items():
+                if key not in ("batch", "size", "lr") and isinstance(value, float):
+                    sums[key] = sums.get(key, 0.0) + value * n
+        step = self.trainer.global_step
+        if self.display_freq and step % self.display_freq == 0:
+            self._write("train", step=step, epoch=self.trainer.current_epoch, lr=logs.get("lr"),
+                        **_means(self.sums))
+            self.sums = {}
+        if self.test_data is not None and self.test_freq and step % self.test_freq == 0:
+            self.test(step)
+
+    def test(self, step: int) -> dict[str, float]:
+        """Evaluates on the test set, logs and prints the result, returns it."""
+        if step == self.last_test_step:  # e.g. test_freq divides the last step
+            return self.last_test
+        self.last_test = self.model.evaluate(*self.test_data, batch_size=self.test_batch_size)
+        self.last_test_step = step
+        if self.file is not None:
+            self._write("test", step=step, epoch=self.trainer.current_epoch, **self.last_test)
+        self.echo(f"step {step}: test {_fmt(self.last_test)}")
+        return self.last_test
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._write("epoch", step=self.trainer.global_step, epoch=epoch, **(logs or {}))
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _means(sums: dict[str, float]) -> dict[str, float]:
+    count = sums.get("_count", 0) or 1
+    return {k: v / count for k, v in sums.items() if k != "_count"}
+
+
+# =================================================================================== commands
+def _make_run_dir(args: argparse.Namespace, job: Job) -> Path:
+    """The run directory: --run-dir, the resumed checkpoint's folder, or a new timestamped one."""
+    if args.run_dir:
+        path = Path(args.run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    if args.resume:
+        return Path(args.resume).resolve().parent
+    parent = Path(job.proto.run.run_dir or DEFAULT_RUNS)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 1000):  # mkdir without exist_ok: two runs in one second get two folders
+        path = parent / (f"{job.name}-{stamp}" + (f"-{k}" if k > 1 else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"cannot create a run directory under {parent}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``nnkit train``: runs a job into a run directory."""
+    job = load_job(args.job, args.set, data_dir=_absolute(args.data_dir))
+    if not job.has_source("train"):
+        raise ConfigError(job.source, "data.train", "missing value: the job has no train source")
+    model = job.build_model()
+    if args.resume:  # a checkpoint of another model is a bad argument: fail before anything
+        try:
+            model.restore_tree(_read_checkpoint(args.resume)["model"], args.resume)
+        except (ValueError, KeyError) as e:
+            raise UsageError(f"--resume {args.resume}: does not fit the job's model: {e}") from None
+    x, y = job.load_data("train")
+    test = job.load_data("test") if job.has_source("test") else None
+    run_dir = _make_run_dir(args, job)
+    header = f"# nnkit {__version__}: job {job.source}" + "".join(f"\n# --set {s}" for s in args.set)
+    write_atomic(run_dir / JOB_FILE, f"{header}\n{job.to_text()}")
+    run = job.proto.run
+    echo = _echo_function()
+    log = RunLog(run_dir / LOG_FILE, run.display_freq if run.HasField("display_freq") else 100,
+                 test, run.test_freq, job.batch_size("test"), echo)
+    callbacks: list[Callback] = [log]
+    if run.checkpoint_freq:
+        callbacks.append(ModelCheckpoint(run_dir / CHECKPOINT_NAME, every_n_epochs=None,
+                                         every_n_batches=run.checkpoint_freq))
+    print(f"nnkit train: job {job.name!r}, run directory {run_dir}", file=sys.stderr)
+    start = time.perf_counter()
+    shuffle = job.proto.data.train.shuffle if job.proto.data.train.HasField("shuffle") else True
+    model.fit(x, y, batch_size=job.batch_size("train"),
+              epochs=run.epochs if run.HasField("epochs") else None,
+              steps=run.steps if run.HasField("steps") else None,
+              shuffle=shuffle, callbacks=callbacks, verbose=1, run_dir=run_dir,
+              resume=args.resume)
+    trainer = model.trainer
+    final: dict[str, Any] = {
+        "job": job.name, "run_dir": str(run_dir), "step": trainer.global_step,
+        "epoch": trainer.current_epoch, "interrupted": trainer.interrupted,
+        "seconds": round(time.perf_counter() - start, 3), "train": _means(log.run_sums),
+        "test": None}
+    if test is not None and not trainer.interrupted:
+        final["test"] = log.test(trainer.global_step)
+    write_atomic(run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")
+    if trainer.interrupted:
+        print(f"nnkit train: stopped at step {trainer.global_step}; checkpoint in "
+              f"{run_dir / CHECKPOINT_NAME}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"nnkit train: done, step {trainer.global_step}; {_fmt(final['test'] or final['train'])}")
+    return EXIT_OK
+
+
+def _echo_function() -> Callable[[str], None]:
+    """Prints a line to stderr without breaking a tqdm progress bar."""
+    from tqdm.auto import tqdm
+    return lambda line: tqdm.write(line, file=sys.stderr)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``nnkit eval``: test metrics of a checkpoint, on the test data its job describes."""
+    tree = _read_checkpoint(args.checkpoint)
+    job = _stored_job(tree, args.checkpoint, args.set, _absolute(args.data_dir))
+    if job is None or not job.has_source("test"):
+        raise UsageError(f"{args.checkpoint}: the checkpoint describes no test data (it was not "
+                         "trained from a job config with a data.test section)")
+    job.validate(check_data=True)
+    model = load_tree_model(tree, args.checkpoint)
+    x, y = job.load_data("test", model.input_shape)
+    metrics = model.evaluate(x, y, batch_size=args.batch_size or job.batch_size("test"))
+    step = (tree.get("trainer") or {}).get("global_step")
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "step": step, "examples": len(x), **metrics}))
+    else:
+        print(f"{args.checkpoint} (step {step}), {len(x)} test examples: {_fmt(metrics)}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``nnkit show``: layers, shapes, parameter counts, updater, schedule, data and run."""
+    if _is_checkpoint(args.path):
+        tree = _read_checkpoint(args.path)
+        model = load_tree_model(tree, args.path)
+        job = _stored_job(tree, args.path, args.set)
+        state = tree.get("trainer") or {}
+        print(f"checkpoint {args.path}: step {state.get('global_step', 0)}, "
+              f"epoch {state.get('current_epoch', 0)}")
+    else:
+        job = load_job(args.path, args.set, check_data=False)
+        model = job.build_model()
+        print(f"job {job.name!r} ({job.source}), seed {job.proto.seed if job.proto.HasField('seed') else 'none'}")
+    _show_model(model, job)
+    return EXIT_OK
+
+
+def _show_model(model: Sequential, job: Job | None) -> None:
+    if not model.built and job is not None and job.input_shape() is not None:
+        model.build(job.input_shape())
+    model.summary()
+    if model.loss_layer is not None:
+        metrics = ", ".join(name for name, _ in model.metrics) or "none"
+        print(f"Loss: {model.loss_layer.lossname}   Metrics: {metrics}")
+    if model.updater is not None:
+        print(f"Updater: {model.updater!r}")
+        print(f"Schedule: {model.updater.schedule!r}")
+    if job is None:
+        return
+    if job.proto.HasField("data"):
+        data = job.proto.data
+        norm = [name for name, on in (("mean image", data.mean_image),
+                                      (f"mean value {list(data.mean_value)}", bool(data.mean_value)),
+                                      (f"scale {data.scale:g}", data.HasField("scale"))) if on]
+        print(f"Data: {data.dataset} from {data.dir or '$NNKIT_DATA or ~/.nnkit/datasets'}; "
+              f"normalization: {', '.join(norm) or 'none (float32 of the raw values)'}")
+        for which in ("train", "test"):
+            if job.has_source(which):
+                src = getattr(data, which)
+                what = ", ".join(src.file) if src.file else f"split {src.split or which}"
+                extra = f", first {src.limit}" if src.HasField("limit") else ""
+                print(f"  {which}: {what}, batch {job.batch_size(which)}{extra}")
+    run = job.proto.run
+    length = " or ".join(f"{getattr(run, k)} {k}" for k in ("epochs", "steps") if run.HasField(k))
+    every = {what: f"every {n} steps and at the end" if n else "at the end"
+             for what, n in (("test", run.test_freq), ("checkpoint", run.checkpoint_freq))}
+    display = run.display_freq if run.HasField("display_freq") else 100
+    print(f"Run: {length or '1 epochs'}; log every {display} steps; test {every['test']}; "
+          f"checkpoint {every['checkpoint']}; run directories under {run.run_dir or DEFAULT_RUNS}/")
+
+
+def cmd_time(args: argparse.Namespace) -> int:
+    """``nnkit time``: per-layer forward/backward milliseconds and the whole step, on random data."""
+    job = load_job(args.job, args.set, check_data=False)
+    model = job.build_model()  # validation made sure the input shape is known
+    if args.iterations < 1:
+        raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
+    batch = args.batch_size or job.batch_size("train")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
+    out_shape = _output_shape(model)
+    # Labels for the softmax loss (classes = outputs), targets for the Euclidean one.
+    y = (rng.integers(0, out_shape[0], size=batch) if isinstance(model.label_layer, LabelInput)
+         else rng.standard_normal((batch, *out_shape)).astype(np.float32))
+    names = [layer.name for layer in model.layers[1:]] + [model.loss_layer.name]
+    forward = dict.fromkeys(names, 0.0)
+    backward = dict.fromkeys(names, 0.0)
+    update = dict.fromkeys(names, 0.0)
+    _timed_step(model, x, y, 1, None, None, None)  # warm-up: buffers, BLAS threads, caches
+    start = time.perf_counter()
+    for i in range(args.iterations):
+        _timed_step(model, x, y, i + 2, forward, backward, update)
+    whole = (time.perf_counter() - start) * 1000 / args.iterations
+    n = args.iterations
+    print(f"nnkit time: job {job.name!r}, batch {batch}, {n} iterations (after 1 warm-up), "
+          "milliseconds per iteration")
+    width = max(len(s) for s in names + ["layer"])
+    print(f"{'layer':<{width}}  {'forward':>9}  {'backward':>9}  {'update':>9}")
+    for name in names:
+        print(f"{name:<{width}}  {forward[name] * 1000 / n:9.3f}  {backward[name] * 1000 / n:9.3f}  "
+              f"{update[name] * 1000 / n:9.3f}")
+    totals = [sum(d.values()) * 1000 / n for d in (forward, backward, update)]
+    print(f"{'total':<{width}}  {totals[0]:9.3f}  {totals[1]:9.3f}  {totals[2]:9.3f}")
+    print(f"Average forward pass: {totals[0]:.3f} ms; backward: {totals[1]:.3f} ms; "
+          f"forward-backward: {totals[0] + totals[1]:.3f} ms; update: {totals[2]:.3f} ms")
+    print(f"Average whole step: {whole:.3f} ms ({batch * 1000 / whole:.0f} examples/s)")
+    return EXIT_OK
+
+
+def _output_shape(model: Sequential) -> tuple[int, ...]:
+    shape = model.input_shape
+    for layer in model.layers[1:]:
+        shape = layer.output_shape(shape)
+    return tuple(shape)
+
+
+def _timed_step(model: Sequential, x: np.ndarray, y: np.ndarray, step: int,
+                forward: dict[str, float] | None, backward: dict[str, float] | None,
+                update: dict[str, float] | None) -> None:
+    """One training step through the per-layer API, adding each layer's seconds to the dicts."""
+    clock = time.perf_counter
+
+    def timed(table: dict[str, float] | None, name: str, fn: Callable[..., Any], *args: Any) -> None:
+        t0 = clock()
+        fn(*args)
+        if table is not None:
+            table[name] += clock() - t0
+
+    layers, loss, label = model.layers, model.loss_layer, model.label_layer
+    if isinstance(layers[0], ImageInput):
+        layers[0].Feed(x)
+    else:
+        layers[0].Feed(x.shape, x)
+    for below, layer in zip(layers, layers[1:]):
+        timed(forward, layer.name, layer.ComputeFeature, below)
+    if isinstance(label, LabelInput):
+        label.Feed(y)
+    else:
+        label.Feed(y.shape, y)
+    timed(forward, loss.name, loss.ComputeFeature, layers[-1], label)
+    timed(backward, loss.name, loss.ComputeGradient)
+    for layer in reversed(layers[1:]):
+        timed(backward, layer.name, layer.ComputeGradient)
+        timed(update, layer.name, model.updater.Update, step, layer)
+
+
+# ===================================================================================== parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (each has --help)."""
+    parser = argparse.ArgumentParser(
+        prog="nnkit", description="Train, evaluate, inspect and time nnkit jobs described in "
+        "protobuf text configs (schema: proto/nnkit.proto).",
+        epilog="exit status: 0 success, 1 failure during the run, 2 bad config or arguments, "
+               "130 stopped by Ctrl-C (checkpoint written)")
+    parser.add_argument("--version", action="version", version=f"nnkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of failures")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_set(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. run.steps=100, updater.lr=0.1, "
+                            "model.layer[conv1].convolution.nb_filter=16 (repeatable)")
+
+    p = sub.add_parser("train", help="train a job", description="Train the job JOB.conf into a "
+                       "timestamped run directory (job.conf, checkpoint.h5, metrics.jsonl, "
+                       "metrics.json). Ctrl-C stops after the current batch and checkpoints.")
+    p.add_argument("job", metavar="JOB.conf", help="the job config (text format)")
+    add_set(p)
+    p.add_argument("--run-dir", help="write into this directory instead of a new "
+                   "<run.run_dir>/<name>-<timestamp>")
+    p.add_argument("--resume", metavar="CKPT", help="continue exactly from this checkpoint "
+                   "(epochs/steps count from the start of training); writes into its folder "
+                   "unless --run-dir is given")
+    p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test metrics of a checkpoint",
+                       description="Evaluate a checkpoint on the test data of the job stored in it.")
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by nnkit train")
+    p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
+    add_set(p)
+    p.add_argument("--batch-size", type=int, help="default: the job's data.test.batch_size")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("show", help="describe a job or checkpoint",
+                       description="Print the layers, their output shapes and parameter counts, "
+                       "the updater and schedule, the data and the run of a job config or "
+                       "checkpoint.")
+    p.add_argument("path", metavar="JOB.conf|CKPT")
+    add_set(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("time", help="time each layer", description="Time each layer's forward "
+                       "and backward pass and the whole training step on random data of the "
+                       "job's shapes, like caffe time.")
+    p.add_argument("job", metavar="JOB.conf")
+    add_set(p)
+    p.add_argument("--iterations", type=int, default=10, help="timed iterations (default 10)")
+    p.add_argument("--batch-size", type=int, help="default: the job's data.train.batch_size")
+    p.set_defaults(func=cmd_time)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with status 2 on bad arguments, 0 for --help
+    prog = f"nnkit {args.command}"
+    try:
+        return args.func(args)
+    except (ConfigError, UsageError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001  (the command line reports every failure the same way)
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

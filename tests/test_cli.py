@@ -1,0 +1,196 @@
+"""The ``nnkit`` command line end to end, each command in a subprocess, on a little real MNIST."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnkit
+from nnkit import Dense, Sequential
+from nnkit.cli import main
+from nnkit.config import load_job
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+
+SMALL_JOB = """name: "small"
+seed: 1
+model {{
+  layer {{ image_input {{ height: 28 width: 28 }} }}
+  layer {{ dense {{ output_dim: 32 w {{ init: glorot_uniform }} }} }}
+  layer {{ activation {{ type: relu }} }}
+  layer {{ dense {{ output_dim: 10 }} }}
+}}
+updater {{ lr: 0.1 momentum: 0.9 }}
+data {{
+  dataset: "mnist"
+  dir: "{data}"
+  scale: 0.00392156862745098
+  train {{ batch_size: 32 limit: 2000 }}
+  test {{ batch_size: 250 limit: 500 }}
+}}
+run {{ steps: 20 display_freq: 5 test_freq: 10 checkpoint_freq: 10 run_dir: "{runs}" }}
+"""
+
+
+def nnkit_cli(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    """Runs ``python -m nnkit.cli ARGS`` without installation."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "nnkit.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=180, **kwargs)
+
+
+@pytest.fixture
+def job_file(tmp_path: Path) -> Path:
+    path = tmp_path / "small.conf"
+    path.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
+    return path
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["show"], ["time"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    assert f"usage: nnkit {' '.join(command)}".strip() in capsys.readouterr().out
+
+
+def test_train_eval_show_resume_end_to_end(job_file, tmp_path):
+    done = nnkit_cli("train", job_file, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"small-\d{8}-\d{6}", run_dir.name)
+    files = {p.name for p in run_dir.iterdir()}
+    assert {"job.conf", "checkpoint.h5", "metrics.jsonl", "metrics.json"} <= files
+    assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")]  # no leftovers
+    log = read_log(run_dir)
+    assert [r["step"] for r in log if r["event"] == "train"] == [5, 10, 15, 20]
+    assert [r["step"] for r in log if r["event"] == "test"] == [10, 20]
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert (final["step"], final["interrupted"]) == (20, False)
+    last_test = [r for r in log if r["event"] == "test"][-1]
+    assert final["test"] == {k: last_test[k] for k in ("loss", "accuracy")}
+    assert final["test"]["accuracy"] > 0.5  # 20 steps of a small MLP already learn MNIST
+    # The copy of the config is the job as run, and loads back to the same proto.
+    assert load_job(run_dir / "job.conf").proto == load_job(job_file).proto
+
+    done = nnkit_cli("eval", run_dir / "checkpoint.h5", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads(done.stdout)
+    assert (evaluated["step"], evaluated["examples"]) == (20, 500)
+    assert evaluated["accuracy"] == pytest.approx(final["test"]["accuracy"], abs=1e-12)
+    assert evaluated["loss"] == pytest.approx(final["test"]["loss"], rel=1e-9)
+
+    done = nnkit_cli("eval", run_dir / "checkpoint.h5", "--set", "data.test.limit=100", cwd=tmp_path)
+    assert done.returncode == 0 and "100 test examples" in done.stdout, done.stderr
+
+    done = nnkit_cli("show", run_dir / "checkpoint.h5", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "step 20" in done.stdout and "Total params: 25,450" in done.stdout
+    assert re.search(r"dense_2 \(Dense\)\s+\(None, 10\)\s+330", done.stdout)
+
+    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set",
+                     "model.layer[1].dense.output_dim=16", cwd=tmp_path)
+    assert done.returncode == 2 and "does not fit the job's model" in done.stderr, done.stderr
+
+    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set", "run.steps=30",
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 30
+    assert [r["step"] for r in read_log(run_dir) if r["event"] == "train"] == [5, 10, 15, 20, 25, 30]
+    assert nnkit.load(run_dir / "checkpoint.h5").trainer.global_step == 30
+
+
+def test_show_describes_layers_updater_schedule_data_and_run(tmp_path):
+    done = nnkit_cli("show", ROOT / "examples" / "cifar10_cnn.conf", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert re.search(r"convolution2_d_1 \(Convolution2D\)\s+\(None, 32, 32, 32\)\s+2,432", out)
+    assert "Total params: 89,578" in out
+    assert "Updater: SGD(lr=0.001, lr_type='manual', decay=0.004, momentum=0.9" in out
+    assert "Schedule: Manual(base_lr=0.001, step=(0, 60000, 65000)" in out
+    assert "Data: cifar10" in out and "mean image" in out and "train: split train, batch 100" in out
+
+
+def test_time_reports_every_layer_and_the_whole_step(job_file, tmp_path):
+    done = nnkit_cli("time", job_file, "--iterations", 3, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = {m.group(1): [float(v) for v in m.group(2, 3, 4)] for m in re.finditer(
+        r"^(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", done.stdout, re.MULTILINE)}
+    assert list(rows) == ["dense_1", "activation_1", "dense_2", "loss", "total"]
+    assert rows["dense_1"][0] > 0 and rows["dense_1"][1] > 0 and rows["dense_1"][2] > 0
+    assert rows["total"][0] == pytest.approx(sum(r[0] for k, r in rows.items() if k != "total"), abs=0.01)
+    whole = float(re.search(r"Average whole step: ([\d.]+) ms", done.stdout).group(1))
+    assert whole >= rows["total"][0] + rows["total"][1]  # the step includes every part
+
+
+def test_bad_configs_and_arguments_exit_2_without_traceback(job_file, tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text(job_file.read_text().replace("output_dim: 32", "output_dim 32"))
+    model = Sequential([Dense(2)], input_shape=(3,))
+    model.compile()
+    model.save(tmp_path / "no_data.h5")
+    cases = [
+        (["train", bad], r"bad\.conf:5:\d+: Expected \":\""),
+        (["train", job_file, "--set", "run.stepz=3"], r"--set run\.stepz=3: .*no field 'stepz'"),
+        (["train", job_file, "--resume", tmp_path / "missing.h5"], r"missing\.h5"),
+        (["train"], r"the following arguments are required: JOB\.conf"),
+        (["eval", tmp_path / "no_data.h5"], r"describes no test data"),
+        (["time", job_file, "--iterations", "0"], r"--iterations must be >= 1"),
+        (["show", tmp_path / "nothing.conf"], r"nothing\.conf: cannot read"),
+    ]
+    for args, message in cases:
+        done = nnkit_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stderr)
+        assert re.search(message, done.stderr), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_file, tmp_path):
+    done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
+                     cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "NonFiniteLossError" in done.stderr and "Traceback" not in done.stderr
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"job.conf", "metrics.jsonl"} <= files
+    assert not {"metrics.json", "checkpoint.h5"} & files  # nothing claims the run finished
+    assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")]  # no leftovers
+    for record in read_log(tmp_path / "run"):  # every line complete
+        assert record["event"] in ("train", "test")
+
+
+def test_ctrl_c_stops_cleanly_with_a_checkpoint(job_file, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nnkit.cli", "train", str(job_file), "--run-dir",
+                             str(run_dir), "--set", "run.steps=1000000", "--set", "run.display_freq=1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert final["interrupted"] is True and 1 <= final["step"] < 1000000
+    restored = nnkit.load(run_dir / "checkpoint.h5")
+    assert restored.trainer.global_step == final["step"]
+    assert np.isfinite(restored.get_weights()[0]).all()

@@ -1,0 +1,327 @@
+"""Job configs: schema <-> Python round trips, the example jobs, validation errors with their
+location, overrides, checkpoints that carry the job, and the generated-code staleness check."""
+import importlib
+import importlib.util
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+import nnkit
+from nnkit import (LRN2D, SGD, Accuracy, Activation, AvgPooling2D, Convolution2D, Dense, Dropout,
+                   ImageInput, MaxPooling2D, Sequential, initializers, schedules, updaters)
+from nnkit.config import (DATASET_SHAPES, ConfigError, _LAYER_KINDS, _field_lines, job_from_text,
+                          load_job, model_from_proto)
+from nnkit.datasets import DATASETS, load_cifar10, mean_image, subtract_mean
+from nnkit.layers.activation import ACTIVATIONS
+from nnkit.layers.loss import LOSSES
+from nnkit.layers.normalization import NORM_REGIONS
+from nnkit.proto import (ActivationConf, JobConf, LRNConf, ModelConf, ParamConf, Schedule,
+                         UpdaterConf)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DATA = ROOT.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+
+
+def names(enum) -> list[str]:
+    return [v.name for v in enum.DESCRIPTOR.values]
+
+
+# ================================================================================= the schema
+def test_enums_list_exactly_the_python_options():
+    assert names(ActivationConf.Type) == list(ACTIVATIONS)
+    assert names(ModelConf.Loss) == list(LOSSES)
+    assert names(LRNConf.NormRegion) == list(NORM_REGIONS)
+    assert names(ParamConf.Init) == list(initializers.KINDS)
+    assert names(Schedule.Type) == list(schedules.SCHEDULES)
+    assert names(UpdaterConf.Type) == [n.lower() for n in updaters.__all__ if n != "Updater"]
+    # Every model layer class has a layer type (inputs included; loss/metrics are model fields).
+    model_layers = {getattr(nnkit.layers, n) for n in nnkit.layers.__all__
+                    if isinstance(getattr(nnkit.layers, n), type)
+                    and n not in ("Layer", "Param", "Loss", "Accuracy", "LabelInput")}
+    assert model_layers == {kind.cls for kind in _LAYER_KINDS.values()}
+    assert set(DATASET_SHAPES) == set(DATASETS)
+
+
+def _generate_module():
+    spec = importlib.util.spec_from_file_location("nnkit_proto_generate", ROOT / "proto" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_module_is_current_and_the_check_catches_a_stale_one(tmp_path):
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (protoc) is not installed: "
+                        "pip install grpcio-tools to check nnkit_pb2.py against the schema")
+    gen = _generate_module()
+    ok, why = gen.is_current()
+    assert ok, why
+    # A schema edit must change what the check compares.
+    edited = tmp_path / "nnkit.proto"
+    edited.write_text(gen.PROTO.read_text().replace(
+        "optional int64 seed = 2;", "optional int64 seed = 2;\n  optional int32 extra = 99;"))
+    assert gen.schema_of(gen.run_protoc(tmp_path, edited)) != gen.schema_of(gen.MODULE)
+
+
+# ============================================================================ round trips
+def every_option_model(seed=3) -> Sequential:
+    """A model using every layer type and non-default values of (nearly) every argument."""
+    layers = [
+        ImageInput(12, 10, 2, name="data", dtype="float64"),
+        Convolution2D(4, (3, 2), stride=(1, 2), pad=(1, 0), init="gaussian", bias=True,
+                      w_std=0.02, w_mean=0.001, w_lr=0.5, w_wd=2.0, b_value=0.1, b_lr=2.0, b_wd=0.0),
+        MaxPooling2D(pool_size=(3, 2), stride=1, pad=(1, 0), ceil_mode=False),
+        Activation("relu"),
+        LRN2D(3, alpha=2e-4, beta=0.5, k=2.0, norm_region="within_channel"),
+        AvgPooling2D(pool_size=2, stride=2),
+        Convolution2D(3, 3, pad=1, bias=False, init="he_normal"),
+        Dropout(0.25, name="drop"),
+        Dense(7, init="glorot_uniform", b_low=-0.1, b_high=0.2),
+        Activation("stanh"),
+        Dense(5, w_low=-0.3, w_high=0.3, bias=False),
+    ]
+    model = Sequential(layers, name="every_option", seed=seed)
+    model.compile(SGD(lr=0.05, momentum=0.8, decay=1e-4, lr_type="manual", step=(0, 10, 20),
+                      step_lr=(0.05, 0.01, 0.001), clip_norm=5.0, clip_value=1.0),
+                  "softmaxloss", ["accuracy", Accuracy(topk=3)])
+    return model
+
+
+def test_python_to_text_to_python_same_config_and_initial_weights():
+    model = every_option_model()
+    text = text_format.MessageToString(model.to_proto())
+    again = model_from_proto(text)
+    assert again.get_config() == model.get_config()  # before building...
+    model.build()
+    again.build()
+    assert again.get_config() == model.get_config()  # ...and after (names, input shape)
+    for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
+        assert a.dtype == b.dtype == np.float64
+        np.testing.assert_array_equal(a, b)
+    assert text_format.MessageToString(again.to_proto()) == text_format.MessageToString(model.to_proto())
+    # A different seed gives different weights: the comparison above can fail.
+    other = model_from_proto(text.replace("seed: 3", "seed: 4"))
+    other.build()
+    assert not np.array_equal(other.get_weights()[0], model.get_weights()[0])
+
+
+@pytest.mark.parametrize("updater", [
+    SGD(), SGD(lr=0.1, momentum=0.9, lr_type="step", gamma=0.5, change_freq=100),
+    updaters.Nesterov(lr=0.02, lr_type="exponential", gamma=0.99),
+    updaters.AdaGrad(epsilon=1e-6, lr_type="inverse", gamma=1e-4, power=0.75),
+    updaters.RMSProp(rho=0.8, lr_type="inverse_t", change_freq=50.0, clip_value=0.5),
+    updaters.AdaDelta(rho=0.9, epsilon=1e-5, lr_type="linear", final_lr=0.1, final_step=1000),
+    updaters.Adam(lr=3e-4, beta1=0.8, beta2=0.99, decay=5e-4, lr_type="poly", final_step=500, power=2),
+], ids=lambda u: f"{type(u).__name__}-{u.schedule.lr_type}")
+def test_every_updater_and_schedule_round_trips(updater):
+    model = Sequential([Dense(3)], input_shape=(4,), seed=0)
+    model.compile(updater, "euclideanloss", [])
+    again = model_from_proto(text_format.MessageToString(model.to_proto()))
+    assert type(again.updater) is type(updater)
+    assert again.updater.get_config() == updater.get_config()
+    assert again.get_config() == model.get_config()
+
+
+def test_defaults_stay_out_of_the_text_and_uncompiled_models_stay_uncompiled():
+    model = Sequential([Dense(3), Activation("relu")], input_shape=(4,))
+    text = text_format.MessageToString(model.to_proto())
+    assert text == ('model {\n  input_shape: 4\n  layer {\n    dense {\n      output_dim: 3\n    }\n'
+                    '  }\n  layer {\n    activation {\n      type: relu\n    }\n  }\n}\n')
+    again = model_from_proto(text)
+    assert again.loss_layer is None and again.updater is None
+    assert again.get_config() == model.get_config()
+
+
+def test_a_layer_the_schema_cannot_describe_is_refused_and_checkpoints_fall_back(tmp_path):
+    class Custom(Dense):
+        pass
+
+    model = Sequential([Custom(2)], input_shape=(3,))
+    model.compile()
+    with pytest.raises(ValueError, match="no layer type for class"):
+        model.to_proto()
+    assert model.checkpoint_tree()["proto"] is None  # the dict config still describes it
+
+
+def test_checkpoints_carry_the_job_and_load_without_code(tmp_path):
+    model = every_option_model()
+    model.build()
+    path = tmp_path / "model.h5"
+    model.save(path)
+    tree = nnkit.checkpoint.load_tree(path)
+    assert text_format.Parse(tree["model"]["proto"], JobConf()) == model.to_proto()
+    loaded = nnkit.load(path)
+    assert loaded.get_config() == model.get_config()
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The proto alone is enough (the dict config is not consulted when a proto is present).
+    del tree["model"]["config"]
+    proto_only = nnkit.model.load_tree_model(tree, "proto-only")
+    assert proto_only.get_config() == model.get_config()
+
+
+# ============================================================================ example jobs
+def _example(name):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def _same_model(job_model: Sequential, layers: list, updater) -> None:
+    reference = Sequential(layers, name=job_model.name, seed=0)
+    reference.compile(updater, "softmaxloss", ["accuracy"])
+    reference.build()
+    assert job_model.get_config() == reference.get_config()
+    for a, b in zip(job_model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_data
+def test_mnist_conf_is_exactly_the_mnist_example():
+    example = _example("train_mnist")
+    job = load_job(EXAMPLES / "mnist_mlp.conf", data_dir=str(DATA))
+    updater = example.make_updater(Namespace(lr=0.01, momentum=0.9, lr_type="fixed"))  # its defaults
+    _same_model(job.build_model(), example.build_mlp(0), updater)
+    assert (job.batch_size("train"), job.batch_size("test")) == (64, 500)
+    x, y = job.load_data("test")
+    ref_x, ref_y = example.load(str(DATA), "test")
+    np.testing.assert_array_equal(x.reshape(len(x), -1), ref_x)
+    np.testing.assert_array_equal(y, ref_y.ravel())
+
+
+@needs_data
+def test_cifar_conf_is_exactly_the_cifar_example():
+    example = _example("train_cifar10")
+    job = load_job(EXAMPLES / "cifar10_cnn.conf", data_dir=str(DATA),
+                   overrides=["data.train.limit=300", "data.test.limit=50"])
+    _same_model(job.build_model(), example.build_cnn(0), example.make_updater(None))
+    assert (job.batch_size("train"), job.batch_size("test")) == (100, 500)
+    x, _ = job.load_data("test")
+    train, test = load_cifar10(DATA, "train")[0][:300], load_cifar10(DATA, "test")[0][:50]
+    np.testing.assert_array_equal(x, subtract_mean(test, mean_image(train)))  # the example's recipe
+
+
+# ============================================================================ validation
+BASE = """name: "t"
+model {
+  input_shape: [1, 28, 28]
+  layer { convolution { nb_filter: 2 kernel: 5 } }
+  layer { activation { type: relu } }
+  layer { dense { output_dim: 10 } }
+}
+updater {
+  lr_type: manual
+  step: [0, 10]
+  step_lr: [0.1, 0.01]
+}
+"""
+DATA_BLOCK = f'data {{\n  dataset: "mnist"\n  dir: "{DATA}"\n  train {{ batch_size: 8 }}\n}}\n'
+
+
+def test_the_base_config_is_valid():
+    job_from_text(BASE + DATA_BLOCK, "t.conf")
+
+
+@pytest.mark.parametrize("old, new, line, field, problem", [
+    ("activation { type: relu }", "relu {}", "5:11", "", "unknown layer type or field 'relu'"),
+    ("output_dim: 10", "output_dims: 10", "6:19", "", "unknown field 'output_dims' in DenseConf"),
+    ("type: relu", "type: relux", "5:30", "", "unknown value 'relux'; valid: relu, sigmoid"),
+    ("nb_filter: 2", "nb_filter 2", "4:35", "", 'Expected ":"'),
+    ("output_dim: 10", "bias: false", "6", "model.layer[2].dense.output_dim", "missing value"),
+    ("layer { activation { type: relu } }", "layer { name: 'a' }", "5", "model.layer[1]",
+     "the layer has no type"),
+    ("kernel: 5", "kernel: 31", "4", "model.layer[0]", r"does not fit its input of shape \(batch, 1, 28, 28\)"),
+    ("output_dim: 10", "output_dim: 12", "6", "model.layer[2]", "outputs 12 scores but mnist has 10"),
+    ("step_lr: [0.1, 0.01]", "step_lr: [0.1, 0.01, 0.001]", "11", "updater.step_lr",
+     "step has 2 entries but step_lr has 3"),
+    ("lr_type: manual\n  step: [0, 10]\n  step_lr: [0.1, 0.01]", "lr_type: step\n  power: 2", "10",
+     "updater.power", "does not use power"),
+    ("layer { activation { type: relu } }",
+     "layer { name: 'a' activation { type: relu } }\n  layer { name: 'a' dropout {} }",
+     "6", "model.layer[2].name", "two layers are named 'a'"),
+    ("layer { activation { type: relu } }", "layer { dropout {\n    ratio: 1.5 } }", "6",
+     "model.layer[1].dropout.ratio", r"ratio must be in \[0, 1\)"),
+    ("output_dim: 10", "output_dim: 10 b { init: gaussian }", "6", "model.layer[2].dense.b.init",
+     "the bias takes no init"),
+    (f'dir: "{DATA}"', 'dir: "/no/such/folder"', "15", "data.dir", "/no/such/folder does not exist"),
+    ("train { batch_size: 8 }", 'train {\n    file: "/no/such/file" }', "17", "data.train.file[0]",
+     "no such file: /no/such/file"),
+    ('dataset: "mnist"', 'dataset: "mnits"', "14", "data.dataset", "unknown dataset 'mnits'"),
+    ('dataset: "mnist"', 'dataset: "cifar10"', "3", "model.input_shape",
+     r"takes inputs of shape \(1, 28, 28\) but cifar10 examples have shape \(3, 32, 32\)"),
+])
+def test_every_validation_error_names_file_line_and_field(old, new, line, field, problem):
+    text = BASE + DATA_BLOCK
+    assert old in text
+    with pytest.raises(ConfigError, match=problem) as info:
+        job_from_text(text.replace(old, new, 1), "t.conf")
+    assert info.value.location == f"t.conf:{line}"
+    assert info.value.field == field
+    assert str(info.value).startswith(f"t.conf:{line}: {field + ': ' if field else ''}")
+
+
+def test_a_missing_model_or_file_is_reported():
+    with pytest.raises(ConfigError, match="the model has no layers") as info:
+        job_from_text('name: "x"\n', "empty.conf")
+    assert (info.value.location, info.value.field) == ("empty.conf", "model.layer")
+    with pytest.raises(ConfigError, match="cannot read the job config"):
+        load_job("/no/such/job.conf")
+
+
+# =============================================================================== overrides
+def test_overrides_set_fields_by_path_index_and_layer_name():
+    text = BASE.replace("layer { dense {", "layer { name: 'fc' dense {")
+    job = job_from_text(text, "t.conf", overrides=[
+        "run.steps=5", "name=renamed", "updater.step=[0, 20]", "updater.step_lr=[0.5, 0.05]",
+        "model.layer[fc].dense.w.std=0.5", "model.layer[0].convolution.kernel=[3, 5]",
+        "model.layer[1].activation.type=tanh"], check_data=False)
+    p = job.proto
+    assert (p.run.steps, p.name, list(p.updater.step), list(p.updater.step_lr)) == (5, "renamed", [0, 20], [0.5, 0.05])
+    assert p.model.layer[2].dense.w.std == 0.5 and list(p.model.layer[0].convolution.kernel) == [3, 5]
+    assert ActivationConf.Type.Name(p.model.layer[1].activation.type) == "tanh"
+
+
+@pytest.mark.parametrize("item, problem", [
+    ("run.stepz=5", "RunConf has no field 'stepz'"),
+    ("run.steps", "expected key=value"),
+    ("run.steps=many", "Couldn't parse integer"),
+    ("model.layer[7].dense.output_dim=3", r"layer\[7\] does not exist"),
+    ("model.layer[0].dense.output_dim=3", "is a convolution layer, not dense"),
+    ("model.layer[nope].dense.output_dim=3", "no layer is named 'nope'"),
+    ("model.layer.dense.output_dim=3", "layer is repeated"),
+    ("updater=3", "updater is a block"),
+])
+def test_bad_overrides_name_the_item(item, problem):
+    with pytest.raises(ConfigError, match=problem) as info:
+        job_from_text(BASE, "t.conf", overrides=[item], check_data=False)
+    assert info.value.location == f"--set {item}"
+
+
+def test_errors_in_overridden_values_point_at_the_override():
+    with pytest.raises(ConfigError, match="output_dim must be positive") as info:
+        job_from_text(BASE, "t.conf", overrides=["model.layer[2].dense.output_dim=-1"], check_data=False)
+    assert info.value.location == "--set model.layer[2].dense.output_dim=-1"
+    assert info.value.field == "model.layer[2].dense.output_dim"
+
+
+def test_field_lines_follow_nesting_lists_and_comments():
+    text = ('# comment with { braces\nmodel {\n  layer { dense { output_dim: 3 } }\n'
+            '  layer {\n    name: "x # y"\n  }\n}\nupdater { step: [0,\n 5] }\n')
+    lines = _field_lines(text)
+    assert lines[(("model", 0), ("layer", 1), ("name", 0))] == 5
+    assert lines[(("model", 0), ("layer", 0), ("dense", 0), ("output_dim", 0))] == 3
+    assert lines[(("updater", 0), ("step", 1))] == 9
+
+
+def test_job_text_round_trips_through_load_job(tmp_path):
+    job = load_job(EXAMPLES / "cifar10_cnn.conf", check_data=False)
+    path = tmp_path / "copy.conf"
+    path.write_text(job.to_text())
+    assert load_job(path, check_data=False).proto == job.proto
