@@ -9,12 +9,12 @@ from .layers import *  # noqa: F401,F403  (the layers are part of the top-level 
 from .layers import __all__ as _layer_names
 from .model import Sequential, load
 from .config import Job, load_job, model_from_proto
-from .training import Trainer
+from .training import Trainer, TrainingRun, start
 from .updaters import SGD, AdaDelta, AdaGrad, Adam, Nesterov, RMSProp, Updater
 
 __version__ = "0.1.0"
 
 __all__ = [*_layer_names, "Updater", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam",
-           "Sequential", "load", "Job", "load_job", "model_from_proto", "Trainer",
+           "Sequential", "load", "start", "TrainingRun", "Job", "load_job", "model_from_proto", "Trainer",
            "save_model_parameter", "load_model_parameter",
            "checkpoint", "initializers", "layers", "schedules", "training", "updaters"]

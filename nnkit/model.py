@@ -15,7 +15,8 @@ import numpy as np
 from . import checkpoint, layers as layers_module, updaters as updaters_module
 from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, name_layers, set_seed
 from .layers.input import _InputLayer
-from .training import Callback, History, Trainer, TrainingRun
+from .training import Callback, History, ProcessRun, Trainer, TrainingRun
+from .training.process import start_arrays
 
 # A stream of the model seed that no layer uses: the data order.
 _SHUFFLE_STREAM = 0x5EED
@@ -285,18 +286,24 @@ class Sequential:
             validation_split: float | tuple[float, int] | None = None, shuffle: bool = True,
             callbacks: Sequence[Callback] = (), verbose: int = 1, seed: int | None = None,
             run_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-            background: bool = False) -> History | TrainingRun:
+            background: bool | str = False) -> History | TrainingRun | ProcessRun:
         """Trains the model; see :meth:`nnkit.training.Trainer.fit` for ``epochs``/``steps``/``resume``.
 
         ``seed`` seeds the model (init, dropout, data order) if it has no seed yet.
         ``run_dir``: the run writes ``events.jsonl`` there, takes commands appended to
         ``commands.jsonl`` (``nnkit ctl``), and checkpoints there when it ends or is interrupted.
         ``background=True`` returns a :class:`~nnkit.training.TrainingRun` at once and trains
-        in a thread, steerable through the handle.
+        in a thread, steerable through the handle; ``background='process'`` trains in a child
+        process instead (a :class:`~nnkit.training.ProcessRun` with the same commands).
         """
         if seed is not None and self.seed is None and not self.built:
             self.seed = seed
         self._ensure_ready(x)
+        if background == "process":
+            if validation_split is not None or resume is not None or callbacks:
+                raise ValueError("fit(background='process'): validation_split, resume and callbacks "
+                                 "cannot cross to the child process; use validation_data")
+            return start_arrays(self, x, y, validation_data, run_dir, epochs, steps, batch_size)
         trainer = self.trainer_for_fit()
         trainer.user_callbacks = list(callbacks)
         trainer.verbose = verbose
@@ -307,7 +314,7 @@ class Sequential:
                           validation_data=validation_data, validation_split=validation_split,
                           shuffle=shuffle, callbacks=callbacks, verbose=verbose, run_dir=run_dir,
                           resume=resume)
-            run = TrainingRun(self, kwargs, run_dir)
+            run = TrainingRun(self, kwargs, run_dir, linger=bool(background))
             return run.start() if background else run.run()
         return trainer.fit(x, y, batch_size=batch_size, epochs=epochs, steps=steps,
                            validation_data=validation_data, validation_split=validation_split,

@@ -50,14 +50,15 @@ def _jsonable(value: Any) -> Any:
 class EventBus:
     """Stamps events (schema, run id, sequence number, time) and hands them to subscribers.
 
-    Subscribers are called in the thread that emits (usually the training thread): keep
-    them short, or hand the event to your own thread or event loop. The last ``keep``
+    Subscribers are called in the thread that emits (usually the training thread), one event
+    at a time in ``seq`` order: keep them short, or hand the event to your own thread or
+    event loop. The last ``keep``
     events stay available through :meth:`events`.
     """
 
     def __init__(self, run_id: str | None = None, keep: int = 100_000) -> None:
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._seq = 0
         self._recent: collections.deque[Event] = collections.deque(maxlen=keep)
         self._subscribers: list[tuple[str, Callable[[Event], None]]] = []
@@ -67,17 +68,27 @@ class EventBus:
         """Publishes one event of ``type`` and returns it."""
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r}; expected one of {', '.join(EVENT_TYPES)}")
+        # Under one (re-entrant) lock: subscribers and files see events in seq order, even with
+        # several threads emitting (the training thread, the heartbeat, a command thread).
         with self._lock:
             self._seq += 1
             event = {"schema": SCHEMA_VERSION, "run": self.run_id, "seq": self._seq,
                      "time": time.time(), "type": type, **_jsonable(fields)}
-            self._recent.append(event)
-            subscribers = list(self._subscribers)
-            self.last_emit = time.monotonic()
-        for topic, callback in subscribers:
-            if topic in ("*", type):
-                callback(event)
+            self._deliver(event)
         return event
+
+    def publish(self, event: Event) -> None:
+        """Keeps and fans out an event stamped elsewhere (a child process's), unchanged."""
+        with self._lock:
+            self._seq = max(self._seq, int(event.get("seq", 0)))  # our own events follow on
+            self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        self._recent.append(event)
+        self.last_emit = time.monotonic()
+        for topic, callback in list(self._subscribers):
+            if topic in ("*", event.get("type")):
+                callback(event)
 
     def subscribe(self, topic: str, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Calls ``callback(event)`` for every event of type ``topic`` ('*' for all).

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .control import Controller, EventReporter, make_command
 from .events import Event, EventBus, JsonlWriter
 
+SETTLED = ("finished", "stopped", "failed")
 EVENTS_FILE = "events.jsonl"
 COMMANDS_FILE = "commands.jsonl"
 
@@ -60,105 +61,59 @@ class Heartbeat:
         self._thread.join()
 
 
-class TrainingRun:
-    """A handle on a model training in a background thread.
+class RunHandle:
+    """The commands and event access every kind of run offers (thread or child process).
 
-    Commands (each returns the command id; the run answers with an ``ack`` or ``error``
-    event): :meth:`stop`, :meth:`pause`, :meth:`resume`, :meth:`run_until`, :meth:`set`,
-    :meth:`tell_state`, :meth:`report_every`, :meth:`checkpoint`, :meth:`shutdown`.
-    Observing: :attr:`status`, :attr:`current_epoch`, :attr:`current_batch`,
-    :attr:`history`, :meth:`interactive_data`, :meth:`events`, :meth:`subscribe`,
-    :meth:`wait`.
+    Each command returns its id; the run answers with an ``ack`` or ``error`` event naming it
+    (see :meth:`wait_for`).
     """
 
-    def __init__(self, model: Any, fit_kwargs: dict[str, Any], run_dir: str | os.PathLike | None = None,
-                 linger: bool = True) -> None:
-        self.model = model
-        self.linger = linger  # after the plan is done, wait for run_until/shutdown
-        self.trainer = model.trainer_for_fit()
-        self.bus, self.controller, self._closers = attach_channel(self.trainer, run_dir)
-        self._fit_kwargs = dict(fit_kwargs)
-        self._fit_kwargs["callbacks"] = [*fit_kwargs.get("callbacks", ()),
-                                         EventReporter(self.bus, self.controller)]
+    def _init_handle(self, bus: EventBus) -> None:
+        """Sets up status tracking from the run's own status, ack and error events."""
+        self.bus = bus
         self.status = "starting"
-        self.exception: BaseException | None = None
-        self._settled = threading.Event()  # finished, stopped or failed: wait() returns
-        self._ended = threading.Event()    # the thread is gone
-        self._thread = threading.Thread(target=self._main, name="nnkit-training", daemon=True)
-        self._heartbeat: Heartbeat | None = None
+        self._cond = threading.Condition()
+        self._extending: set[str] = set()  # run_until ids that may restart a settled run
+        self._ended = threading.Event()
+        bus.subscribe("*", self._track)
 
-    def start(self) -> "TrainingRun":
-        """Starts training in a background thread; returns at once."""
-        self._thread.start()
-        return self
-
-    def run(self) -> Any:
-        """Trains in the calling thread (no lingering); returns the History, re-raises errors."""
-        self.linger = False
-        self._main()
-        if self.exception is not None:
-            raise self.exception
-        return self.trainer.history
-
-    # ------------------------------------------------------------------ the thread
-    def _set_status(self, state: str, **fields: Any) -> None:
-        self.status = state
-        self.bus.emit("status", state=state, step=self.trainer.global_step, **fields)
-
-    def _main(self) -> None:
-        trainer = self.trainer
-        kwargs = self._fit_kwargs
-        self._heartbeat = Heartbeat(self.bus, lambda: {"status": self.status, "step": trainer.global_step,
-                                                       "epoch": trainer.current_epoch})
-        try:
-            self._set_status("started")
-            while True:
-                self._settled.clear()
-                self.model.fit(**kwargs)
-                if self.controller.shutdown_requested or not trainer.finished():
-                    self._set_status("stopped")
-                    break
-                self._set_status("finished")
-                self._settled.set()
-                if not self.linger or not self._wait_for_more():
-                    break
-                self._set_status("resumed")
-                # Continue the same data; fit's epochs/steps count "more" from here.
-                kwargs = {**kwargs, "epochs": None, "steps": None, "resume": None,
-                          **self._remaining()}
-        except BaseException as exc:  # reported as an event; the caller's thread lives on
-            self.exception = exc
-            self.bus.emit("error", message=f"{type(exc).__name__}: {exc}")
-            self._set_status("failed")
-        finally:
-            self._settled.set()
-            self._heartbeat.stop()
-            trainer.controller = None
-            for close in self._closers:
-                close()
-            self._ended.set()
-
-    def _wait_for_more(self) -> bool:
-        """After the plan is done: answers commands until run_until moves it (True) or shutdown."""
-        trainer = self.trainer
-        trainer._stop.clear()
-        while True:
-            self.controller.idle(trainer)
-            if self.controller.shutdown_requested or trainer._stop.is_set():
-                return False
-            if not trainer.finished():
-                return True
-
-    def _remaining(self) -> dict[str, int]:
-        t = self.trainer
-        if t.target_step is not None:
-            return {"steps": t.target_step - t.global_step}
-        return {"epochs": t.target_epoch - t.current_epoch}
+    def _track(self, event: Event) -> None:
+        with self._cond:
+            kind = event.get("type")
+            if kind == "status":
+                self.status = event["state"]
+                if self.status == "resumed":
+                    self._extending.clear()
+            elif event.get("id") in self._extending and (
+                    kind == "error" or (kind == "ack" and self.status not in SETTLED)):
+                self._extending.discard(event["id"])  # answered without restarting anything
+            self._cond.notify_all()
 
     # ------------------------------------------------------------------ commands
     def command(self, name: str, **args: Any) -> str:
         """Sends any command by name; returns its id."""
-        return self.controller.submit(make_command(name, **args))
+        command = make_command(name, **args)
+        if name == "run_until":
+            with self._cond:
+                self._extending.add(command["id"])
+        self._send(command)
+        return command["id"]
+
+    def _send(self, command: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Blocks until the run finishes, stops or fails (or ``timeout``); returns the status.
+
+        A ``run_until`` sent to a finished run counts: ``wait`` then waits for the new end.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self.status in SETTLED and not self._extending, timeout)
+            return self.status
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Blocks until the run has ended for good (after a stop, shutdown or failure)."""
+        return self._ended.wait(timeout)
 
     def stop(self) -> str:
         """Ends the run after the current batch."""
@@ -198,15 +153,6 @@ class TrainingRun:
         return self.command("shutdown")
 
     # ------------------------------------------------------------------ observing
-    def wait(self, timeout: float | None = None) -> str:
-        """Blocks until the run finishes, stops or fails (or ``timeout``); returns the status."""
-        self._settled.wait(timeout)
-        return self.status
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Blocks until the run's thread has ended (after a stop or shutdown); True if it has."""
-        return self._ended.wait(timeout)
-
     def wait_for(self, command_id: str, timeout: float = 10.0) -> Event:
         """The ``ack`` or ``error`` event answering command ``command_id`` (waits for it)."""
         deadline = time.monotonic() + timeout
@@ -216,6 +162,111 @@ class TrainingRun:
                     return event
             time.sleep(0.005)
         raise TimeoutError(f"no answer to command {command_id} within {timeout} s")
+
+    def events(self, type: str | None = None, since: int = 0) -> list[Event]:
+        """The events so far (of one ``type``), after sequence number ``since``."""
+        return self.bus.events(type, since)
+
+    def subscribe(self, topic: str, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Calls ``callback(event)`` for each new event of ``topic`` ('*' for all); returns an
+        unsubscribe function. Callbacks run in the thread that receives events: keep them short."""
+        return self.bus.subscribe(topic, callback)
+
+
+class TrainingRun(RunHandle):
+    """A handle on a model training in a background thread.
+
+    Commands (each returns the command id; the run answers with an ``ack`` or ``error``
+    event): :meth:`stop`, :meth:`pause`, :meth:`resume`, :meth:`run_until`, :meth:`set`,
+    :meth:`tell_state`, :meth:`report_every`, :meth:`checkpoint`, :meth:`shutdown`.
+    Observing: :attr:`status`, :attr:`current_epoch`, :attr:`current_batch`,
+    :attr:`history`, :meth:`interactive_data`, :meth:`events`, :meth:`subscribe`,
+    :meth:`wait`.
+    """
+
+    def __init__(self, model: Any, fit_kwargs: dict[str, Any], run_dir: str | os.PathLike | None = None,
+                 linger: bool = True, bus: EventBus | None = None) -> None:
+        self.model = model
+        self.linger = linger  # after the plan is done, wait for run_until/shutdown
+        self.trainer = model.trainer_for_fit()
+        self.bus, self.controller, self._closers = attach_channel(self.trainer, run_dir, bus)
+        self._fit_kwargs = dict(fit_kwargs)
+        self._fit_kwargs["callbacks"] = [*fit_kwargs.get("callbacks", ()),
+                                         EventReporter(self.bus, self.controller)]
+        self._init_handle(self.bus)
+        self.exception: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="nnkit-training", daemon=True)
+        self._heartbeat: Heartbeat | None = None
+
+    def start(self) -> "TrainingRun":
+        """Starts training in a background thread; returns at once."""
+        self._thread.start()
+        return self
+
+    def run(self) -> Any:
+        """Trains in the calling thread; returns the History, re-raises errors.
+
+        Lingers after the plan (waiting for run_until or shutdown) only if built with
+        ``linger=True`` and called by a child process; a plain foreground fit returns.
+        """
+        self._main()
+        if self.exception is not None:
+            raise self.exception
+        return self.trainer.history
+
+    # ------------------------------------------------------------------ the thread
+    def _set_status(self, state: str, **fields: Any) -> None:
+        self.bus.emit("status", state=state, step=self.trainer.global_step, **fields)
+
+    def _main(self) -> None:
+        trainer = self.trainer
+        kwargs = self._fit_kwargs
+        self._heartbeat = Heartbeat(self.bus, lambda: {"status": self.status, "step": trainer.global_step,
+                                                       "epoch": trainer.current_epoch})
+        try:
+            self._set_status("started")
+            while True:
+                self.model.fit(**kwargs)
+                if self.controller.shutdown_requested or not trainer.finished():
+                    self._set_status("stopped")
+                    break
+                self._set_status("finished")
+                if not self.linger or not self._wait_for_more():
+                    break
+                self._set_status("resumed")
+                # Continue the same data; fit's epochs/steps count "more" from here.
+                kwargs = {**kwargs, "epochs": None, "steps": None, "resume": None,
+                          **self._remaining()}
+        except BaseException as exc:  # reported as an event; the caller's thread lives on
+            self.exception = exc
+            self.bus.emit("error", message=f"{type(exc).__name__}: {exc}")
+            self._set_status("failed")
+        finally:
+            self._heartbeat.stop()
+            trainer.controller = None
+            for close in self._closers:
+                close()
+            self._ended.set()
+
+    def _wait_for_more(self) -> bool:
+        """After the plan is done: answers commands until run_until moves it (True) or shutdown."""
+        trainer = self.trainer
+        trainer._stop.clear()
+        while True:
+            self.controller.idle(trainer)
+            if self.controller.shutdown_requested or trainer._stop.is_set():
+                return False
+            if not trainer.finished():
+                return True
+
+    def _remaining(self) -> dict[str, int]:
+        t = self.trainer
+        if t.target_step is not None:
+            return {"steps": t.target_step - t.global_step}
+        return {"epochs": t.target_epoch - t.current_epoch}
+
+    def _send(self, command: dict[str, Any]) -> None:
+        self.controller.submit(command)
 
     @property
     def current_epoch(self) -> int:
@@ -241,11 +292,3 @@ class TrainingRun:
         """``(epoch, train_error, test_error)`` for every finished epoch."""
         return self.trainer.interactive_data()
 
-    def events(self, type: str | None = None, since: int = 0) -> list[Event]:
-        """The events so far (of one ``type``), after sequence number ``since``."""
-        return self.bus.events(type, since)
-
-    def subscribe(self, topic: str, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Calls ``callback(event)`` for each new event of ``topic`` ('*' for all); returns an
-        unsubscribe function. Callbacks run in the training thread: keep them short."""
-        return self.bus.subscribe(topic, callback)

@@ -1,0 +1,80 @@
+"""Training in a child process: the same commands and events over a pipe; crashes are contained."""
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnkit
+from test_model import mlp, toy_data
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def wait_until(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise TimeoutError("condition not reached")
+
+
+def test_fit_in_a_child_process_with_commands_and_run_until():
+    x, y = toy_data(512)
+    model = mlp()
+    model.build()
+    run = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x[:64], y[:64]),
+                    background="process")
+    paused = run.wait_for(run.pause(), timeout=60)  # applies before the first batch
+    assert paused["type"] == "ack" and paused["step"] == 0
+    run.wait_for(run.tell_state())
+    state = run.events("state")[-1]
+    first = model.layers[1]
+    # The child starts from this process's parameters, not from a fresh init.
+    assert state["layers"][first.name]["weight"]["norm"] == pytest.approx(
+        float(np.linalg.norm(first.params[0].data)), rel=1e-6)
+    ack = run.wait_for(run.set(lr=0.02))
+    assert ack["type"] == "ack" and ack["values"] == {"lr": 0.02}
+    run.resume()
+    assert run.wait(60) == "finished" and run.global_step == 64
+    data = run.interactive_data()
+    assert [row[0] for row in data] == [0, 1] and all(row[2] is not None for row in data)
+    assert run.history["lr"] == [0.02, 0.02]
+    run.run_until(epochs=3)
+    assert run.wait(60) == "finished" and run.global_step == 96
+    run.wait_for(run.shutdown())
+    assert run.join(30)
+    assert run.process.exitcode == 0 and run.status == "finished"
+
+
+def test_a_killed_child_is_reported_and_the_parent_lives_on():
+    x, y = toy_data(512)
+    run = mlp().fit(x, y, batch_size=8, epochs=10_000, background="process")
+    wait_until(lambda: run.global_step > 5)
+    run.kill()
+    assert run.wait(30) == "failed" and run.join(30)
+    assert "ended unexpectedly" in run.events("error")[-1]["message"]
+    late = run.wait_for(run.stop())
+    assert late["type"] == "error" and "gone" in late["message"]
+
+
+def test_a_bad_job_fails_with_an_error_event():
+    run = nnkit.start("model { layer { dense { output_dim: -3 } } }")
+    assert run.wait(60) == "failed" and run.join(30)
+    assert "ConfigError" in run.events("error")[0]["message"]
+
+
+@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs ../shared/data/mnist")
+def test_start_a_job_config_on_real_mnist(tmp_path):
+    job = nnkit.load_job(ROOT / "examples" / "mnist_mlp.conf", data_dir=str(DATA),
+                         overrides=["run.steps=4", "data.train.limit=512", "data.test.limit=100"])
+    run = nnkit.start(job, run_dir=tmp_path)
+    assert run.wait(120) == "finished" and run.global_step == 4
+    losses = run.events("loss")
+    assert losses and all(np.isfinite(e["loss"]) for e in losses)
+    run.shutdown()
+    assert run.join(30)
+    assert (tmp_path / "events.jsonl").is_file() and (tmp_path / "checkpoint.h5").is_file()
+    assert nnkit.load(tmp_path / "checkpoint.h5").trainer.global_step == 4
