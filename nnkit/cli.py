@@ -1,9 +1,13 @@
 """The ``nnkit`` command line: train, evaluate, inspect and time jobs described in job configs.
 
     nnkit train JOB.conf [--set key=value ...] [--run-dir DIR] [--resume CKPT] [--data-dir DIR]
+                         [--tensorboard [DIR]]
     nnkit eval CKPT [--data-dir DIR] [--json]
     nnkit show JOB.conf|CKPT
     nnkit time JOB.conf [--iterations N]
+    nnkit ctl RUN_DIR COMMAND [key=value ...] [--wait SECONDS | --no-wait]
+    nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
+    nnkit plot RUN_DIR [--out DIR]
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
 traceback), 1 for a failure during the run (``--debug`` adds the traceback), 130 when a run
@@ -224,6 +228,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if run.checkpoint_freq:
         callbacks.append(ModelCheckpoint(run_dir / CHECKPOINT_NAME, every_n_epochs=None,
                                          every_n_batches=run.checkpoint_freq))
+    if args.tensorboard is not None:
+        from .training.tensorboard import TensorBoard
+        callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
     print(f"nnkit train: job {job.name!r}, run directory {run_dir}", file=sys.stderr)
     start = time.perf_counter()
     shuffle = job.proto.data.train.shuffle if job.proto.data.train.HasField("shuffle") else True
@@ -400,6 +407,56 @@ def _timed_step(model: Sequential, x: np.ndarray, y: np.ndarray, step: int,
         timed(update, layer.name, model.updater.Update, step, layer)
 
 
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
+    from .terminal import (CommandLineError, check_command, describe_answer, describe_silence,
+                           parse_assignments, send_command, wait_for_answer)
+    try:
+        command, offset = send_command(args.run_dir, args.name,
+                                       check_command(args.name, parse_assignments(args.args)))
+    except CommandLineError as e:
+        raise UsageError(str(e)) from None
+    if args.wait is None:
+        print(json.dumps(command) if args.json else command["id"])
+        return EXIT_OK
+    answer = wait_for_answer(args.run_dir, command["id"], args.wait, offset)
+    if answer is None:
+        print(f"nnkit ctl: no answer to {args.name} (id {command['id']}) within {args.wait:g} s; "
+              f"{describe_silence(args.run_dir)}. Is the run alive? The command stays queued "
+              "in the run directory.", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(answer) if args.json else f"nnkit ctl: {describe_answer(answer)}",
+          file=sys.stderr if answer["type"] == "error" and not args.json else sys.stdout)
+    return EXIT_OK if answer["type"] == "ack" else EXIT_FAILED
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``nnkit watch``: a live view of a run directory's events."""
+    from .terminal import CommandLineError, watch
+    if args.interval <= 0 or args.window < 1:
+        raise UsageError("--interval must be > 0 and --window >= 1")
+    try:
+        return watch(args.run_dir, interval=args.interval, window=args.window,
+                     exit_on_end=args.exit_on_end)
+    except CommandLineError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``nnkit plot``: PNG plots of a run directory's events."""
+    from .report import MissingDependency, plot_run
+    try:
+        paths = plot_run(args.run_dir, args.out, dpi=args.dpi)
+    except MissingDependency as e:
+        print(f"nnkit plot: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    for path in paths:
+        print(path)
+    return EXIT_OK
+
+
 # ===================================================================================== parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each has --help)."""
@@ -428,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(epochs/steps count from the start of training); writes into its folder "
                    "unless --run-dir is given")
     p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
+    p.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                   help="also write TensorBoard scalars, into DIR (default RUN_DIR/tensorboard)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",
@@ -455,6 +514,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=10, help="timed iterations (default 10)")
     p.add_argument("--batch-size", type=int, help="default: the job's data.train.batch_size")
     p.set_defaults(func=cmd_time)
+
+    from .training.control import COMMANDS
+    p = sub.add_parser("ctl", help="steer a running job", description="Send a command to the "
+                       "run training in RUN_DIR (appended to RUN_DIR/commands.jsonl; the run "
+                       "applies it between two batches) and print its answer. Examples: "
+                       "nnkit ctl RUN_DIR set lr=0.01; nnkit ctl RUN_DIR run_until batches=5000; "
+                       "nnkit ctl RUN_DIR tell_state snapshot=true; nnkit ctl RUN_DIR stop",
+                       epilog="exit status: 0 acknowledged (or sent, with --no-wait), 1 refused "
+                              "by the run or no answer in time, 2 bad command or arguments")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("name", metavar="COMMAND", help=f"one of {', '.join(COMMANDS)}")
+    p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="arguments; values are JSON "
+                   "when they parse (0.01, true, null), else text")
+    p.add_argument("--wait", type=float, nargs="?", const=10.0, default=10.0, metavar="SECONDS",
+                   help="wait this long for the answer (default 10)")
+    p.add_argument("--no-wait", dest="wait", action="store_const", const=None,
+                   help="send and print the command id without waiting")
+    p.add_argument("--json", action="store_true", help="print the answer event as JSON")
+    p.set_defaults(func=cmd_ctl)
+
+    p = sub.add_parser("watch", help="live view of a run", description="Follow RUN_DIR/events.jsonl: "
+                       "status, epoch/batch/step, loss and its moving average, train/test error, "
+                       "lr, images/s, age of the last event. Redraws in place on a terminal, "
+                       "prints plain lines otherwise. Ctrl-C quits.",
+                       epilog="exit status: 0 when the run finished or stopped (or on Ctrl-C), "
+                              "1 when it failed")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between refreshes "
+                   "(default 0.5)")
+    p.add_argument("--window", type=int, default=50, help="reported batches in the loss moving "
+                   "average (default 50)")
+    p.add_argument("--exit-on-end", action=argparse.BooleanOptionalAction, default=True,
+                   help="exit when the run finishes, stops or fails (default: on)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("plot", help="PNG plots of a run", description="Write one PNG per figure "
+                       "(loss, error, learning rate, per-example time, epoch time) from "
+                       "RUN_DIR/events.jsonl, finished or still running. Needs matplotlib "
+                       "(pip install 'nnkit[report]').")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
+    p.add_argument("--dpi", type=int, default=100, help="resolution (default 100)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -1,17 +1,9 @@
 """The issue's per-layer CNN loop (conv, pooling, LRN, dense) learns real CIFAR-10."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from helpers import DATA, load_example
 
-sys.path.insert(0, str(ROOT / "examples"))
-spec = importlib.util.spec_from_file_location("train_cifar10", ROOT / "examples" / "train_cifar10.py")
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
+example = load_example("train_cifar10")
 import common  # noqa: E402  (examples/ is on the path now)
 
 pytestmark = pytest.mark.skipif(not (DATA / "cifar10").is_dir(), reason="needs ../shared/data/cifar10")

@@ -6,30 +6,20 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nnkit
+from helpers import ROOT, wait_until
 from nnkit.training import LambdaCallback, read_jsonl
 from test_model import mlp, toy_data
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def slow(seconds=0.005):
     """A callback that makes each batch take a little longer, so commands land mid-run."""
     return LambdaCallback(on_batch_end=lambda batch, logs: time.sleep(seconds))
-
-
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.002)
-    raise TimeoutError("condition not reached")
 
 
 def start(model=None, **kwargs):

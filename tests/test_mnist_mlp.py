@@ -1,19 +1,10 @@
 """The issue's per-layer MLP loop learns real MNIST in one epoch (examples/train_mnist.py)."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from helpers import DATA, load_example
 from nnkit import SGD
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-
-sys.path.insert(0, str(ROOT / "examples"))
-spec = importlib.util.spec_from_file_location("train_mnist", ROOT / "examples" / "train_mnist.py")
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
+example = load_example("train_mnist")
 import common  # noqa: E402  (examples/ is on the path now)
 
 pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs ../shared/data/mnist")

@@ -4,7 +4,6 @@ import io
 import numpy as np
 import pytest
 
-import nnkit
 from nnkit import (SGD, Accuracy, Activation, Convolution2D, Dense, Dropout, ImageInput, LabelInput,
                    Loss, MaxPooling2D, Sequential)
 

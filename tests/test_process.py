@@ -1,24 +1,10 @@
 """Training in a child process: the same commands and events over a pipe; crashes are contained."""
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import nnkit
+from helpers import DATA, ROOT, wait_until
 from test_model import mlp, toy_data
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-
-
-def wait_until(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise TimeoutError("condition not reached")
 
 
 def test_fit_in_a_child_process_with_commands_and_run_until():

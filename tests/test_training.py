@@ -16,7 +16,7 @@ import pytest
 import nnkit
 from nnkit.training import (CSVLogger, EarlyStopping, LambdaCallback, LearningRateScheduler,
                             ModelCheckpoint, NonFiniteLossError, ProgressBar, ReduceLROnPlateau,
-                            Trainer, split_validation)
+                            split_validation)
 from test_model import mlp, toy_data
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -62,7 +62,10 @@ class Controller:
         self.command_file = None if command_file is None else Path(command_file)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        # Commands already in the file belong to an earlier run in this directory: skip them.
         self._file_offset = 0
+        if self.command_file is not None and self.command_file.exists():
+            self._file_offset = self.command_file.stat().st_size
         self.paused = False
         self.shutdown_requested = False
         self.report_every = 1

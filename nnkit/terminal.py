@@ -1,0 +1,358 @@
+"""The terminal side of a run directory: ``nnkit ctl`` steers a run, ``nnkit watch`` shows it.
+
+``nnkit ctl RUN_DIR COMMAND [key=value ...]`` appends one command line to
+``RUN_DIR/commands.jsonl`` (one ``write`` on an ``O_APPEND`` descriptor, so concurrent
+``ctl`` calls never interleave) after checking the command and its argument names and types
+against the run's :class:`~nnkit.training.Controller`, then by default waits for the
+matching ``ack`` or ``error`` in ``RUN_DIR/events.jsonl``.
+
+``nnkit watch RUN_DIR`` follows ``events.jsonl``: on a terminal it keeps a status block of a
+few lines redrawn in place (ANSI escapes) under a scrolling log of status changes, epoch
+ends, acks and errors; otherwise (a pipe or a file) it prints the log lines and a one-line
+progress summary every ``interval`` seconds while the run advances.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import sys
+import time
+import types
+import typing
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from .training.channels import RUNNING_STATES, Channel, Monitor, monitor_file
+from .training.control import COMMANDS, SETTABLE, Controller, make_command
+from .training.events import Event, read_jsonl
+from .training.run import COMMANDS_FILE, EVENTS_FILE
+
+
+class CommandLineError(ValueError):
+    """A command or argument that ``nnkit ctl`` refuses before writing anything (exit 2)."""
+
+
+# ==================================================================================== ctl
+def parse_value(text: str) -> Any:
+    """A ``key=value`` value: JSON when it parses (numbers, true/false, null, "..."), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """True if ``value`` (parsed JSON) is of the annotated type ``hint`` (int, bool, str, X | None)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_fits(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # an annotation this check does not know: leave it to the run
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return {type(None): "null", bool: "true/false", int: "a whole number", float: "a number",
+            str: "text"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_command(name: str, raw: dict[str, str]) -> dict[str, Any]:
+    """Checks a command's name and ``key=value`` texts against the Controller; returns the args.
+
+    The argument names and types come from the Controller's own ``_do_<name>`` signatures,
+    so this check cannot drift from what the run accepts. Value rules (ranges, "exactly one
+    of") are left to the run, which answers with an ``error`` event.
+    Raises :class:`CommandLineError` with a message naming the command and the argument.
+    """
+    if name not in COMMANDS:
+        raise CommandLineError(f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}")
+    handler = getattr(Controller, f"_do_{name}")
+    params = list(inspect.signature(handler).parameters.values())[2:]  # after self, trainer
+    hints = typing.get_type_hints(handler)
+    args: dict[str, Any] = {}
+    if params and params[0].kind is inspect.Parameter.VAR_KEYWORD:  # set(**values)
+        if not raw:
+            raise CommandLineError(f"{name} needs at least one of {', '.join(f'{k}=' for k in SETTABLE)}")
+        for key, text in raw.items():
+            if key not in SETTABLE:
+                raise CommandLineError(f"{name}: unknown argument {key!r}; expected "
+                                       f"{', '.join(SETTABLE)}")
+            value = parse_value(text)
+            if not (_fits(float, value) or (key == "lr" and value is None)):
+                allowed = "a number or null (back to the schedule)" if key == "lr" else "a number"
+                raise CommandLineError(f"{name} {key}={text}: expected {allowed}")
+            args[key] = value
+        return args
+    known = {p.name: p for p in params}
+    for key, text in raw.items():
+        if key not in known:
+            expected = ", ".join(known) or "no arguments"
+            raise CommandLineError(f"{name}: unknown argument {key!r}; {name} takes {expected}")
+        hint, value = hints.get(key, Any), parse_value(text)
+        if not _fits(hint, value):
+            if _fits(hint, text):  # e.g. path=123: a text argument takes the raw text
+                value = text
+            else:
+                raise CommandLineError(f"{name} {key}={text}: expected {_type_name(hint)}")
+        args[key] = value
+    missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in args]
+    if missing:
+        raise CommandLineError(f"{name}: missing {', '.join(f'{m}=' for m in missing)}")
+    return args
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """``["lr=0.01", ...]`` as ``{"lr": "0.01"}``; CommandLineError for a pair without ``=``."""
+    raw: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or not key:
+            raise CommandLineError(f"expected key=value, got {pair!r}")
+        if key in raw:
+            raise CommandLineError(f"{key} given twice")
+        raw[key] = text
+    return raw
+
+
+def append_line(path: Path, line: str) -> None:
+    """Appends ``line`` (ending in a newline) with one ``write`` on an ``O_APPEND`` descriptor.
+
+    Appends of a single write do not interleave with other appenders. If the file ends in
+    a partial line (a writer killed mid-line), a newline goes first, so that garbage stays
+    on its own line (reported and skipped by the run) and this line stays intact.
+    """
+    data = line.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+        written = os.write(fd, data)
+        if written != len(data):  # regular files only do this when the disk is full
+            raise OSError(f"{path}: short write ({written} of {len(data)} bytes)")
+    finally:
+        os.close(fd)
+
+
+def send_command(run_dir: str | os.PathLike, name: str, args: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Appends a command with a fresh id to ``run_dir/commands.jsonl``.
+
+    Returns the command and the size of ``events.jsonl`` before it was sent (where to look
+    for the answer).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CommandLineError(f"{run_dir}: no such run directory")
+    events = run_dir / EVENTS_FILE
+    offset = events.stat().st_size if events.exists() else 0
+    command = make_command(name, **args)
+    append_line(run_dir / COMMANDS_FILE, json.dumps(command, separators=(",", ":")) + "\n")
+    return command, offset
+
+
+def wait_for_answer(run_dir: str | os.PathLike, command_id: str, timeout: float, offset: int = 0,
+                    poll: float = 0.05) -> Event | None:
+    """The ``ack`` or ``error`` answering ``command_id`` in ``events.jsonl`` after byte ``offset``.
+
+    None after ``timeout`` seconds without it.
+    """
+    path = Path(run_dir) / EVENTS_FILE
+    deadline = time.monotonic() + timeout
+    while True:
+        items, offset = read_jsonl(path, offset)
+        for _, event in items:
+            if (isinstance(event, dict) and event.get("type") in ("ack", "error")
+                    and event.get("id") == command_id):
+                return event
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll)
+
+
+def describe_silence(run_dir: str | os.PathLike) -> str:
+    """Why a run may not answer: its last status and how old its last event is."""
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.exists():
+        return f"{path} does not exist: the run has not started"
+    status = monitor_file(path, figures=()).status
+    if status.last_time is None:
+        return f"{path} has no events yet"
+    return (f"its last status is {status.state!r} at step {status.step}, its last event "
+            f"{_age(time.time() - status.last_time)} old")
+
+
+def describe_answer(event: Event) -> str:
+    """``set acknowledged at step 120: values={"lr": 0.01}`` or the error message."""
+    command = event.get("command")
+    if event["type"] == "error":
+        return f"{command} refused: {event.get('message')}"
+    stamp = ("schema", "run", "seq", "time", "type", "id", "command", "step")
+    extra = ", ".join(f"{k}={json.dumps(v)}" for k, v in event.items() if k not in stamp)
+    return f"{command} acknowledged at step {event.get('step')}" + (f": {extra}" if extra else "")
+
+
+# ================================================================================== watch
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def _clock(event: Event) -> str:
+    wall = event.get("time")
+    return datetime.fromtimestamp(wall).strftime("%H:%M:%S") if isinstance(wall, (int, float)) else "--:--:--"
+
+
+def log_line(event: Event) -> str | None:
+    """The log line of a notable event (status, epoch end, ack, error, state, snapshot), else None."""
+    kind = event.get("type")
+    head = f"[{_clock(event)}]"
+    if kind == "status":
+        return f"{head} {event.get('state')} at step {event.get('step')}"
+    if kind == "epoch":
+        parts = [f"{k} {_fmt(v)}" for k, v in event.items()
+                 if k in ("loss", "train_error", "test_error") or k.startswith("val_")
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        took = event.get("epoch_time")
+        return (f"{head} epoch {event.get('epoch')} done at step {event.get('step')}: "
+                + "  ".join(parts) + (f"  ({took:.2f} s)" if took is not None else ""))
+    if kind in ("ack", "error") and event.get("id") is not None:
+        return f"{head} {describe_answer(event)}"
+    if kind == "error":
+        return f"{head} error: {event.get('message')}"
+    if kind == "snapshot":
+        return f"{head} snapshot at step {event.get('step')}: {event.get('path')}"
+    if kind == "state":
+        hyper = event.get("hyper") or {}
+        return (f"{head} state at step {event.get('step')}: "
+                + "  ".join(f"{k} {v}" for k, v in hyper.items() if v is not None))
+    return None
+
+
+class Watcher:
+    """Follows a run directory's ``events.jsonl`` and writes the view to ``out``.
+
+    ``tty``: redraw a status block in place (ANSI) under the scrolling log; otherwise print
+    the log and a progress line every ``interval`` seconds while the run advances.
+    ``window``: batches in the loss moving average.
+    """
+
+    STALE = 5.0  # seconds without any event (heartbeats come every second) before a warning
+
+    def __init__(self, run_dir: str | os.PathLike, out: TextIO, tty: bool, interval: float = 0.5,
+                 window: int = 50) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / EVENTS_FILE
+        self.out = out
+        self.tty = tty
+        self.interval = interval
+        self.monitor = Monitor({"watch": [Channel("loss", "loss.loss", window=window)]})
+        self._offset = 0
+        self._block = 0           # lines of the status block on screen (tty)
+        self._printed_step = -1   # step of the last progress line (plain)
+
+    def poll(self) -> list[str]:
+        """Reads the new events; returns their log lines."""
+        items, self._offset = read_jsonl(self.path, self._offset)
+        lines = []
+        for line_offset, event in items:
+            if not isinstance(event, dict):
+                lines.append(f"[--:--:--] {self.path}: skipped a malformed line at byte {line_offset}")
+                continue
+            line = log_line(self.monitor.update(event))
+            if line:
+                lines.append(line)
+        return lines
+
+    def status_lines(self, now: float | None = None) -> list[str]:
+        """The status block: state and event age, progress, loss and lr, errors."""
+        s = self.monitor.status
+        now = time.time() if now is None else now
+        if s.last_time is None:
+            return [f"nnkit watch {self.run_dir}: waiting for {self.path.name}"]
+        age = now - s.last_time
+        state = "running" if s.state in RUNNING_STATES else s.state
+        alive = f"last event {_age(age)} ago"
+        if state == "running" and age > self.STALE:
+            alive = f"no event for {_age(age)}: is the run still alive?"
+        loss = self.monitor.series("loss")
+        lines = [f"run {s.run} ({self.run_dir}): {state}, {alive}",
+                 f"epoch {s.epoch}  batch {'-' if s.batch is None else s.batch}  step {s.step}",
+                 (f"loss {_fmt(s.loss)}  avg({loss.channel.window}) {_fmt(loss.last_average)}  "
+                  f"lr {_fmt(s.lr, '.6g')}  images/s {_fmt(s.images_per_s, '.0f')}"),
+                 f"train error {_fmt(s.train_error)}  test error {_fmt(s.test_error)}"
+                 + ("" if s.last_epoch is None else f"  (epoch {s.last_epoch})")]
+        if s.errors:
+            lines.append(f"last error: {s.errors[-1]}")
+        return lines
+
+    def progress_line(self, now: float | None = None) -> str:
+        """The status block on one line (the plain view's progress line)."""
+        return " | ".join(self.status_lines(now))
+
+    def render(self, log: list[str], final: bool = False) -> None:
+        """Writes new log lines and the status (in place on a terminal)."""
+        if self.tty:
+            width = max(shutil.get_terminal_size((100, 24)).columns - 1, 20)
+            # Up to the block's first line, clear to the end of the screen, write log + block.
+            text = f"\x1b[{self._block}F\x1b[J" if self._block else ""
+            block = [line[:width] for line in self.status_lines()]  # no wrapping: the count holds
+            text += "".join(f"{line}\n" for line in log) + "".join(f"{line}\n" for line in block)
+            self._block = len(block)
+            self.out.write(text)
+        else:
+            for line in log:
+                self.out.write(line + "\n")
+            s = self.monitor.status
+            if s.last_time is not None and (s.step != self._printed_step or final):
+                self.out.write(self.progress_line() + "\n")
+                self._printed_step = s.step
+        self.out.flush()
+
+    def run(self, exit_on_end: bool = True) -> int:
+        """Follows the run until it ends (``exit_on_end``) or Ctrl-C.
+
+        Returns 1 if the run failed, else 0.
+        """
+        if not self.run_dir.is_dir():
+            raise CommandLineError(f"{self.run_dir}: no such run directory")
+        try:
+            while True:
+                log = self.poll()
+                ended = exit_on_end and self.monitor.status.ended
+                self.render(log, final=ended)
+                if ended:
+                    return 1 if self.monitor.status.state == "failed" else 0
+                time.sleep(self.interval)
+        except KeyboardInterrupt:
+            self.out.write("\n")
+            return 0
+
+
+def watch(run_dir: str | os.PathLike, out: TextIO | None = None, interval: float = 0.5,
+          window: int = 50, exit_on_end: bool = True, tty: bool | None = None) -> int:
+    """``nnkit watch``: follows ``run_dir`` on ``out`` (stdout); returns the exit status."""
+    out = sys.stdout if out is None else out
+    tty = out.isatty() if tty is None else tty
+    return Watcher(run_dir, out, tty, interval, window).run(exit_on_end)
