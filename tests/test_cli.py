@@ -116,7 +116,7 @@ def test_show_describes_layers_updater_schedule_data_and_run(tmp_path):
     done = nnkit_cli("show", ROOT / "examples" / "cifar10_cnn.conf", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert re.search(r"convolution2_d_1 \(Convolution2D\)\s+\(None, 32, 32, 32\)\s+2,432", out)
+    assert re.search(r"convolution2d_1 \(Convolution2D\)\s+\(None, 32, 32, 32\)\s+2,432", out)
     assert "Total params: 89,578" in out
     assert "Updater: SGD(lr=0.001, lr_type='manual', decay=0.004, momentum=0.9" in out
     assert "Schedule: Manual(base_lr=0.001, step=(0, 60000, 65000)" in out

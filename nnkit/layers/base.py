@@ -24,7 +24,7 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+    return re.sub(r"(?<=[a-z])([A-Z])", r"_\1", name).lower()  # Convolution2D -> convolution2d
 
 
 class Param:
