@@ -110,7 +110,14 @@ class EventBus:
     def events(self, type: str | None = None, since: int = 0) -> list[Event]:
         """The kept events (of one ``type`` if given) with ``seq`` greater than ``since``."""
         with self._lock:
-            return [e for e in self._recent if e["seq"] > since and (type is None or e["type"] == type)]
+            newer = []
+            for event in reversed(self._recent):  # seq grows: stop at the first old one
+                if event["seq"] <= since:
+                    break
+                if type is None or event["type"] == type:
+                    newer.append(event)
+        newer.reverse()
+        return newer
 
 
 class JsonlWriter:
