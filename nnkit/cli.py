@@ -234,9 +234,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"nnkit train: job {job.name!r}, run directory {run_dir}", file=sys.stderr)
     start = time.perf_counter()
     shuffle = job.proto.data.train.shuffle if job.proto.data.train.HasField("shuffle") else True
+    # validation_data: every epoch event carries the test error, for watch, plot and TensorBoard.
     model.fit(x, y, batch_size=job.batch_size("train"),
               epochs=run.epochs if run.HasField("epochs") else None,
-              steps=run.steps if run.HasField("steps") else None,
+              steps=run.steps if run.HasField("steps") else None, validation_data=test,
               shuffle=shuffle, callbacks=callbacks, verbose=1, run_dir=run_dir,
               resume=args.resume)
     trainer = model.trainer

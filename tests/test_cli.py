@@ -194,3 +194,16 @@ def test_ctrl_c_stops_cleanly_with_a_checkpoint(job_file, tmp_path):
     restored = nnkit.load(run_dir / "checkpoint.h5")
     assert restored.trainer.global_step == final["step"]
     assert np.isfinite(restored.get_weights()[0]).all()
+
+
+def test_epoch_events_of_a_trained_job_carry_the_test_error(job_file, tmp_path):
+    """What nnkit watch, plot and TensorBoard show as test error comes from these events."""
+    run_dir = tmp_path / "run"
+    done = nnkit_cli("train", job_file, "--run-dir", run_dir, "--set", "data.train.limit=256",
+                     "--set", "run.steps=16", cwd=tmp_path)  # 8 batches an epoch: two epochs
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    epochs = [e for e in events if e["type"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert all(0 <= e["test_error"] <= 1 and e["test_error"] == pytest.approx(1 - e["val_accuracy"])
+               for e in epochs)
