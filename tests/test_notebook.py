@@ -113,7 +113,7 @@ def test_buttons_send_commands_through_the_handle_and_show_the_answers():
     assert view.message_text.startswith("stop: done at batch ") and run.join(0)
     answered = len(run.events())
     view.pause_button.click()
-    assert view.message_text == "the run has ended (finished); pause not sent"
+    assert view.message_text == "the run has ended (stopped); pause not sent"
     time.sleep(0.1)
     assert len(run.events()) == answered
 

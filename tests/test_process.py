@@ -8,13 +8,14 @@ from test_model import mlp, toy_data
 
 
 def test_fit_in_a_child_process_with_commands_and_run_until():
-    x, y = toy_data(512)
+    x, y = toy_data(4096)
     model = mlp()
+    model.compile(nnkit.SGD(lr=0.0, momentum=0.9))  # weights stay as they are until lr is set
     model.build()
     run = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x[:64], y[:64]),
                     background="process")
-    paused = run.wait_for(run.pause(), timeout=60)  # applies before the first batch
-    assert paused["type"] == "ack" and paused["step"] == 0
+    paused = run.wait_for(run.pause(), timeout=60)  # at the first safe point the child reaches
+    assert paused["type"] == "ack" and paused["step"] < 256  # within the first epoch
     run.wait_for(run.tell_state())
     state = run.events("state")[-1]
     first = model.layers[1]
@@ -24,15 +25,15 @@ def test_fit_in_a_child_process_with_commands_and_run_until():
     ack = run.wait_for(run.set(lr=0.02))
     assert ack["type"] == "ack" and ack["values"] == {"lr": 0.02}
     run.resume()
-    assert run.wait(60) == "finished" and run.global_step == 64
+    assert run.wait(60) == "finished" and run.global_step == 512
     data = run.interactive_data()
     assert [row[0] for row in data] == [0, 1] and all(row[2] is not None for row in data)
     assert run.history["lr"] == [0.02, 0.02]
     run.run_until(epochs=3)
-    assert run.wait(60) == "finished" and run.global_step == 96
+    assert run.wait(60) == "finished" and run.global_step == 768
     run.wait_for(run.shutdown())
     assert run.join(30)
-    assert run.process.exitcode == 0 and run.status == "finished"
+    assert run.process.exitcode == 0 and run.status == "stopped"
 
 
 def test_a_killed_child_is_reported_and_the_parent_lives_on():

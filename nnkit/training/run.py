@@ -231,7 +231,10 @@ class TrainingRun(RunHandle):
                     self._set_status("stopped")
                     break
                 self._set_status("finished")
-                if not self.linger or not self._wait_for_more():
+                if not self.linger:
+                    break
+                if not self._wait_for_more():
+                    self._set_status("stopped")  # ended by stop or shutdown while waiting
                     break
                 self._set_status("resumed")
                 # Continue the same data; fit's epochs/steps count "more" from here.
