@@ -17,8 +17,8 @@ def mnist():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("updater, floor", [
-    (lambda: SGD(lr=0.001, lr_type="step"), 0.85),   # the loop's own updater; PyTorch: ~0.88
-    (lambda: SGD(lr=0.01, momentum=0.9), 0.93),      # PyTorch: ~0.94
+    (lambda: SGD(lr=0.001, lr_type="step"), 0.85),  # the loop's own; issue: PyTorch ~0.88
+    (lambda: SGD(lr=0.01, momentum=0.9), 0.93),     # issue: PyTorch ~0.94
 ])
 def test_one_epoch_reaches_accuracy(mnist, updater, floor):
     (x, y), (xt, yt) = mnist
