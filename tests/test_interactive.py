@@ -148,6 +148,7 @@ def test_heartbeats_and_rate_limited_loss_events():
     times = [e["time"] for e in run.events("loss")]
     assert len(times) < run.global_step  # some were held back
     assert min(np.diff(times)) >= 0.049
+    assert run.events("loss")[-1]["step"] == run.global_step  # but never the last one
 
     run = start(epochs=100, callbacks=[slow(1.3)])  # a slow batch: heartbeats show it is alive
     time.sleep(3.0)

@@ -245,7 +245,8 @@ class EventReporter(Callback):
     """Turns the Trainer's hooks into ``loss`` and ``epoch`` events.
 
     Loss events go out every ``controller.report_every`` batches and at least
-    ``min_interval`` seconds apart, so a fast run cannot flood a viewer.
+    ``min_interval`` seconds apart, so a fast run cannot flood a viewer; the last batch of a
+    run is always reported.
     """
 
     def __init__(self, bus: EventBus, controller: Controller, min_interval: float = 0.05) -> None:
@@ -255,18 +256,31 @@ class EventReporter(Callback):
         self._last = -math.inf
         self._window_start = time.perf_counter()
         self._window_images = 0
+        self._held: tuple[int, int, dict] | None = None  # the last batch not yet reported
 
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         self._window_images += logs.get("size", 0)
         t = self.trainer
         now = time.perf_counter()
+        self._held = (t.global_step, t.current_epoch, logs)
         if t.global_step % self.controller.report_every or now - self._last < self.min_interval:
             return
+        self._emit(now)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """The last batch is always reported, so a viewer sees where the run ended."""
+        if self._held is not None:
+            # Keep the spacing promise even here: waiting under 0.05 s once per run is cheap.
+            time.sleep(max(0.0, self._last + self.min_interval - time.perf_counter()))
+            self._emit(time.perf_counter())
+
+    def _emit(self, now: float) -> None:
+        step, epoch, logs = self._held
         rate = self._window_images / max(now - self._window_start, 1e-9)
         self._last, self._window_start, self._window_images = now, now, 0
-        self.bus.emit("loss", step=t.global_step, epoch=t.current_epoch,
-                      **{k: v for k, v in logs.items()}, images_per_s=rate)
+        self._held = None
+        self.bus.emit("loss", step=step, epoch=epoch, **logs, images_per_s=rate)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         _, train_error, test_error = self.trainer.interactive_data()[-1]
