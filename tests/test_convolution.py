@@ -7,6 +7,7 @@ import pytest
 from gradcheck import Source, check_layer
 from nnkit import initializers
 from nnkit._kernels import im2col as kernels
+from nnkit.layers import convolution
 from nnkit.layers.convolution import Convolution2D, conv_output_size
 
 
@@ -114,16 +115,17 @@ def test_batch_size_change():
 
 def test_need_input_grad_false_leaves_source_alone():
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 2, 5, 5))
+    x = rng.standard_normal((2, 3, 5, 5))
     src = NoGradSource(x)
-    layer = Convolution2D(3, 3, 1, 1)
+    layer = Convolution2D(3, 3, 1, 1)  # F <= C, stride 1: dx would take the transposed route
     layer.ComputeFeature(src)
     sentinel = np.full_like(x, 7.0)
     src.grad = sentinel
     layer.grad = rng.standard_normal(layer.data.shape)
     layer.ComputeGradient()
     assert src.grad is sentinel and np.all(sentinel == 7.0)
-    assert "dx" not in layer._buffers and "dcol" not in layer._buffers  # the work was skipped
+    # The work was skipped: no input gradient, no flipped weights, no unfolded dy.
+    assert not {"dx", "w_t", "dcol"} & set(layer._buffers)
     # The param grads are still those of a layer whose source does take gradients.
     twin = Convolution2D(3, 3, 1, 1)
     twin.ComputeFeature(Source(x))
@@ -200,28 +202,111 @@ def test_glorot_fans():
     assert np.abs(w).max() <= limit and np.abs(w).max() > 0.9 * limit
 
 
-def test_im2col_kernel_against_numpy():
+# (N, C, H, W, kh, kw, sh, sw, ph, pw): a strided, asymmetric case and stride-1 cases
+# whose output widths (8, 16, 32) take the kernels' unrolled copies.
+KERNEL_CONFIGS = [
+    (2, 3, 5, 7, 3, 2, 2, 3, 1, 2),
+    (2, 2, 8, 8, 5, 5, 1, 1, 2, 2),
+    (1, 2, 6, 16, 3, 1, 1, 1, 0, 0),
+    (2, 1, 4, 32, 3, 3, 1, 1, 1, 1),
+    (1, 2, 5, 9, 2, 3, 1, 1, 1, 0),
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,kh,kw,sh,sw,ph,pw", KERNEL_CONFIGS)
+def test_im2col_kernel_against_numpy(n, c, h, w, kh, kw, sh, sw, ph, pw):
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
-    kh, kw, sh, sw, ph, pw = 3, 2, 2, 3, 1, 2
-    oh, ow = conv_output_size(5, kh, sh, ph), conv_output_size(7, kw, sw, pw)
-    col = np.full((3 * kh * kw, 2 * oh * ow), np.nan, np.float32)  # padding must be written
-    kernels.im2col(x, col, kh, kw, sh, sw, ph, pw)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    col = np.full((c * kh * kw, n * oh * ow), np.nan, np.float32)  # padding must be written
+    padded = np.full((n, c, h + 2 * ph, w + 2 * pw), np.nan, np.float32)  # and the scratch
+    kernels.im2col(x, col, padded, kh, kw, sh, sw, ph, pw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    expected = np.stack([xp[:, c, i:i + sh * oh:sh, j:j + sw * ow:sw].reshape(-1)
-                         for c in range(3) for i in range(kh) for j in range(kw)])
+    expected = np.stack([xp[:, ci, i:i + sh * oh:sh, j:j + sw * ow:sw].reshape(-1)
+                         for ci in range(c) for i in range(kh) for j in range(kw)])
     np.testing.assert_array_equal(col, expected)
     # col2im is the adjoint of im2col: <im2col(x), d> == <x, col2im(d)>.
     d = rng.standard_normal(col.shape).astype(np.float32)
     dx = np.full_like(x, np.nan)
-    kernels.col2im(d, dx, kh, kw, sh, sw, ph, pw)
+    padded[...] = np.nan  # col2im must not trust the scratch either
+    kernels.col2im(d, dx, padded, kh, kw, sh, sw, ph, pw)
     np.testing.assert_allclose(np.sum(col * d, dtype=np.float64),
                                np.sum(x * dx, dtype=np.float64), rtol=1e-5)
+
+
+def test_im2col_kernel_checks_its_arrays():
+    x = np.zeros((2, 3, 5, 7), np.float32)
+    col = np.zeros((3 * 3 * 2, 2 * 3 * 4), np.float32)  # kernel (3, 2), stride (2, 3), pad (1, 2)
+    padded = np.zeros((2, 3, 7, 11), np.float32)
+    kernels.im2col(x, col, padded, 3, 2, 2, 3, 1, 2)
     with pytest.raises(ValueError, match="column array has shape"):
-        kernels.im2col(x, np.empty((col.shape[0], col.shape[1] - 1), np.float32),
-                       kh, kw, sh, sw, ph, pw)
+        kernels.im2col(x, np.zeros((18, 23), np.float32), padded, 3, 2, 2, 3, 1, 2)
+    with pytest.raises(ValueError, match="padded scratch has shape"):
+        kernels.im2col(x, col, np.zeros((2, 3, 6, 11), np.float32), 3, 2, 2, 3, 1, 2)
+    with pytest.raises(ValueError, match="padded scratch has shape"):
+        kernels.col2im(col, x, np.zeros((1, 3, 7, 11), np.float32), 3, 2, 2, 3, 1, 2)
     with pytest.raises(ValueError, match="stride"):
-        kernels.col2im(d, dx, kh, kw, 0, sw, ph, pw)
+        kernels.col2im(col, x, padded, 3, 2, 0, 3, 1, 2)
+
+
+def test_gather_sum_accumulates_the_bias_gradient_in_double():
+    rng = np.random.default_rng(9)
+    dy = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    dy_t = np.empty((4, 15), np.float32)
+    db = np.full(4, 0.5)  # gather_sum adds to what is there
+    kernels.gather_sum(dy, dy_t, db)
+    np.testing.assert_array_equal(dy_t, dy.transpose(1, 0, 2).reshape(4, 15))
+    np.testing.assert_allclose(db, 0.5 + dy.sum(axis=(0, 2), dtype=np.float64), rtol=1e-12)
+    kernels.gather_sum(dy, dy_t, np.empty(0))  # no bias: nothing to add to
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.gather_sum(dy, dy_t, np.empty(3))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few output pixels, so that small test batches take several chunks."""
+    monkeypatch.setattr(convolution, "CHUNK_COLUMNS", 80)
+
+
+# (N, C, H, W, F, kernel, stride, pad, dx route). At 80 columns per chunk these batches
+# split into chunks of 2 or 3 images with a smaller last one, or into single images (whose
+# forward GEMM writes straight into the output).
+CHUNK_CONFIGS = [
+    (5, 3, 5, 6, 2, 3, 1, 1, "transposed"),           # F <= C, stride 1; chunks 2, 2, 1
+    (5, 3, 5, 6, 2, (3, 2), 1, (2, 1), "transposed"),  # asymmetric kernel and pad; 1 image
+    (5, 2, 5, 6, 3, 3, 1, 1, "col2im"),               # F > C; chunks 2, 2, 1
+    (5, 2, 10, 9, 2, 3, 2, 1, "col2im"),              # strided; chunks 3, 2
+    (3, 2, 4, 4, 2, 3, 1, 3, "col2im"),               # pad >= kernel; 1 image
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,f,kernel,stride,pad,route", CHUNK_CONFIGS)
+def test_chunked_layer_matches_reference_and_gradients(small_chunks, n, c, h, w, f, kernel,
+                                                       stride, pad, route):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((n, c, h, w))
+    layer, src = make_layer(x, f, kernel, stride, pad)
+    assert (layer._transposed_pad() is not None) == (route == "transposed")
+    y = layer.ComputeFeature(src)
+    assert convolution._chunk_size(n, y[0, 0].size) < n  # more than one chunk
+    w_, b = layer.GetParams()
+    np.testing.assert_allclose(y, reference_conv(x, w_, b, layer.stride, layer.pad),
+                               rtol=1e-10, atol=1e-12)
+    check_layer(layer, x)
+
+
+def test_both_input_gradient_routes_agree(small_chunks):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 4, 6, 7))
+    layer, src = make_layer(x, 3, (3, 2), 1, (1, 1))
+    layer.ComputeFeature(src)
+    layer.grad = rng.standard_normal(layer.data.shape)
+    layer.ComputeGradient()
+    assert layer._transposed_pad() == (1, 0)
+    transposed = src.grad.copy()
+    layer._transposed_pad = lambda: None  # force the col2im route
+    layer.ComputeGradient()
+    np.testing.assert_allclose(src.grad, transposed, rtol=1e-12, atol=1e-12)
 
 
 # ----------------------------------------------------------------- parity with torch
@@ -237,6 +322,9 @@ TORCH_CONFIGS = [
     (2, 4, 9, 11, 6, (3, 2), (2, 3), (1, 0)),
     (2, 3, 8, 8, 5, 3, 2, 1),
     (1, 2, 5, 5, 3, 5, 1, 0),         # a single output pixel
+    (10, 32, 8, 8, 64, 5, 1, 2),      # CIFAR-10 conv3: F > C, the col2im route
+    (34, 32, 8, 8, 32, 5, 1, 2),      # several chunks (16 images at 1024 columns), the
+                                      # last one smaller; F = C, the transposed route
 ]
 
 

@@ -44,7 +44,7 @@ def test_heartbeat_is_never_late_while_a_large_cnn_step_runs():
                   LRN2D(3, alpha=5e-5, beta=0.75)]
 
         def cnn_step():
-            for _ in range(2):
+            for _ in range(5):  # long enough (> 0.5 s) even with the kernels in parallel
                 src = Source(x)
                 below = src
                 for layer in layers:

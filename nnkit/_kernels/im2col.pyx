@@ -1,15 +1,15 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
-"""Batched im2col/col2im and the layout moves around the convolution GEMM.
+"""im2col/col2im and the layout moves around the convolution GEMM.
 
-The convolution runs as ONE matrix product per batch:
+The convolution layer runs a few images (N of them) at a time, one matrix product each:
 
-    col  (C*kh*kw, N*OH*OW)   im2col of the whole batch
+    col  (C*kh*kw, N*OH*OW)   im2col of the images
     out  (F, N*OH*OW)        = W (F, C*kh*kw) @ col
     y    (N, F, OH*OW)       scatter_bias(out) adds the bias on the way
 
 and backward uses the transposes of the same pieces (``gather_sum`` builds the
-(F, N*OH*OW) gradient and the bias gradient in one pass; ``col2im`` folds the column
-gradient back onto the image).
+(F, N*OH*OW) gradient and accumulates the bias gradient in one pass; ``col2im`` folds the
+column gradient back onto the image).
 
 Column ``n*OH*OW + oh*OW + ow`` of ``col`` is output pixel (oh, ow) of image n; row
 ``(c*kh + i)*kw + j`` is input channel c seen through kernel tap (i, j). All functions
@@ -42,37 +42,15 @@ cdef inline Py_ssize_t _out_size(Py_ssize_t size, Py_ssize_t k, Py_ssize_t strid
     return (size + 2 * pad - k) // stride + 1
 
 
-cdef inline Py_ssize_t _first_valid(Py_ssize_t pad, Py_ssize_t tap, Py_ssize_t stride,
-                                    Py_ssize_t n_out) noexcept nogil:
-    """The first output index o with o*stride - pad + tap >= 0 (clamped to [0, n_out])."""
-    cdef Py_ssize_t need = pad - tap
-    if need <= 0:
-        return 0
-    # ceil division of a positive number; cdivision is safe here.
-    need = (need + stride - 1) // stride
-    return need if need < n_out else n_out
-
-
-cdef inline Py_ssize_t _end_valid(Py_ssize_t size, Py_ssize_t pad, Py_ssize_t tap,
-                                  Py_ssize_t stride, Py_ssize_t n_out,
-                                  Py_ssize_t first) noexcept nogil:
-    """One past the last output index o with o*stride - pad + tap < size (at least ``first``)."""
-    cdef Py_ssize_t last = size - 1 + pad - tap
-    if last < 0:
-        return first
-    last = last // stride + 1
-    if last > n_out:
-        last = n_out
-    return last if last > first else first
-
-
 cdef int _check_geometry(str name, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                         Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t kh, Py_ssize_t kw,
-                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) except -1:
-    """Raises ValueError unless the geometry is valid and the column array is (C*kh*kw, N*OH*OW).
+                         Py_ssize_t rows, Py_ssize_t cols, const Py_ssize_t* padded,
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t ph, Py_ssize_t pw) except -1:
+    """Raises ValueError unless the geometry is valid and the arrays have the shapes it needs.
 
-    The kernels divide by the stride and write OH*OW values per row without bounds checks,
-    so this guard is what keeps a wrong call from corrupting memory.
+    The column array must be (C*kh*kw, N*OH*OW) and the padded scratch (N, C, H + 2*ph,
+    W + 2*pw). The kernels divide by the stride and index both without bounds checks, so
+    this guard is what keeps a wrong call from corrupting memory.
     """
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
         raise ValueError(f"{name}: kernel ({kh}, {kw}) and stride ({sh}, {sw}) must be >= 1 "
@@ -84,101 +62,138 @@ cdef int _check_geometry(str name, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_
     if rows != C * kh * kw or cols != N * OH * OW:
         raise ValueError(f"{name}: column array has shape ({rows}, {cols}), expected "
                          f"({C * kh * kw}, {N * OH * OW}) for input ({N}, {C}, {H}, {W})")
+    if (padded[0] != N or padded[1] != C or padded[2] != H + 2 * ph
+            or padded[3] != W + 2 * pw):
+        raise ValueError(f"{name}: padded scratch has shape ({padded[0]}, {padded[1]}, "
+                         f"{padded[2]}, {padded[3]}), expected ({N}, {C}, {H + 2 * ph}, "
+                         f"{W + 2 * pw})")
     return 0
 
 
+cdef inline void _pad_plane(const floating* src, floating* dst, Py_ssize_t H, Py_ssize_t W,
+                            Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """dst (H + 2*ph, W + 2*pw) = the plane src (H, W) inside a border of zeros."""
+    cdef Py_ssize_t h, Wp = W + 2 * pw
+    cdef floating* row
+    _zero(dst, ph * Wp)
+    for h in range(H):
+        row = dst + (h + ph) * Wp
+        _zero(row, pw)
+        _copy(row + pw, src + h * W, W)
+        _zero(row + pw + W, pw)
+    _zero(dst + (H + ph) * Wp, ph * Wp)
+
+
+cdef inline void _unfold(floating* dst, const floating* src, Py_ssize_t rows,
+                         Py_ssize_t width, Py_ssize_t pitch, Py_ssize_t sw) noexcept nogil:
+    """dst[r*width + w] = src[r*pitch + w*sw]: one kernel tap of one padded plane.
+
+    Stride 1 is a block copy of ``width``-long rows; the widths of the usual image sizes
+    get constant-length copies, which gcc unrolls into a few vector moves.
+    """
+    cdef Py_ssize_t r, w
+    if sw == 1:
+        if width == 32:
+            for r in range(rows):
+                _copy(dst + r * 32, src + r * pitch, 32)
+        elif width == 16:
+            for r in range(rows):
+                _copy(dst + r * 16, src + r * pitch, 16)
+        elif width == 8:
+            for r in range(rows):
+                _copy(dst + r * 8, src + r * pitch, 8)
+        else:
+            for r in range(rows):
+                _copy(dst + r * width, src + r * pitch, width)
+    else:
+        for r in range(rows):
+            for w in range(width):
+                dst[r * width + w] = src[r * pitch + w * sw]
+
+
+cdef inline void _add(floating* dst, const floating* src, Py_ssize_t m) noexcept nogil:
+    """dst[:m] += src[:m] (an inline loop, like _copy)."""
+    cdef Py_ssize_t k
+    for k in range(m):
+        dst[k] += src[k]
+
+
+cdef inline void _fold(floating* dst, const floating* src, Py_ssize_t rows,
+                       Py_ssize_t width, Py_ssize_t pitch, Py_ssize_t sw) noexcept nogil:
+    """dst[r*pitch + w*sw] += src[r*width + w]: the adjoint of ``_unfold``."""
+    cdef Py_ssize_t r, w
+    if sw == 1:
+        for r in range(rows):
+            _add(dst + r * pitch, src + r * width, width)
+    else:
+        for r in range(rows):
+            for w in range(width):
+                dst[r * pitch + w * sw] += src[r * width + w]
+
+
 def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] col,
-           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-           Py_ssize_t ph, Py_ssize_t pw) -> None:
+           floating[:, :, :, ::1] padded, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+           Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) -> None:
     """Unfolds the batch ``x`` (N, C, H, W) into ``col`` (C*kh*kw, N*OH*OW), zero padded.
 
-    Padding positions are written as zeros, so ``col`` needs no initialization.
+    ``padded`` is scratch of shape (N, C, H + 2*ph, W + 2*pw); it and ``col`` are fully
+    overwritten, so neither needs initialization.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH, OW, OHW
-    cdef Py_ssize_t n, c, i, j, oh, ow, r, ih, oh_lo, oh_hi, ow_lo, ow_hi, off
-    cdef floating* dst
-    cdef const floating* src
-    _check_geometry("im2col", N, C, H, W, col.shape[0], col.shape[1], kh, kw, sh, sw, ph, pw)
+    cdef Py_ssize_t OH, OW, OHW, Wp
+    cdef Py_ssize_t n, c, i, j, r
+    _check_geometry("im2col", N, C, H, W, col.shape[0], col.shape[1], padded.shape, kh, kw,
+                    sh, sw, ph, pw)
     OH = _out_size(H, kh, sh, ph)
     OW = _out_size(W, kw, sw, pw)
     OHW = OH * OW
+    Wp = W + 2 * pw
     with nogil:
-        # col is written strictly in memory order (row r, then image n, then oh, ow): col is
-        # the big array (82 MB for CIFAR conv2 at batch 100), x is small enough to stay in
-        # cache, so this beats walking x in order and scattering writes across col's rows.
+        # A padded copy first (small: it stays in cache), so that every tap is a plain
+        # strided block copy with no bounds logic. The caller hands over a few images at a
+        # time, so col stays in cache too for the GEMM that reads it next.
+        for n in range(N):
+            for c in range(C):
+                _pad_plane(&x[n, c, 0, 0], &padded[n, c, 0, 0], H, W, ph, pw)
+        # col is written strictly in memory order: row r, then image n.
         for c in range(C):
             for i in range(kh):
-                oh_lo = _first_valid(ph, i, sh, OH)
-                oh_hi = _end_valid(H, ph, i, sh, OH, oh_lo)
                 for j in range(kw):
                     r = (c * kh + i) * kw + j
-                    ow_lo = _first_valid(pw, j, sw, OW)
-                    ow_hi = _end_valid(W, pw, j, sw, OW, ow_lo)
-                    off = j - pw
                     for n in range(N):
-                        dst = &col[r, n * OHW]
-                        # Rows of the output that look at the top/bottom padding.
-                        _zero(dst, oh_lo * OW)
-                        _zero(dst + oh_hi * OW, (OH - oh_hi) * OW)
-                        for oh in range(oh_lo, oh_hi):
-                            ih = oh * sh - ph + i
-                            src = &x[n, c, ih, 0]
-                            dst = &col[r, n * OHW + oh * OW]
-                            _zero(dst, ow_lo)
-                            _zero(dst + ow_hi, OW - ow_hi)
-                            if sw == 1:
-                                _copy(dst + ow_lo, src + ow_lo + off, ow_hi - ow_lo)
-                            else:
-                                for ow in range(ow_lo, ow_hi):
-                                    dst[ow] = src[ow * sw + off]
+                        _unfold(&col[r, n * OHW], &padded[n, c, i, j], OH, OW, sh * Wp, sw)
 
 
 def col2im(const floating[:, ::1] dcol, floating[:, :, :, ::1] dx,
-           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-           Py_ssize_t ph, Py_ssize_t pw) -> None:
+           floating[:, :, :, ::1] padded, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+           Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) -> None:
     """Folds ``dcol`` (C*kh*kw, N*OH*OW) back onto ``dx`` (N, C, H, W), the adjoint of im2col.
 
-    ``dx`` is overwritten (zeroed, then every overlapping tap is added); values that fell on
-    the padding are dropped.
+    Every overlapping tap is summed in ``padded`` (scratch, (N, C, H + 2*ph, W + 2*pw)),
+    whose interior then overwrites ``dx``: values that fell on the padding are dropped.
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t OH, OW, OHW
-    cdef Py_ssize_t n, c, i, j, oh, ow, r, ih, oh_lo, oh_hi, ow_lo, ow_hi, off, cnt
-    cdef floating* dst
-    cdef const floating* src
-    _check_geometry("col2im", N, C, H, W, dcol.shape[0], dcol.shape[1], kh, kw, sh, sw, ph, pw)
+    cdef Py_ssize_t OH, OW, OHW, Hp, Wp
+    cdef Py_ssize_t n, c, i, j, r, h
+    _check_geometry("col2im", N, C, H, W, dcol.shape[0], dcol.shape[1], padded.shape, kh, kw,
+                    sh, sw, ph, pw)
     OH = _out_size(H, kh, sh, ph)
     OW = _out_size(W, kw, sw, pw)
     OHW = OH * OW
+    Hp = H + 2 * ph
+    Wp = W + 2 * pw
     with nogil:
-        # dcol is read strictly in memory order and dx (small, cached) takes the scattered
-        # adds, for the same reason as in im2col.
-        _zero(&dx[0, 0, 0, 0], N * C * H * W)
+        _zero(&padded[0, 0, 0, 0], N * C * Hp * Wp)
         for c in range(C):
             for i in range(kh):
-                oh_lo = _first_valid(ph, i, sh, OH)
-                oh_hi = _end_valid(H, ph, i, sh, OH, oh_lo)
                 for j in range(kw):
                     r = (c * kh + i) * kw + j
-                    ow_lo = _first_valid(pw, j, sw, OW)
-                    ow_hi = _end_valid(W, pw, j, sw, OW, ow_lo)
-                    off = j - pw
-                    cnt = ow_hi - ow_lo
                     for n in range(N):
-                        for oh in range(oh_lo, oh_hi):
-                            ih = oh * sh - ph + i
-                            src = &dcol[r, n * OHW + oh * OW + ow_lo]
-                            dst = &dx[n, c, ih, 0]
-                            if sw == 1:
-                                # Both sides contiguous: the compiler vectorizes this.
-                                dst = dst + ow_lo + off
-                                for ow in range(cnt):
-                                    dst[ow] += src[ow]
-                            else:
-                                dst = dst + ow_lo * sw + off
-                                for ow in range(cnt):
-                                    dst[ow * sw] += src[ow]
+                        _fold(&padded[n, c, i, j], &dcol[r, n * OHW], OH, OW, sh * Wp, sw)
+        for n in range(N):
+            for c in range(C):
+                for h in range(H):
+                    _copy(&dx[n, c, h, 0], &padded[n, c, h + ph, pw], W)
 
 
 def scatter_bias(const floating[:, ::1] out, const floating[::1] bias,
@@ -239,15 +254,17 @@ cdef inline double _copy_sum(floating* dst, const floating* src, Py_ssize_t m) n
 
 
 def gather_sum(const floating[:, :, ::1] dy, floating[:, ::1] dy_t,
-               floating[::1] dbias) -> None:
-    """``dy_t[f, n*P + p] = dy[n, f, p]`` and ``dbias[f] = sum over n, p of dy[n, f, p]``.
+               double[::1] dbias) -> None:
+    """``dy_t[f, n*P + p] = dy[n, f, p]`` and ``dbias[f] += sum over n, p of dy[n, f, p]``.
 
-    ``dbias`` has length F, or length 0 to skip the bias gradient.
+    ``dbias`` accumulates (in double, so that the chunks of a large batch add up without
+    losing float32 digits): the caller zeroes it before the first chunk. It has length F,
+    or length 0 to skip the bias gradient.
     """
     cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], P = dy.shape[2]
     cdef Py_ssize_t n, f
     cdef bint has_bias = dbias.shape[0] > 0
-    cdef double acc  # accumulate in double: N*P terms in float32 lose digits
+    cdef double acc
     if dy_t.shape[0] != F or dy_t.shape[1] != N * P or (has_bias and dbias.shape[0] != F):
         raise ValueError(f"gather_sum: dy_t ({dy_t.shape[0]}, {dy_t.shape[1]}), dbias ({dbias.shape[0]},) "
                          f"do not fit dy ({N}, {F}, {P})")
@@ -257,4 +274,4 @@ def gather_sum(const floating[:, :, ::1] dy, floating[:, ::1] dy_t,
             for n in range(N):
                 acc += _copy_sum(&dy_t[f, n * P], &dy[n, f, 0], P)
             if has_bias:
-                dbias[f] = <floating>acc
+                dbias[f] += acc

@@ -3,7 +3,8 @@
 Backward passes are computed from the saved output ``y`` (not the input), one fused kernel
 pass each. Forward passes use whichever was measured faster on (64, 2500) float32: the
 kernels for relu and softmax, numpy's SIMD ufuncs for sigmoid, tanh and stanh (about 6x
-faster than a loop of scalar libm ``tanhf``/``expf`` calls). Both release the GIL.
+faster than a loop of scalar libm ``tanhf``/``expf`` calls). Both release the GIL, and
+large arrays run as parallel parts (``nnkit._kernels.parallel``): contiguous slices.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._kernels import activations as kernels
+from .._kernels import parallel
 from .base import Layer
 
 # LeCun's scaled tanh, STANH_A * tanh(STANH_B * x): maps 1 to 1 and -1 to -1.
@@ -87,7 +89,7 @@ class Activation(Layer):
         elif self.activation == "linear":
             np.copyto(y, x)
         else:
-            _ELEMENTWISE[self.activation][0](x.reshape(-1), y.reshape(-1))
+            _elementwise(_ELEMENTWISE[self.activation][0], x.reshape(-1), y.reshape(-1))
         self._y = y
         return y
 
@@ -101,5 +103,18 @@ class Activation(Layer):
         elif self.activation == "linear":
             np.copyto(dx, dy)
         else:
-            _ELEMENTWISE[self.activation][1](self._y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+            _elementwise(_ELEMENTWISE[self.activation][1], self._y.reshape(-1), dy.reshape(-1),
+                         dx.reshape(-1))
         return dx
+
+
+def _elementwise(fn, *arrays: np.ndarray) -> None:
+    """``fn(*arrays)`` on flat arrays, over parts of them in parallel (``parallel.split``).
+
+    Each part is a contiguous slice of every array, so the result is the same whatever
+    the split.
+    """
+    def run(part: int, lo: int, hi: int) -> None:
+        fn(*(a[lo:hi] for a in arrays))
+
+    parallel.split(run, len(arrays[0]))

@@ -1,30 +1,49 @@
-"""2-D convolution over NCHW images, as one im2col + GEMM per batch.
+"""2-D convolution over NCHW images, as im2col + GEMM on a few images at a time.
 
-Forward, for a batch x (N, C, H, W), weight W (F, C, kh, kw) and bias b (F,):
+Forward, for a batch x (N, C, H, W), weight W (F, C, kh, kw) and bias b (F,), one chunk
+of G images after the other:
 
-    col = im2col(x)                      (C*kh*kw, N*OH*OW)   kept for backward
-    out = W.reshape(F, -1) @ col         (F, N*OH*OW)         one BLAS call
-    y   = scatter_bias(out, b)           (N, F, OH, OW)
+    col = im2col(x[chunk])               (C*kh*kw, G*OH*OW)
+    out = W.reshape(F, -1) @ col         (F, G*OH*OW)         one BLAS call
+    y[chunk] = scatter_bias(out, b)      (G, F, OH, OW)
 
-Backward, for dy (N, F, OH, OW):
+Backward, for dy (N, F, OH, OW), chunk by chunk:
 
-    dy_t, db = gather_sum(dy)            (F, N*OH*OW), (F,)
-    dW  = dy_t @ col.T                   written straight into the weight's grad
-    dx  = col2im(W_flat.T @ dy_t)        skipped when the source takes no gradient
+    dy_t, db += gather_sum(dy[chunk])    (F, G*OH*OW), (F,)
+    col = im2col(x[chunk])               recomputed: cheaper than keeping it (see below)
+    dW += dy_t @ col.T
+    dx[chunk] = col2im(W_flat.T @ dy_t)  or, with stride 1, a convolution of dy (see
+                                         ``_transposed_pad``); skipped when the source
+                                         takes no gradient
+
+Why chunks: a whole batch's col is large (82 MB for the CIFAR-10 conv2 at batch 100), so
+writing it and reading it back in the GEMM runs at memory speed, and keeping it for
+backward would double the layer's memory. A chunk of about a thousand columns stays in
+the cache between im2col and the GEMM, and is still wide enough for BLAS to run near its
+peak. The batch is also cut into parts (``nnkit._kernels.parallel``), one per core,
+each running its own chunks with its own buffers: the im2col and layout kernels of one
+part then run while another part's GEMM does, instead of leaving cores idle.
 
 Output size: OH = floor((H + 2*ph - kh) / sh) + 1, likewise OW (convolution floors).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from .. import initializers
 from .._kernels import im2col as _k
+from .._kernels import parallel
 from .base import Layer, Param, param_specs, reject_unknown
 
 IntPair = int | tuple[int, int]
+
+#: Columns (output pixels) per chunk: wide enough for BLAS to run near its peak, small
+#: enough for col (C*kh*kw rows) to stay in the cache between im2col and the GEMM. On the
+#: CIFAR-10 CNN, 512 to 1536 measured alike and 4096 10-15% slower.
+CHUNK_COLUMNS = 1024
 
 
 def _pair(value: IntPair, what: str, minimum: int, owner: str) -> tuple[int, int]:
@@ -77,7 +96,7 @@ class Convolution2D(Layer):
         self.init = init
         self.bias = bool(bias)
         self._param_kwargs = dict(param_kwargs)  # kept verbatim for get_config
-        self._x_shape: tuple[int, ...] | None = None  # input shape of the last forward
+        self._x: np.ndarray | None = None  # the last forward's input, for backward
         kwargs = dict(param_kwargs)
         self._w_spec = param_specs("w", init, kwargs, initializers.UNIFORM)
         self._b_spec = param_specs("b", None, kwargs, initializers.ZERO)
@@ -122,50 +141,158 @@ class Convolution2D(Layer):
         """(kh, kw, sh, sw, ph, pw), the argument tail of every im2col kernel call."""
         return (*self.kernel, *self.stride, *self.pad)
 
-    def _bias_array(self, attr: str) -> np.ndarray:
-        """The bias ``data`` or ``grad`` (``attr``), or an empty array: "no bias" to the kernels."""
-        if self.bias:
-            return getattr(self.params[1], attr)
-        return self.buffer("no_bias", (0,))
+    def _bias_array(self) -> np.ndarray:
+        """The bias, or an empty array: "no bias" to the kernels."""
+        return self.params[1].data if self.bias else self.buffer("no_bias", (0,))
+
+    def _view(self, key: str, capacity: int, shape: tuple[int, ...]) -> np.ndarray:
+        """A contiguous ``shape`` view of the buffer ``key`` of ``capacity`` values.
+
+        Buffers are sized for a full chunk; the last chunk of a batch may be smaller and
+        takes a view of the same buffer instead of reallocating it every batch.
+        """
+        return self.buffer(key, (capacity,))[:math.prod(shape)].reshape(shape)
+
+    def _im2col(self, x: np.ndarray, chunk: int, key: str,
+                pad: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """im2col of the images ``x`` (at most ``chunk`` of them) into the buffers ``key``.
+
+        Returns (col, the padded scratch). ``pad`` defaults to the layer's; the stride is
+        the layer's.
+        """
+        m, c, h, w = x.shape
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        ph, pw = pad or self.pad
+        pixels = conv_output_size(h, kh, sh, ph) * conv_output_size(w, kw, sw, pw)
+        rows, padded_shape = c * kh * kw, (c, h + 2 * ph, w + 2 * pw)
+        col = self._view(key + "col", rows * chunk * pixels, (rows, m * pixels))
+        padded = self._view(key + "padded", chunk * math.prod(padded_shape), (m, *padded_shape))
+        _k.im2col(x, col, padded, kh, kw, sh, sw, ph, pw)
+        return col, padded
+
+    def _transposed_pad(self) -> tuple[int, int] | None:
+        """The padding that turns the input gradient into a plain convolution, if any.
+
+        With stride 1, dx is the convolution of dy, padded by k - 1 - pad, with the weights
+        flipped in space and transposed to (C, F, kh, kw). That runs as im2col + GEMM with
+        F*kh*kw terms per sum, instead of a GEMM with only F terms followed by col2im,
+        whose overlapping read-modify-writes are several times slower than im2col's copies.
+        But im2col then unfolds F channels where col2im folds C: with more filters than
+        input channels col2im is faster (CIFAR-10 conv3, F = 2C: by 15% of the backward
+        pass; conv2, F = C: the transposed route by 15%). Strided convolutions (and
+        pad >= kernel) take the col2im route.
+        """
+        if (self.stride != (1, 1) or any(p >= k for p, k in zip(self.pad, self.kernel))
+                or self.nb_filter > self.input_shape[0]):
+            return None
+        return self.kernel[0] - 1 - self.pad[0], self.kernel[1] - 1 - self.pad[1]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """y = conv(x, W) + b for a batch x (N, C, H, W); keeps im2col(x) for backward."""
+        """y = conv(x, W) + b for a batch x (N, C, H, W); keeps x for backward."""
         x = np.ascontiguousarray(x)
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
-        w = self.params[0].data
-        k = w[0].size
-        col = self.buffer("col", (k, n * oh * ow))
-        _k.im2col(x, col, *self._geometry())
-        # The (F, N*OH*OW) buffer is shared with backward's gathered dy: never live at once.
-        out = self.buffer("fnp", (f, n * oh * ow))
-        np.matmul(w.reshape(f, k), col, out=out)
+        chunk = _chunk_size(n, oh * ow)
+        weight = self.params[0].data.reshape(f, -1)
+        bias = self._bias_array()
         y = self.buffer("y", (n, f, oh, ow))
-        _k.scatter_bias(out, self._bias_array("data"), y.reshape(n, f, oh * ow))
-        self._x_shape = x.shape
+        y3 = y.reshape(n, f, oh * ow)
+
+        def run(part: int, first: int, last: int) -> None:
+            for start in range(first * chunk, min(n, last * chunk), chunk):
+                stop = min(n, start + chunk)
+                col, _ = self._im2col(x[start:stop], chunk, f"{part}")
+                if chunk == 1:
+                    # One image: (F, OH*OW) is already its layout in y, so the GEMM writes
+                    # there and the bias is added in place (each entry reads only itself).
+                    out = y3[start]
+                else:
+                    # The (F, G*OH*OW) buffer is shared with backward's gathered dy.
+                    out = self._view(f"fnp{part}", f * chunk * oh * ow, (f, col.shape[1]))
+                np.matmul(weight, col, out=out)
+                _k.scatter_bias(out, bias, y3[start:stop])
+
+        parallel.split(run, *_chunk_items(n, chunk, x[0].size), blas=True)
+        self._x = x
         return y
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Fills dW (and db) from dy (N, F, OH, OW); returns dx, or None if not needed."""
-        if self._x_shape is None:
+        x = self._x
+        if x is None:
             raise self.error("backward called before forward", RuntimeError)
-        expected = (self._x_shape[0], *self.output_shape(self._x_shape[1:]))
+        expected = (x.shape[0], *self.output_shape(x.shape[1:]))
         if dy.shape != expected:
             raise self.error(f"backward got dy of shape {dy.shape}, expected {expected} for the "
-                             f"input {self._x_shape} of the last forward")
+                             f"input {x.shape} of the last forward")
         dy = np.ascontiguousarray(dy, dtype=self.dtype)
         n, f, oh, ow = dy.shape
+        c = x.shape[1]
+        chunk = _chunk_size(n, oh * ow)
         wp = self.params[0]
-        k = wp.data[0].size
-        col = self._buffers["col"]  # im2col of the last forward's input
-        dy_t = self.buffer("fnp", (f, n * oh * ow))
-        _k.gather_sum(dy.reshape(n, f, oh * ow), dy_t, self._bias_array("grad"))
-        # dW = dy_t @ col.T: col.T is a transposed view, which BLAS takes without a copy.
-        np.matmul(dy_t, col.T, out=wp.grad.reshape(f, k))
-        if not need_input_grad:
-            return None
-        dcol = self.buffer("dcol", col.shape)
-        np.matmul(wp.data.reshape(f, k).T, dy_t, out=dcol)
-        dx = self.buffer("dx", self._x_shape)
-        _k.col2im(dcol, dx, *self._geometry())
+        weight = wp.data.reshape(f, -1)
+        dy3 = dy.reshape(n, f, oh * ow)
+        dx = transposed = tpad = None
+        if need_input_grad:
+            dx = self.buffer("dx", x.shape)
+            tpad = self._transposed_pad()
+            if tpad is not None:
+                # (C, F*kh*kw): the weights transposed and flipped in space, once per batch.
+                transposed = self.buffer("w_t", (c, f, *self.kernel))
+                np.copyto(transposed, wp.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+                transposed = transposed.reshape(c, -1)
+        def part_grads(part: int) -> tuple[np.ndarray, np.ndarray]:
+            """(dW, db) summed by one part: part 0's dW goes straight into the grad."""
+            dw = wp.grad.reshape(f, -1) if part == 0 else self.buffer(f"dw{part}", weight.shape)
+            return dw, self.buffer(f"db{part}", (f if self.bias else 0,), np.float64)
+
+        def run(part: int, first: int, last: int) -> None:
+            dw, db = part_grads(part)
+            db[...] = 0  # gather_sum accumulates over the chunks, in double
+            lo = first * chunk
+            for start in range(lo, min(n, last * chunk), chunk):
+                stop = min(n, start + chunk)
+                dy_t = self._view(f"fnp{part}", f * chunk * oh * ow, (f, (stop - start) * oh * ow))
+                _k.gather_sum(dy3[start:stop], dy_t, db)
+                col, padded = self._im2col(x[start:stop], chunk, f"{part}")
+                # dW = dy_t @ col.T: col.T is a transposed view, which BLAS takes as it is.
+                if start == lo:
+                    np.matmul(dy_t, col.T, out=dw)
+                else:
+                    chunk_dw = self.buffer(f"dw_chunk{part}", dw.shape)
+                    np.matmul(dy_t, col.T, out=chunk_dw)
+                    dw += chunk_dw
+                if transposed is not None:
+                    dcol, _ = self._im2col(dy[start:stop], chunk, f"d{part}", tpad)
+                    dx_t = self._view(f"cnp{part}", c * dcol.shape[1] // (stop - start) * chunk,
+                                      (c, dcol.shape[1]))
+                    np.matmul(transposed, dcol, out=dx_t)
+                    _k.scatter_bias(dx_t, self.buffer("no_bias", (0,)),
+                                    dx[start:stop].reshape(stop - start, c, -1))
+                elif dx is not None:
+                    np.matmul(weight.T, dy_t, out=col)  # col is used up: it takes dcol
+                    _k.col2im(col, dx[start:stop], padded, *self._geometry())
+
+        ranges = parallel.split(run, *_chunk_items(n, chunk, x[0].size), blas=True)
+        dw, db = part_grads(0)
+        for part in range(1, len(ranges)):
+            dw_part, db_part = part_grads(part)
+            dw += dw_part
+            db += db_part
+        if self.bias:
+            self.params[1].grad[...] = db
         return dx
+
+
+def _chunk_items(n: int, chunk: int, image_values: int) -> tuple[int, int]:
+    """(chunks, values per chunk): a batch of ``n`` images splits in whole chunks.
+
+    The parallel parts are ranges of chunk indices: ``parallel.split(run, *_chunk_items(...))``
+    calls ``run(part, first, last)`` for chunks first .. last - 1.
+    """
+    return -(-n // chunk), chunk * image_values
+
+
+def _chunk_size(n: int, pixels: int) -> int:
+    """Images per chunk: at most CHUNK_COLUMNS output pixels, at least one image."""
+    return max(1, min(n, CHUNK_COLUMNS // pixels))

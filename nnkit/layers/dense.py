@@ -1,4 +1,10 @@
-"""Fully connected layer: ``y = x W^T + b``, one GEMM per batch each way."""
+"""Fully connected layer: ``y = x W^T + b``, one GEMM per batch each way.
+
+Each GEMM is cut into column slices computed in parallel (``nnkit._kernels.parallel``, one
+single-threaded BLAS call per part): forward and the weight gradient over the output units,
+the input gradient over the input features. Slicing the columns rather than the batch
+rows keeps each part's share of the weight matrix, the big operand, to itself.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import initializers
+from .._kernels import parallel
 from .base import Layer, Param, param_specs, reject_unknown
 
 
@@ -57,18 +64,33 @@ class Dense(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._x = x.reshape(x.shape[0], -1)
         y = self.buffer("y", (x.shape[0], self.output_dim))
-        np.matmul(self._x, self.params[0].data.T, out=y)
-        if self.use_bias:
-            y += self.params[1].data
+        w = self.params[0].data
+        b = self.params[1].data if self.use_bias else None
+
+        def run(part: int, lo: int, hi: int) -> None:
+            np.matmul(self._x, w[lo:hi].T, out=y[:, lo:hi])
+            if b is not None:
+                y[:, lo:hi] += b[lo:hi]
+
+        parallel.split(run, self.output_dim, self._x.size, blas=True)
         return y
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         weight = self.params[0]
-        np.matmul(dy.T, self._x, out=weight.grad)
-        if self.use_bias:
-            np.sum(dy, axis=0, out=self.params[1].grad)
+        db = self.params[1].grad if self.use_bias else None
+
+        def param_grads(part: int, lo: int, hi: int) -> None:
+            np.matmul(dy[:, lo:hi].T, self._x, out=weight.grad[lo:hi])
+            if db is not None:
+                np.sum(dy[:, lo:hi], axis=0, out=db[lo:hi])
+
+        parallel.split(param_grads, self.output_dim, self._x.size, blas=True)
         if not need_input_grad:
             return None
         dx = self.buffer("dx", self._x.shape)
-        np.matmul(dy, weight.data, out=dx)
+
+        def input_grad(part: int, lo: int, hi: int) -> None:
+            np.matmul(dy, weight.data[:, lo:hi], out=dx[:, lo:hi])
+
+        parallel.split(input_grad, dx.shape[1], dy.size, blas=True)
         return dx.reshape((dx.shape[0],) + self.input_shape)

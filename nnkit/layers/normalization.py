@@ -1,4 +1,8 @@
-"""Local response normalization (LRN) over NCHW images; the kernels are in ``_kernels/lrn.pyx``."""
+"""Local response normalization (LRN) over NCHW images; the kernels are in ``_kernels/lrn.pyx``.
+
+Large batches run as parallel parts (``nnkit._kernels.parallel``): ranges of blocks (images
+across channels, planes within a channel), each part with scratch of its own.
+"""
 from __future__ import annotations
 
 import numbers
@@ -7,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._kernels import lrn as _kernels
+from .._kernels import parallel
 from .base import Layer
 
 #: The values ``norm_region`` accepts (Caffe's ACROSS_CHANNELS and WITHIN_CHANNEL).
@@ -20,8 +25,7 @@ class _Views(NamedTuple):
     y: np.ndarray
     scale: np.ndarray       # k + alpha/n * S
     scale_pow: np.ndarray   # scale ** -beta, kept so backward needs no pow
-    vals: np.ndarray        # float64 scratch, one block long
-    tmp: np.ndarray         # float64 scratch, one block long
+    scratch: list           # per part of a split batch: two float64 arrays, one block long
     rows: int
     cols: int
 
@@ -100,16 +104,23 @@ class LRN2D(Layer):
         flat = (blocks, rows * cols)
         y, scale, scale_pow = (self.buffer(key, x.shape, x.dtype).reshape(flat)
                                for key in ("y", "scale", "scale_pow"))
-        vals, tmp = (self.buffer(key, (rows * cols,), np.float64) for key in ("vals", "tmp"))
-        return _Views(x.reshape(flat), y, scale, scale_pow, vals, tmp, rows, cols)
+        scratch = [tuple(self.buffer(f"{key}{part}", (rows * cols,), np.float64)
+                         for key in ("vals", "tmp"))
+                   for part in range(len(parallel.parts(blocks, rows * cols)))]
+        return _Views(x.reshape(flat), y, scale, scale_pow, scratch, rows, cols)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalizes the batch ``x`` (N, C, H, W); keeps ``x`` and the scale for backward."""
         self.output_shape(x.shape[1:])
         x = np.ascontiguousarray(x)
         v = self._views(x)
-        _kernels.lrn_forward(v.x, v.scale, v.scale_pow, v.y, v.vals, v.tmp, self.across, v.rows,
-                             v.cols, self.size, self.alpha, self.beta, self.k)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            _kernels.lrn_forward(v.x[lo:hi], v.scale[lo:hi], v.scale_pow[lo:hi], v.y[lo:hi],
+                                 *v.scratch[part], self.across, v.rows, v.cols, self.size,
+                                 self.alpha, self.beta, self.k)
+
+        parallel.split(run, len(v.x), v.x.shape[1])
         self._x = x
         return self.buffer("y", x.shape, x.dtype)
 
@@ -123,10 +134,15 @@ class LRN2D(Layer):
         if dy.shape != x.shape:
             raise self.error(f"gradient of shape {dy.shape} does not match the output shape "
                              f"{x.shape}")
-        dy = np.ascontiguousarray(dy, dtype=x.dtype)
         v = self._views(x)
+        dy2 = np.ascontiguousarray(dy, dtype=x.dtype).reshape(v.x.shape)
         dx = self.buffer("dx", x.shape, x.dtype)
-        _kernels.lrn_backward(v.x, v.y, v.scale, v.scale_pow, dy.reshape(v.x.shape),
-                              dx.reshape(v.x.shape), v.vals, v.tmp, self.across, v.rows, v.cols,
-                              self.size, self.alpha, self.beta)
+        dx2 = dx.reshape(v.x.shape)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            _kernels.lrn_backward(v.x[lo:hi], v.y[lo:hi], v.scale[lo:hi], v.scale_pow[lo:hi],
+                                  dy2[lo:hi], dx2[lo:hi], *v.scratch[part], self.across, v.rows,
+                                  v.cols, self.size, self.alpha, self.beta)
+
+        parallel.split(run, len(v.x), v.x.shape[1])
         return dx

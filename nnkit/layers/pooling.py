@@ -15,7 +15,8 @@ cells do not count.
 
 The kernels (``nnkit/_kernels/pooling.pyx``) copy each image into a scratch plane where
 every window is whole and every load contiguous; :class:`_Geometry` builds the index
-tables for that copy once per input shape.
+tables for that copy once per input shape. Large batches run as parallel parts
+(``nnkit._kernels.parallel``), each part a range of planes with scratch of its own.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._kernels import parallel
 from .._kernels import pooling as _kernels
 from .base import DEFAULT_DTYPE, Layer
 
@@ -149,15 +151,16 @@ class _Pooling2D(Layer):
         _, out_h, out_w = self.output_shape(self.input_shape)
         self._geometry = _Geometry((h, w), (out_h, out_w), self.pool_size, self.stride,
                                    self.pad)
+        self._plane_size = h * w
 
     def _planes(self, a: np.ndarray) -> np.ndarray:
         """(N, C, H, W) as (N*C, H, W), the stack of planes the kernels take (free: no copy)."""
         a = np.ascontiguousarray(a, dtype=self.dtype)
         return a.reshape(-1, *a.shape[2:])
 
-    def _scratch(self) -> np.ndarray:
-        """The kernels' scratch plane (see ``_Geometry``)."""
-        return self.buffer("scratch", (self._geometry.cells,))
+    def _scratch(self, part: int) -> np.ndarray:
+        """The kernels' scratch plane (see ``_Geometry``) for one part of a split batch."""
+        return self.buffer(f"scratch{part}", (self._geometry.cells,))
 
     def _output(self, n: int) -> np.ndarray:
         """This layer's output buffer for a batch of ``n``."""
@@ -184,15 +187,24 @@ class MaxPooling2D(_Pooling2D):
 
     _argmax: np.ndarray | None = None  # each output's flat index h * W + w in its plane
 
+    def _part_buffers(self, part: int) -> tuple[np.ndarray, ...]:
+        """Scratch plane and one row of maxima and of their positions."""
+        count = self._geometry.count
+        return (self._scratch(part), self.buffer(f"best{part}", (count,)),
+                self.buffer(f"where{part}", (count,), np.intc))
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Pools ``x`` (N, C, H, W) and remembers where each maximum came from."""
         g = self._geometry
         y = self._output(x.shape[0])
-        yp = self._planes(y)
-        self._argmax = self.buffer("argmax", yp.shape, np.intc)
-        _kernels.max_forward(self._planes(x), yp, self._argmax, g.src, g.phases, g.border,
-                             self._scratch(), self.buffer("best", (g.count,)),
-                             self.buffer("where", (g.count,), np.intc), *g.args)
+        xp, yp = self._planes(x), self._planes(y)
+        argmax = self._argmax = self.buffer("argmax", yp.shape, np.intc)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            _kernels.max_forward(xp[lo:hi], yp[lo:hi], argmax[lo:hi], g.src, g.phases,
+                                 g.border, *self._part_buffers(part), *g.args)
+
+        parallel.split(run, len(xp), self._plane_size)
         return y
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
@@ -200,7 +212,13 @@ class MaxPooling2D(_Pooling2D):
         if not need_input_grad:
             return None
         dx = self._input_grad(dy.shape[0])
-        _kernels.max_backward(self._planes(dy), self._argmax, dx.reshape(len(self._argmax), -1))
+        dyp, argmax = self._planes(dy), self._argmax
+        dxp = dx.reshape(len(argmax), -1)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            _kernels.max_backward(dyp[lo:hi], argmax[lo:hi], dxp[lo:hi])
+
+        parallel.split(run, len(argmax), self._plane_size)
         return dx
 
 
@@ -225,23 +243,34 @@ class AvgPooling2D(_Pooling2D):
         super().build(input_shape, dtype)
         self._scale = np.ascontiguousarray(1.0 / self._geometry.window_cells, dtype=self.dtype)
 
-    def _kernel_args(self) -> tuple[Any, ...]:
-        """The scratch, row buffer, scale and geometry both average kernels end with."""
-        g = self._geometry
-        return (self._scratch(), self.buffer("acc", (g.count,)), self._scale, *g.args)
+    def _part_buffers(self, part: int) -> tuple[np.ndarray, ...]:
+        """Scratch plane and one row of window sums."""
+        return self._scratch(part), self.buffer(f"acc{part}", (self._geometry.count,))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Averages ``x`` (N, C, H, W) over each window."""
+        g = self._geometry
         y = self._output(x.shape[0])
-        _kernels.avg_forward(self._planes(x), self._planes(y), self._geometry.phases,
-                             *self._kernel_args())
+        xp, yp = self._planes(x), self._planes(y)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            _kernels.avg_forward(xp[lo:hi], yp[lo:hi], g.phases, *self._part_buffers(part),
+                                 self._scale, *g.args)
+
+        parallel.split(run, len(xp), self._plane_size)
         return y
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Spreads each output gradient evenly over its window's counted cells."""
         if not need_input_grad:
             return None
+        g = self._geometry
         dx = self._input_grad(dy.shape[0])
-        _kernels.avg_backward(self._planes(dy), self._planes(dx), self._geometry.dst,
-                              *self._kernel_args())
+        dyp, dxp = self._planes(dy), self._planes(dx)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            _kernels.avg_backward(dyp[lo:hi], dxp[lo:hi], g.dst, *self._part_buffers(part),
+                                  self._scale, *g.args)
+
+        parallel.split(run, len(dyp), self._plane_size)
         return dx
