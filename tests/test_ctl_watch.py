@@ -176,7 +176,8 @@ def test_concurrent_appends_never_interleave(tmp_path):
     assert len({v["id"] for v in good}) == 1200
 
 
-def test_watch_redraws_its_block_in_place_on_a_terminal(tmp_path):
+def test_watch_redraws_its_block_in_place_on_a_terminal(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough for any tmp_path: lines are cut to the terminal
     path = tmp_path / "events.jsonl"
     out = io.StringIO()
     watcher = Watcher(tmp_path, out, tty=True, window=2)
@@ -230,3 +231,13 @@ def test_watch_on_a_real_terminal(finished_run):
 def test_watch_refuses_a_missing_run_directory(tmp_path, capsys):
     assert main(["watch", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_watch_cuts_its_block_to_the_terminal_width(tmp_path, monkeypatch):
+    """Wrapped lines would break the in-place redraw (it moves up one row per line)."""
+    monkeypatch.setenv("COLUMNS", "30")
+    out = io.StringIO()
+    watcher = Watcher(tmp_path, out, tty=True)
+    watcher.render(watcher.poll())
+    line = f"nnkit watch {tmp_path}: waiting for events.jsonl"
+    assert out.getvalue() == line[:29] + "\n"
