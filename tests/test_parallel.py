@@ -5,9 +5,10 @@ import threading
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from gradcheck import Source
-from nnkit._kernels import parallel
+from nnkit import parallel
 from nnkit.layers import LRN2D, Activation, AvgPooling2D, Convolution2D, Dense, MaxPooling2D
 from nnkit.layers import convolution
 
@@ -150,17 +151,35 @@ def test_conv_gradients_when_a_split_finds_the_helpers_busy(threads, monkeypatch
         np.testing.assert_array_equal(p.grad, 0)
 
 
-@pytest.mark.skipif(parallel._blas is None, reason="no OpenBLAS to control in this process")
-def test_a_blas_split_runs_openblas_single_threaded_and_restores_it(threads):
-    get, _ = parallel._blas
-    before = get()
+def _blas_threads() -> list[int]:
+    """Every loaded BLAS's thread count, asked afresh of the libraries."""
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.mark.skipif(parallel._blas is None, reason="no BLAS to control in this process")
+def test_a_blas_split_runs_the_blas_single_threaded_and_restores_it(threads):
+    before = _blas_threads()
+    assert before and max(before) > 1  # numpy's OpenBLAS starts with a thread per core
     seen = []
     threads(2)
-    parallel.split(lambda part, lo, hi: seen.append(get()), 4, blas=True)
-    assert seen == [1, 1] and get() == before
+    parallel.split(lambda part, lo, hi: seen.append(_blas_threads()), 4, blas=True)
+    assert seen == [[1] * len(before)] * 2 and _blas_threads() == before
     threads(1)  # one part: BLAS keeps its own threads
-    parallel.split(lambda part, lo, hi: seen.append(get()), 4, blas=True)
+    parallel.split(lambda part, lo, hi: seen.append(_blas_threads()), 4, blas=True)
     assert seen[2:] == [before]
+
+
+@pytest.mark.skipif(parallel._blas is None, reason="no BLAS to control in this process")
+def test_blas_splits_hold_the_blas_from_any_thread(threads):
+    """A background run's splits come from its own thread, after the main thread's."""
+    threads(2)
+    before = _blas_threads()
+    seen = []
+    parallel.split(lambda part, lo, hi: None, 4, blas=True)  # the main thread first
+    worker = threading.Thread(target=parallel.split, args=(lambda part, lo, hi: seen.append(_blas_threads()), 4),
+                              kwargs={"blas": True})
+    worker.start(), worker.join()
+    assert seen == [[1] * len(before)] * 2 and _blas_threads() == before
 
 
 def test_without_blas_control_blas_splits_run_alone(threads, monkeypatch):

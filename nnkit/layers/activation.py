@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._kernels import activations as kernels
-from .._kernels import parallel
+from .. import parallel
 from .base import Layer
 
 # LeCun's scaled tanh, STANH_A * tanh(STANH_B * x): maps 1 to 1 and -1 to -1.

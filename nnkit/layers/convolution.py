@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import initializers
 from .._kernels import im2col as _k
-from .._kernels import parallel
+from .. import parallel
 from .base import Layer, Param, param_specs, reject_unknown
 
 IntPair = int | tuple[int, int]

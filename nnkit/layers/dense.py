@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import initializers
-from .._kernels import parallel
+from .. import parallel
 from .base import Layer, Param, param_specs, reject_unknown
 
 

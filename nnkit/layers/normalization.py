@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._kernels import lrn as _kernels
-from .._kernels import parallel
+from .. import parallel
 from .base import Layer
 
 #: The values ``norm_region`` accepts (Caffe's ACROSS_CHANNELS and WITHIN_CHANNEL).

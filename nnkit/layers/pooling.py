@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._kernels import parallel
+from .. import parallel
 from .._kernels import pooling as _kernels
 from .base import DEFAULT_DTYPE, Layer
 

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
 """Runs a kernel on contiguous parts of a batch at once: one part here, the others on helpers.
 
 The kernels are single-threaded: OpenMP is out, because its worker threads spin while they
@@ -13,15 +12,19 @@ Matrix products: OpenBLAS's own threads spin for a while after each product (abo
 so a part running on a helper thread after a multi-threaded product gets almost no time on
 the other core. Every layer that calls BLAS therefore does so in a split with
 ``blas=True`` (the convolution's parts each run an im2col + GEMM pipeline of their own; the
-dense layer's parts each compute a slice of the outputs), which sets OpenBLAS to one
+dense layer's parts each compute a slice of the outputs), which sets the BLAS to one
 thread while its parts run and restores the previous count after: the cores are then
 shared out by nnkit, one part each, and no pool spins against another. A split of a
 single part (a small batch) leaves BLAS its threads: its products are all there is to
-parallelize. nnkit finds OpenBLAS among the libraries
-loaded into the process (numpy's) and calls its ``openblas_set_num_threads``; where there is
-no OpenBLAS to control (another BLAS, another OS), BLAS splits run in one part, and the BLAS
-keeps its threads. The setting is process-wide while a split runs: another thread's numpy
-product at that moment runs on one thread.
+parallelize. nnkit holds the BLAS to one thread through threadpoolctl (the field's standard
+for it: OpenBLAS, MKL, BLIS, on every OS); where there is no BLAS it can control, BLAS
+splits run in one part, and the BLAS keeps its threads. The setting is process-wide while a
+split runs: another thread's numpy product at that moment runs on one thread; and while
+other code holds a threadpoolctl limit in another thread, that thread stays in charge of
+OpenBLAS (threadpoolctl lets one thread at a time control its shared pool).
+
+This is plumbing around the kernels, not a kernel: plain Python (the parts' heavy work runs
+in the kernels, which release the GIL).
 
 The number of threads is the number of cores (``os.sched_getaffinity``), at most
 ``MAX_THREADS``; ``NNKIT_NUM_THREADS=1`` in the environment turns the helpers off. Parts
@@ -29,10 +32,14 @@ hold at least ``MIN_PART_VALUES`` values: handing a part over costs some 20-50 u
 small batch runs in the calling thread alone. A split that finds the helpers busy (another
 thread is in a split) also runs alone, so concurrent callers never wait on each other.
 """
-import ctypes
+from __future__ import annotations
+
 import os
 import queue
 import threading
+from collections.abc import Callable
+
+from threadpoolctl import ThreadpoolController
 
 #: The most threads a split uses (the caller included).
 MAX_THREADS = 8
@@ -52,38 +59,11 @@ def _thread_count() -> int:
     return max(1, min(MAX_THREADS, cores))
 
 
-def _openblas_controls():
-    """(get, set) of the loaded OpenBLAS's thread count, or None if there is none to control.
-
-    numpy's wheels bundle OpenBLAS under a prefixed, 64-bit-integer name
-    (``scipy_openblas_set_num_threads64_``); distribution builds use the plain name.
-    """
-    import numpy  # noqa: F401  (numpy loads its BLAS, which is then mapped)
-    paths = set()
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                # address perms offset device inode path (no negative indexing here:
-                # this module is compiled with wraparound=False)
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and "openblas" in fields[5].lower():
-                    paths.add(fields[5].strip())
-    except OSError:  # not Linux: no way to find the library loaded by numpy
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("", ""), ("scipy_", "64_"), ("", "64_"), ("scipy_", "")):
-            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-            set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-            if get is not None and set_ is not None:
-                get.restype = ctypes.c_int
-                set_.argtypes = [ctypes.c_int]
-                set_.restype = None
-                return get, set_
-    return None
+def _blas_controller() -> ThreadpoolController | None:
+    """threadpoolctl's handle on the BLAS libraries loaded (numpy's), or None if there is none."""
+    import numpy  # noqa: F401  (numpy loads its BLAS, which threadpoolctl then finds)
+    blas = ThreadpoolController().select(user_api="blas")
+    return blas if blas.lib_controllers else None
 
 
 class _Helper:
@@ -108,7 +88,7 @@ class _Helper:
 _helpers = []
 _busy = threading.Lock()  # held for the duration of a split that uses the helpers
 _threads = _thread_count()
-_blas = _openblas_controls()
+_blas = _blas_controller()
 
 
 def _forget_helpers() -> None:
@@ -126,11 +106,11 @@ def thread_count() -> int:
     return _threads
 
 
-def parts(n: int, item_values: int = 1, blas: bool = False) -> list:
+def parts(n: int, item_values: int = 1, blas: bool = False) -> list[tuple[int, int]]:
     """The [lo, hi) ranges ``split`` cuts range(n) into, for items of ``item_values`` values.
 
     At most one part per thread, each of at least ``MIN_PART_VALUES`` values (except a
-    single part: all of a small batch); one part for a BLAS split without OpenBLAS control.
+    single part: all of a small batch); one part for a BLAS split without BLAS control.
     """
     if blas and _blas is None:
         return [(0, n)]
@@ -139,12 +119,13 @@ def parts(n: int, item_values: int = 1, blas: bool = False) -> list:
     return [(n * i // count, n * (i + 1) // count) for i in range(count)]
 
 
-def split(fn, n: int, item_values: int = 1, blas: bool = False) -> list:
+def split(fn: Callable[[int, int, int], None], n: int, item_values: int = 1,
+          blas: bool = False) -> list[tuple[int, int]]:
     """Calls ``fn(part, lo, hi)`` for each part [lo, hi) of range(n), the parts in parallel.
 
     ``item_values`` is the number of values of one item (say, one image), which sets how
     many parts a batch is worth (see ``parts``); ``blas`` says that ``fn`` calls BLAS
-    (OpenBLAS then runs single-threaded, see the module notes). Part 0 runs in the calling
+    (the BLAS then runs single-threaded, see the module notes). Part 0 runs in the calling
     thread, the others on helper threads; ``split`` returns the parts' ranges when all are
     done, and re-raises the first exception any of them raised. ``fn`` must release the GIL
     for its heavy work (the kernels and numpy's matmul do), and must give each part its own
@@ -156,12 +137,8 @@ def split(fn, n: int, item_values: int = 1, blas: bool = False) -> list:
         return [(0, n)]
     try:
         if blas:
-            previous = _blas[0]()
-            _blas[1](1)
-            try:
+            with _blas.limit(limits=1):  # restores the previous counts on the way out
                 _run(fn, ranges)
-            finally:
-                _blas[1](previous)
         else:
             _run(fn, ranges)
     finally:
@@ -169,7 +146,7 @@ def split(fn, n: int, item_values: int = 1, blas: bool = False) -> list:
     return ranges
 
 
-def _run(fn, ranges: list) -> None:
+def _run(fn: Callable[[int, int, int], None], ranges: list[tuple[int, int]]) -> None:
     """Runs the parts: the first here, the others on the helpers."""
     while len(_helpers) < len(ranges) - 1:
         _helpers.append(_Helper())
