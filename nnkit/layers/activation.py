@@ -4,7 +4,7 @@ Backward passes are computed from the saved output ``y`` (not the input), one fu
 pass each. Forward passes use whichever was measured faster on (64, 2500) float32: the
 kernels for relu and softmax, numpy's SIMD ufuncs for sigmoid, tanh and stanh (about 6x
 faster than a loop of scalar libm ``tanhf``/``expf`` calls). Both release the GIL, and
-large arrays run as parallel parts (``nnkit._kernels.parallel``): contiguous slices.
+large arrays run as parallel parts (``nnkit.parallel``): contiguous slices.
 """
 from __future__ import annotations
 

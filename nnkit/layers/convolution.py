@@ -20,7 +20,7 @@ Why chunks: a whole batch's col is large (82 MB for the CIFAR-10 conv2 at batch 
 writing it and reading it back in the GEMM runs at memory speed, and keeping it for
 backward would double the layer's memory. A chunk of about a thousand columns stays in
 the cache between im2col and the GEMM, and is still wide enough for BLAS to run near its
-peak. The batch is also cut into parts (``nnkit._kernels.parallel``), one per core,
+peak. The batch is also cut into parts (``nnkit.parallel``), one per core,
 each running its own chunks with its own buffers: the im2col and layout kernels of one
 part then run while another part's GEMM does, instead of leaving cores idle.
 

@@ -1,6 +1,6 @@
 """Fully connected layer: ``y = x W^T + b``, one GEMM per batch each way.
 
-Each GEMM is cut into column slices computed in parallel (``nnkit._kernels.parallel``, one
+Each GEMM is cut into column slices computed in parallel (``nnkit.parallel``, one
 single-threaded BLAS call per part): forward and the weight gradient over the output units,
 the input gradient over the input features. Slicing the columns rather than the batch
 rows keeps each part's share of the weight matrix, the big operand, to itself.

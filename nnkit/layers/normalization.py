@@ -1,6 +1,6 @@
 """Local response normalization (LRN) over NCHW images; the kernels are in ``_kernels/lrn.pyx``.
 
-Large batches run as parallel parts (``nnkit._kernels.parallel``): ranges of blocks (images
+Large batches run as parallel parts (``nnkit.parallel``): ranges of blocks (images
 across channels, planes within a channel), each part with scratch of its own.
 """
 from __future__ import annotations

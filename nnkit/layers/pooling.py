@@ -16,7 +16,7 @@ cells do not count.
 The kernels (``nnkit/_kernels/pooling.pyx``) copy each image into a scratch plane where
 every window is whole and every load contiguous; :class:`_Geometry` builds the index
 tables for that copy once per input shape. Large batches run as parallel parts
-(``nnkit._kernels.parallel``), each part a range of planes with scratch of its own.
+(``nnkit.parallel``), each part a range of planes with scratch of its own.
 """
 from __future__ import annotations
 
