@@ -295,11 +295,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         job = load_job(args.path, args.set, check_data=False)
         model = job.build_model()
         print(f"job {job.name!r} ({job.source}), seed {job.proto.seed if job.proto.HasField('seed') else 'none'}")
-    _show_model(model, job)
+    _show_model(model, job, stored=_is_checkpoint(args.path))
     return EXIT_OK
 
 
-def _show_model(model: Sequential, job: Job | None) -> None:
+def _show_model(model: Sequential, job: Job | None, stored: bool = False) -> None:
+    """Prints the summary; then the job's data and run sections (a job file's run section
+    always, its defaults included; a checkpoint's only if its job had one: a model trained
+    from Python records no run plan)."""
     if not model.built and job is not None and job.input_shape() is not None:
         model.build(job.input_shape())
     model.summary()
@@ -324,6 +327,8 @@ def _show_model(model: Sequential, job: Job | None) -> None:
                 what = ", ".join(src.file) if src.file else f"split {src.split or which}"
                 extra = f", first {src.limit}" if src.HasField("limit") else ""
                 print(f"  {which}: {what}, batch {job.batch_size(which)}{extra}")
+    if stored and not job.proto.HasField("run"):
+        return
     run = job.proto.run
     length = " or ".join(f"{getattr(run, k)} {k}" for k in ("epochs", "steps") if run.HasField(k))
     every = {what: f"every {n} steps and at the end" if n else "at the end"

@@ -98,6 +98,7 @@ def test_train_eval_show_resume_end_to_end(job_file, tmp_path):
     done = nnkit_cli("show", run_dir / "checkpoint.h5", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "step 20" in done.stdout and "Total params: 25,450" in done.stdout
+    assert "Run: 20 steps; log every 5 steps; test every 10 steps and at the end" in done.stdout
     assert re.search(r"dense_2 \(Dense\)\s+\(None, 10\)\s+330", done.stdout)
 
     done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set",
@@ -121,6 +122,18 @@ def test_show_describes_layers_updater_schedule_data_and_run(tmp_path):
     assert "Updater: SGD(lr=0.001, lr_type='manual', decay=0.004, momentum=0.9" in out
     assert "Schedule: Manual(base_lr=0.001, step=(0, 60000, 65000)" in out
     assert "Data: cifar10" in out and "mean image" in out and "train: split train, batch 100" in out
+    assert "Run: 1 epochs;" in out  # the file's run section
+
+
+def test_show_of_a_checkpoint_from_python_claims_no_run_plan(tmp_path, capsys):
+    """fit() from Python records no run section: show must not print the defaults as if it had."""
+    model = Sequential([Dense(2)], input_shape=(3,))
+    model.compile()
+    model.save(tmp_path / "python.h5")
+    assert main(["show", str(tmp_path / "python.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 8" in out and "Updater: SGD(" in out
+    assert "Run:" not in out and "Data:" not in out
 
 
 def test_time_reports_every_layer_and_the_whole_step(job_file, tmp_path):
