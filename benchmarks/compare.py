@@ -285,7 +285,7 @@ def run_case(case: str, frameworks: list[str], peak: float, args: argparse.Names
                   (before, after), min(before, after) < args.slow_threshold * peak)
 
 
-def table(results: list[Result], peak: float, frameworks: list[str]) -> list[str]:
+def table(results: list[Result], peak: float) -> list[str]:
     """The results as markdown table lines."""
     lines = ["| case | batch | nnkit ms/step | PyTorch ms/step | nnkit img/s | PyTorch img/s "
              "| nnkit GEMM % | PyTorch GEMM % | nnkit peak MB | PyTorch peak MB "
@@ -332,21 +332,21 @@ def scaling_lines(results: list[Result], frameworks: list[str]) -> list[str]:
 
 def write_results(lines: list[str], args: argparse.Namespace, peak: float) -> None:
     """Writes the table, the command and the machine to ``--output``."""
-    import numpy
     try:
         import torch
         torch_version = torch.__version__
     except ImportError:
         torch_version = "not installed"
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
+    with open("/proc/cpuinfo") as cpuinfo:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")),
+                   platform.processor())
     command = "PYTHONPATH=. python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
     text = [
         "# nnkit against PyTorch on the CPU",
         "",
         f"Produced by `{command}` (from the repository root) on "
         f"{datetime.date.today().isoformat()}: {os.cpu_count()} x {cpu}, Python "
-        f"{platform.python_version()}, numpy {numpy.__version__}, PyTorch {torch_version}, "
+        f"{platform.python_version()}, numpy {np.__version__}, PyTorch {torch_version}, "
         f"float32, {args.threads} threads, {args.pairs} alternating pairs per case, each "
         f"process timing at least {args.iters} steps and {args.min_seconds} s after "
         f"{args.warmup} warm-up steps.",
@@ -417,8 +417,8 @@ def main() -> None:
             if attempt < args.retries:
                 time.sleep(args.retry_wait)  # give whatever else runs a chance to finish
         results.append(result)
-        print(table([result], peak, frameworks)[-1], flush=True)
-    lines = table(results, peak, frameworks)
+        print(table([result], peak)[-1], flush=True)
+    lines = table(results, peak)
     lines += ["", *scaling_lines(results, frameworks)]
     print("\n".join(lines))
     if not args.no_write:

@@ -284,7 +284,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``nnkit show``: layers, shapes, parameter counts, updater, schedule, data and run."""
-    if _is_checkpoint(args.path):
+    stored = _is_checkpoint(args.path)
+    if stored:
         tree = _read_checkpoint(args.path)
         model = load_tree_model(tree, args.path)
         job = _stored_job(tree, args.path, args.set)
@@ -295,7 +296,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         job = load_job(args.path, args.set, check_data=False)
         model = job.build_model()
         print(f"job {job.name!r} ({job.source}), seed {job.proto.seed if job.proto.HasField('seed') else 'none'}")
-    _show_model(model, job, stored=_is_checkpoint(args.path))
+    _show_model(model, job, stored)
     return EXIT_OK
 
 

@@ -43,8 +43,9 @@ except ImportError as exc:  # the view is an optional extra; say which one
 
 import numpy as np
 
-from .training.channels import DEFAULT_FIGURES, Channel, Figure, Monitor
-from .training.events import Event
+from .report import draw_figure
+from .training.channels import DEFAULT_FIGURES, RUNNING_STATES, Channel, Figure, Monitor
+from .training.events import Event, answer_fields
 from .training.run import RunHandle
 
 __all__ = ["VIEW_FIGURES", "TrainingView", "show"]
@@ -52,16 +53,13 @@ __all__ = ["VIEW_FIGURES", "TrainingView", "show"]
 VIEW_FIGURES: tuple[Figure, ...] = tuple(f for f in DEFAULT_FIGURES if f.title in ("loss", "error"))
 """The view's default plot: the Monitor's loss and error figures."""
 
-# What a status event's state means for the person watching.
-_STATE_LABELS = {"started": "training", "resumed": "training"}
 _PLOT_POINTS = 500  # decimate longer series: drawing cost grows with points, the PNG is ~600 px wide
 _PLOT_SHARE = 0.1   # the plot may take at most this share of the kernel thread's time
 
 
 def _describe(command: Any, fields: Mapping[str, Any]) -> str:
     """``set lr=0.02``, ``run_until target_step=500``, ``stop``: a command and what it did."""
-    args = fields.get("values") or {k: fields[k] for k in ("target_step", "target_epoch", "n", "path")
-                                    if fields.get(k) is not None}
+    args = fields.get("values") or {k: v for k, v in answer_fields(fields).items() if v is not None}
     return " ".join([str(command), *(f"{k}={v}" for k, v in args.items())])
 
 
@@ -147,24 +145,7 @@ class TrainingView:
         self.figure.subplots_adjust(left=0.1, right=0.98, bottom=0.5 / height, top=1 - 0.3 / height,
                                     hspace=0.4)
         axes = self.figure.subplots(len(figures), 1, sharex=True, squeeze=False)[:, 0]
-        self._lines: dict[str, tuple[Any, Any | None]] = {}  # channel -> (raw line, average line)
-        for ax, figure in zip(axes, figures):
-            for channel in figure.channels:
-                per_epoch = isinstance(channel.source, str) and channel.source.startswith("epoch.")
-                raw, = ax.plot([], [], "o-" if per_epoch else "-", markersize=4, lw=1.2,
-                               alpha=1.0 if channel.window == 1 else 0.3, label=channel.name)
-                average = None
-                if channel.window > 1:
-                    average, = ax.plot([], [], color=raw.get_color(), lw=1.8,
-                                       label=f"{channel.name} ({channel.window}-point mean)")
-                self._lines[channel.name] = (raw, average)
-            ax.set_title(figure.title, fontsize="medium")
-            ax.set_ylabel(figure.ylabel)
-            if figure.logy:
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-        axes[-1].set_xlabel("batch")
-        self._axes = list(axes)
+        self._axes = list(zip(axes, figures))
         self._draw()  # the empty axes, until the first points
         self._next_plot = -math.inf  # which then show at once
 
@@ -245,12 +226,12 @@ class TrainingView:
 
     def _show_status(self) -> None:
         s = self.monitor.status
-        parts = [_STATE_LABELS.get(s.state, s.state), f"epoch {s.epoch}", f"batch {s.step}"]
+        parts = ["training" if s.state in RUNNING_STATES else s.state, f"epoch {s.epoch}", f"batch {s.step}"]
         if s.loss is not None:
             parts.append(f"loss {s.loss:.4f}")
         if s.lr is not None:
             parts.append(f"lr {s.lr:.4g}")
-        if s.images_per_s is not None and s.state in ("started", "resumed"):
+        if s.images_per_s is not None and s.state in RUNNING_STATES:
             parts.append(f"{s.images_per_s:,.0f} images/s")  # a stale rate would mislead
         self.status_text = " · ".join(parts)
         self.status.value = f"<b>{html.escape(self.status_text)}</b>"
@@ -269,17 +250,8 @@ class TrainingView:
         """Redraws the figure into the Image widget as a PNG."""
         started = time.monotonic()
         drawn = self._plot_signature()  # taken first: a point added meanwhile redraws next time
-        for name, (steps, values, averages) in self.plot_data.items():
-            stride = max(1, len(steps) // _PLOT_POINTS)
-            raw, average = self._lines[name]
-            raw.set_data(steps[::stride], values[::stride])
-            if average is not None:
-                average.set_data(steps[::stride], averages[::stride])
-        for ax in self._axes:
-            ax.relim()
-            ax.autoscale_view()
-            if any(len(line.get_xdata()) for line in ax.get_lines()):
-                ax.legend(loc="upper right", fontsize="small")
+        for ax, figure in self._axes:
+            draw_figure(ax, figure, self.monitor, max_points=_PLOT_POINTS)  # as nnkit plot draws it
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png")
         self.plot.value = buffer.getvalue()
@@ -309,8 +281,6 @@ class TrainingView:
                 if self._ended:
                     return
                 await asyncio.sleep(self.interval)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001  (a task's exception would vanish unseen: show it)
             self._say(f"the view stopped refreshing: {type(exc).__name__}: {exc}", error=True)
 

@@ -38,11 +38,13 @@ def require_matplotlib() -> Any:
     return matplotlib
 
 
-def draw_figure(ax: Any, figure: Figure, monitor: Monitor) -> None:
+def draw_figure(ax: Any, figure: Figure, monitor: Monitor, max_points: int | None = None) -> None:
     """Draws ``figure``'s channels from ``monitor`` on the matplotlib Axes ``ax``.
 
     A channel with a moving-average window shows its raw values faintly and the average
-    boldly; others show their values (with markers when there are few points).
+    boldly; others show their values (with markers when there are few points). With
+    ``max_points``, longer series are thinned to about that many points (drawing cost grows
+    with points; a live view redraws often).
     """
     ax.clear()
     drawn = 0
@@ -50,6 +52,9 @@ def draw_figure(ax: Any, figure: Figure, monitor: Monitor) -> None:
         steps, values, averages = monitor.series(channel.name).data()
         if not len(steps):
             continue
+        if max_points:
+            stride = max(1, len(steps) // max_points)
+            steps, values, averages = steps[::stride], values[::stride], averages[::stride]
         color = f"C{index % 10}"
         if channel.window > 1:
             ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from .training.channels import RUNNING_STATES, Channel, Monitor, monitor_file
 from .training.control import COMMANDS, SETTABLE, Controller, make_command
-from .training.events import Event, read_jsonl
+from .training.events import Event, answer_fields, read_jsonl
 from .training.run import COMMANDS_FILE, EVENTS_FILE
 
 
@@ -201,8 +201,7 @@ def describe_answer(event: Event) -> str:
     command = event.get("command")
     if event["type"] == "error":
         return f"{command} refused: {event.get('message')}"
-    stamp = ("schema", "run", "seq", "time", "type", "id", "command", "step")
-    extra = ", ".join(f"{k}={json.dumps(v)}" for k, v in event.items() if k not in stamp)
+    extra = ", ".join(f"{k}={json.dumps(v)}" for k, v in answer_fields(event).items())
     return f"{command} acknowledged at step {event.get('step')}" + (f": {extra}" if extra else "")
 
 

@@ -124,8 +124,9 @@ def test_need_input_grad_false_leaves_source_alone():
     layer.grad = rng.standard_normal(layer.data.shape)
     layer.ComputeGradient()
     assert src.grad is sentinel and np.all(sentinel == 7.0)
-    # The work was skipped: no input gradient, no flipped weights, no unfolded dy.
-    assert not {"dx", "w_t", "dcol"} & set(layer._buffers)
+    # The work was skipped: no input gradient, no flipped weights, no padded or unfolded dy
+    # (part 0's buffers; the route that does compute dx allocates every one of these).
+    assert not {"dx", "w_t", "d0padded", "d0col"} & set(layer._buffers)
     # The param grads are still those of a layer whose source does take gradients.
     twin = Convolution2D(3, 3, 1, 1)
     twin.ComputeFeature(Source(x))

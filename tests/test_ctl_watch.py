@@ -105,7 +105,8 @@ def test_ctl_steers_a_live_run_and_watch_follows_it(tmp_path):
         assert "stopped at step" in out
 
         losses = [e for e in events(tmp_path) if e["type"] == "loss"]
-        assert all(e["lr"] == pytest.approx(0.0123) for e in losses if e["step"] > ack["step"])
+        after = [e for e in losses if e["step"] > ack["step"]]
+        assert after and all(e["lr"] == pytest.approx(0.0123) for e in after)
     finally:
         trainer.kill()
         trainer.wait()

@@ -158,15 +158,16 @@ def _blas_threads() -> list[int]:
 
 @pytest.mark.skipif(parallel._blas is None, reason="no BLAS to control in this process")
 def test_a_blas_split_runs_the_blas_single_threaded_and_restores_it(threads):
-    before = _blas_threads()
-    assert before and max(before) > 1  # numpy's OpenBLAS starts with a thread per core
-    seen = []
-    threads(2)
-    parallel.split(lambda part, lo, hi: seen.append(_blas_threads()), 4, blas=True)
-    assert seen == [[1] * len(before)] * 2 and _blas_threads() == before
-    threads(1)  # one part: BLAS keeps its own threads
-    parallel.split(lambda part, lo, hi: seen.append(_blas_threads()), 4, blas=True)
-    assert seen[2:] == [before]
+    with parallel._blas.limit(limits=2):  # two threads even under OPENBLAS_NUM_THREADS=1
+        before = _blas_threads()
+        assert before and max(before) > 1
+        seen = []
+        threads(2)
+        parallel.split(lambda part, lo, hi: seen.append(_blas_threads()), 4, blas=True)
+        assert seen == [[1] * len(before)] * 2 and _blas_threads() == before
+        threads(1)  # one part: BLAS keeps its own threads
+        parallel.split(lambda part, lo, hi: seen.append(_blas_threads()), 4, blas=True)
+        assert seen[2:] == [before]
 
 
 @pytest.mark.skipif(parallel._blas is None, reason="no BLAS to control in this process")

@@ -118,13 +118,14 @@ def test_callback_without_a_bus_and_a_logger_on_a_background_run(tmp_path):
     np.testing.assert_allclose([v for _, v in got["loss/train loss"]],
                                np.float32(model.trainer.history.history["loss"]), rtol=1e-6)
     assert len(got["epoch time/epoch time"]) == 2 and got["loss/train cost"][0][0] == 1
+    assert got["loss/train cost"][-1][0] == 32  # the last batch is always reported
 
     run = mlp().fit(x, y, batch_size=16, epochs=2, verbose=0, background=True)
     logger = TensorBoardLogger(tmp_path / "bg")
     logger.attach(run)
     assert run.wait(30) == "finished"
     run.wait_for(run.shutdown())
-    run.join(10)
+    assert run.join(10)
     logger.close()
     monitor = Monitor()
     for event in run.events():

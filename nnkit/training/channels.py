@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from .events import Event, read_jsonl
+from .events import Event, read_jsonl, register
 from .run import SETTLED
 
 Source = str | Callable[[Event], Any]
@@ -168,29 +168,30 @@ class Series:
         """The channel's name."""
         return self.channel.name
 
+    def _array(self, points: list[float], dtype: type = np.float64) -> np.ndarray:
+        """A copy of one of the point lists, taken under the lock (the feeder appends)."""
+        with self._lock:
+            return np.array(points, dtype=dtype)
+
     @property
     def steps(self) -> np.ndarray:
         """The step (batches since training began) of each point."""
-        with self._lock:
-            return np.array(self._steps, dtype=np.int64)
+        return self._array(self._steps, np.int64)
 
     @property
     def times(self) -> np.ndarray:
         """The wall time (seconds since the epoch) of each point."""
-        with self._lock:
-            return np.array(self._times, dtype=np.float64)
+        return self._array(self._times)
 
     @property
     def values(self) -> np.ndarray:
         """The raw values."""
-        with self._lock:
-            return np.array(self._values, dtype=np.float64)
+        return self._array(self._values)
 
     @property
     def averages(self) -> np.ndarray:
         """The trailing mean of the last ``channel.window`` values at each point."""
-        with self._lock:
-            return np.array(self._averages, dtype=np.float64)
+        return self._array(self._averages)
 
     def data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(steps, values, averages)`` taken together, so their lengths always agree."""
@@ -300,14 +301,7 @@ class Monitor:
 
         Returns a function that removes the callback.
         """
-        with self._lock:
-            self._listeners.append(callback)
-
-        def remove() -> None:
-            with self._lock:
-                if callback in self._listeners:
-                    self._listeners.remove(callback)
-        return remove
+        return register(self._lock, self._listeners, callback)
 
     # ------------------------------------------------------------------ input
     def attach(self, source: Any) -> Callable[[], None]:

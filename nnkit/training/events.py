@@ -34,6 +34,12 @@ EVENT_TYPES = ("status", "loss", "epoch", "state", "snapshot", "heartbeat", "ack
 Event = dict[str, Any]
 
 
+def answer_fields(event: Event) -> dict[str, Any]:
+    """What an ``ack`` says a command did: its fields besides the stamp, id, command and step."""
+    stamp = ("schema", "run", "seq", "time", "type", "id", "command", "step")
+    return {k: v for k, v in event.items() if k not in stamp}
+
+
 def _jsonable(value: Any) -> Any:
     """Plain JSON for an event field: numpy scalars become numbers, non-finite floats strings."""
     if hasattr(value, "item") and callable(value.item):
@@ -45,6 +51,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+def register(lock: threading.RLock, registry: list[Any], entry: Any) -> Callable[[], None]:
+    """Appends ``entry`` to ``registry`` under ``lock``; returns the function that removes it."""
+    with lock:
+        registry.append(entry)
+
+    def remove() -> None:
+        with lock:
+            if entry in registry:
+                registry.remove(entry)
+    return remove
 
 
 class EventBus:
@@ -97,15 +115,7 @@ class EventBus:
         """
         if topic != "*" and topic not in EVENT_TYPES:
             raise ValueError(f"unknown topic {topic!r}; expected '*' or one of {', '.join(EVENT_TYPES)}")
-        entry = (topic, callback)
-        with self._lock:
-            self._subscribers.append(entry)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if entry in self._subscribers:
-                    self._subscribers.remove(entry)
-        return unsubscribe
+        return register(self._lock, self._subscribers, (topic, callback))
 
     def events(self, type: str | None = None, since: int = 0) -> list[Event]:
         """The kept events (of one ``type`` if given) with ``seq`` greater than ``since``."""

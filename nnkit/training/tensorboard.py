@@ -223,5 +223,6 @@ class TensorBoard(Callback):
             self._reporter.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self._own:  # stops the epoch clock until the next fit
+        if self._own:  # the last batch's loss, then stop the epoch clock until the next fit
+            self._reporter.on_train_end(logs)
             self._reporter.bus.emit("status", state="stopped", step=self.trainer.global_step)
