@@ -229,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks.append(ModelCheckpoint(run_dir / CHECKPOINT_NAME, every_n_epochs=None,
                                          every_n_batches=run.checkpoint_freq))
     if args.tensorboard is not None:
-        from .training.tensorboard import TensorBoard
+        from .views.tensorboard import TensorBoard
         callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
     print(f"nnkit train: job {job.name!r}, run directory {run_dir}", file=sys.stderr)
     start = time.perf_counter()
@@ -416,7 +416,7 @@ def _timed_step(model: Sequential, x: np.ndarray, y: np.ndarray, step: int,
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
-    from .terminal import (CommandLineError, check_command, describe_answer, describe_silence,
+    from .views.terminal import (CommandLineError, check_command, describe_answer, describe_silence,
                            parse_assignments, send_command, wait_for_answer)
     try:
         command, offset = send_command(args.run_dir, args.name,
@@ -439,7 +439,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """``nnkit watch``: a live view of a run directory's events."""
-    from .terminal import CommandLineError, watch
+    from .views.terminal import CommandLineError, watch
     if args.interval <= 0 or args.window < 1:
         raise UsageError("--interval must be > 0 and --window >= 1")
     try:
@@ -451,7 +451,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """``nnkit plot``: PNG plots of a run directory's events."""
-    from .report import MissingDependency, plot_run
+    from .views.report import MissingDependency, plot_run
     try:
         paths = plot_run(args.run_dir, args.out, dpi=args.dpi)
     except MissingDependency as e:

@@ -8,14 +8,8 @@ import pytest
 from helpers import wait_until
 from test_model import mlp, toy_data
 
-from nnkit.training import (
-    DEFAULT_FIGURES,
-    Channel,
-    Figure,
-    LambdaCallback,
-    Monitor,
-    monitor_file,
-)
+from nnkit.training import LambdaCallback
+from nnkit.views import DEFAULT_FIGURES, Channel, Figure, Monitor, monitor_file
 
 
 def ev(kind, seq, t, **fields):

@@ -16,7 +16,7 @@ import pytest
 from helpers import ROOT, wait_until
 
 from nnkit.cli import main
-from nnkit.terminal import (
+from nnkit.views.terminal import (
     CommandLineError,
     Watcher,
     append_line,

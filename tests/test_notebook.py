@@ -15,7 +15,7 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
 from helpers import DATA, ROOT, wait_until
-from nnkit.notebook import TrainingView
+from nnkit.views.notebook import TrainingView
 from nnkit.training import LambdaCallback
 from test_interactive import slow, start
 from test_model import toy_data
@@ -159,13 +159,13 @@ def test_a_missing_extra_is_a_clear_import_error(module):
         import sys
         sys.modules[{module!r}] = None  # as if it were not installed
         try:
-            import nnkit.notebook
+            import nnkit.views.notebook
         except ImportError as exc:
             print(exc)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          check=False, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert out.stdout.strip() == (f"nnkit.notebook needs ipywidgets and matplotlib ({module} is missing); "
+    assert out.stdout.strip() == (f"nnkit.views.notebook needs ipywidgets and matplotlib ({module} is missing); "
                                   "install them with: pip install 'nnkit[notebook]'"), out.stderr
 
 
@@ -197,7 +197,7 @@ VIEW_NOTEBOOK = [
     import asyncio, threading, time
     from test_model import mlp, toy_data
     from nnkit.training import LambdaCallback
-    from nnkit.notebook import show
+    from nnkit.views.notebook import show
 
     x, y = toy_data(512)
     slow = LambdaCallback(on_batch_end=lambda batch, logs: time.sleep(0.005))

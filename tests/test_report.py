@@ -8,14 +8,14 @@ import pytest
 from test_model import mlp, toy_data
 
 from nnkit.cli import main
-from nnkit.report import (
+from nnkit.views.report import (
     MissingDependency,
     draw_figure,
     file_name,
     plot_run,
     require_matplotlib,
 )
-from nnkit.training import Channel, Figure, Monitor, monitor_file
+from nnkit.views import Channel, Figure, Monitor, monitor_file
 
 matplotlib = pytest.importorskip("matplotlib")
 PNG = b"\x89PNG\r\n\x1a\n"

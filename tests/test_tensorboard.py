@@ -10,14 +10,11 @@ import pytest
 from helpers import DATA, ROOT
 from test_model import mlp, toy_data
 
-from nnkit.training import (
-    Monitor,
+from nnkit.views import Monitor, monitor_file
+from nnkit.views.tensorboard import (
     SummaryWriter,
     TensorBoard,
     TensorBoardLogger,
-    monitor_file,
-)
-from nnkit.training.tensorboard import (
     crc32c,
     encode_event,
     encode_record,

@@ -71,6 +71,10 @@ class Layer:
         grad: the gradient of the loss with respect to ``data``, set by the layer above
             (or the loss) during ``ComputeGradient``.
         params: the trainable parameters, weight first, then bias.
+        state: the non-trainable arrays, by name (running statistics): saved in checkpoints
+            and by ``save_model_parameter`` as ``layer/name``, restored on resume, carried
+            into child-process runs, never touched by updaters. Create them with
+            :meth:`add_state` in ``create_params``.
         training: True in training mode (dropout active), False in evaluation mode.
         rng: the generator used for parameter init and any random draw of this layer.
     """
@@ -84,6 +88,7 @@ class Layer:
         self.data: np.ndarray | None = None
         self.grad: np.ndarray | None = None
         self.params: list[Param] = []
+        self.state: dict[str, np.ndarray] = {}
         self.training = True
         self.rng: np.random.Generator | None = None
         self.srcs: tuple[Layer, ...] = ()
@@ -153,6 +158,28 @@ class Layer:
                              f"{len(input_shape) + 1}-D input of shape "
                              f"(batch, {', '.join(map(str, input_shape))})")
         return tuple(input_shape)
+
+    def add_state(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Registers a non-trainable array (see :attr:`state`); returns it (the live array)."""
+        if any(p.name == name for p in self.params) or "/" in name:
+            raise self.error(f"state name {name!r} is taken by a parameter or contains '/'")
+        self.state[name] = np.ascontiguousarray(value)
+        return self.state[name]
+
+    def GetState(self) -> dict[str, np.ndarray]:
+        """The non-trainable arrays by name (the live arrays, not copies)."""
+        return dict(self.state)
+
+    def SetState(self, **arrays: np.ndarray) -> None:
+        """Copies arrays into the named state arrays, checking every name and shape."""
+        for name, a in arrays.items():
+            if name not in self.state:
+                raise self.error(f"SetState: no state {name!r} (has "
+                                 f"{', '.join(self.state) or 'none'})")
+            a = np.asarray(a)
+            if a.shape != self.state[name].shape:
+                raise self.error(f"SetState: {name} has shape {self.state[name].shape}, got {a.shape}")
+            self.state[name][...] = a
 
     def param_count(self) -> int:
         """The number of trainable scalars."""

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = ("status", "loss", "epoch", "state", "snapshot", "heartbeat", "ack", "error")
+EVENT_TYPES = ("status", "loss", "test", "epoch", "state", "snapshot", "heartbeat", "ack", "error")
+
+#: The states a ``status`` event names; a run in a settled one trains no more (unless extended).
+RUNNING_STATES = ("started", "resumed")
+SETTLED = ("finished", "stopped", "failed")
+
+#: The files of a run directory: its one log of events, and the commands appended for it.
+EVENTS_FILE = "events.jsonl"
+COMMANDS_FILE = "commands.jsonl"
 
 Event = dict[str, Any]
 

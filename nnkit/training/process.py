@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from .control import make_command
-from .events import Event, EventBus
-from .run import SETTLED, RunHandle
+from .events import SETTLED, Event, EventBus
+from .run import RunHandle
 PARAM_PREFIX = "param:"  # npz keys of the parent's parameters, by full name
 
 

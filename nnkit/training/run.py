@@ -13,11 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .control import Controller, EventReporter, make_command
-from .events import Event, EventBus, JsonlWriter
-
-SETTLED = ("finished", "stopped", "failed")
-EVENTS_FILE = "events.jsonl"
-COMMANDS_FILE = "commands.jsonl"
+from .events import COMMANDS_FILE, EVENTS_FILE, SETTLED, Event, EventBus, JsonlWriter
 
 
 def attach_channel(trainer: Any, run_dir: str | os.PathLike | None = None,

@@ -12,7 +12,7 @@ Three ways in:
 
 - :class:`SummaryWriter`: ``add_scalar(tag, value, step)`` yourself;
 - :class:`TensorBoardLogger`: a bus subscriber that writes every point of a channel layout
-  (:mod:`nnkit.training.channels`, tag ``"figure/channel"``); ``logger.attach(run)``;
+  (:mod:`nnkit.views.channels`, tag ``"figure/channel"``); ``logger.attach(run)``;
 - :class:`TensorBoard`: a Keras-style callback for ``fit`` (what ``nnkit train --tensorboard``
   uses); it follows the run's event bus, or makes its own when the fit has none.
 """
@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from .callbacks import Callback
+from ..training.callbacks import Callback
+from ..training.control import Controller, EventReporter
+from ..training.events import EventBus
 from .channels import Figure, Monitor
-from .control import Controller, EventReporter
-from .events import EventBus
 
 
 # ============================================================================ CRC32C

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .training.channels import Figure, Monitor, monitor_file
-from .training.run import EVENTS_FILE
+from ..training.events import EVENTS_FILE
+from .channels import Figure, Monitor, monitor_file
 
 PLOTS_DIR = "plots"
 

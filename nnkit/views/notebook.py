@@ -1,4 +1,4 @@
-"""Watch and steer a background run from a Jupyter notebook: ``view = nnkit.notebook.show(run)``.
+"""Watch and steer a background run from a Jupyter notebook: ``view = nnkit.views.notebook.show(run)``.
 
 The view (:class:`TrainingView`) has Stop and Pause/Resume buttons, a learning-rate field, a
 run-until field, a status line (status, epoch, batch, loss, lr, images/s), a line with the
@@ -38,15 +38,15 @@ try:
     from matplotlib.figure import Figure as MplFigure
 except ImportError as exc:  # the view is an optional extra; say which one
     _missing = exc.name.partition(".")[0] if exc.name else str(exc)
-    raise ImportError(f"nnkit.notebook needs ipywidgets and matplotlib ({_missing} is missing); "
+    raise ImportError(f"nnkit.views.notebook needs ipywidgets and matplotlib ({_missing} is missing); "
                       "install them with: pip install 'nnkit[notebook]'") from exc
 
 import numpy as np
 
+from ..training.events import RUNNING_STATES, Event, answer_fields
+from ..training.run import RunHandle
+from .channels import DEFAULT_FIGURES, Channel, Figure, Monitor
 from .report import draw_figure
-from .training.channels import DEFAULT_FIGURES, RUNNING_STATES, Channel, Figure, Monitor
-from .training.events import Event, answer_fields
-from .training.run import RunHandle
 
 __all__ = ["VIEW_FIGURES", "TrainingView", "show"]
 

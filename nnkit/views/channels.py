@@ -7,7 +7,7 @@ a :class:`Series` of points with its own moving average. It also keeps the run's
 status (:class:`RunStatus`) for status lines. The notebook view, ``nnkit watch``,
 ``nnkit plot`` and the TensorBoard writer all read a Monitor::
 
-    from nnkit.training import Channel, Figure, Monitor
+    from nnkit.views import Channel, Figure, Monitor
 
     monitor = Monitor()                                # the default layout, DEFAULT_FIGURES
     unsubscribe = monitor.attach(run)                  # a TrainingRun or an EventBus: past
@@ -51,14 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from .events import Event, read_jsonl, register
-from .run import SETTLED
+from ..training.events import RUNNING_STATES, SETTLED, Event, read_jsonl, register
 
 Source = str | Callable[[Event], Any]
 PointCallback = Callable[[str, str, int, float, float], None]
 """``callback(figure_title, channel_name, step, value, wall_time)``."""
 
-RUNNING_STATES = ("started", "resumed")
 
 
 def _number(value: Any) -> float | None:

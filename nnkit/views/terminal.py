@@ -25,10 +25,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .training.channels import RUNNING_STATES, Channel, Monitor, monitor_file
-from .training.control import COMMANDS, SETTABLE, Controller, make_command
-from .training.events import Event, answer_fields, read_jsonl
-from .training.run import COMMANDS_FILE, EVENTS_FILE
+from ..training.control import COMMANDS, SETTABLE, Controller, make_command
+from ..training.events import COMMANDS_FILE, EVENTS_FILE, RUNNING_STATES, Event, answer_fields, read_jsonl
+from .channels import Channel, Monitor, monitor_file
 
 
 class CommandLineError(ValueError):

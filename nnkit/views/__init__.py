@@ -1,0 +1,10 @@
+"""Views of a run: they read its events and send it commands, nothing else.
+
+``channels`` turns events into named channels grouped into figures (:class:`Monitor`);
+``terminal`` is ``nnkit watch``/``nnkit ctl``; ``notebook`` the live Jupyter view; ``report``
+PNG plots; ``tensorboard`` TensorBoard scalar files. The notebook, report and TensorBoard
+modules need optional extras and are imported only when used.
+"""
+from .channels import DEFAULT_FIGURES, Channel, Figure, Monitor, RunStatus, Series, monitor_file
+
+__all__ = ["Channel", "Figure", "Monitor", "Series", "RunStatus", "DEFAULT_FIGURES", "monitor_file"]
