@@ -3,16 +3,15 @@
 Declare layers, feed them, and train either layer by layer (``Feed``, ``ComputeFeature``,
 ``ComputeGradient``, ``updater.Update``) or through a ``Sequential`` model's ``fit``.
 """
+from ._version import __version__
 from . import checkpoint, initializers, layers, schedules, training, updaters
 from .checkpoint import load_model_parameter, save_model_parameter
 from .layers import *  # noqa: F401,F403  (the layers are part of the top-level API)
 from .layers import __all__ as _layer_names
-from .model import Sequential, load
-from .config import Job, load_job, model_from_proto
-from .training import Trainer, TrainingRun, start
+from .model import Sequential
+from .config import Job, load, load_job, model_from_proto, start  # also registers the schema with the model
+from .training import Trainer, TrainingRun
 from .updaters import SGD, AdaDelta, AdaGrad, Adam, Nesterov, RMSProp, Updater
-
-__version__ = "0.1.0"
 
 __all__ = [*_layer_names, "Updater", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam",
            "Sequential", "load", "start", "TrainingRun", "Job", "load_job", "model_from_proto", "Trainer",

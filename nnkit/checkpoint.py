@@ -57,6 +57,8 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from ._version import __version__
+
 if TYPE_CHECKING:  # the per-layer functions only read layer.params and names
     from .layers.base import Layer, Param
 
@@ -211,8 +213,6 @@ def save_tree(path: _PathLike, tree: Mapping[str, Any], kind: str = CHECKPOINT_K
             ``'updater/slots/dense/weight'``); nothing is written then.
         OSError: the file system failed (disk full...); the previous file is untouched.
     """
-    from . import __version__  # lazily: nnkit/__init__ may import this module
-
     _check_kind(kind)
     if not isinstance(tree, Mapping):
         raise CheckpointError(f"a checkpoint tree must be a dict, got {type(tree).__name__}")
@@ -359,85 +359,119 @@ def load_tree(path: _PathLike, kind: str = CHECKPOINT_KIND) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- per-layer API
-def _named_params(layers: Sequence[Layer]) -> dict[str, tuple[Layer, Param]]:
-    """Every param by full name; raises if a layer is not built or a name repeats."""
-    from .layers.base import Layer  # lazily, like save_tree's version import
+#: Before nnkit 0.2 Convolution2D named its parameters ``w``/``b``; every layer now says
+#: ``weight``/``bias``. Files keep their old names and are read through this table.
+_LEGACY_PARAM_NAMES = {"w": "weight", "b": "bias"}
 
-    found: dict[str, tuple[Layer, Param]] = {}
+
+def upgrade_names(saved: Mapping[str, Any], known: set[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` (full name -> value) with legacy names (``conv/w``) renamed to the ones in ``known``."""
+    out: dict[str, Any] = {}
+    for name, value in saved.items():
+        layer, _, param = name.rpartition("/")
+        new = f"{layer}/{_LEGACY_PARAM_NAMES.get(param, param)}"
+        out[new if name not in known and new in known and new not in saved else name] = value
+    return out
+
+
+def _named_arrays(layers: Sequence[Layer]) -> tuple[dict[str, tuple[Layer, Param]], dict[str, tuple[Layer, np.ndarray]]]:
+    """Every param and every state array by full name; raises if a layer is not built or a name repeats."""
+    from .layers.base import Layer  # lazily: layers import nothing of this module, but keep it light
+
+    params: dict[str, tuple[Layer, Param]] = {}
+    state: dict[str, tuple[Layer, np.ndarray]] = {}
     for layer in layers:
-        # Some layers (Convolution2D) only create their Param objects in build, so an empty
-        # ``params`` does not prove there is nothing to save: ask whether the class has any.
+        # A layer creates its Param objects and state in build, so an empty ``params`` does
+        # not prove there is nothing to save: ask whether the class has any.
         creates_params = type(layer).create_params is not Layer.create_params
         if (creates_params and not layer.built) or any(p.data is None for p in layer.params):
             raise CheckpointError(f"{layer.describe()}: is not built, its parameters have no "
                                   f"arrays yet: run ComputeFeature once or call "
                                   f"build(input_shape) first")
-        for p in layer.params:
-            if p.full_name in found:
-                other = found[p.full_name][0]
+        named = [(p.full_name, p, params) for p in layer.params]
+        named += [(f"{layer.name}/{key}", array, state) for key, array in layer.state.items()]
+        for full_name, value, table in named:
+            if full_name in params or full_name in state:
+                other = (params.get(full_name) or state[full_name])[0]
                 raise CheckpointError(
-                    f"parameter name {p.full_name!r} is used by both {other.describe()} and "
+                    f"parameter name {full_name!r} is used by both {other.describe()} and "
                     f"{layer.describe()}: give the layers distinct names")
-            found[p.full_name] = (layer, p)
-    return found
+            table[full_name] = (layer, value)
+    return params, state
 
 
 def save_model_parameter(step: int, path: _PathLike, layers: Sequence[Layer]) -> None:
-    """Saves every parameter of ``layers`` and ``step`` to ``path`` (kind "nnkit.parameters").
+    """Saves every parameter and state array of ``layers`` and ``step`` to ``path``.
 
-    Parameters are stored by ``Param.full_name`` (``layer/param``) under ``/params``, the
-    step as ``/step``; the write is atomic like :func:`save_tree`. Layers must be built and
-    their parameter names unique.
+    The kind is "nnkit.parameters". Parameters are stored by ``Param.full_name``
+    (``layer/param``) under ``/params``, layer state (running statistics) likewise under
+    ``/state``, the step as ``/step``; the write is atomic like :func:`save_tree`. Layers
+    must be built and their parameter names unique.
     """
     step = operator.index(step)
-    params = _named_params(layers)
-    save_tree(path, {"step": step, "params": {name: p.data for name, (_, p) in params.items()}},
-              kind=PARAMETERS_KIND)
+    params, state = _named_arrays(layers)
+    tree: dict[str, Any] = {"step": step, "params": {name: p.data for name, (_, p) in params.items()}}
+    if state:
+        tree["state"] = {name: array for name, (_, array) in state.items()}
+    save_tree(path, tree, kind=PARAMETERS_KIND)
 
 
 def load_model_parameter(path: _PathLike, layers: Sequence[Layer]) -> int:
-    """Loads parameters saved by :func:`save_model_parameter` into ``layers``; returns the step.
+    """Loads what :func:`save_model_parameter` saved into ``layers``; returns the step.
 
     Copies into the layers' existing arrays (in place, cast to the layer's dtype). Every
-    parameter of every layer must be in the file and every parameter in the file must
-    belong to a layer; shapes must match. All of this is checked before anything is
-    copied, so on error the layers are unchanged.
+    parameter (and state array) of every layer must be in the file and everything in the
+    file must belong to a layer; shapes must match. All of this is checked before anything
+    is copied, so on error the layers are unchanged.
     """
     tree = load_tree(path, kind=PARAMETERS_KIND)
     shown = os.fspath(path)
     step, saved = tree.get("step"), tree.get("params")
-    if type(step) is not int or not isinstance(saved, dict):
+    if type(step) is not int or not isinstance(saved, dict) or not isinstance(tree.get("state", {}), dict):
         raise CheckpointError(f"{shown}: expected an int 'step' and a 'params' group")
-    assign_parameters(saved, layers, shown)
+    assign_parameters(saved, layers, shown, state=tree.get("state", {}))
     return step
 
 
-def assign_parameters(saved: Mapping[str, Any], layers: Sequence[Layer], source: str) -> None:
-    """Copies ``saved`` (full parameter name -> array) into the layers' parameters in place.
-
-    Every parameter of every layer must be in ``saved`` and every entry of ``saved`` must
-    belong to a layer; shapes must match and dtypes convert. All of this is checked before
-    anything is copied, so on error the layers are unchanged. ``source`` names the file in
-    error messages.
-    """
-    params = _named_params(layers)
-    missing = [name for name in params if name not in saved]
-    unknown = [name for name in saved if name not in params]
+def _check_arrays(saved: Mapping[str, Any], targets: Mapping[str, tuple[Layer, np.ndarray]],
+                  what: str, source: str) -> None:
+    """Names, shapes and dtypes of ``saved`` against the layers' arrays; raises on any mismatch."""
+    missing = [name for name in targets if name not in saved]
+    unknown = [name for name in saved if name not in targets]
     if missing or unknown:
         parts = []
         if missing:
             parts.append(f"missing from the file: {', '.join(missing)}")
         if unknown:
             parts.append(f"in the file but in no layer: {', '.join(unknown)}")
-        raise CheckpointError(f"{source}: parameters do not match the layers ({'; '.join(parts)})")
-    for name, (layer, p) in params.items():
+        raise CheckpointError(f"{source}: {what}s do not match the layers ({'; '.join(parts)})")
+    for name, (layer, target) in targets.items():
         array = saved[name]
-        if not isinstance(array, np.ndarray) or array.shape != p.data.shape:
+        if not isinstance(array, np.ndarray) or array.shape != target.shape:
             shape = array.shape if isinstance(array, np.ndarray) else type(array).__name__
-            raise CheckpointError(f"{source}: parameter {name!r} has shape {shape} in the file "
-                                  f"but {p.data.shape} in {layer.describe()}")
-        if not np.can_cast(array.dtype, p.data.dtype, "same_kind"):
-            raise CheckpointError(f"{source}: parameter {name!r} has dtype {array.dtype} in the "
-                                  f"file, which does not convert to {p.data.dtype}")
-    for name, (_, p) in params.items():
-        p.data[...] = saved[name]
+            raise CheckpointError(f"{source}: {what} {name!r} has shape {shape} in the file "
+                                  f"but {target.shape} in {layer.describe()}")
+        if not np.can_cast(array.dtype, target.dtype, "same_kind"):
+            raise CheckpointError(f"{source}: {what} {name!r} has dtype {array.dtype} in the "
+                                  f"file, which does not convert to {target.dtype}")
+
+
+def assign_parameters(saved: Mapping[str, Any], layers: Sequence[Layer], source: str,
+                      state: Mapping[str, Any] | None = None) -> None:
+    """Copies ``saved`` (full parameter name -> array) and ``state`` into the layers in place.
+
+    Every parameter of every layer must be in ``saved`` and every entry of ``saved`` must
+    belong to a layer; likewise for the layers' state arrays and ``state`` (None: the file
+    predates layer state, which is then only accepted if no layer has any). Shapes must match
+    and dtypes convert. All of this is checked before anything is copied, so on error the
+    layers are unchanged. ``source`` names the file in error messages.
+    """
+    params, states = _named_arrays(layers)
+    saved = upgrade_names(saved, params)
+    param_arrays = {name: (layer, p.data) for name, (layer, p) in params.items()}
+    _check_arrays(saved, param_arrays, "parameter", source)
+    _check_arrays(state or {}, states, "state array", source)
+    for name, (_, target) in param_arrays.items():
+        target[...] = saved[name]
+    for name, (_, target) in states.items():
+        target[...] = state[name]

@@ -35,10 +35,11 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from . import __version__, checkpoint
-from .config import ConfigError, Job, job_from_text, load_job
-from .layers import ImageInput, LabelInput
-from .model import Sequential, load_tree_model
+from . import checkpoint
+from ._version import __version__
+from .config import ConfigError, Job, job_from_text, load_job, load_tree_model
+from .layers import LabelInput
+from .model import Sequential
 from .training import Callback, ModelCheckpoint
 from .training.trainer import CHECKPOINT_NAME
 
@@ -348,70 +349,33 @@ def cmd_time(args: argparse.Namespace) -> int:
     batch = args.batch_size or job.batch_size("train")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
-    out_shape = _output_shape(model)
+    out_shape = model.shapes()[-1][1]
     # Labels for the softmax loss (classes = outputs), targets for the Euclidean one.
     y = (rng.integers(0, out_shape[0], size=batch) if isinstance(model.label_layer, LabelInput)
          else rng.standard_normal((batch, *out_shape)).astype(np.float32))
-    names = [layer.name for layer in model.layers[1:]] + [model.loss_layer.name]
-    forward = dict.fromkeys(names, 0.0)
-    backward = dict.fromkeys(names, 0.0)
-    update = dict.fromkeys(names, 0.0)
-    _timed_step(model, x, y, 1, None, None, None)  # warm-up: buffers, BLAS threads, caches
-    start = time.perf_counter()
-    for i in range(args.iterations):
-        _timed_step(model, x, y, i + 2, forward, backward, update)
-    whole = (time.perf_counter() - start) * 1000 / args.iterations
+    model.profile_step(x, y, 1)  # warm-up: buffers, BLAS threads, caches
     n = args.iterations
+    steps = []
+    start = time.perf_counter()
+    for i in range(n):
+        steps.append(model.profile_step(x, y, i + 2))
+    whole = (time.perf_counter() - start) * 1000 / n
+    names = list(steps[0]["forward"])
+    ms = {phase: {name: sum(s[phase][name] for s in steps) * 1000 / n for name in names}
+          for phase in ("forward", "backward", "update")}
     print(f"nnkit time: job {job.name!r}, batch {batch}, {n} iterations (after 1 warm-up), "
           "milliseconds per iteration")
     width = max(len(s) for s in names + ["layer"])
     print(f"{'layer':<{width}}  {'forward':>9}  {'backward':>9}  {'update':>9}")
     for name in names:
-        print(f"{name:<{width}}  {forward[name] * 1000 / n:9.3f}  {backward[name] * 1000 / n:9.3f}  "
-              f"{update[name] * 1000 / n:9.3f}")
-    totals = [sum(d.values()) * 1000 / n for d in (forward, backward, update)]
+        print(f"{name:<{width}}  {ms['forward'][name]:9.3f}  {ms['backward'][name]:9.3f}  "
+              f"{ms['update'][name]:9.3f}")
+    totals = [sum(ms[phase].values()) for phase in ("forward", "backward", "update")]
     print(f"{'total':<{width}}  {totals[0]:9.3f}  {totals[1]:9.3f}  {totals[2]:9.3f}")
     print(f"Average forward pass: {totals[0]:.3f} ms; backward: {totals[1]:.3f} ms; "
           f"forward-backward: {totals[0] + totals[1]:.3f} ms; update: {totals[2]:.3f} ms")
     print(f"Average whole step: {whole:.3f} ms ({batch * 1000 / whole:.0f} examples/s)")
     return EXIT_OK
-
-
-def _output_shape(model: Sequential) -> tuple[int, ...]:
-    shape = model.input_shape
-    for layer in model.layers[1:]:
-        shape = layer.output_shape(shape)
-    return tuple(shape)
-
-
-def _timed_step(model: Sequential, x: np.ndarray, y: np.ndarray, step: int,
-                forward: dict[str, float] | None, backward: dict[str, float] | None,
-                update: dict[str, float] | None) -> None:
-    """One training step through the per-layer API, adding each layer's seconds to the dicts."""
-    clock = time.perf_counter
-
-    def timed(table: dict[str, float] | None, name: str, fn: Callable[..., Any], *args: Any) -> None:
-        t0 = clock()
-        fn(*args)
-        if table is not None:
-            table[name] += clock() - t0
-
-    layers, loss, label = model.layers, model.loss_layer, model.label_layer
-    if isinstance(layers[0], ImageInput):
-        layers[0].Feed(x)
-    else:
-        layers[0].Feed(x.shape, x)
-    for below, layer in zip(layers, layers[1:]):
-        timed(forward, layer.name, layer.ComputeFeature, below)
-    if isinstance(label, LabelInput):
-        label.Feed(y)
-    else:
-        label.Feed(y.shape, y)
-    timed(forward, loss.name, loss.ComputeFeature, layers[-1], label)
-    timed(backward, loss.name, loss.ComputeGradient)
-    for layer in reversed(layers[1:]):
-        timed(backward, layer.name, layer.ComputeGradient)
-        timed(update, layer.name, model.updater.Update, step, layer)
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:

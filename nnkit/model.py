@@ -7,19 +7,50 @@ by hand, and fit again. The training loop itself lives in :mod:`nnkit.training`.
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import checkpoint, layers as layers_module, updaters as updaters_module
+from . import checkpoint, updaters as updaters_module
 from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, name_layers, set_seed
+from .layers.base import LAYER_CLASSES
 from .layers.input import _InputLayer
 from .training import Callback, History, ProcessRun, Trainer, TrainingRun
-from .training.process import start_arrays
 
 # A stream of the model seed that no layer uses: the data order.
 _SHUFFLE_STREAM = 0x5EED
+
+
+@dataclass(frozen=True)
+class ConfigBridge:
+    """What the model needs from the job schema, which sits above it (:mod:`nnkit.config`).
+
+    ``to_proto(model)`` describes a model as a JobConf; ``start_process(model, x, y, ...)``
+    runs ``fit(background='process')``, whose child rebuilds the model from that JobConf.
+    ``nnkit.config`` registers the bridge when it is imported, and ``import nnkit`` imports it,
+    so the bridge is always there for users; this module never imports the config layer.
+    """
+
+    to_proto: Callable[["Sequential"], Any]
+    start_process: Callable[..., ProcessRun]
+
+
+_bridge: ConfigBridge | None = None
+
+
+def register_config_bridge(bridge: ConfigBridge) -> None:
+    """Installs the job-schema bridge (called once by :mod:`nnkit.config`)."""
+    global _bridge
+    _bridge = bridge
+
+
+def _config_bridge() -> ConfigBridge:
+    if _bridge is None:  # only if someone imported this module without the nnkit package
+        raise RuntimeError("nnkit.config is not loaded: import nnkit first")
+    return _bridge
 
 
 def _registry(module: Any, base: type) -> dict[str, type]:
@@ -131,13 +162,32 @@ class Sequential:
         name_layers(self.layers, self.name)
         if self.seed is not None:
             set_seed(self.layers, self.seed)
-        shape = self.layers[0].output_shape(self.input_shape)
         dtype = self.layers[0].dtype
-        for layer in self.layers[1:]:
+        for layer, (shape, _) in zip(self.layers[1:], self.shapes()[1:]):
             if not layer.built:
                 layer.build(shape, dtype)
-            shape = layer.output_shape(shape)
         self.built = True
+
+    def shapes(self, input_shape: Sequence[int] | None = None) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``(input shape, output shape)`` per layer, without the batch axis: the one shape walk.
+
+        Works before the model is built (nothing is allocated); ``input_shape`` defaults to the
+        model's. A layer that does not fit its input raises its own error naming it, with the
+        layer's index and input shape attached as ``layer_index`` and ``input_shape``.
+        """
+        shape = tuple(input_shape or self.input_shape or ())
+        if not shape:
+            raise ValueError(f"{self.name}: the input shape is unknown: pass input_shape=")
+        walk = []
+        for i, layer in enumerate(self.layers):
+            try:
+                out = tuple(layer.output_shape(shape))
+            except (TypeError, ValueError) as e:
+                e.layer_index, e.input_shape = i, shape  # for callers that place errors (configs)
+                raise
+            walk.append((shape, out))
+            shape = out
+        return walk
 
     def _ensure_ready(self, x: np.ndarray) -> None:
         if self.updater is None or self.loss_layer is None:
@@ -185,9 +235,7 @@ class Sequential:
         if not self.built:
             self.build()
         rows = [("Layer (type)", "Output shape", "Params")]
-        shape = self.input_shape
-        for i, layer in enumerate(self.layers):
-            shape = shape if i == 0 else layer.output_shape(shape)
+        for layer, (_, shape) in zip(self.layers, self.shapes()):
             rows.append((f"{layer.name} ({type(layer).__name__})", str((None, *shape)),
                          f"{layer.param_count():,}"))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -213,6 +261,14 @@ class Sequential:
         else:
             inp.Feed((len(x), *self.input_shape), x)
 
+    def _feed_labels(self, y: np.ndarray) -> None:
+        label = self.label_layer
+        if isinstance(label, LabelInput):
+            label.Feed(y)
+        else:
+            y = np.asarray(y)
+            label.Feed(y.shape if y.ndim > 1 else (len(y), 1), y)
+
     def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         self._set_training(training)
         self._feed(x)
@@ -222,11 +278,7 @@ class Sequential:
 
     def _criteria(self, y: np.ndarray) -> dict[str, Any]:
         label = self.label_layer
-        if isinstance(label, LabelInput):
-            label.Feed(y)
-        else:
-            y = np.asarray(y)
-            label.Feed(y.shape if y.ndim > 1 else (len(y), 1), y)
+        self._feed_labels(y)
         top = self.layers[-1]
         self.loss_layer.ComputeFeature(top, label)
         logs: dict[str, Any] = {"size": int(top.data.shape[0]), "loss": self.loss_layer.loss}
@@ -253,6 +305,38 @@ class Sequential:
             layer.ComputeGradient()
             self.updater.Update(step, layer)
         return logs
+
+    def profile_step(self, x: np.ndarray, y: np.ndarray, step: int | None = None
+                     ) -> dict[str, dict[str, float]]:
+        """One training step through the per-layer API, timed layer by layer (``nnkit time``).
+
+        Returns ``{"forward": {layer: s}, "backward": {...}, "update": {...}}`` in seconds; the
+        loss counts as a layer. The step is a real one: parameters are updated.
+        """
+        self._ensure_ready(x)
+        if step is None:
+            step = (self.updater.last_step or 0) + 1
+        names = [layer.name for layer in self.layers[1:]] + [self.loss_layer.name]
+        times = {phase: dict.fromkeys(names, 0.0) for phase in ("forward", "backward", "update")}
+        clock = time.perf_counter
+
+        def timed(phase: str, name: str, fn: Callable[..., Any], *args: Any) -> None:
+            t0 = clock()
+            fn(*args)
+            times[phase][name] += clock() - t0
+
+        self._set_training(True)
+        self._feed(x)
+        for below, layer in zip(self.layers, self.layers[1:]):
+            timed("forward", layer.name, layer.ComputeFeature, below)
+        self._feed_labels(y)
+        loss = self.loss_layer
+        timed("forward", loss.name, loss.ComputeFeature, self.layers[-1], self.label_layer)
+        timed("backward", loss.name, loss.ComputeGradient)
+        for layer in reversed(self.layers[1:]):
+            timed("backward", layer.name, layer.ComputeGradient)
+            timed("update", layer.name, self.updater.Update, step, layer)
+        return times
 
     def test_on_batch(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """Loss and metrics on one batch in evaluation mode (no update)."""
@@ -303,7 +387,8 @@ class Sequential:
             if validation_split is not None or resume is not None or callbacks:
                 raise ValueError("fit(background='process'): validation_split, resume and callbacks "
                                  "cannot cross to the child process; use validation_data")
-            return start_arrays(self, x, y, validation_data, run_dir, epochs, steps, batch_size)
+            return _config_bridge().start_process(self, x, y, validation_data, run_dir, epochs,
+                                                  steps, batch_size)
         trainer = self.trainer_for_fit()
         trainer.user_callbacks = list(callbacks)
         trainer.verbose = verbose
@@ -343,7 +428,7 @@ class Sequential:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Sequential":
         """Rebuilds (and compiles, if the config has a loss) a model from ``get_config()``."""
-        layer_classes = _registry(layers_module, Layer)
+        layer_classes = LAYER_CLASSES
         model = cls([_from_class_config(e, layer_classes, "layer") for e in config["layers"]],
                     name=config.get("name", "sequential"), input_shape=config.get("input_shape"),
                     seed=config.get("seed"))
@@ -359,8 +444,7 @@ class Sequential:
 
     def to_proto(self) -> Any:
         """The model as a job config (``nnkit.proto.JobConf``); see :func:`nnkit.config.model_to_proto`."""
-        from .config import model_to_proto  # config imports this module
-        return model_to_proto(self)
+        return _config_bridge().to_proto(self)
 
     def _proto_text(self) -> str | None:
         """``to_proto()`` in text format, or None for a model the schema cannot describe."""
@@ -370,15 +454,20 @@ class Sequential:
         except ValueError:  # e.g. a user-defined layer class: the dict config still describes it
             return None
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Every layer's non-trainable arrays (``Layer.state``) by full name, ``layer/name``."""
+        return {f"{layer.name}/{key}": array for layer in self.layers for key, array in layer.state.items()}
+
     def checkpoint_tree(self) -> dict[str, Any]:
         """The model's part of a checkpoint: config (dict and job proto text), parameters,
-        updater state, layer RNG states."""
+        layer state, updater state, layer RNG states."""
         if not self.built:
             self.build()
         return {
             "config": self.get_config(),
             "proto": self._proto_text(),
             "params": {p.full_name: p.data for p in self.params},
+            "state": self.state_arrays(),
             "updater": None if self.updater is None else self.updater.state_dict(),
             "rngs": {layer.name: layer.rng.bit_generator.state for layer in self.layers
                      if layer.rng is not None},
@@ -391,9 +480,15 @@ class Sequential:
         """
         if not self.built:
             self.build()
-        checkpoint.assign_parameters(tree.get("params", {}), self.layers, source)
+        checkpoint.assign_parameters(tree.get("params", {}), self.layers, source,
+                                     state=tree.get("state", {}))
         if self.updater is not None and tree.get("updater") is not None:
-            self.updater.load_state_dict(tree["updater"])
+            state = dict(tree["updater"])
+            known = {p.full_name for p in self.params}
+            for key in ("slots", "counts"):  # keyed by parameter name, which may be a legacy one
+                if isinstance(state.get(key), dict):
+                    state[key] = checkpoint.upgrade_names(state[key], known)
+            self.updater.load_state_dict(state)
         for layer in self.layers:
             state = tree.get("rngs", {}).get(layer.name)
             if state is not None:
@@ -404,33 +499,3 @@ class Sequential:
         """Writes a checkpoint (atomically): model, parameters, updater and training state."""
         tree = {"model": self.checkpoint_tree(), "trainer": {} if self.trainer is None else self.trainer.state_dict()}
         checkpoint.save_tree(path, tree)
-
-
-def load_tree_model(tree: dict[str, Any], source: str = "checkpoint") -> Sequential:
-    """Rebuilds a model from a checkpoint tree (no user code needed) and restores its state.
-
-    The job proto is used when the checkpoint has one, else the dict config.
-    """
-    if tree["model"].get("proto"):
-        from .config import model_from_proto  # config imports this module
-        model = model_from_proto(tree["model"]["proto"], f"{source} (stored job)")
-    else:
-        model = Sequential.from_config(tree["model"]["config"])
-    model.build()
-    model.restore_tree(tree["model"], source)
-    return model
-
-
-def load(path: str | os.PathLike) -> Sequential:
-    """Loads a model saved by ``model.save`` or a training checkpoint, ready to fit on.
-
-    The training state (counters, data order, RNGs, history) comes back too, so
-    ``nnkit.load(path).fit(x, y, ...)`` continues where the saved run stopped.
-    """
-    tree = checkpoint.load_tree(path)
-    if "model" not in tree:
-        raise ValueError(f"{path}: not a model checkpoint (it has {', '.join(sorted(tree)) or 'nothing'})")
-    model = load_tree_model(tree, os.fspath(path))
-    trainer = model.trainer_for_fit()
-    trainer.load_state_dict(tree.get("trainer") or {})
-    return model

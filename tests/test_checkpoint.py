@@ -432,7 +432,7 @@ def all_params(layers: list[Any]) -> dict[str, np.ndarray]:
 def test_parameters_round_trip_in_place(tmp_path: Path) -> None:
     layers = make_layers()
     saved = all_params(layers)
-    assert set(saved) == {"conv/w", "conv/b", "dense/weight", "dense/bias"}
+    assert set(saved) == {"conv/weight", "conv/bias", "dense/weight", "dense/bias"}
     save_model_parameter(42, tmp_path / "p.h5", layers)
     assert read_kind(tmp_path / "p.h5") == "nnkit.parameters"
 

@@ -13,13 +13,15 @@ from google.protobuf import text_format
 import nnkit
 from nnkit import (LRN2D, SGD, Accuracy, Activation, AvgPooling2D, Convolution2D, Dense, Dropout,
                    ImageInput, MaxPooling2D, Sequential, initializers, schedules, updaters)
-from nnkit.config import (DATASET_SHAPES, ConfigError, _LAYER_KINDS, _field_lines, job_from_text,
-                          load_job, model_from_proto)
-from nnkit.datasets import DATASETS, load_cifar10, mean_image, subtract_mean
+from nnkit.config import ConfigError, job_from_text, load_job, model_from_proto
+from nnkit.config.restore import load_tree_model
+from nnkit.config.text import _field_lines
+from nnkit.datasets import DATASETS, SHAPES, load_cifar10, mean_image, subtract_mean
+from nnkit.layers.base import conf_layer_types
 from nnkit.layers.activation import ACTIVATIONS
 from nnkit.layers.loss import LOSSES
 from nnkit.layers.normalization import NORM_REGIONS
-from nnkit.proto import (ActivationConf, JobConf, LRNConf, ModelConf, ParamConf, Schedule,
+from nnkit.proto import (ActivationConf, JobConf, LayerConf, LRNConf, ModelConf, ParamConf, Schedule,
                          UpdaterConf)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +46,10 @@ def test_enums_list_exactly_the_python_options():
     model_layers = {getattr(nnkit.layers, n) for n in nnkit.layers.__all__
                     if isinstance(getattr(nnkit.layers, n), type)
                     and n not in ("Layer", "Param", "Loss", "Accuracy", "LabelInput")}
-    assert model_layers == {kind.cls for kind in _LAYER_KINDS.values()}
-    assert set(DATASET_SHAPES) == set(DATASETS)
+    assert model_layers == set(conf_layer_types().values())
+    # ... and each names a LayerConf field that exists.
+    assert set(conf_layer_types()) <= {f.name for f in LayerConf.DESCRIPTOR.oneofs_by_name["type"].fields}
+    assert set(SHAPES) == set(DATASETS)
 
 
 def _generate_module():
@@ -161,7 +165,7 @@ def test_checkpoints_carry_the_job_and_load_without_code(tmp_path):
         np.testing.assert_array_equal(a, b)
     # The proto alone is enough (the dict config is not consulted when a proto is present).
     del tree["model"]["config"]
-    proto_only = nnkit.model.load_tree_model(tree, "proto-only")
+    proto_only = load_tree_model(tree, "proto-only")
     assert proto_only.get_config() == model.get_config()
 
 

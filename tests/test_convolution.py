@@ -151,9 +151,9 @@ def test_errors_name_the_layer():
     # whose first input was rejected stays built for that bad shape.
     layer = Convolution2D(4, 3, name="conv_a")
     layer.ComputeFeature(Source(np.zeros((1, 2, 5, 6), np.float32)))
-    with pytest.raises(ValueError, match=r"Convolution2D 'conv_a'.*w has shape \(4, 2, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"Convolution2D 'conv_a'.*weight has shape \(4, 2, 3, 3\)"):
         layer.SetParams(np.zeros((4, 3, 3, 3)), np.zeros(4))
-    with pytest.raises(ValueError, match=r"Convolution2D 'conv_a'.*b has shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"Convolution2D 'conv_a'.*bias has shape \(4,\)"):
         layer.SetParams(np.zeros((4, 2, 3, 3)), np.zeros(5))
     with pytest.raises(ValueError, match=r"conv_a.*does not match"):
         layer.ComputeFeature(Source(np.zeros((1, 3, 5, 6), np.float32)))
@@ -182,7 +182,7 @@ def test_param_options_and_config():
     layer.rng = np.random.default_rng(0)
     layer.build((3, 32, 32))
     w, b = layer.params
-    assert (w.name, w.data.shape, b.name, b.data.shape) == ("w", (32, 3, 5, 5), "b", (32,))
+    assert (w.name, w.data.shape, b.name, b.data.shape) == ("weight", (32, 3, 5, 5), "bias", (32,))
     assert w.spec == initializers.InitSpec("gaussian", {"std": 0.0001})
     assert 0.5e-4 < w.data.std() < 1.5e-4 and np.all(b.data == 0)
     assert (w.lr_mult, b.lr_mult, b.wd_mult) == (1.0, 2.0, 1.0)

@@ -4,14 +4,15 @@ Every loader takes ``data_dir`` (default ``$NNKIT_DATA`` or ``~/.nnkit/datasets`
 ``split`` ('train' or 'test') and returns uint8 images (N, C, H, W or N, H, W) and labels;
 ``load(name, ...)`` picks the loader by name. CIFAR-10 is read from the binary version or, through
 a restricted unpickler, the python version. ``preprocessing`` has the normalization helpers
-(``scale``, ``mean_image``, ``subtract_mean``, ``channel_stats``, ``standardize``).
+(``scale``, ``mean_image``, ``subtract_mean``, ``normalize``, ``channel_stats``, ``standardize``).
+``read_source`` reads one data source of a job (by split or from explicit files).
 """
 from ._files import default_data_dir
 from .cifar import load_cifar10, read_cifar_bin, read_cifar_py
 from .mnist import load_fashion_mnist, load_mnist, read_idx
-from .preprocessing import channel_stats, mean_image, scale, standardize, subtract_mean
-from .registry import DATASETS, load
+from .preprocessing import channel_stats, mean_image, normalize, scale, standardize, subtract_mean
+from .registry import DATASETS, SHAPES, load, read_files, read_source
 
-__all__ = ["default_data_dir", "load", "DATASETS", "load_mnist", "load_fashion_mnist",
+__all__ = ["default_data_dir", "load", "DATASETS", "SHAPES", "read_files", "read_source", "normalize", "load_mnist", "load_fashion_mnist",
            "load_cifar10", "read_idx", "read_cifar_bin", "read_cifar_py", "scale", "mean_image",
            "subtract_mean", "channel_stats", "standardize"]

@@ -111,6 +111,19 @@ def subtract_mean(x: ArrayLike, mean: ArrayLike) -> np.ndarray:
     return np.subtract(x, mean, dtype=np.float32)
 
 
+def normalize(x: ArrayLike, mean: ArrayLike | None = None, factor: float | None = None) -> np.ndarray:
+    """Caffe's input transform ``(x - mean) * factor`` as a new float32 array.
+
+    ``mean`` as in :func:`subtract_mean` (None: nothing subtracted); ``factor`` None keeps the
+    values (a float32 copy).
+    """
+    if mean is not None:
+        x = subtract_mean(x, mean)
+    if factor is not None:
+        return scale(x, factor)
+    return np.asarray(_numeric(x, "normalize: x"), dtype=np.float32)
+
+
 def standardize(x: ArrayLike, mean: ArrayLike, std: ArrayLike) -> np.ndarray:
     """``(x - mean) / std`` as a new float32 array.
 

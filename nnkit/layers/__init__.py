@@ -3,7 +3,7 @@ from .input import Dummy, ImageInput, LabelInput
 from .dense import Dense
 from .convolution import Convolution2D
 from .pooling import MaxPooling2D, AvgPooling2D
-from .normalization import LRN2D
+from .normalization import LRN2D, BatchNormalization
 from .activation import Activation
 from .dropout import Dropout
 from .loss import Loss, Accuracy
@@ -18,6 +18,7 @@ __all__ = [
     "MaxPooling2D",
     "AvgPooling2D",
     "LRN2D",
+    "BatchNormalization",
     "Activation",
     "Dropout",
     "Loss",

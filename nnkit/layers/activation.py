@@ -65,6 +65,9 @@ class Activation(Layer):
     channels of ``(N, C, H, W)`` maps (and axis 1 of any other rank >= 2).
     """
 
+    conf_field = "activation"
+    conf_renames = {"type": "activation"}
+
     def __init__(self, activation: str, name: str | None = None) -> None:
         super().__init__(name)
         if activation not in ACTIVATIONS:

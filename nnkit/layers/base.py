@@ -13,7 +13,7 @@ the layer, reusable buffers and parameter access.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
@@ -81,6 +81,17 @@ class Layer:
 
     #: Whether a layer below may need ``grad`` from this layer; input layers set False.
     accepts_grad = True
+    #: The field of this layer's settings block in the job schema's ``LayerConf`` (``"dense"``
+    #: for ``dense { output_dim: 10 }``, proto/nnkit.proto), next to the class like Caffe's
+    #: ``REGISTER_LAYER_CREATOR``; None for layers a job config cannot name (losses, labels).
+    conf_field: ClassVar[str | None] = None
+    #: Schema fields whose Python argument has another name: ``{field: argument}``.
+    conf_renames: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            LAYER_CLASSES[cls.__name__] = cls  # a later class of the same name replaces it
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name if name is not None else _snake(type(self).__name__)
@@ -263,6 +274,33 @@ class Layer:
             buf = np.empty(shape, dtype)
             self._buffers[key] = buf
         return buf
+
+
+#: Every public layer class by name: what model configs (``get_config``) and job configs name.
+LAYER_CLASSES: dict[str, type[Layer]] = {}
+
+
+def conf_layer_types() -> dict[str, type[Layer]]:
+    """The layer classes a job config can name, by their ``LayerConf`` field (the one registry)."""
+    # Only a class that names its field itself: a subclass (a test's variant of Dropout) does
+    # not take over its parent's field.
+    return {cls.conf_field: cls for cls in LAYER_CLASSES.values()
+            if cls.__dict__.get("conf_field") is not None}
+
+
+def pair(value: Any, what: str, minimum: int, owner: str) -> tuple[int, int]:
+    """An int or an ``(h, w)`` pair of ints as ``(h, w)``, every entry ``>= minimum``.
+
+    An int means the same for both axes. Raises TypeError (not ints, bools included) or
+    ValueError (too small), both naming ``owner`` and ``what``.
+    """
+    items = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(items) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                  for v in items):
+        raise TypeError(f"{owner}: {what} must be an int or a pair (h, w) of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{owner}: {what} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
 
 
 def param_specs(prefix: str, init: str | None, kwargs: dict[str, Any],

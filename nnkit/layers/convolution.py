@@ -36,7 +36,7 @@ import numpy as np
 from .. import initializers
 from .._kernels import im2col as _k
 from .. import parallel
-from .base import Layer, Param, param_specs, reject_unknown
+from .base import Layer, Param, pair, param_specs, reject_unknown
 
 IntPair = int | tuple[int, int]
 
@@ -44,17 +44,6 @@ IntPair = int | tuple[int, int]
 #: enough for col (C*kh*kw rows) to stay in the cache between im2col and the GEMM. On the
 #: CIFAR-10 CNN, 512 to 1536 measured alike and 4096 10-15% slower.
 CHUNK_COLUMNS = 1024
-
-
-def _pair(value: IntPair, what: str, minimum: int, owner: str) -> tuple[int, int]:
-    """Normalizes an int or an (h, w) pair, checking every entry is an int >= ``minimum``."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                 for v in pair):
-        raise TypeError(f"{owner}: {what} must be an int or a pair (h, w) of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{owner}: {what} must be >= {minimum}, got {value!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -81,6 +70,8 @@ class Convolution2D(Layer):
     pad 2, gaussian weights with std 1e-4 and a doubled bias learning rate.
     """
 
+    conf_field = "convolution"
+
     def __init__(self, nb_filter: int, kernel: IntPair, stride: IntPair = 1, pad: IntPair = 0,
                  init: str | None = None, bias: bool = True, name: str | None = None,
                  **param_kwargs: Any) -> None:
@@ -90,9 +81,9 @@ class Convolution2D(Layer):
                 or nb_filter < 1:
             raise self.error(f"nb_filter must be a positive int, got {nb_filter!r}")
         self.nb_filter = int(nb_filter)
-        self.kernel = _pair(kernel, "kernel", 1, owner)
-        self.stride = _pair(stride, "stride", 1, owner)
-        self.pad = _pair(pad, "pad", 0, owner)
+        self.kernel = pair(kernel, "kernel", 1, owner)
+        self.stride = pair(stride, "stride", 1, owner)
+        self.pad = pair(pad, "pad", 0, owner)
         self.init = init
         self.bias = bool(bias)
         self._param_kwargs = dict(param_kwargs)  # kept verbatim for get_config
@@ -127,9 +118,9 @@ class Convolution2D(Layer):
         c = input_shape[0]
         kh, kw = self.kernel
         fan_in, fan_out = c * kh * kw, self.nb_filter * kh * kw
-        specs = [("w", self._w_spec, (self.nb_filter, c, kh, kw))]
+        specs = [("weight", self._w_spec, (self.nb_filter, c, kh, kw))]
         if self.bias:
-            specs.append(("b", self._b_spec, (self.nb_filter,)))
+            specs.append(("bias", self._b_spec, (self.nb_filter,)))
         self.params = []
         for pname, (spec, lr_mult, wd_mult), shape in specs:
             p = Param(self, pname, spec, lr_mult, wd_mult)

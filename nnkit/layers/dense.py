@@ -28,6 +28,8 @@ class Dense(Layer):
     weight-decay multipliers [1]. See :mod:`nnkit.initializers` for the init kinds.
     """
 
+    conf_field = "dense"
+
     def __init__(self, output_dim: int, init: str | None = None, bias: bool = True,
                  name: str | None = None, **param_kwargs: Any) -> None:
         super().__init__(name)

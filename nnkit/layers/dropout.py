@@ -21,6 +21,8 @@ class Dropout(Layer):
     the mask of the last training-mode forward pass.
     """
 
+    conf_field = "dropout"
+
     def __init__(self, ratio: float = 0.5, name: str | None = None) -> None:
         super().__init__(name)
         ratio = float(ratio)

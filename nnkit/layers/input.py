@@ -52,6 +52,8 @@ class Dummy(_InputLayer):
     kept as ``self.aux_data``. Data is converted to ``dtype`` (float32 by default).
     """
 
+    conf_field = "dummy"
+
     def __init__(self, name: str | None = None, dtype: Any = DEFAULT_DTYPE) -> None:
         super().__init__(None, dtype, name)
 
@@ -76,6 +78,8 @@ class ImageInput(_InputLayer):
     ``Feed(data)`` takes ``(batch, C*H*W)`` rows (as image files and CSVs hold them) or
     ``(batch, C, H, W)`` arrays; the batch size may change from one call to the next.
     """
+
+    conf_field = "image_input"
 
     def __init__(self, height: int, width: int, nb_channel: int = 1, name: str | None = None,
                  dtype: Any = DEFAULT_DTYPE) -> None:

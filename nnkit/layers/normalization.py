@@ -1,7 +1,9 @@
-"""Local response normalization (LRN) over NCHW images; the kernels are in ``_kernels/lrn.pyx``.
+"""Normalization layers: local response normalization (LRN) over NCHW images, kernels in
+``_kernels/lrn.pyx``, and batch normalization, kernels in ``_kernels/batchnorm.pyx``.
 
-Large batches run as parallel parts (``nnkit.parallel``): ranges of blocks (images
-across channels, planes within a channel), each part with scratch of its own.
+Large batches run as parallel parts (``nnkit.parallel``): for LRN ranges of blocks (images
+across channels, planes within a channel), each part with scratch of its own; for batch
+normalization ranges of channels, whose statistics are independent.
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._kernels import lrn as _kernels
+from .._kernels import batchnorm as _bn_kernels
+from .. import initializers
 from .. import parallel
-from .base import Layer
+from .base import Layer, Param
 
 #: The values ``norm_region`` accepts (Caffe's ACROSS_CHANNELS and WITHIN_CHANNEL).
 NORM_REGIONS = ("across_channels", "within_channel")
@@ -59,6 +63,8 @@ class LRN2D(Layer):
         norm_region: ``'across_channels'`` or ``'within_channel'``.
         name: the layer name.
     """
+
+    conf_field = "lrn"
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0,
                  norm_region: str = "across_channels", name: str | None = None) -> None:
@@ -145,4 +151,140 @@ class LRN2D(Layer):
                                   v.cols, self.size, self.alpha, self.beta)
 
         parallel.split(run, len(v.x), v.x.shape[1])
+        return dx
+
+
+class BatchNormalization(Layer):
+    """Batch normalization (Ioffe & Szegedy 2015) with tf.keras 2.x semantics, on NCHW.
+
+    Statistics are per channel for images ``(batch, C, H, W)`` (over batch, height and
+    width) and per feature for rows ``(batch, F)`` (over the batch)::
+
+        y = weight * (x - mean) / sqrt(var + epsilon) + bias
+
+    - Training mode (``layer.training``): ``mean`` and ``var`` are the batch's mean and biased
+      variance, and each forward pass updates the running statistics (layer state, see
+      :attr:`Layer.state`, never touched by updaters)::
+
+          moving_mean     = momentum * moving_mean     + (1 - momentum) * mean
+          moving_variance = momentum * moving_variance + (1 - momentum) * var
+
+      tf.keras's convention: its moving variance follows the biased batch variance too.
+      PyTorch's ``BatchNorm`` differs in two ways: its ``momentum`` is ``1 - momentum``
+      here, and its ``running_var`` follows the unbiased variance ``var * M / (M - 1)``.
+    - Evaluation mode (``layer.eval()``): ``mean`` and ``var`` are the moving statistics, so
+      the layer is a fixed per-channel affine map (and so is its gradient).
+
+    Params: ``weight`` (gamma, init 1) and ``bias`` (beta, init 0), one value per channel;
+    state: ``moving_mean`` (init 0) and ``moving_variance`` (init 1), in the layer's dtype.
+
+    Args:
+        momentum: the running statistics' decay, in [0, 1] (1 keeps them fixed).
+        epsilon: added to the variance before the square root, > 0.
+        name: the layer name.
+    """
+
+    conf_field = "batch_norm"
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3,
+                 name: str | None = None) -> None:
+        super().__init__(name)
+        momentum, epsilon = float(momentum), float(epsilon)
+        if not 0.0 <= momentum <= 1.0:  # also rejects NaN
+            raise self.error(f"momentum must be in [0, 1], got {momentum}")
+        if not 0.0 < epsilon < float("inf"):
+            raise self.error(f"epsilon must be positive and finite, got {epsilon}")
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.params = [Param(self, "weight", initializers.InitSpec("constant", {"value": 1.0})),
+                       Param(self, "bias", initializers.ZERO)]
+        self._x: np.ndarray | None = None  # the last forward's input, as an (N, C, S) view
+        self._batch_stats = True  # whether the last forward used the batch's statistics
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer."""
+        return {"momentum": self.momentum, "epsilon": self.epsilon, "name": self.name}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The input shape; raises unless the input is rows (2-D) or images (4-D)."""
+        if len(input_shape) not in (1, 3):
+            raise self.error(f"expects 2-D input (batch, features) or 4-D input (batch, "
+                             f"channels, height, width), got {len(input_shape) + 1}-D input "
+                             f"of shape (batch, {', '.join(map(str, input_shape))})")
+        return tuple(input_shape)
+
+    def create_params(self, input_shape: tuple[int, ...], dtype: np.dtype,
+                      rng: np.random.Generator) -> None:
+        """Allocates weight and bias and the running statistics, one value per channel."""
+        channels = input_shape[0]
+        for p in self.params:
+            p.allocate((channels,), dtype, channels, channels, rng)
+        self.add_state("moving_mean", np.zeros(channels, dtype))
+        self.add_state("moving_variance", np.ones(channels, dtype))
+
+    def _stats(self, channels: int) -> tuple[np.ndarray, ...]:
+        """The float64 per-channel buffers: mean, var, inv_std, sum_dy, sum_dy_xhat."""
+        return tuple(self.buffer(key, (channels,), np.float64)
+                     for key in ("mean", "var", "inv_std", "sum_dy", "sum_dy_xhat"))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Normalizes the batch ``x``; in training mode also updates the running statistics."""
+        self.output_shape(x.shape[1:])
+        x = np.ascontiguousarray(x)
+        n, c = x.shape[:2]
+        spatial = int(np.prod(x.shape[2:], dtype=np.int64))  # 1 for rows
+        x3 = x.reshape(n, c, spatial)
+        batch_stats = self.training
+        if batch_stats and n * spatial == 0:
+            raise self.error("training mode needs a non-empty batch to take statistics of")
+        mean, var, inv_std = self._stats(c)[:3]
+        if not batch_stats:
+            mean[...] = self.state["moving_mean"]
+            var[...] = self.state["moving_variance"]
+        gamma, beta = self.params[0].data, self.params[1].data
+        y = self.buffer("y", x.shape, x.dtype)
+        y3 = y.reshape(x3.shape)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            _bn_kernels.batchnorm_forward(x3, gamma, beta, mean, var, inv_std, self.epsilon,
+                                          batch_stats, y3, lo, hi)
+
+        parallel.split(run, c, n * spatial)
+        if batch_stats:
+            k = self.momentum
+            for key, batch in (("moving_mean", mean), ("moving_variance", var)):
+                moving = self.state[key]
+                moving[...] = k * moving.astype(np.float64) + (1.0 - k) * batch  # in place: live
+        self._x = x3
+        self._batch_stats = batch_stats
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Fills the weight and bias grads; returns the input gradient (None if not needed).
+
+        Differentiates the last forward pass, with the statistics it used (the batch's in
+        training mode, the moving ones in evaluation mode).
+        """
+        x3 = self._x
+        if x3 is None:
+            raise self.error("backward called before forward", RuntimeError)
+        shape = (x3.shape[0],) + self.input_shape
+        if dy.shape != shape:
+            raise self.error(f"gradient of shape {dy.shape} does not match the output shape "
+                             f"{shape}")
+        dy3 = np.ascontiguousarray(dy, dtype=x3.dtype).reshape(x3.shape)
+        mean, _, inv_std, sum_dy, sum_dy_xhat = self._stats(x3.shape[1])
+        gamma = self.params[0].data
+        dgamma, dbeta = self.params[0].grad, self.params[1].grad
+        dx = self.buffer("dx", shape, x3.dtype) if need_input_grad else None
+        dx3 = None if dx is None else dx.reshape(x3.shape)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            _bn_kernels.batchnorm_param_grads(x3, dy3, mean, inv_std, sum_dy, sum_dy_xhat,
+                                              dgamma, dbeta, lo, hi)
+            if dx3 is not None:
+                _bn_kernels.batchnorm_input_grad(x3, dy3, gamma, mean, inv_std, sum_dy,
+                                                 sum_dy_xhat, self._batch_stats, dx3, lo, hi)
+
+        parallel.split(run, x3.shape[1], x3.shape[0] * x3.shape[2])
         return dx

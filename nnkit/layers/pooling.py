@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import parallel
 from .._kernels import pooling as _kernels
-from .base import DEFAULT_DTYPE, Layer
+from .base import DEFAULT_DTYPE, Layer, pair
 
 IntPair = int | tuple[int, int]
 
@@ -101,28 +101,17 @@ class _Geometry:
         self.dst[nearest[mine & inside]] = np.flatnonzero(mine & inside)
 
 
-def _pair(layer_type: str, arg: str, value: IntPair) -> tuple[int, int]:
-    """``value`` as an (h, w) pair of ints; an int means the same for both axes."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
-        raise TypeError(f"{layer_type}: {arg} must be an int or a pair of ints, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
 class _Pooling2D(Layer):
     """What max and average pooling share: arguments, output size, scratch geometry."""
 
     def __init__(self, pool_size: IntPair = (3, 3), stride: IntPair = 2, pad: IntPair = 0,
                  ceil_mode: bool = True, name: str | None = None) -> None:
         super().__init__(name)
-        kind = type(self).__name__
-        self.pool_size = _pair(kind, "pool_size", pool_size)
-        self.stride = _pair(kind, "stride", stride)
-        self.pad = _pair(kind, "pad", pad)
+        owner = self.describe()
+        self.pool_size = pair(pool_size, "pool_size", 1, owner)
+        self.stride = pair(stride, "stride", 1, owner)
+        self.pad = pair(pad, "pad", 0, owner)
         self.ceil_mode = bool(ceil_mode)
-        if min(self.pool_size) < 1 or min(self.stride) < 1 or min(self.pad) < 0:
-            raise self.error(f"pool_size {self.pool_size} and stride {self.stride} must be >= 1 "
-                             f"and pad {self.pad} >= 0")
         if any(p >= k for p, k in zip(self.pad, self.pool_size)):
             # A window could then lie entirely in the padding, with nothing to pool.
             raise self.error(f"pad {self.pad} must be smaller than pool_size {self.pool_size}")
@@ -185,6 +174,8 @@ class MaxPooling2D(_Pooling2D):
     Backward routes each output gradient to the input its maximum came from.
     """
 
+    conf_field = "max_pooling"
+
     _argmax: np.ndarray | None = None  # each output's flat index h * W + w in its plane
 
     def _part_buffers(self, part: int) -> tuple[np.ndarray, ...]:
@@ -235,6 +226,8 @@ class AvgPooling2D(_Pooling2D):
         ceil_mode: round the output size up (Caffe, the default) or down.
         name: the layer's name.
     """
+
+    conf_field = "avg_pooling"
 
     _scale: np.ndarray  # 1 / window_cells, in the layer's dtype
 

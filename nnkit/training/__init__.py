@@ -9,12 +9,12 @@ from .callbacks import (CSVLogger, Callback, CallbackList, EarlyStopping, Histor
                         ReduceLROnPlateau, TerminateOnNaN)
 from .control import COMMANDS, CommandError, Controller, EventReporter, make_command
 from .events import EventBus, JsonlWriter, follow, read_jsonl
-from .process import ProcessRun, start
+from .process import ProcessRun, serve_child
 from .run import RunHandle, TrainingRun, attach_channel
 from .trainer import Trainer, split_validation
 
 __all__ = ["Trainer", "split_validation", "Callback", "CallbackList", "History", "ProgressBar",
            "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau",
-           "CSVLogger", "TerminateOnNaN", "LambdaCallback", "NonFiniteLossError", "TrainingRun", "RunHandle", "ProcessRun", "start",
+           "CSVLogger", "TerminateOnNaN", "LambdaCallback", "NonFiniteLossError", "TrainingRun", "RunHandle", "ProcessRun", "serve_child",
            "attach_channel", "Controller", "EventReporter", "CommandError", "COMMANDS", "make_command",
            "EventBus", "JsonlWriter", "read_jsonl", "follow"]

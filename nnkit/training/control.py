@@ -20,6 +20,7 @@ over the schedule after a resume.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import queue
@@ -67,7 +68,6 @@ class Controller:
         if self.command_file is not None and self.command_file.exists():
             self._file_offset = self.command_file.stat().st_size
         self.paused = False
-        self.shutdown_requested = False
         self.report_every = 1
 
     # ------------------------------------------------------------------ input
@@ -79,25 +79,37 @@ class Controller:
         self._queue.put(command)
         return command["id"]
 
+    def submit_text(self, raw: str | bytes, origin: str = "the parent") -> None:
+        """Queues a command given as JSON text (a pipe message); reports what does not parse."""
+        try:
+            value: Any = json.loads(raw)
+        except ValueError as exc:
+            value = ValueError(f"not valid JSON ({exc})")
+        self._submit_value(value, origin)
+
+    def _submit_value(self, value: Any, origin: str) -> None:
+        """The one check of a command's JSON form, wherever it came from."""
+        if isinstance(value, Exception):
+            self.bus.emit("error", message=f"{origin}: {value}; command skipped")
+        elif not isinstance(value, dict):
+            self.bus.emit("error", message=f"{origin}: a command must be a JSON object, got "
+                                           f"{type(value).__name__}; command skipped")
+        else:
+            self.submit(value)
+
     def _poll_file(self) -> None:
         if self.command_file is None:
             return
         items, self._file_offset = read_jsonl(self.command_file, self._file_offset)
         for _, value in items:
-            if isinstance(value, Exception):
-                self.bus.emit("error", message=f"{self.command_file}: {value}; line skipped")
-            elif not isinstance(value, dict):
-                self.bus.emit("error", message=f"{self.command_file}: a command must be a JSON "
-                                               f"object, got {type(value).__name__}; line skipped")
-            else:
-                self.submit(value)
+            self._submit_value(value, str(self.command_file))
 
     # ------------------------------------------------------------------ the safe point
     def safe_point(self, trainer: Any) -> None:
         """Applies every pending command; while paused, waits here (still answering commands)."""
         self._drain(trainer)
         if self.paused:
-            while self.paused and not trainer._stop_requested():
+            while self.paused and trainer.requested is None:
                 self._wait_for_command(trainer, timeout=0.2)
 
     def idle(self, trainer: Any, timeout: float = 0.2) -> None:
@@ -143,8 +155,7 @@ class Controller:
         trainer.stop()
 
     def _do_shutdown(self, trainer: Any) -> None:
-        self.shutdown_requested = True
-        trainer.stop()
+        trainer.request("shutdown")
 
     def _do_pause(self, trainer: Any) -> None:
         if not self.paused:

@@ -1,9 +1,10 @@
 """Training in a child process, for isolation: ``nnkit.start(job)`` or ``fit(background='process')``.
 
-The child is started with the ``spawn`` method and handed only plain data: the job config in
-protobuf text format and, for in-memory arrays, the path of an ``.npz`` file (read with
-``allow_pickle=False``). Commands go down and events come up a pipe as JSON texts, the same
-commands and events as a thread run (:mod:`nnkit.training.control`, :mod:`.events`). If the
+The child is started with the ``spawn`` method and handed only plain data (for a job: its
+config in protobuf text format and, for in-memory arrays, the path of an ``.npz`` file read
+with ``allow_pickle=False``; :mod:`nnkit.config.restore` builds the child's run from them).
+Commands go down and events come up a pipe as JSON texts, the same commands and events as a
+thread run (:mod:`nnkit.training.control`, :mod:`.events`). If the
 child dies (a crash, a kill), the parent gets an ``error`` event and a ``failed`` status; the
 parent itself is never taken down.
 """
@@ -12,26 +13,23 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import tempfile
 import threading
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Callable
 
 from .control import make_command
 from .events import SETTLED, Event, EventBus
 from .run import RunHandle
-PARAM_PREFIX = "param:"  # npz keys of the parent's parameters, by full name
 
 
-def _child_main(job_text: str, source: str, conn: Any, options: dict[str, Any]) -> None:
-    """The child's entry point: build the job, train with a pipe channel, linger for commands."""
-    from ..checkpoint import assign_parameters
-    from ..config import job_from_text  # imported in the child only
-    from .run import TrainingRun
+def serve_child(conn: Any, run_id: str | None, make_run: Callable[[EventBus], Any]) -> None:
+    """The child's side of a process run: events up the pipe, commands down, then train.
 
-    bus = EventBus(run_id=options.get("run_id"))
+    ``make_run(bus)`` builds the :class:`~nnkit.training.TrainingRun` (whatever builds the
+    model, the config layer for instance, supplies it); an error there is reported like a
+    training failure. The run lingers after its plan until the parent sends ``shutdown``.
+    """
+    bus = EventBus(run_id=run_id)
 
     def send(event: Event) -> None:
         try:
@@ -40,25 +38,7 @@ def _child_main(job_text: str, source: str, conn: Any, options: dict[str, Any]) 
             pass
     bus.subscribe("*", send)
     try:
-        job = job_from_text(job_text, source, data_dir=options.get("data_dir"))
-        model = job.build_model()
-        if options.get("arrays"):
-            with np.load(options["arrays"], allow_pickle=False) as f:
-                x, y = f["x"], f["y"]
-                validation = (f["xv"], f["yv"]) if "xv" in f else None
-                params = {k[len(PARAM_PREFIX):]: f[k] for k in f.files if k.startswith(PARAM_PREFIX)}
-            if params:  # continue from the parent's current weights, not from a fresh init
-                model.build()
-                assign_parameters(params, model.layers, options["arrays"])
-        else:
-            x, y = job.load_data("train")
-            validation = job.load_data("test") if job.has_source("test") else None
-        run = job.proto.run
-        fit_kwargs = dict(x=x, y=y, batch_size=options.get("batch_size") or job.batch_size("train"),
-                          epochs=options.get("epochs", run.epochs if run.HasField("epochs") else None),
-                          steps=options.get("steps", run.steps if run.HasField("steps") else None),
-                          validation_data=validation, verbose=0, run_dir=options.get("run_dir"))
-        handle = TrainingRun(model, fit_kwargs, options.get("run_dir"), linger=True, bus=bus)
+        handle = make_run(bus)
     except BaseException as exc:  # a bad job: report it the same way as a training failure
         bus.emit("error", message=f"{type(exc).__name__}: {exc}")
         bus.emit("status", state="failed", step=0)
@@ -72,14 +52,7 @@ def _child_main(job_text: str, source: str, conn: Any, options: dict[str, Any]) 
             except (EOFError, OSError):  # the parent is gone: stop cleanly
                 handle.controller.submit(make_command("shutdown"))
                 return
-            try:
-                command = json.loads(raw)
-                if not isinstance(command, dict):
-                    raise ValueError("a command must be a JSON object")
-            except ValueError as exc:
-                bus.emit("error", message=f"malformed command from the parent: {exc}")
-                continue
-            handle.controller.submit(command)
+            handle.controller.submit_text(raw)
     threading.Thread(target=read_commands, name="nnkit-commands", daemon=True).start()
     try:
         handle.run()
@@ -94,27 +67,28 @@ class ProcessRun(RunHandle):
 
     The observed values (:attr:`status`, :attr:`global_step`, :attr:`current_epoch`,
     :meth:`interactive_data`, :attr:`history`) come from the child's events.
+
+    Args:
+        target: a module-level function run in the child as ``target(conn, run_id, *args)``;
+            it builds the run and calls :func:`serve_child` (``nnkit.config.restore`` has the
+            one that rebuilds a job from its config text).
+        args: plain data for ``target`` (they cross to a ``spawn`` child).
+        cleanup: a temporary file to delete when the child has ended.
     """
 
-    def __init__(self, job_text: str, source: str = "<job>", run_dir: str | os.PathLike | None = None,
-                 data_dir: str | None = None, arrays: str | None = None,
-                 epochs: int | None = None, steps: int | None = None,
-                 batch_size: int | None = None) -> None:
+    def __init__(self, target: Callable[..., None], args: tuple = (),
+                 cleanup: str | os.PathLike | None = None) -> None:
         self._init_handle(EventBus())
         self.exception: str | None = None
         self.global_step = 0
         self.current_epoch = 0
         self.current_batch = 0
         self._epochs: list[Event] = []
-        self._arrays = arrays
-        options = {"run_id": self.bus.run_id, "data_dir": data_dir, "arrays": arrays,
-                   "batch_size": batch_size, "run_dir": None if run_dir is None else os.fspath(run_dir)}
-        if epochs is not None or steps is not None:
-            options.update(epochs=epochs, steps=steps)
+        self._cleanup = cleanup
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe(duplex=True)
         self._lock = threading.Lock()  # one sender at a time on the pipe
-        self.process = context.Process(target=_child_main, args=(job_text, source, child_conn, options),
+        self.process = context.Process(target=target, args=(child_conn, self.bus.run_id, *args),
                                        name="nnkit-child", daemon=True)
         self.process.start()
         child_conn.close()
@@ -140,8 +114,8 @@ class ProcessRun(RunHandle):
             self._extending.clear()
             self._cond.notify_all()
         self._ended.set()
-        if self._arrays is not None:
-            Path(self._arrays).unlink(missing_ok=True)
+        if self._cleanup is not None:
+            Path(self._cleanup).unlink(missing_ok=True)
 
     def _observe(self, event: Event) -> None:
         kind = event.get("type")
@@ -181,38 +155,3 @@ class ProcessRun(RunHandle):
     def kill(self) -> None:
         """Ends the child at once (SIGKILL); the run reports it as failed."""
         self.process.kill()
-
-
-def start(job: Any, run_dir: str | os.PathLike | None = None, data_dir: str | None = None,
-          epochs: int | None = None, steps: int | None = None) -> ProcessRun:
-    """Runs a job (a :class:`~nnkit.config.Job`, a config path, or config text) in a child process."""
-    from ..config import Job
-    if isinstance(job, Job):
-        text, source = job.to_text(), job.source
-    elif isinstance(job, (str, os.PathLike)) and Path(job).is_file():
-        text, source = Path(job).read_text(), os.fspath(job)
-    else:
-        text, source = str(job), "<job>"
-    return ProcessRun(text, source, run_dir=run_dir, data_dir=data_dir, epochs=epochs, steps=steps)
-
-
-def start_arrays(model: Any, x: np.ndarray, y: np.ndarray, validation_data: Any = None,
-                 run_dir: str | os.PathLike | None = None, epochs: int | None = None,
-                 steps: int | None = None, batch_size: int = 32) -> ProcessRun:
-    """``fit(background='process')``: the model as a job proto, the arrays through an .npz file.
-
-    The child starts from the model's current parameters (also in the .npz); the updater's
-    slots and the training counters start fresh there.
-    """
-    job = model.to_proto()
-    fd, path = tempfile.mkstemp(prefix="nnkit-arrays-", suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        arrays = {"x": x, "y": y}
-        if model.built:
-            arrays.update({PARAM_PREFIX + p.full_name: p.data for p in model.params})
-        if validation_data is not None:
-            arrays.update(xv=validation_data[0], yv=validation_data[1])
-        np.savez(f, **arrays)
-    from google.protobuf import text_format
-    return ProcessRun(text_format.MessageToString(job), f"<{model.name}>", run_dir=run_dir, arrays=path,
-                      epochs=epochs, steps=steps, batch_size=batch_size)

@@ -223,7 +223,7 @@ class TrainingRun(RunHandle):
             self._set_status("started")
             while True:
                 self.model.fit(**kwargs)
-                if self.controller.shutdown_requested or not trainer.finished():
+                if trainer.requested in ("shutdown", "interrupt") or not trainer.finished():
                     self._set_status("stopped")
                     break
                 self._set_status("finished")
@@ -250,10 +250,10 @@ class TrainingRun(RunHandle):
     def _wait_for_more(self) -> bool:
         """After the plan is done: answers commands until run_until moves it (True) or shutdown."""
         trainer = self.trainer
-        trainer._stop.clear()
+        trainer.clear_request()
         while True:
             self.controller.idle(trainer)
-            if self.controller.shutdown_requested or trainer._stop.is_set():
+            if trainer.requested is not None:
                 return False
             if not trainer.finished():
                 return True

@@ -1,7 +1,11 @@
 """The Trainer: runs batches with a safe point between every two of them.
 
-The safe point is the only place where stop requests, signals and (later) remote commands take
-effect, so a model is never changed in the middle of a batch. Everything needed to continue
+The safe point is the only place where stop requests, signals and remote commands take effect,
+so a model is never changed in the middle of a batch. Like Caffe's ``Solver::Step`` asking
+``GetRequestedAction()`` once per iteration, the loop has one request point and one exit flag:
+whoever wants the run to end (``trainer.stop()``, a callback's ``model.stop_training``, a
+``stop``/``shutdown`` command, Ctrl-C) calls :meth:`Trainer.request`, and the safe point reads
+:attr:`Trainer.requested`. Everything needed to continue
 exactly lives in ``state_dict()``: counters, the data-order cursor, the RNG states, the epoch's
 running sums and the history; together with the model's own state it makes a checkpoint.
 
@@ -23,6 +27,11 @@ from .. import checkpoint
 from .callbacks import Callback, CallbackList, History, ProgressBar, TerminateOnNaN
 
 CHECKPOINT_NAME = "checkpoint.h5"
+
+#: What may end a run, weakest first: a stronger request is never downgraded by a weaker one.
+#: ``stop`` ends the fit; ``shutdown`` also ends a lingering background run; ``interrupt`` is
+#: Ctrl-C or SIGTERM (the run checkpoints and ``nnkit train`` exits 130).
+REQUESTS = ("stop", "shutdown", "interrupt")
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, split: float | tuple[float, int]
@@ -70,8 +79,8 @@ class Trainer:
         self.controller: Any = None  # acts at every safe point (see nnkit.training.control)
         self.history = History()
         self._interactive: list[tuple[int, float | None, float | None]] = []
-        self._stop = threading.Event()
-        self.interrupted = False
+        self._requested: str | None = None
+        self._request_lock = threading.Lock()
         self._shuffle_rng = np.random.default_rng(seed)
         self._epoch_rng_state: dict | None = None  # shuffle state at the start of the epoch
         self._epoch_sums: dict[str, float] = {}
@@ -87,22 +96,40 @@ class Trainer:
         """Batches done in the current epoch (same as ``batch_cursor``)."""
         return self.batch_cursor
 
+    def request(self, action: str) -> None:
+        """Asks the run to end after the current batch (one of :data:`REQUESTS`). Thread-safe."""
+        if action not in REQUESTS:
+            raise ValueError(f"unknown request {action!r}; expected one of {', '.join(REQUESTS)}")
+        with self._request_lock:
+            if self._requested is None or REQUESTS.index(action) > REQUESTS.index(self._requested):
+                self._requested = action
+
+    @property
+    def requested(self) -> str | None:
+        """The pending end request (None: keep training); a callback's ``stop_training`` counts."""
+        if self._requested is None and getattr(self.model, "stop_training", False):
+            self.request("stop")
+        return self._requested
+
+    def clear_request(self) -> None:
+        """Forgets the end request: a new fit (or a lingering run extended) trains again."""
+        with self._request_lock:
+            self._requested = None
+        if hasattr(self.model, "stop_training"):
+            self.model.stop_training = False
+
+    @property
+    def interrupted(self) -> bool:
+        """True if Ctrl-C or SIGTERM ended (or is ending) the run."""
+        return self._requested == "interrupt"
+
     def stop(self) -> None:
         """Asks the run to end after the current batch. Thread-safe; callable from anywhere."""
-        self._stop.set()
+        self.request("stop")
 
     def interactive_data(self) -> list[tuple[int, float | None, float | None]]:
         """``(epoch, train_error, test_error)`` for every finished epoch (errors = 1 - accuracy)."""
         return list(self._interactive)
-
-    @classmethod
-    def resume(cls, path: str | os.PathLike, **kwargs: Any) -> "Trainer":
-        """A Trainer for the model saved in checkpoint ``path``, positioned where it stopped."""
-        from ..model import load_tree_model
-        tree = checkpoint.load_tree(path)
-        trainer = cls(load_tree_model(tree, os.fspath(path)), **kwargs)
-        trainer.load_state_dict(tree.get("trainer", {}))
-        return trainer
 
     def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32, epochs: int | None = None,
             steps: int | None = None, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
@@ -134,9 +161,7 @@ class Trainer:
         if batch_size < 1:
             raise ValueError(f"fit: batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
-        self._stop.clear()
-        self.interrupted = False
-        self.model.stop_training = False
+        self.clear_request()
 
         callbacks = [TerminateOnNaN()] if not any(isinstance(c, TerminateOnNaN) for c in self.user_callbacks) else []
         callbacks += [self.history]
@@ -150,7 +175,7 @@ class Trainer:
         try:
             while True:
                 self._safe_point()
-                if self.finished() or self._stop_requested():
+                if self.finished() or self.requested is not None:
                     break
                 if not epoch_open:
                     order = self._epoch_order(len(x), shuffle)
@@ -227,9 +252,6 @@ class Trainer:
     def _count_batches(self, n: int) -> None:
         self.batches_in_epoch = self.batch_cursor + math.ceil((n - self.example_cursor) / self.batch_size)
 
-    def _stop_requested(self) -> bool:
-        return self._stop.is_set() or bool(getattr(self.model, "stop_training", False))
-
     def _epoch_order(self, n: int, shuffle: bool) -> np.ndarray:
         """The example order of the current epoch, rebuilt identically when resuming mid-epoch."""
         if self.example_cursor >= n:  # the data changed size: the old epoch cannot continue
@@ -274,8 +296,7 @@ class Trainer:
             return {}
 
         def first(signum: int, frame: Any) -> None:
-            self.interrupted = True
-            self._stop.set()
+            self.request("interrupt")
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
 
