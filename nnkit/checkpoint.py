@@ -63,7 +63,8 @@ if TYPE_CHECKING:  # the per-layer functions only read layer.params and names
     from .layers.base import Layer, Param
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "CheckpointNotFoundError",  # noqa: RUF022
-           "save_tree", "load_tree", "read_kind", "save_model_parameter", "load_model_parameter"]
+           "save_tree", "load_tree", "read_kind", "save_model_parameter", "load_model_parameter",
+           "atomic_path", "atomic_write"]
 
 #: The layout version written by this code; files with a larger version are refused.
 FORMAT_VERSION = 1
@@ -199,8 +200,45 @@ def _check_kind(kind: Any) -> None:
         raise CheckpointError(f"kind must be a non-empty str, got {kind!r}")
 
 
+@contextlib.contextmanager
+def atomic_path(path: _PathLike) -> Iterator[str]:
+    """Yields a temporary path beside ``path``; on success it becomes ``path`` atomically.
+
+    The one way nnkit writes a file (checkpoints, job copies, metrics, plots): write to the
+    yielded path, and on leaving the block the file is given its permissions (those of the
+    file it replaces, else the umask default: one rule for every file of a run directory),
+    fsynced, renamed onto ``path`` and the directory fsynced. On any error the temporary file
+    is removed and an existing file at ``path`` is left untouched, so a crash or a full disk
+    never leaves a half-written file behind.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    mode = _new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)  # writers open it by name (h5py's native driver is faster than a file object)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        _fsync_path(tmp)  # the data must be on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            e.add_note(f"while writing {path}")
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+        _fsync_path(directory)
+
+
+def atomic_write(path: _PathLike, data: str | bytes) -> None:
+    """Writes ``data`` (text as UTF-8) to ``path`` through :func:`atomic_path`: all or nothing."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
 def save_tree(path: _PathLike, tree: Mapping[str, Any], kind: str = CHECKPOINT_KIND) -> None:
-    """Writes ``tree`` to the HDF5 file ``path`` atomically.
+    """Writes ``tree`` to the HDF5 file ``path`` atomically (see :func:`atomic_path`).
 
     Args:
         path: destination; its directory must exist. An existing file is replaced only once
@@ -216,30 +254,12 @@ def save_tree(path: _PathLike, tree: Mapping[str, Any], kind: str = CHECKPOINT_K
     _check_kind(kind)
     if not isinstance(tree, Mapping):
         raise CheckpointError(f"a checkpoint tree must be a dict, got {type(tree).__name__}")
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    os.close(fd)  # h5py opens it by name: its native driver is faster than a file object
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            f.attrs["format"] = kind
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["nnkit_version"] = __version__
-            f.attrs[_TYPE] = "dict"
-            _write_items(f, iter(tree.items()), "")
-        os.chmod(tmp, mode)
-        _fsync_path(tmp)  # the data must be on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            e.add_note(f"while writing the checkpoint {path}")
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
-        _fsync_path(directory)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        f.attrs["format"] = kind
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["nnkit_version"] = __version__
+        f.attrs[_TYPE] = "dict"
+        _write_items(f, iter(tree.items()), "")
 
 
 # --------------------------------------------------------------------------- reading

@@ -15,9 +15,10 @@ was stopped by Ctrl-C (after its checkpoint was written).
 
 A training run writes into its run directory (``runs/<job name>-<YYYYmmdd-HHMMSS>`` by
 default): ``job.conf`` (the job as run, overrides applied), ``checkpoint.h5`` (every
-``run.checkpoint_freq`` steps, at the end and on Ctrl-C), ``metrics.jsonl`` (one JSON object
-per line: train metrics every ``run.display_freq`` steps, tests, epoch ends) and, at the end,
-``metrics.json`` (the final train and test metrics). Every file is written atomically or line
+``run.checkpoint_freq`` steps, at the end and on Ctrl-C), ``events.jsonl`` (the run's one log:
+``train`` means every ``run.display_freq`` steps, ``test`` results, epoch ends, commands and
+their answers; see :mod:`nnkit.training.events`) and, at the end, ``metrics.json`` (the final
+train and test metrics). Every file is written atomically or line
 by line, so a failure never leaves a half-written one.
 """
 from __future__ import annotations
@@ -26,12 +27,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,13 +39,13 @@ from . import checkpoint
 from ._version import __version__
 from .config import ConfigError, Job, job_from_text, load_job, load_tree_model
 from .layers import LabelInput
+from .means import RunningMeans
 from .model import Sequential
 from .training import Callback, ModelCheckpoint
 from .training.trainer import CHECKPOINT_NAME
 
 DEFAULT_RUNS = "runs"
 JOB_FILE = "job.conf"
-LOG_FILE = "metrics.jsonl"
 FINAL_FILE = "metrics.json"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -56,21 +56,6 @@ class UsageError(Exception):
 
 
 # ==================================================================================== helpers
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename: all or nothing."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _is_checkpoint(path: str) -> bool:
     """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config."""
     try:
@@ -113,74 +98,76 @@ def _fmt(logs: dict[str, Any]) -> str:
 
 # ======================================================================= training callbacks
 class RunLog(Callback):
-    """Appends JSON lines to ``metrics.jsonl``: train metrics, tests and epoch ends.
+    """``nnkit train``'s log, as events of the run (``events.jsonl`` is the one log).
 
-    Every ``display_freq`` steps: the mean loss and metrics of the batches since the last line.
-    Every ``test_freq`` steps (if a test set is given): the test metrics, also printed.
+    Every ``display_freq`` steps: a ``train`` event with the mean loss and metrics of the
+    batches since the last one. Every ``test_freq`` steps (if a test set is given), and at the
+    end through :meth:`test`: a ``test`` event with the test metrics, also printed. The run's
+    event bus is the Trainer's channel (``fit(run_dir=...)`` attaches it before training).
     """
 
-    def __init__(self, path: Path, display_freq: int, test_data: tuple[np.ndarray, np.ndarray] | None,
+    def __init__(self, display_freq: int, test_data: tuple[np.ndarray, np.ndarray] | None,
                  test_freq: int, test_batch_size: int, echo: Callable[[str], None]) -> None:
-        self.path = path
         self.display_freq = display_freq
         self.test_data = test_data
         self.test_freq = test_freq
         self.test_batch_size = test_batch_size
         self.echo = echo
-        self.file: TextIO | None = None
-        self.sums: dict[str, float] = {}      # since the last train line
+        self.window = RunningMeans(skip=_NOT_AVERAGED)    # since the last train event
+        self.run_means = RunningMeans(skip=_NOT_AVERAGED)  # over this invocation: the final metrics
         self.last_test: dict[str, float] | None = None
         self.last_test_step: int | None = None
-        self.run_sums: dict[str, float] = {}  # over this invocation, for the final metrics
+        self._reported = False  # whether last_test went out as a test event
 
-    def _write(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": round(time.time(), 3), **fields}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()  # whole lines only: a crash loses at most the line being written
+    def _emit(self, type: str, **fields: Any) -> None:
+        self.trainer.controller.bus.emit(type, step=self.trainer.global_step,
+                                         epoch=self.trainer.current_epoch, **fields)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.file = open(self.path, "a")  # appends: a resumed run continues its log
-        self.sums = {}
+        self.window.reset()
 
     def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
-        n = logs.get("size", 1)
-        for sums in (self.sums, self.run_sums):
-            sums["_count"] = sums.get("_count", 0) + n
-            for key, value in logs.items():
-                if key not in ("batch", "size", "lr") and isinstance(value, float):
-                    sums[key] = sums.get(key, 0.0) + value * n
+        for means in (self.window, self.run_means):
+            means.add(logs, logs.get("size", 1))
         step = self.trainer.global_step
         if self.display_freq and step % self.display_freq == 0:
-            self._write("train", step=step, epoch=self.trainer.current_epoch, lr=logs.get("lr"),
-                        **_means(self.sums))
-            self.sums = {}
+            self._emit("train", lr=logs.get("lr"), **self.window.means())
+            self.window.reset()
         if self.test_data is not None and self.test_freq and step % self.test_freq == 0:
             self.test(step)
 
-    def test(self, step: int) -> dict[str, float]:
-        """Evaluates on the test set, logs and prints the result, returns it."""
-        if step == self.last_test_step:  # e.g. test_freq divides the last step
-            return self.last_test
-        self.last_test = self.model.evaluate(*self.test_data, batch_size=self.test_batch_size)
-        self.last_test_step = step
-        if self.file is not None:
-            self._write("test", step=step, epoch=self.trainer.current_epoch, **self.last_test)
-        self.echo(f"step {step}: test {_fmt(self.last_test)}")
-        return self.last_test
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        """The final test, while the run's channel is still open (not after Ctrl-C or a failure)."""
+        logs = logs or {}
+        if self.test_data is not None and not logs.get("failed") and logs.get("requested") != "interrupt":
+            self.test(self.trainer.global_step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._write("epoch", step=self.trainer.global_step, epoch=epoch, **(logs or {}))
+        # The epoch's validation pass is a test at this step: the final test reuses it.
+        val = {k[len("val_"):]: v for k, v in (logs or {}).items() if k.startswith("val_")}
+        if val and self.test_data is not None and self.last_test_step != self.trainer.global_step:
+            self.last_test, self.last_test_step = val, self.trainer.global_step
+            self._reported = False
 
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+    def test(self, step: int) -> dict[str, float]:
+        """Evaluates on the test set, reports (event and console) and returns the result.
+
+        A step already evaluated (``test_freq`` divides the last step, or an epoch's validation
+        pass ran at this step) is reported once and not evaluated again.
+        """
+        if step != self.last_test_step:
+            self.last_test = self.model.evaluate(*self.test_data, batch_size=self.test_batch_size)
+            self.last_test_step, self._reported = step, False
+        if not self._reported:
+            self._emit("test", **self.last_test)
+            self.echo(f"step {step}: test {_fmt(self.last_test)}")
+            self._reported = True
+        return self.last_test
 
 
-def _means(sums: dict[str, float]) -> dict[str, float]:
-    count = sums.get("_count", 0) or 1
-    return {k: v / count for k, v in sums.items() if k != "_count"}
+# Batch-log keys that are counters or settings, not metrics to average.
+_NOT_AVERAGED = ("batch", "size", "lr")
 
 
 # =================================================================================== commands
@@ -220,10 +207,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = job.load_data("test") if job.has_source("test") else None
     run_dir = _make_run_dir(args, job)
     header = f"# nnkit {__version__}: job {job.source}" + "".join(f"\n# --set {s}" for s in args.set)
-    write_atomic(run_dir / JOB_FILE, f"{header}\n{job.to_text()}")
+    checkpoint.atomic_write(run_dir / JOB_FILE, f"{header}\n{job.to_text()}")
     run = job.proto.run
     echo = _echo_function()
-    log = RunLog(run_dir / LOG_FILE, run.display_freq if run.HasField("display_freq") else 100,
+    log = RunLog(run.display_freq if run.HasField("display_freq") else 100,
                  test, run.test_freq, job.batch_size("test"), echo)
     callbacks: list[Callback] = [log]
     if run.checkpoint_freq:
@@ -245,11 +232,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     final: dict[str, Any] = {
         "job": job.name, "run_dir": str(run_dir), "step": trainer.global_step,
         "epoch": trainer.current_epoch, "interrupted": trainer.interrupted,
-        "seconds": round(time.perf_counter() - start, 3), "train": _means(log.run_sums),
+        "seconds": round(time.perf_counter() - start, 3), "train": log.run_means.means(),
         "test": None}
     if test is not None and not trainer.interrupted:
-        final["test"] = log.test(trainer.global_step)
-    write_atomic(run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")
+        final["test"] = log.last_test  # RunLog tested at the end of the run
+    checkpoint.atomic_write(run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")
     if trainer.interrupted:
         print(f"nnkit train: stopped at step {trainer.global_step}; checkpoint in "
               f"{run_dir / CHECKPOINT_NAME}", file=sys.stderr)
@@ -446,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "model.layer[conv1].convolution.nb_filter=16 (repeatable)")
 
     p = sub.add_parser("train", help="train a job", description="Train the job JOB.conf into a "
-                       "timestamped run directory (job.conf, checkpoint.h5, metrics.jsonl, "
+                       "timestamped run directory (job.conf, checkpoint.h5, events.jsonl, "
                        "metrics.json). Ctrl-C stops after the current batch and checkpoints.")
     p.add_argument("job", metavar="JOB.conf", help="the job config (text format)")
     add_set(p)

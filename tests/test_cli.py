@@ -55,7 +55,9 @@ def job_file(tmp_path: Path) -> Path:
 
 
 def read_log(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The run's train and test events (events.jsonl is the one log), with ``event`` = type."""
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [{**e, "event": e["type"]} for e in events if e["type"] in ("train", "test")]
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["show"], ["time"]])
@@ -72,7 +74,12 @@ def test_train_eval_show_resume_end_to_end(job_file, tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert re.fullmatch(r"small-\d{8}-\d{6}", run_dir.name)
     files = {p.name for p in run_dir.iterdir()}
-    assert {"job.conf", "checkpoint.h5", "metrics.jsonl", "metrics.json"} <= files
+    assert {"job.conf", "checkpoint.h5", "events.jsonl", "metrics.json"} <= files
+    assert "metrics.jsonl" not in files  # folded into events.jsonl
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run_dir.iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # one rule for every file of a run
     assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")]  # no leftovers
     log = read_log(run_dir)
     assert [r["step"] for r in log if r["event"] == "train"] == [5, 10, 15, 20]
@@ -177,11 +184,17 @@ def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_fi
     assert done.returncode == 1, done.stderr
     assert "NonFiniteLossError" in done.stderr and "Traceback" not in done.stderr
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"job.conf", "metrics.jsonl"} <= files
+    assert {"job.conf", "events.jsonl"} <= files
     assert not {"metrics.json", "checkpoint.h5"} & files  # nothing claims the run finished
     assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")]  # no leftovers
-    for record in read_log(tmp_path / "run"):  # every line complete
-        assert record["event"] in ("train", "test")
+    lines = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
+    types = [json.loads(line)["type"] for line in lines]  # every line complete JSON
+    assert types[-1] == "status" and json.loads(lines[-1])["state"] == "failed"
+
+
+def read_log_if_any(run_dir: Path) -> list[dict]:
+    """The train and test events so far (none while the file does not exist yet)."""
+    return read_log(run_dir) if (run_dir / "events.jsonl").exists() else []
 
 
 def test_ctrl_c_stops_cleanly_with_a_checkpoint(job_file, tmp_path):
@@ -193,7 +206,7 @@ def test_ctrl_c_stops_cleanly_with_a_checkpoint(job_file, tmp_path):
                             text=True)
     try:
         deadline = time.monotonic() + 120
-        while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text()):
+        while not read_log_if_any(run_dir):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)

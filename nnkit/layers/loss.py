@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._kernels import softmax as kernels
+from ..means import RunningMeans
 from .base import Layer
 
 LOSSES = ("softmaxloss", "euclideanloss")
@@ -118,9 +119,7 @@ class Loss(_Criterion):
         return {"lossname": self.lossname, "name": self.name}
 
     def _reset_running(self) -> None:
-        self._rows = 0          # examples seen since the last display
-        self._loss_sum = 0.0    # sum of per-example losses over those
-        self._hits = 0          # top-1 hits over those (softmax loss only)
+        self._running = RunningMeans()  # loss and accuracy since the last display
 
     def ComputeFeature(self, prediction_layer: Layer,  # type: ignore[override]
                        label_layer: Layer | None = None) -> np.ndarray:
@@ -133,15 +132,13 @@ class Loss(_Criterion):
             loss_sum, hits = kernels.softmax_loss_forward(scores, labels, self._probs)
             self._labels = labels
             self.accuracy = hits / n
-            self._hits += hits
         else:
             self._diff = self.buffer("diff", scores.shape)
             np.subtract(scores, self._targets(label_layer, scores), out=self._diff)
             loss_sum = 0.5 * float(np.vdot(self._diff, self._diff))
             self.accuracy = None
         self.loss = loss_sum / n
-        self._rows += n
-        self._loss_sum += loss_sum
+        self._running.add({"loss": self.loss, "accuracy": self.accuracy}, n)
         return self._set_output(self.loss)
 
     def _targets(self, label_layer: Layer, scores: np.ndarray) -> np.ndarray:
@@ -183,11 +180,11 @@ class Loss(_Criterion):
         The accuracy is None for the Euclidean loss (and only the loss is printed). With no
         batch since the last display, prints so and returns ``(None, None)``.
         """
-        if self._rows == 0:
+        if self._running.count == 0:
             print(f"{self.describe()}: no batch since the last display")
             return None, None
-        loss = self._loss_sum / self._rows
-        accuracy = self._hits / self._rows if self.lossname == "softmaxloss" else None
+        means = self._running.means()
+        loss, accuracy = means["loss"], means.get("accuracy")
         self._reset_running()
         if accuracy is None:
             print(f"loss = {loss:.4f}")

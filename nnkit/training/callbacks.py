@@ -181,8 +181,7 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
-        self.seen = 0
-        self.loss_sum = self.acc_sum = 0.0
+        self.seen = 0  # images this bar has seen, for images/s (the means are the trainer's)
         self.start = self.last_line = time.perf_counter()
         total = self.trainer.batches_in_epoch
         if self.interactive:
@@ -193,9 +192,10 @@ class ProgressBar(Callback):
 
     def _summary(self, logs: Logs) -> dict[str, str]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        summary = {"loss": f"{self.loss_sum / max(self.seen, 1):.4f}"}
+        means = self.trainer.epoch_means
+        summary = {"loss": f"{means.mean('loss'):.4f}"}
         if "accuracy" in logs:
-            summary["acc"] = f"{self.acc_sum / max(self.seen, 1):.4f}"
+            summary["acc"] = f"{means.mean('accuracy'):.4f}"
         if "lr" in logs:
             summary["lr"] = f"{logs['lr']:.3g}"
         summary["img/s"] = f"{self.seen / elapsed:.0f}"
@@ -205,8 +205,6 @@ class ProgressBar(Callback):
         logs = logs or {}
         n = logs.get("size", 1)
         self.seen += n
-        self.loss_sum += logs.get("loss", 0.0) * n
-        self.acc_sum += (logs.get("accuracy") or 0.0) * n
         if self.bar is not None:
             self.bar.update(1)
             if self.bar.n == self.bar.total or time.perf_counter() - self.last_line > self.mininterval:

@@ -9,6 +9,8 @@ Every event is a flat JSON object::
 |-------------|------------------------------------------------------------------------------|
 | ``status``  | ``state``: started, paused, resumed, stopped, finished, failed; ``step``    |
 | ``loss``    | ``step``, ``epoch``, ``batch``, ``loss``, metrics, ``lr``, ``images_per_s`` |
+| ``train``   | ``step``, ``epoch``, ``lr``, means of loss and metrics since the last one    |
+| ``test``    | ``step``, ``epoch``, test loss and metrics (``nnkit train``'s test passes)  |
 | ``epoch``   | ``epoch``, ``step``, epoch means, ``train_error``, ``test_error``, ``val_*`` |
 | ``state``   | ``step``, ``epoch``, ``hyper`` (lr, momentum, ...), ``layers`` (norms)      |
 | ``snapshot``| ``step``, ``path`` of an HDF5 file with the full parameter and grad arrays  |
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = ("status", "loss", "test", "epoch", "state", "snapshot", "heartbeat", "ack", "error")
+EVENT_TYPES = ("status", "loss", "train", "test", "epoch", "state", "snapshot", "heartbeat", "ack", "error")
 
 #: The states a ``status`` event names; a run in a settled one trains no more (unless extended).
 RUNNING_STATES = ("started", "resumed")

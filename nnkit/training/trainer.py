@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import checkpoint
+from ..means import RunningMeans
 from .callbacks import Callback, CallbackList, History, ProgressBar, TerminateOnNaN
 
 CHECKPOINT_NAME = "checkpoint.h5"
@@ -83,7 +84,7 @@ class Trainer:
         self._request_lock = threading.Lock()
         self._shuffle_rng = np.random.default_rng(seed)
         self._epoch_rng_state: dict | None = None  # shuffle state at the start of the epoch
-        self._epoch_sums: dict[str, float] = {}
+        self.epoch_means = RunningMeans(skip=("batch", "size", "lr"))  # this epoch's batches so far
 
     # ------------------------------------------------------------------ public API
     @property
@@ -172,6 +173,7 @@ class Trainer:
         previous_handlers = self._install_signal_handlers()
         cbs.on_train_begin({})
         epoch_open = False
+        failed = True  # until the loop ends without an exception
         try:
             while True:
                 self._safe_point()
@@ -191,16 +193,18 @@ class Trainer:
                 self.batch_cursor += 1
                 self.example_cursor += len(idx)
                 logs = {"batch": batch, **logs, "lr": self.updater.lr}
-                self._accumulate(logs)
+                self.epoch_means.add(logs, logs.get("size", 1))
                 cbs.on_batch_end(batch, logs)
                 if self.example_cursor >= len(x):
                     self._end_epoch(cbs, validation_data, self.batch_size)
                     epoch_open = False
             if self.run_dir is not None:
                 self.save_checkpoint(self.run_dir / CHECKPOINT_NAME)
+            failed = False
         finally:
             self._restore_signal_handlers(previous_handlers)
-            cbs.on_train_end({})
+            # Keras passes logs here too: whether the run failed, and what ended it early.
+            cbs.on_train_end({"failed": failed, "requested": self._requested})
         return self.history
 
     def finished(self) -> bool:
@@ -218,7 +222,7 @@ class Trainer:
             "global_step": self.global_step,
             "shuffle_rng": self._shuffle_rng.bit_generator.state,
             "epoch_rng": self._epoch_rng_state,
-            "epoch_sums": dict(self._epoch_sums),
+            "epoch_sums": self.epoch_means.state_dict(),
             "history": self.history.state_dict(),
             "interactive": [list(row) for row in self._interactive],
         }
@@ -232,7 +236,7 @@ class Trainer:
         if state.get("shuffle_rng") is not None:
             self._shuffle_rng.bit_generator.state = state["shuffle_rng"]
         self._epoch_rng_state = state.get("epoch_rng")
-        self._epoch_sums = dict(state.get("epoch_sums") or {})
+        self.epoch_means.load_state_dict(state.get("epoch_sums") or {})
         self.history.load_state_dict(state.get("history") or {})
         self._interactive = [tuple(row) for row in state.get("interactive") or []]
 
@@ -258,24 +262,15 @@ class Trainer:
             self.batch_cursor = self.example_cursor = 0
         if self.example_cursor == 0:
             self._epoch_rng_state = self._shuffle_rng.bit_generator.state
-            self._epoch_sums = {}
+            self.epoch_means.reset()
         elif self._epoch_rng_state is not None:
             self._shuffle_rng.bit_generator.state = self._epoch_rng_state
         if not shuffle:
             return np.arange(n)
         return self._shuffle_rng.permutation(n)
 
-    def _accumulate(self, logs: dict[str, Any]) -> None:
-        n = logs.get("size", 1)
-        sums = self._epoch_sums
-        sums["_count"] = sums.get("_count", 0) + n
-        for key, value in logs.items():
-            if key not in ("batch", "size", "lr") and value is not None:
-                sums[key] = sums.get(key, 0.0) + float(value) * n
-
     def _end_epoch(self, cbs: CallbackList, validation_data, batch_size: int) -> None:
-        count = self._epoch_sums.get("_count", 0) or 1
-        logs = {k: v / count for k, v in self._epoch_sums.items() if k != "_count"}
+        logs = self.epoch_means.means()
         logs["lr"] = self.updater.lr
         if validation_data is not None:
             cbs.on_test_begin({})

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import atomic_write
 from ..training.events import EVENTS_FILE
 from .channels import Figure, Monitor, monitor_file
 
@@ -83,19 +83,6 @@ def file_name(title: str) -> str:
     return (re.sub(r"[^A-Za-z0-9._-]+", "_", title).strip("_") or "figure") + ".png"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def render_png(figure: Figure, monitor: Monitor, size: tuple[float, float] = (8, 4.5),
                dpi: int = 100) -> bytes:
     """The PNG bytes of one figure, with the run id, status and step in a subtitle."""
@@ -135,6 +122,6 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     written = []
     for figure in monitor.figures:
         path = out / file_name(figure.title)
-        _write_atomic(path, render_png(figure, monitor, dpi=dpi))
+        atomic_write(path, render_png(figure, monitor, dpi=dpi))
         written.append(path)
     return written
