@@ -53,12 +53,6 @@ def _config_bridge() -> ConfigBridge:
     return _bridge
 
 
-def _registry(module: Any, base: type) -> dict[str, type]:
-    """The public subclasses of ``base`` in ``module``: what configs may name (nothing else)."""
-    return {name: obj for name in module.__all__
-            if isinstance(obj := getattr(module, name), type) and issubclass(obj, base)}
-
-
 def _class_config(obj: Any) -> dict[str, Any]:
     return {"class_name": type(obj).__name__, "config": obj.get_config()}
 
@@ -437,7 +431,7 @@ class Sequential:
                        for m in config.get("metrics", [])]
             updater = None
             if config.get("updater") is not None:
-                updater = _from_class_config(config["updater"], _registry(updaters_module, updaters_module.Updater),
+                updater = _from_class_config(config["updater"], updaters_module.UPDATERS,
                                              "updater")
             model.compile(updater, _from_class_config(config["loss"], layer_classes, "loss"), metrics)
         return model

@@ -408,3 +408,8 @@ class Adam(Updater):
         t = state.count
         _kernel.adam(w, g, state.flat["m"], state.flat["v"], lr, wd, self.beta1, self.beta2,
                      self.epsilon, 1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t)
+
+
+#: Every updater class by name: what model configs and job configs (lower-cased) may name.
+UPDATERS: dict[str, type[Updater]] = {cls.__name__: cls for cls in (SGD, Nesterov, AdaGrad, RMSProp,
+                                                                   AdaDelta, Adam)}

@@ -43,8 +43,7 @@ def _field_of(cls: type[Layer], argument: str) -> str:
 
 #: Updater classes by their UpdaterConf.Type name.
 _UPDATERS: dict[str, type[updaters_module.Updater]] = {
-    name.lower(): getattr(updaters_module, name) for name in updaters_module.__all__
-    if name != "Updater"}
+    name.lower(): cls for name, cls in updaters_module.UPDATERS.items()}
 
 # ParamConf fields and the suffix of the layer keyword argument each sets (w_std, b_lr...).
 _PARAM_SUFFIX = {"mean": "mean", "std": "std", "low": "low", "high": "high", "value": "value",

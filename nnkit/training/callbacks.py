@@ -95,7 +95,7 @@ def _monitor_mode(monitor: str, mode: str) -> Callable[[float, float], bool]:
     return (lambda new, best: new > best) if mode == "max" else (lambda new, best: new < best)
 
 
-class _Monitor:
+class _BestValue:
     """Tracks the best value of one metric with a minimum improvement ``min_delta``."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
@@ -260,7 +260,7 @@ class ModelCheckpoint(Callback):
         self.save_best_only = save_best_only
         self.every_n_epochs = every_n_epochs
         self.every_n_batches = every_n_batches
-        self._monitor = _Monitor(monitor, mode, 0.0)
+        self._monitor = _BestValue(monitor, mode, 0.0)
         self.last_saved: str | None = None
 
     def _save(self, **fields: Any) -> None:
@@ -292,7 +292,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
                  mode: str = "auto", restore_best_weights: bool = False) -> None:
-        self._monitor = _Monitor(monitor, mode, min_delta)
+        self._monitor = _BestValue(monitor, mode, min_delta)
         self.patience = patience
         self.restore_best_weights = restore_best_weights
         self.wait = 0
@@ -344,7 +344,7 @@ class ReduceLROnPlateau(Callback):
                  min_lr: float = 0.0) -> None:
         if not 0 < factor < 1:
             raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
-        self._monitor = _Monitor(monitor, mode, min_delta)
+        self._monitor = _BestValue(monitor, mode, min_delta)
         self.factor, self.patience, self.cooldown, self.min_lr = factor, patience, cooldown, min_lr
         self.wait = self.cooldown_left = 0
 
