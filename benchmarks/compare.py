@@ -2,6 +2,11 @@
 
     python benchmarks/compare.py                       # every case, 3 pairs, writes RESULTS.md
     python benchmarks/compare.py --cases mlp_train --pairs 5 --no-write
+    python benchmarks/compare.py --baseline ../old --no-torch --no-write   # this tree vs another
+
+``--baseline DIR`` adds a third process per pair: nnkit imported from DIR (another checkout,
+e.g. an older commit in a git worktree, with its kernels built in place), and a column of
+this tree's time over the baseline's: a structural change must not cost speed.
 
 For every case the two frameworks run the same network on the same batch shape, float32,
 with the same number of threads (``--threads``, given to every thread pool: OpenMP, MKL,
@@ -231,12 +236,15 @@ def worker(framework: str, case: str, iters: int, warmup: int, threads: int,
             "gemm_flops": flops}
 
 
-def child(args: argparse.Namespace, *extra: str) -> dict:
-    """Runs this script in a fresh process with the thread settings; returns its JSON line."""
+def child(args: argparse.Namespace, *extra: str, root: Path = ROOT) -> dict:
+    """Runs this script in a fresh process with the thread settings; returns its JSON line.
+
+    ``root`` is the checkout whose nnkit the process imports.
+    """
     threads = str(args.threads)  # the same for every thread pool of both frameworks
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
                OPENBLAS_NUM_THREADS=threads, NNKIT_NUM_THREADS=threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), *extra],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -259,6 +267,7 @@ class Result:
     peak_mb: dict[str, float]   # framework -> median peak memory over pairs
     ratio: float | None         # median of the pair ratios nnkit/PyTorch
     memory_ratio: float | None
+    baseline_ratio: float | None  # median of the pair ratios nnkit/baseline (--baseline)
     gemm_flops: int
     checks: tuple[float, float]  # GEMM GFLOP/s before and after
     slow: bool
@@ -270,9 +279,11 @@ def run_case(case: str, frameworks: list[str], peak: float, args: argparse.Names
     runs: dict[str, list[dict]] = {f: [] for f in frameworks}
     for _ in range(args.pairs):
         for f in frameworks:
-            runs[f].append(child(args, "--worker", f, "--cases", case, "--iters", str(args.iters),
+            root = Path(args.baseline).resolve() if f == "baseline" else ROOT
+            runs[f].append(child(args, "--worker", "torch" if f == "torch" else "nnkit",
+                                 "--cases", case, "--iters", str(args.iters),
                                  "--warmup", str(args.warmup), "--min-seconds",
-                                 str(args.min_seconds)))
+                                 str(args.min_seconds), root=root))
     after = gemm_check(args)
     ms = {f: statistics.median(r["median_ms"] for r in runs[f]) for f in frameworks}
     mem = {f: statistics.median(r["peak_mb"] for r in runs[f]) for f in frameworks}
@@ -281,7 +292,11 @@ def run_case(case: str, frameworks: list[str], peak: float, args: argparse.Names
         ratio = statistics.median(a["median_ms"] / b["median_ms"]
                                   for a, b in zip(runs["nnkit"], runs["torch"]))
         memory_ratio = mem["nnkit"] / mem["torch"]
-    return Result(case, ms, mem, ratio, memory_ratio, runs["nnkit"][0]["gemm_flops"],
+    baseline_ratio = None
+    if "baseline" in runs:
+        baseline_ratio = statistics.median(a["median_ms"] / b["median_ms"]
+                                           for a, b in zip(runs["nnkit"], runs["baseline"]))
+    return Result(case, ms, mem, ratio, memory_ratio, baseline_ratio, runs["nnkit"][0]["gemm_flops"],
                   (before, after), min(before, after) < args.slow_threshold * peak)
 
 
@@ -310,6 +325,16 @@ def table(results: list[Result], peak: float) -> list[str]:
             cells.append(f"{r.memory_ratio:.2f} (<= {c.memory_target:.1f}) {ok}")
         cells.append(f"{r.checks[0]:.0f} / {r.checks[1]:.0f}" + (" **slow**" if r.slow else ""))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def baseline_lines(results: list[Result], baseline: str) -> list[str]:
+    """This tree against ``--baseline``: ms/step of each and the median pair ratio."""
+    lines = [f"| case | this tree ms/step | baseline ({baseline}) ms/step | ratio this/baseline |",
+             "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.case} | {r.ms['nnkit']:.2f} | {r.ms['baseline']:.2f} | "
+                     f"{r.baseline_ratio:.3f} |")
     return lines
 
 
@@ -381,6 +406,9 @@ def main() -> None:
                         help="seconds to wait before rerunning a case flagged slow")
     parser.add_argument("--output", default=str(RESULTS), help="where to write the results table")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--baseline", metavar="DIR", help="also time nnkit from this checkout "
+                        "(kernels built in place) and report this tree's time over it")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--worker", choices=["nnkit", "torch", "gemm"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     cases = args.cases.split(",")
@@ -394,12 +422,15 @@ def main() -> None:
         print(json.dumps(worker(args.worker, cases[0], args.iters, args.warmup, args.threads,
                                 args.min_seconds)))
         return
-    try:
-        import torch  # noqa: F401
-        frameworks = ["nnkit", "torch"]
-    except ImportError:
-        print("PyTorch is not installed: timing nnkit alone (pip install torch==2.13.0)")
-        frameworks = ["nnkit"]
+    frameworks = ["nnkit"]
+    if args.baseline:
+        frameworks.append("baseline")
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+            frameworks.append("torch")
+        except ImportError:
+            print("PyTorch is not installed: timing nnkit alone (pip install torch==2.13.0)")
     # The peak is the best GEMM check so far: the CPU's clock varies with its load.
     peak = max(gemm_check(args) for _ in range(3))
     print(f"float32 GEMM peak at startup: {peak:.0f} GFLOP/s", flush=True)
@@ -419,7 +450,9 @@ def main() -> None:
         results.append(result)
         print(table([result], peak)[-1], flush=True)
     lines = table(results, peak)
-    lines += ["", *scaling_lines(results, frameworks)]
+    lines += ["", *scaling_lines(results, [f for f in frameworks if f != "baseline"])]
+    if args.baseline:
+        lines += ["", *baseline_lines(results, args.baseline)]
     print("\n".join(lines))
     if not args.no_write:
         write_results(lines, args, peak)
