@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .control import Controller, EventReporter, make_command
-from .events import COMMANDS_FILE, EVENTS_FILE, SETTLED, Event, EventBus, JsonlWriter
+from .events import COMMANDS_FILE, EVENTS_FILE, SETTLED, Event, EventBus, JsonlWriter, poll_answer
 
 
 def attach_channel(trainer: Any, run_dir: str | os.PathLike | None = None,
@@ -151,13 +151,10 @@ class RunHandle:
     # ------------------------------------------------------------------ observing
     def wait_for(self, command_id: str, timeout: float = 10.0) -> Event:
         """The ``ack`` or ``error`` event answering command ``command_id`` (waits for it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.bus.events():
-                if event["type"] in ("ack", "error") and event.get("id") == command_id:
-                    return event
-            time.sleep(0.005)
-        raise TimeoutError(f"no answer to command {command_id} within {timeout} s")
+        answer = poll_answer(self.bus.reader(), command_id, timeout, poll=0.005)
+        if answer is None:
+            raise TimeoutError(f"no answer to command {command_id} within {timeout} s")
+        return answer
 
     def events(self, type: str | None = None, since: int = 0) -> list[Event]:
         """The events so far (of one ``type``), after sequence number ``since``."""

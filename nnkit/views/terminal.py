@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..training.control import COMMANDS, SETTABLE, Controller, make_command
-from ..training.events import COMMANDS_FILE, EVENTS_FILE, RUNNING_STATES, Event, answer_fields, read_jsonl
+from ..training.events import (COMMANDS_FILE, EVENTS_FILE, RUNNING_STATES, Event, answer_fields,
+                               jsonl_reader, poll_answer, read_jsonl)
 from .channels import Channel, Monitor, monitor_file
 
 
@@ -170,17 +171,7 @@ def wait_for_answer(run_dir: str | os.PathLike, command_id: str, timeout: float,
 
     None after ``timeout`` seconds without it.
     """
-    path = Path(run_dir) / EVENTS_FILE
-    deadline = time.monotonic() + timeout
-    while True:
-        items, offset = read_jsonl(path, offset)
-        for _, event in items:
-            if (isinstance(event, dict) and event.get("type") in ("ack", "error")
-                    and event.get("id") == command_id):
-                return event
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(poll)
+    return poll_answer(jsonl_reader(Path(run_dir) / EVENTS_FILE, offset), command_id, timeout, poll)
 
 
 def describe_silence(run_dir: str | os.PathLike) -> str:
