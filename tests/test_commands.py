@@ -1,8 +1,125 @@
-"""Answers to commands: one matching rule (find_answer) and one polling wait (poll_answer)."""
+"""The one command table: the Controller's checks and ``nnkit ctl`` are made from it; answers
+have one matching rule."""
+import re
 import time
+from types import SimpleNamespace
 
-from nnkit.training import EventBus, find_answer
+import pytest
+
+from nnkit.cli import main
+from nnkit.training import COMMANDS, Controller, EventBus, find_answer
 from nnkit.training.events import jsonl_reader, poll_answer
+
+
+# ============================================================================ the run's checks
+class StubTrainer:
+    """Just what the handlers touch."""
+
+    def __init__(self, momentum=0.0):
+        self.global_step, self.current_epoch, self.batch_cursor = 7, 0, 7
+        self.target_step = self.target_epoch = None
+        self.batch_size = 16
+        self.updater = SimpleNamespace(lr=0.1, momentum=momentum, decay=0.0)
+        self.stopped = False
+        self.requested = None
+
+    def stop(self):
+        self.stopped = True
+
+
+def answer(message, trainer=None):
+    bus = EventBus()
+    controller = Controller(bus)
+    trainer = trainer or StubTrainer()
+    controller.submit({"id": "c1", **message})
+    controller.safe_point(trainer)  # never raises: every outcome is an event
+    answers = [e for e in bus.events() if e["type"] in ("ack", "error")]
+    assert len(answers) == 1 and answers[0]["id"] == "c1"
+    return answers[0], trainer
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_its_handler(name):
+    entry = COMMANDS[name]
+    assert entry.handler is vars(Controller)[f"_do_{name}"] and entry.handler_fits()
+
+
+@pytest.mark.parametrize("message, expected", [
+    ({"command": "frobnicate"}, "unknown command 'frobnicate'; expected one of stop, pause"),
+    ({"command": ["stop"]}, "unknown command ['stop']"),
+    ({"command": "stop", "args": [1]}, "args must be an object, got list"),
+    ({"command": "stop", "args": {"now": True}}, "stop: unknown argument 'now'; stop takes no arguments"),
+    ({"command": "run_until", "args": {"steps": 3}}, "run_until: unknown argument 'steps'; run_until takes batches, epochs"),
+    ({"command": "run_until", "args": {"batches": 3, "epochs": 1}}, "run_until takes exactly one of batches= or epochs="),
+    ({"command": "run_until", "args": {"batches": 2.5}}, "run_until batches: expected a whole number, got 2.5"),
+    ({"command": "run_until", "args": {"epochs": 0}}, "run_until epochs: expected a positive whole number, got 0"),
+    ({"command": "report_every"}, "report_every: missing n="),
+    ({"command": "report_every", "args": {"n": "2"}}, "report_every n: expected a whole number, got '2'"),
+    ({"command": "report_every", "args": {"n": True}}, "report_every n: expected a whole number, got True"),
+    ({"command": "tell_state", "args": {"snapshot": 1}}, "tell_state snapshot: expected true/false, got 1"),
+    ({"command": "checkpoint", "args": {"path": 3}}, "checkpoint path: expected text, got 3"),
+    ({"command": "checkpoint"}, "checkpoint: no path given and the run has no run directory"),
+    ({"command": "set"}, "set needs at least one of lr=, momentum=, weight_decay=, batch_size="),
+    ({"command": "set", "args": {"lr": "fast"}}, "set lr: expected a number or null, got 'fast'"),
+    ({"command": "set", "args": {"lr": float("nan")}}, "set lr: expected a number or null, got nan"),
+    ({"command": "set", "args": {"lr": 0.02, "weight_decay": -1}}, "set weight_decay: must be >= 0, got -1"),
+    ({"command": "set", "args": {"batch_size": 8.5}}, "set batch_size: expected a positive whole number, got 8.5"),
+    ({"command": "set", "args": {"lr": 0.02, "momentum": 0.5}}, "has no momentum to change"),
+])
+def test_the_run_answers_a_bad_command_with_an_error_naming_it(message, expected):
+    error, trainer = answer(message)
+    assert error["type"] == "error" and expected in error["message"], error["message"]
+    assert error["command"] == message["command"]
+    assert trainer.updater.lr == 0.1 and trainer.batch_size == 16  # nothing half-applied
+
+
+def test_the_run_applies_good_commands_with_the_tables_defaults():
+    ack, trainer = answer({"command": "set", "args": {"lr": 0.02, "batch_size": 8.0, "momentum": 0.5}},
+                          StubTrainer(momentum=0.9))
+    assert ack["type"] == "ack" and ack["step"] == 7
+    assert ack["values"] == {"lr": 0.02, "batch_size": 8.0, "momentum": 0.5}
+    assert trainer.updater.lr == 0.02 and trainer.batch_size == 8 and isinstance(trainer.batch_size, int)
+    ack, trainer = answer({"command": "run_until", "args": {"batches": None, "epochs": 3}})
+    assert ack["type"] == "ack" and (trainer.target_epoch, trainer.target_step) == (3, None)
+    ack, trainer = answer({"command": "set", "args": {"lr": None}})  # back to the schedule
+    assert ack["values"] == {"lr": None} and trainer.updater.lr is None
+    ack, trainer = answer({"command": "stop"})
+    assert ack["type"] == "ack" and trainer.stopped
+
+
+# ============================================================================ nnkit ctl
+def _ill_typed(arg):
+    return {bool: "maybe", int: "2.5", float: "fast"}.get(arg.type)
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_ctl_refuses_an_unknown_or_ill_typed_argument_of_every_command(tmp_path, capsys, name):
+    assert main(["ctl", str(tmp_path), name, "bogus=1"]) == 2
+    assert f"{name}: unknown argument 'bogus'" in capsys.readouterr().err
+    for arg in COMMANDS[name].args:
+        text = _ill_typed(arg)
+        if text is None:  # a text argument takes any text
+            continue
+        assert main(["ctl", str(tmp_path), name, f"{arg.name}={text}"]) == 2
+        assert f"{name} {arg.name}={text}: expected {arg.kind}" in capsys.readouterr().err
+    assert not (tmp_path / "commands.jsonl").exists()
+
+
+def test_ctl_refuses_what_the_table_rules_out_by_name(tmp_path, capsys):
+    assert main(["ctl", str(tmp_path), "run_until", "batches=3", "epochs=1"]) == 2
+    assert "run_until takes exactly one of batches= or epochs=" in capsys.readouterr().err
+    assert not (tmp_path / "commands.jsonl").exists()
+
+
+def test_ctl_help_lists_every_command_and_its_arguments(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["ctl", "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    for entry in COMMANDS.values():
+        assert re.search(rf"^  {entry.name}: ", out, re.M), entry.name
+        for arg in entry.args:
+            assert f"{arg.name}= ({arg.kind}" in out
 
 
 # ============================================================================ one answer rule
