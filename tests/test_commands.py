@@ -1,14 +1,73 @@
-"""The one command table: the Controller's checks and ``nnkit ctl`` are made from it; answers
-have one matching rule."""
+"""The one command table: the Controller's checks, the RunHandle methods and ``nnkit ctl`` are
+made from it; answers have one matching rule."""
+import inspect
 import re
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from nnkit.cli import main
-from nnkit.training import COMMANDS, Controller, EventBus, find_answer
+from nnkit.training import COMMANDS, Controller, EventBus, RunHandle, find_answer
 from nnkit.training.events import jsonl_reader, poll_answer
+
+
+# ============================================================================ the table itself
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_a_handler_and_a_handle_method_with_its_signature(name):
+    entry = COMMANDS[name]
+    assert entry.handler is vars(Controller)[f"_do_{name}"] and entry.handler_fits()
+    method = getattr(RunHandle, name)
+    assert method.__name__ == name and method.__qualname__ == f"RunHandle.{name}"
+    assert " ".join(entry.doc.split()) in " ".join(method.__doc__.split())
+    for arg in entry.args:
+        assert arg.name in method.__doc__
+    params = list(inspect.signature(method).parameters.values())
+    assert params[0].name == "self" and params[1:] == entry.parameters()
+    assert [p.name for p in params[1:]] == [a.name for a in entry.args]
+    assert inspect.signature(method).return_annotation is str
+
+
+def test_handle_signatures_read_like_hand_written_ones():
+    handle = RunHandle()  # signatures need no run
+    assert str(inspect.signature(handle.run_until)) == (
+        "(batches: int | None = None, epochs: int | None = None) -> str")
+    assert str(inspect.signature(handle.report_every)) == "(n: int) -> str"
+    assert str(inspect.signature(handle.tell_state)) == "(snapshot: bool = False) -> str"
+    assert str(inspect.signature(handle.checkpoint)) == "(path: str | os.PathLike | None = None) -> str"
+    assert str(inspect.signature(handle.set)) == ("(lr: float | None = UNSET, momentum: float = UNSET, "
+                                                  "weight_decay: float = UNSET, batch_size: int = UNSET) -> str")
+    assert str(inspect.signature(handle.stop)) == "() -> str"
+
+
+class Recorder(RunHandle):
+    """A handle that keeps what it would send."""
+
+    def __init__(self):
+        self._init_handle(EventBus())
+        self.sent = []
+
+    def _send(self, command):
+        self.sent.append(command)
+
+
+def test_handle_methods_send_the_arguments_given_and_leave_the_checks_to_the_run():
+    run = Recorder()
+    run.run_until(batches=5)
+    run.report_every(3)  # positional, as before
+    run.checkpoint(Path("runs") / "a.h5")  # a path goes as text
+    run.set(lr=None, batch_size=8)
+    run.tell_state()
+    run.set(speed=3)  # unknown: sent, and the run answers with an error
+    assert [(c["command"], c["args"]) for c in run.sent] == [
+        ("run_until", {"batches": 5}), ("report_every", {"n": 3}), ("checkpoint", {"path": "runs/a.h5"}),
+        ("set", {"lr": None, "batch_size": 8}), ("tell_state", {}), ("set", {"speed": 3})]
+    assert all(re.fullmatch("[0-9a-f]{12}", c["id"]) for c in run.sent)
+    with pytest.raises(TypeError, match="stop"):
+        run.stop(1)
+    with pytest.raises(TypeError, match="multiple values"):
+        run.report_every(3, n=4)
 
 
 # ============================================================================ the run's checks
@@ -36,12 +95,6 @@ def answer(message, trainer=None):
     answers = [e for e in bus.events() if e["type"] in ("ack", "error")]
     assert len(answers) == 1 and answers[0]["id"] == "c1"
     return answers[0], trainer
-
-
-@pytest.mark.parametrize("name", list(COMMANDS))
-def test_every_command_has_its_handler(name):
-    entry = COMMANDS[name]
-    assert entry.handler is vars(Controller)[f"_do_{name}"] and entry.handler_fits()
 
 
 @pytest.mark.parametrize("message, expected", [
