@@ -1,5 +1,5 @@
-"""The one command table: the Controller's checks, the RunHandle methods and ``nnkit ctl`` are
-made from it; answers have one matching rule."""
+"""The one command table: the Controller's checks, the RunHandle methods, ``nnkit ctl`` and the
+README are all made from it."""
 import inspect
 import re
 import time
@@ -7,9 +7,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import ROOT
 
 from nnkit.cli import main
-from nnkit.training import COMMANDS, Controller, EventBus, RunHandle, find_answer
+from nnkit.training import COMMANDS, Controller, EventBus, RunHandle, command_reference, find_answer
 from nnkit.training.events import jsonl_reader, poll_answer
 
 
@@ -173,6 +174,23 @@ def test_ctl_help_lists_every_command_and_its_arguments(capsys):
         assert re.search(rf"^  {entry.name}: ", out, re.M), entry.name
         for arg in entry.args:
             assert f"{arg.name}= ({arg.kind}" in out
+
+
+# ============================================================================ the docs
+def test_readme_carries_exactly_the_command_table():
+    text = (ROOT / "README.md").read_text()
+    header = command_reference().splitlines()[0]
+    assert text.count(header) == 1
+    section = text[text.index("### Watch and steer a run"):]
+    section = section[:section.index("\n### ", 1)]
+    lines = section[section.index(header):].splitlines()
+    table = lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]
+    assert "\n".join(table) + "\n" == command_reference()
+
+
+def test_control_module_docs_point_at_the_table_instead_of_copying_it():
+    import nnkit.training.control as control
+    assert "COMMANDS" in control.__doc__ and "| ``stop``" not in control.__doc__
 
 
 # ============================================================================ one answer rule
