@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 import traceback
 from datetime import datetime
@@ -474,15 +475,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_time)
 
     from .training.control import COMMANDS
-    p = sub.add_parser("ctl", help="steer a running job", description="Send a command to the "
-                       "run training in RUN_DIR (appended to RUN_DIR/commands.jsonl; the run "
-                       "applies it between two batches) and print its answer. Examples: "
-                       "nnkit ctl RUN_DIR set lr=0.01; nnkit ctl RUN_DIR run_until batches=5000; "
-                       "nnkit ctl RUN_DIR tell_state snapshot=true; nnkit ctl RUN_DIR stop",
-                       epilog="exit status: 0 acknowledged (or sent, with --no-wait), 1 refused "
-                              "by the run or no answer in time, 2 bad command or arguments")
+    from .views.terminal import ctl_help
+    # Raw text: the command list (from the command table) keeps its lines and indents.
+    p = sub.add_parser("ctl", help="steer a running job",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=textwrap.fill(
+                           "Send a command to the run training in RUN_DIR (appended to "
+                           "RUN_DIR/commands.jsonl; the run applies it between two batches) and "
+                           "print its answer. Examples: nnkit ctl RUN_DIR set lr=0.01; nnkit ctl "
+                           "RUN_DIR run_until batches=5000; nnkit ctl RUN_DIR tell_state "
+                           "snapshot=true; nnkit ctl RUN_DIR stop"),
+                       epilog=ctl_help() + "\n\n" + textwrap.fill(
+                           "exit status: 0 acknowledged (or sent, with --no-wait), 1 refused by "
+                           "the run or no answer in time, 2 bad command or arguments"))
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("name", metavar="COMMAND", help=f"one of {', '.join(COMMANDS)}")
+    p.add_argument("name", metavar="COMMAND", help=f"one of {', '.join(COMMANDS)} (see below)")
     p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="arguments; values are JSON "
                    "when they parse (0.01, true, null), else text")
     p.add_argument("--wait", type=float, nargs="?", const=10.0, default=10.0, metavar="SECONDS",

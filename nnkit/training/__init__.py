@@ -7,8 +7,9 @@ in :mod:`nnkit.views`; ``nnkit.training.Monitor`` moved to ``nnkit.views.Monitor
 from .callbacks import (CSVLogger, Callback, CallbackList, EarlyStopping, History, LambdaCallback,
                         LearningRateScheduler, ModelCheckpoint, NonFiniteLossError, ProgressBar,
                         ReduceLROnPlateau, TerminateOnNaN)
-from .control import COMMANDS, CommandError, Controller, EventReporter, make_command
-from .events import EventBus, JsonlWriter, follow, read_jsonl
+from .control import (COMMANDS, Arg, Command, CommandError, Controller, EventReporter,
+                      command_reference, find_command, make_command)
+from .events import EventBus, JsonlWriter, find_answer, follow, read_jsonl
 from .process import ProcessRun, serve_child
 from .run import RunHandle, TrainingRun, attach_channel
 from .trainer import Trainer, split_validation
@@ -17,4 +18,5 @@ __all__ = ["Trainer", "split_validation", "Callback", "CallbackList", "History",
            "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau",
            "CSVLogger", "TerminateOnNaN", "LambdaCallback", "NonFiniteLossError", "TrainingRun", "RunHandle", "ProcessRun", "serve_child",
            "attach_channel", "Controller", "EventReporter", "CommandError", "COMMANDS", "make_command",
-           "EventBus", "JsonlWriter", "read_jsonl", "follow"]
+           "Command", "Arg", "find_command", "command_reference",
+           "EventBus", "JsonlWriter", "read_jsonl", "follow", "find_answer"]

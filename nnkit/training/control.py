@@ -1,33 +1,31 @@
 """The command side of a run: commands queued from any thread, process or file, applied by the
 Trainer at its safe point between two batches, each answered by an ``ack`` or an ``error``.
 
-A command is a JSON object ``{"id": "...", "command": "set", "args": {"lr": 0.01}}``:
+A command is a JSON object ``{"id": "...", "command": "set", "args": {"lr": 0.01}}``.
 
-| command        | args                                              | effect                        |
-|----------------|---------------------------------------------------|-------------------------------|
-| ``stop``       |                                                   | ends the run after this point |
-| ``pause``      |                                                   | waits at the safe point       |
-| ``resume``     |                                                   | continues a paused run        |
-| ``run_until``  | ``batches=N`` or ``epochs=E`` (totals)            | moves the end of the run      |
-| ``set``        | ``lr``, ``momentum``, ``weight_decay``, ``batch_size`` | from the next batch on   |
-| ``tell_state`` | ``snapshot=false``                                | a ``state`` event (and file)  |
-| ``report_every`` | ``n``                                           | a loss event every n batches  |
-| ``checkpoint`` | ``path`` (default: the run directory's)           | writes a checkpoint           |
-| ``shutdown``   |                                                   | stops and ends the run thread |
+The commands are the one table :data:`COMMANDS` below: each ``@command`` above a
+``Controller._do_<name>`` method gives the command's name (from the method's), its
+arguments (:class:`Arg`: type, default, value rule, doc) and what it does. Everything else is
+derived from it: the Controller's argument checks, the :class:`~nnkit.training.RunHandle`
+methods, ``nnkit ctl``'s checks and help, and the reference table in README.md
+(:func:`command_reference`).
 
 A learning rate set by hand is the updater's override: it is saved in checkpoints and wins
 over the schedule after a resume.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import queue
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -35,26 +33,241 @@ from .. import checkpoint
 from .callbacks import Callback
 from .events import EventBus, read_jsonl
 
-COMMANDS = ("stop", "pause", "resume", "run_until", "set", "tell_state", "report_every",
-            "checkpoint", "shutdown")
-SETTABLE = ("lr", "momentum", "weight_decay", "batch_size")
-
 
 class CommandError(ValueError):
     """A command that cannot be applied; the run reports it and goes on."""
 
 
 def make_command(command: str, **args: Any) -> dict[str, Any]:
-    """A command object with a fresh id."""
+    """A command object with a fresh id; path-like values become text (commands travel as JSON)."""
+    args = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in args.items()}
     return {"id": uuid.uuid4().hex[:12], "command": command, "args": args}
 
 
+# ==================================================================== the command table
+class _Marker:
+    """A default that is not a value: :data:`REQUIRED` or :data:`UNSET` (named in signatures)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+REQUIRED = _Marker("REQUIRED")
+"""The default of an argument that must be given."""
+UNSET = _Marker("UNSET")
+"""The default of an argument whose absence means "leave it as it is": the handler does not get it."""
+
+Rule = Callable[[Any], "str | None"]
+Handler = Callable[..., "dict[str, Any] | None"]
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The JSON types an argument can have: each one's name in messages and its test.
+_TYPES: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("true/false", lambda value: isinstance(value, bool)),
+    int: ("a whole number", _is_whole),
+    float: ("a number", _is_number),
+    str: ("text", lambda value: isinstance(value, str)),
+}
+
+
+def positive_whole(value: float) -> str | None:
+    """A value rule: a whole number >= 1 (for a number-typed argument, 8.0 counts)."""
+    return None if value >= 1 and int(value) == value else f"expected a positive whole number, got {value!r}"
+
+
+def non_negative(value: float) -> str | None:
+    """A value rule: >= 0."""
+    return None if value >= 0 else f"must be >= 0, got {value}"
+
+
+def fraction(value: float) -> str | None:
+    """A value rule: in [0, 1)."""
+    return None if 0 <= value < 1 else f"must be in [0, 1), got {value}"
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a command.
+
+    ``type``: its JSON type (bool, int, float or str). ``default``: what the handler gets when
+    the argument is not given; :data:`REQUIRED` (it must be given) or :data:`UNSET` (the
+    handler does not get it). A None default means "not given", so None is accepted as such.
+    ``doc``: what the value means. ``nullable``: None is a value of its own (``lr=None``: back
+    to the schedule). ``rule``: a check of the value beyond its type, made by the run (not by
+    ``nnkit ctl``); it returns what is wrong, or None. ``annotation``: the Python type of the
+    :class:`~nnkit.training.RunHandle` parameter when it is not ``type``.
+    """
+
+    name: str
+    type: type
+    default: Any = REQUIRED
+    doc: str = ""
+    nullable: bool = False
+    rule: Rule | None = None
+    annotation: Any = None
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPES:
+            raise TypeError(f"argument {self.name}: type must be one of {', '.join(t.__name__ for t in _TYPES)}")
+
+    @property
+    def required(self) -> bool:
+        """True if the argument must be given."""
+        return self.default is REQUIRED
+
+    @property
+    def kind(self) -> str:
+        """What a value must be, in words: ``a number``, ``a number or null``."""
+        return _TYPES[self.type][0] + (" or null" if self.nullable else "")
+
+    @property
+    def python_annotation(self) -> Any:
+        """The annotation of the RunHandle parameter, ``| None`` included when None is accepted."""
+        base = self.annotation or self.type
+        return base | None if self.nullable or self.default is None else base
+
+    def accepts(self, value: Any) -> bool:
+        """True if ``value`` (parsed JSON) is of the argument's type: the check ``nnkit ctl`` makes."""
+        if value is None:
+            return self.nullable or self.default is None
+        return _TYPES[self.type][1](value)
+
+    def complaint(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (its type, then its rule), or None: the run's check."""
+        if not self.accepts(value):
+            return f"expected {self.kind}, got {value!r}"
+        if value is None or self.rule is None:
+            return None
+        return self.rule(value)
+
+    def describe(self, code: Callable[[str], str]) -> str:
+        """``batches`` (a whole number): total batches; ``code`` formats the name."""
+        extra = ", required" if self.required else ""
+        if not (self.required or self.default is UNSET or self.default is None):
+            extra = f", default {json.dumps(self.default)}"
+        return f"{code(self.name)} ({self.kind}{extra}): {self.doc}"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One steering command: its name, arguments, what it does, and the method that applies it.
+
+    ``choose``: ``"one"``, exactly one of the arguments is given; ``"some"``, at least one (an
+    argument left at its default does not count). The ``handler`` is a ``Controller._do_<name>``
+    method, called at a safe point as ``handler(controller, trainer, **args)`` with the checked
+    args and the defaults (but not :data:`UNSET` ones); it returns the ack's fields (or None)
+    and raises :class:`CommandError` for what it refuses.
+    """
+
+    name: str
+    args: tuple[Arg, ...]
+    doc: str
+    handler: Handler
+    choose: Literal["one", "some"] | None = None
+
+    def arg(self, key: str) -> Arg:
+        """The argument ``key``; CommandError naming the command and the argument if unknown."""
+        for arg in self.args:
+            if arg.name == key:
+                return arg
+        takes = ", ".join(a.name for a in self.args) or "no arguments"
+        raise CommandError(f"{self.name}: unknown argument {key!r}; {self.name} takes {takes}")
+
+    def check_names(self, args: Mapping[str, Any]) -> None:
+        """CommandError for an unknown or missing argument or a broken ``choose`` rule."""
+        for key in args:
+            self.arg(key)
+        missing = [a.name for a in self.args if a.required and a.name not in args]
+        if missing:
+            raise CommandError(f"{self.name}: missing {', '.join(f'{m}=' for m in missing)}")
+        given = [a for a in self.args if args.get(a.name, a.default) is not a.default]
+        options = [f"{a.name}=" for a in self.args]
+        if self.choose == "one" and len(given) != 1:
+            raise CommandError(f"{self.name} takes exactly one of {' or '.join(options)}")
+        if self.choose == "some" and not given:
+            raise CommandError(f"{self.name} needs at least one of {', '.join(options)}")
+
+    def check(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The handler's keyword arguments for ``args``, checked (names, types, value rules)
+        and with the defaults filled in; CommandError naming the command and the argument."""
+        self.check_names(args)
+        for key, value in args.items():
+            complaint = self.arg(key).complaint(value)
+            if complaint is not None:
+                raise CommandError(f"{self.name} {key}: {complaint}")
+        defaults = {a.name: a.default for a in self.args if not a.required and a.default is not UNSET}
+        return {**defaults, **args}
+
+    def parameters(self) -> list[inspect.Parameter]:
+        """The arguments as the parameters of a Python method (RunHandle's), in table order."""
+        return [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                  default=inspect.Parameter.empty if a.required else a.default,
+                                  annotation=a.python_annotation) for a in self.args]
+
+    def handler_fits(self) -> bool:
+        """True if the handler takes ``(self, trainer)`` and then the table's arguments by name
+        (or ``**values``: only the given ones)."""
+        params = list(inspect.signature(self.handler).parameters.values())
+        rest = params[2:]
+        if [p.kind for p in rest] == [inspect.Parameter.VAR_KEYWORD]:
+            return True
+        return [p.name for p in rest] == [a.name for a in self.args] and all(
+            p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in rest)
+
+    def describe_args(self, code: Callable[[str], str], sep: str) -> str:
+        """The arguments in words, ``sep`` between them (after ``exactly one of:`` if so);
+        ``code`` formats a name."""
+        lead = {"one": ["exactly one of:"], "some": ["at least one of:"]}.get(self.choose or "", [])
+        return sep.join([*lead, *(a.describe(code) for a in self.args)])
+
+
+_TABLE: dict[str, Command] = {}
+COMMANDS: Mapping[str, Command] = MappingProxyType(_TABLE)
+"""Every command by name, in the order the Controller defines them (``@command`` fills it)."""
+
+
+def command(doc: str, *args: Arg, choose: Literal["one", "some"] | None = None
+            ) -> Callable[[Handler], Handler]:
+    """Enters the decorated ``Controller._do_<name>`` method in the table as command ``<name>``."""
+    def enter(handler: Handler) -> Handler:
+        name = handler.__name__.removeprefix("_do_")
+        entry = Command(name, tuple(args), doc, handler, choose)
+        if name == handler.__name__ or name in _TABLE or not entry.handler_fits():
+            raise TypeError(f"{handler.__qualname__}: a handler is a new _do_<name>(self, trainer, "
+                            f"{', '.join(a.name for a in args)})")
+        entry.parameters()  # fails now, at import, if a required argument follows an optional one
+        _TABLE[name] = entry
+        return handler
+    return enter
+
+
+def find_command(name: Any) -> Command:
+    """The table entry of command ``name``; CommandError naming the known commands if none."""
+    entry = _TABLE.get(name) if isinstance(name, str) else None
+    if entry is None:
+        raise CommandError(f"unknown command {name!r}; expected one of {', '.join(_TABLE)}")
+    return entry
+
+
+# ==================================================================== the controller
 class Controller:
     """Queues commands and applies them at the Trainer's safe points.
 
     ``submit`` is thread-safe. With ``command_file``, lines appended to that JSON-lines file
     (by ``nnkit ctl``) are read at every safe point; a malformed line is reported as an
-    ``error`` event and skipped.
+    ``error`` event and skipped. The ``_do_<name>`` methods below are the commands: each
+    ``@command`` says its arguments and what it does.
     """
 
     def __init__(self, bus: EventBus, command_file: str | os.PathLike | None = None,
@@ -119,90 +332,81 @@ class Controller:
     def _wait_for_command(self, trainer: Any, timeout: float) -> None:
         self._poll_file()
         try:
-            command = self._queue.get(timeout=timeout)
+            message = self._queue.get(timeout=timeout)
         except queue.Empty:
             return
-        self._apply(trainer, command)
+        self._apply(trainer, message)
         self._drain(trainer)
 
     def _drain(self, trainer: Any) -> None:
         self._poll_file()
         while True:
             try:
-                command = self._queue.get_nowait()
+                message = self._queue.get_nowait()
             except queue.Empty:
                 return
-            self._apply(trainer, command)
+            self._apply(trainer, message)
 
-    def _apply(self, trainer: Any, command: dict[str, Any]) -> None:
-        cid, name = command.get("id"), command.get("command")
+    def _apply(self, trainer: Any, message: dict[str, Any]) -> None:
+        """Checks a command against the table and runs its handler; every outcome is an event."""
+        cid, name = message.get("id"), message.get("command")
         try:
-            if name not in COMMANDS:
-                raise CommandError(f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}")
-            args = command.get("args") or {}
+            entry = find_command(name)
+            args = message.get("args") or {}
             if not isinstance(args, dict):
                 raise CommandError(f"args must be an object, got {type(args).__name__}")
-            result = getattr(self, f"_do_{name}")(trainer, **args)
-        except TypeError as exc:  # unexpected or missing keyword arguments
-            self.bus.emit("error", id=cid, command=name, message=f"bad arguments for {name!r}: {exc}")
-        except (CommandError, ValueError, OSError) as exc:
+            result = entry.handler(self, trainer, **entry.check(args))
+        # A handler's own failure (a path it cannot write...) is an answer too: the run goes on.
+        except (CommandError, TypeError, ValueError, OSError) as exc:
             self.bus.emit("error", id=cid, command=name, message=str(exc))
         else:
             self.bus.emit("ack", id=cid, command=name, step=trainer.global_step, **(result or {}))
 
     # ------------------------------------------------------------------ the commands
+    @command("Ends the run after the current batch.")
     def _do_stop(self, trainer: Any) -> None:
         trainer.stop()
 
-    def _do_shutdown(self, trainer: Any) -> None:
-        trainer.request("shutdown")
-
+    @command("Waits at the next safe point until ``resume``.")
     def _do_pause(self, trainer: Any) -> None:
         if not self.paused:
             self.paused = True
             self.bus.emit("status", state="paused", step=trainer.global_step)
 
+    @command("Continues a paused run.")
     def _do_resume(self, trainer: Any) -> None:
         if self.paused:
             self.paused = False
             self.bus.emit("status", state="resumed", step=trainer.global_step)
 
-    def _do_run_until(self, trainer: Any, batches: int | None = None, epochs: int | None = None) -> dict:
-        if (batches is None) == (epochs is None):
-            raise CommandError("run_until takes exactly one of batches= or epochs=")
-        value = batches if batches is not None else epochs
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CommandError(f"run_until: expected a positive whole number, got {value!r}")
+    @command("Moves the end of the run to a total of batches or epochs; also extends a finished run.",
+             Arg("batches", int, None, "the total number of batches, >= 1", rule=positive_whole),
+             Arg("epochs", int, None, "the total number of epochs, >= 1", rule=positive_whole),
+             choose="one")
+    def _do_run_until(self, trainer: Any, batches: int | None, epochs: int | None) -> dict:
         if batches is not None:
             trainer.target_step, trainer.target_epoch = batches, None
         else:
             trainer.target_epoch, trainer.target_step = epochs, None
         return {"target_step": trainer.target_step, "target_epoch": trainer.target_epoch}
 
+    @command("Changes hyperparameters from the next batch on. A learning rate set by hand is "
+             "kept in checkpoints and wins over the schedule after a resume.",
+             Arg("lr", float, UNSET, "the learning rate, >= 0; null: back to the schedule",
+                 nullable=True, rule=non_negative),
+             Arg("momentum", float, UNSET, "in [0, 1); only for an updater built with momentum > 0",
+                 rule=fraction),
+             Arg("weight_decay", float, UNSET, ">= 0", rule=non_negative),
+             Arg("batch_size", float, UNSET, "a whole number >= 1", rule=positive_whole,
+                 annotation=int),
+             choose="some")
     def _do_set(self, trainer: Any, **values: Any) -> dict:
-        unknown = sorted(set(values) - set(SETTABLE))
-        if unknown or not values:
-            raise CommandError(f"set takes {', '.join(SETTABLE)}; got {', '.join(unknown) or 'nothing'}")
         updater = trainer.updater
-        checked = {}
-        for key, value in values.items():  # validate everything before changing anything
-            if key == "lr" and value is None:
-                checked[key] = None
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise CommandError(f"set {key}: expected a number, got {value!r}")
-            if key == "batch_size" and (value < 1 or int(value) != value):
-                raise CommandError(f"set batch_size: expected a positive whole number, got {value!r}")
-            if key in ("lr", "weight_decay") and value < 0:
-                raise CommandError(f"set {key}: must be >= 0, got {value}")
-            if key == "momentum":
-                if not 0 <= value < 1:
-                    raise CommandError(f"set momentum: must be in [0, 1), got {value}")
-                if not getattr(updater, "momentum", 0):
-                    raise CommandError(f"{type(updater).__name__} has no momentum to change (build it "
-                                       "with momentum > 0 to change it live)")
-            checked[key] = value
-        for key, value in checked.items():
+        # Refuse before changing anything: the table checked the values, this needs the updater.
+        if "momentum" in values and not getattr(updater, "momentum", 0):
+            raise CommandError(f"{type(updater).__name__} has no momentum to change (build it "
+                               "with momentum > 0 to change it live)")
+        for key, value in values.items():
             if key == "lr":
                 updater.lr = value
             elif key == "momentum":
@@ -211,22 +415,12 @@ class Controller:
                 updater.decay = float(value)
             else:
                 trainer.batch_size = int(value)
-        return {"values": checked}
+        return {"values": values}
 
-    def _do_report_every(self, trainer: Any, n: int) -> dict:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise CommandError(f"report_every: expected a positive whole number, got {n!r}")
-        self.report_every = n
-        return {"n": n}
-
-    def _do_checkpoint(self, trainer: Any, path: str | None = None) -> dict:
-        if path is None:
-            if self.run_dir is None:
-                raise CommandError("checkpoint: no path given and the run has no run directory")
-            path = self.run_dir / "checkpoint.h5"
-        return {"path": str(trainer.save_checkpoint(path))}
-
-    def _do_tell_state(self, trainer: Any, snapshot: bool = False) -> None:
+    @command("Answers with a ``state`` event: hyperparameters, counters, per-layer norms.",
+             Arg("snapshot", bool, False, "also write every parameter and gradient to an HDF5 "
+                 "file named by a ``snapshot`` event"))
+    def _do_tell_state(self, trainer: Any, snapshot: bool) -> None:
         model, updater = trainer.model, trainer.updater
         layers = {}
         for layer in getattr(model, "layers", []):
@@ -250,6 +444,40 @@ class Controller:
             checkpoint.save_tree(path, {"step": trainer.global_step, "params": params, "grads": grads},
                                  kind="nnkit.snapshot")
             self.bus.emit("snapshot", step=trainer.global_step, path=str(path))
+
+    @command("Sends a ``loss`` event every ``n`` batches (still at most one per 0.05 s).",
+             Arg("n", int, REQUIRED, "batches from one loss event to the next, >= 1",
+                 rule=positive_whole))
+    def _do_report_every(self, trainer: Any, n: int) -> dict:
+        self.report_every = n
+        return {"n": n}
+
+    @command("Writes a checkpoint.",
+             Arg("path", str, None, "where; by default the run directory's checkpoint.h5",
+                 annotation=str | os.PathLike))
+    def _do_checkpoint(self, trainer: Any, path: str | None) -> dict:
+        if path is None:
+            if self.run_dir is None:
+                raise CommandError("checkpoint: no path given and the run has no run directory")
+            path = self.run_dir / "checkpoint.h5"
+        return {"path": str(trainer.save_checkpoint(path))}
+
+    @command("Stops and ends the run's thread, also when it is finished and waiting.")
+    def _do_shutdown(self, trainer: Any) -> None:
+        trainer.request("shutdown")
+
+
+#: The names ``set`` takes (derived from the table; kept for code that imported it).
+SETTABLE = tuple(a.name for a in COMMANDS["set"].args)
+
+
+def command_reference() -> str:
+    """The command table as markdown: one row per command (README.md carries a copy)."""
+    rows = ["| command | arguments | what it does |", "|---|---|---|"]
+    for entry in COMMANDS.values():
+        args = entry.describe_args(lambda name: f"`{name}`", "<br>")
+        rows.append(f"| `{entry.name}` | {args} | {entry.doc} |".replace("``", "`"))
+    return "\n".join(rows) + "\n"
 
 
 class EventReporter(Callback):

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("status", "loss", "train", "test", "epoch", "state", "snapshot", "heartbeat", "ack", "error")
@@ -42,6 +42,36 @@ EVENTS_FILE = "events.jsonl"
 COMMANDS_FILE = "commands.jsonl"
 
 Event = dict[str, Any]
+
+
+def find_answer(events: Iterable[Any], command_id: str) -> Event | None:
+    """The ``ack`` or ``error`` answering command ``command_id`` among ``events``, or None.
+
+    The one rule matching answers to commands; anything that is not an event object (a
+    malformed line of a file) is skipped.
+    """
+    for event in events:
+        if (isinstance(event, dict) and event.get("type") in ("ack", "error")
+                and event.get("id") == command_id):
+            return event
+    return None
+
+
+def poll_answer(read_new: Callable[[], Iterable[Any]], command_id: str, timeout: float,
+                poll: float) -> Event | None:
+    """Calls ``read_new()`` (the events since its last call: :meth:`EventBus.reader`,
+    :func:`jsonl_reader`) every ``poll`` seconds until one answers ``command_id``.
+
+    None after ``timeout`` seconds without it (it reads at least once).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = find_answer(read_new(), command_id)
+        if answer is not None:
+            return answer
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll)
 
 
 def answer_fields(event: Event) -> dict[str, Any]:
@@ -139,6 +169,18 @@ class EventBus:
         newer.reverse()
         return newer
 
+    def reader(self) -> Callable[[], list[Event]]:
+        """A function returning the kept events that came since its last call (all, at first)."""
+        seen = 0
+
+        def read_new() -> list[Event]:
+            nonlocal seen
+            new = self.events(since=seen)
+            if new:
+                seen = new[-1]["seq"]
+            return new
+        return read_new
+
 
 class JsonlWriter:
     """Appends events to a JSON-lines file, one ``write`` and flush per line.
@@ -190,6 +232,16 @@ def read_jsonl(path: str | os.PathLike, offset: int = 0) -> tuple[list[tuple[int
         except ValueError as exc:
             items.append((line_offset, ValueError(f"byte {line_offset}: not valid JSON ({exc})")))
     return items, position
+
+
+def jsonl_reader(path: str | os.PathLike, offset: int = 0) -> Callable[[], list[Any]]:
+    """A function returning the values of the lines completed in ``path`` since its last call
+    (from byte ``offset`` at first); a malformed line comes back as a ValueError."""
+    def read_new() -> list[Any]:
+        nonlocal offset
+        items, offset = read_jsonl(path, offset)
+        return [value for _, value in items]
+    return read_new
 
 
 def follow(path: str | os.PathLike, poll: float = 0.2, stop: Callable[[], bool] = lambda: False

@@ -6,14 +6,16 @@ done it stays available: ``run_until`` extends it, ``shutdown`` ends it.
 """
 from __future__ import annotations
 
+import inspect
 import os
+import textwrap
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .control import Controller, EventReporter, make_command
-from .events import COMMANDS_FILE, EVENTS_FILE, SETTLED, Event, EventBus, JsonlWriter
+from .control import COMMANDS, UNSET, Command, Controller, EventReporter, make_command
+from .events import COMMANDS_FILE, EVENTS_FILE, SETTLED, Event, EventBus, JsonlWriter, poll_answer
 
 
 def attach_channel(trainer: Any, run_dir: str | os.PathLike | None = None,
@@ -60,8 +62,10 @@ class Heartbeat:
 class RunHandle:
     """The commands and event access every kind of run offers (thread or child process).
 
-    Each command returns its id; the run answers with an ``ack`` or ``error`` event naming it
-    (see :meth:`wait_for`).
+    Each command of the table (:data:`~nnkit.training.control.COMMANDS`) is a method made
+    from its entry (:func:`command_method`), and :meth:`command` sends any by name. Each
+    returns the command id; the run answers with an ``ack`` or ``error`` event naming it (see
+    :meth:`wait_for`).
     """
 
     def _init_handle(self, bus: EventBus) -> None:
@@ -111,53 +115,13 @@ class RunHandle:
         """Blocks until the run has ended for good (after a stop, shutdown or failure)."""
         return self._ended.wait(timeout)
 
-    def stop(self) -> str:
-        """Ends the run after the current batch."""
-        return self.command("stop")
-
-    def pause(self) -> str:
-        """Waits at the next safe point until :meth:`resume`."""
-        return self.command("pause")
-
-    def resume(self) -> str:
-        """Continues a paused run."""
-        return self.command("resume")
-
-    def run_until(self, batches: int | None = None, epochs: int | None = None) -> str:
-        """Moves the end of the run to ``batches`` (or ``epochs``) in total; extends a finished run."""
-        args = {k: v for k, v in (("batches", batches), ("epochs", epochs)) if v is not None}
-        return self.command("run_until", **args)
-
-    def set(self, **values: Any) -> str:
-        """Changes ``lr``, ``momentum``, ``weight_decay`` or ``batch_size`` from the next batch on."""
-        return self.command("set", **values)
-
-    def tell_state(self, snapshot: bool = False) -> str:
-        """Asks for a ``state`` event (and an HDF5 snapshot of every array with ``snapshot``)."""
-        return self.command("tell_state", snapshot=snapshot)
-
-    def report_every(self, n: int) -> str:
-        """A loss event every ``n`` batches (still at most one per 0.05 s)."""
-        return self.command("report_every", n=n)
-
-    def checkpoint(self, path: str | os.PathLike | None = None) -> str:
-        """Writes a checkpoint at the next safe point (to the run directory by default)."""
-        return self.command("checkpoint", **({} if path is None else {"path": os.fspath(path)}))
-
-    def shutdown(self) -> str:
-        """Stops and ends the run's thread, also when it is finished and waiting."""
-        return self.command("shutdown")
-
     # ------------------------------------------------------------------ observing
     def wait_for(self, command_id: str, timeout: float = 10.0) -> Event:
         """The ``ack`` or ``error`` event answering command ``command_id`` (waits for it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.bus.events():
-                if event["type"] in ("ack", "error") and event.get("id") == command_id:
-                    return event
-            time.sleep(0.005)
-        raise TimeoutError(f"no answer to command {command_id} within {timeout} s")
+        answer = poll_answer(self.bus.reader(), command_id, timeout, poll=0.005)
+        if answer is None:
+            raise TimeoutError(f"no answer to command {command_id} within {timeout} s")
+        return answer
 
     def events(self, type: str | None = None, since: int = 0) -> list[Event]:
         """The events so far (of one ``type``), after sequence number ``since``."""
@@ -169,12 +133,47 @@ class RunHandle:
         return self.bus.subscribe(topic, callback)
 
 
+def command_method(entry: Command) -> Callable[..., str]:
+    """The RunHandle method that sends command ``entry``, named, documented and with the
+    signature of its table entry (what ``help(run.set)`` and ``inspect.signature`` show)."""
+    names = [arg.name for arg in entry.args]
+
+    def send(self: RunHandle, *args: Any, **kwargs: Any) -> str:
+        if len(args) > len(names):
+            raise TypeError(f"{entry.name}() takes {len(names)} positional arguments, got {len(args)}")
+        given = dict(zip(names, args))
+        if given.keys() & kwargs.keys():
+            raise TypeError(f"{entry.name}() got multiple values for {sorted(given.keys() & kwargs.keys())}")
+        # No checks here: the run checks every command against the table, from any sender, and
+        # answers a bad argument (an unknown name too) with an error event.
+        return self.command(entry.name, **{k: v for k, v in {**given, **kwargs}.items() if v is not UNSET})
+
+    args_doc = "".join(f"\n    {arg.describe(str)}" for arg in entry.args)
+    choose = {"one": " (exactly one)", "some": " (at least one)"}.get(entry.choose or "", "")
+    send.__name__ = entry.name
+    send.__qualname__ = f"RunHandle.{entry.name}"
+    send.__module__ = __name__
+    send.__doc__ = (textwrap.fill(entry.doc, 88) + "\n\n"
+                    + (f"Args{choose}:{args_doc}\n\n" if entry.args else "")
+                    + "Returns the command id at once; the run applies the command at its next\n"
+                      "safe point and answers with an ``ack`` or ``error`` event (see :meth:`wait_for`).")
+    send.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *entry.parameters()],
+        return_annotation=str)
+    return send
+
+
+for _entry in COMMANDS.values():
+    if _entry.name in vars(RunHandle):  # a command must not hide wait, events, command...
+        raise TypeError(f"command {_entry.name!r} clashes with RunHandle.{_entry.name}")
+    setattr(RunHandle, _entry.name, command_method(_entry))
+
+
 class TrainingRun(RunHandle):
     """A handle on a model training in a background thread.
 
-    Commands (each returns the command id; the run answers with an ``ack`` or ``error``
-    event): :meth:`stop`, :meth:`pause`, :meth:`resume`, :meth:`run_until`, :meth:`set`,
-    :meth:`tell_state`, :meth:`report_every`, :meth:`checkpoint`, :meth:`shutdown`.
+    Commands: those of :class:`RunHandle` (each returns the command id; the run answers with
+    an ``ack`` or ``error`` event).
     Observing: :attr:`status`, :attr:`current_epoch`, :attr:`current_batch`,
     :attr:`history`, :meth:`interactive_data`, :meth:`events`, :meth:`subscribe`,
     :meth:`wait`.

@@ -30,7 +30,7 @@ import html
 import io
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:
@@ -154,30 +154,28 @@ class TrainingView:
         return self.widget._repr_mimebundle_(**kwargs)
 
     # ------------------------------------------------------------------ buttons
-    def _send(self, label: str, send: Callable[[], str]) -> None:
-        """Sends one command through the handle and says so; the answer shows on refresh."""
+    def _send(self, name: str, **args: Any) -> None:
+        """Sends command ``name`` through the handle (its table-made method) and says so; the
+        answer shows on refresh."""
+        label = " ".join([name, *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in args.items())])
         if self.run.join(0):
             self._say(f"the run has ended ({self.run.status}); {label} not sent", error=True)
             return
-        self._sent[send()] = label
+        self._sent[getattr(self.run, name)(**args)] = label
         self._say(f"{label}: sent, waiting for the next safe point")
 
     def _on_stop(self, _button: Any = None) -> None:
-        self._send("stop", self.run.stop)
+        self._send("stop")
 
     def _on_pause(self, _button: Any = None) -> None:
-        if self.monitor.status.state == "paused":
-            self._send("resume", self.run.resume)
-        else:
-            self._send("pause", self.run.pause)
+        self._send("resume" if self.monitor.status.state == "paused" else "pause")
 
     def _on_set_lr(self, _button: Any = None) -> None:
-        lr = float(self.lr_field.value)
-        self._send(f"set lr={lr:g}", lambda: self.run.set(lr=lr))
+        self._send("set", lr=float(self.lr_field.value))
 
     def _on_run_until(self, _button: Any = None) -> None:
-        batches = int(self.until_field.value)
-        self._send(f"run_until batches={batches}", lambda: self.run.run_until(batches=batches))
+        self._send("run_until", batches=int(self.until_field.value))
 
     # ------------------------------------------------------------------ refreshing
     def refresh(self) -> bool:

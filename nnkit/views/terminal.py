@@ -3,8 +3,9 @@
 ``nnkit ctl RUN_DIR COMMAND [key=value ...]`` appends one command line to
 ``RUN_DIR/commands.jsonl`` (one ``write`` on an ``O_APPEND`` descriptor, so concurrent
 ``ctl`` calls never interleave) after checking the command and its argument names and types
-against the run's :class:`~nnkit.training.Controller`, then by default waits for the
-matching ``ack`` or ``error`` in ``RUN_DIR/events.jsonl``.
+against the command table the run checks against too
+(:data:`nnkit.training.control.COMMANDS`), then by default waits for the matching ``ack`` or
+``error`` in ``RUN_DIR/events.jsonl``.
 
 ``nnkit watch RUN_DIR`` follows ``events.jsonl``: on a terminal it keeps a status block of a
 few lines redrawn in place (ANSI escapes) under a scrolling log of status changes, epoch
@@ -13,20 +14,19 @@ progress summary every ``interval`` seconds while the run advances.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
 import sys
+import textwrap
 import time
-import types
-import typing
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..training.control import COMMANDS, SETTABLE, Controller, make_command
-from ..training.events import COMMANDS_FILE, EVENTS_FILE, RUNNING_STATES, Event, answer_fields, read_jsonl
+from ..training.control import COMMANDS, CommandError, find_command, make_command
+from ..training.events import (COMMANDS_FILE, EVENTS_FILE, RUNNING_STATES, Event, answer_fields,
+                               jsonl_reader, poll_answer, read_jsonl)
 from .channels import Channel, Monitor, monitor_file
 
 
@@ -43,73 +43,41 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _fits(hint: Any, value: Any) -> bool:
-    """True if ``value`` (parsed JSON) is of the annotated type ``hint`` (int, bool, str, X | None)."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return any(_fits(h, value) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return True  # an annotation this check does not know: leave it to the run
-
-
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    return {type(None): "null", bool: "true/false", int: "a whole number", float: "a number",
-            str: "text"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
 def check_command(name: str, raw: dict[str, str]) -> dict[str, Any]:
-    """Checks a command's name and ``key=value`` texts against the Controller; returns the args.
+    """Checks a command's name and ``key=value`` texts against the command table; returns the args.
 
-    The argument names and types come from the Controller's own ``_do_<name>`` signatures,
-    so this check cannot drift from what the run accepts. Value rules (ranges, "exactly one
-    of") are left to the run, which answers with an ``error`` event.
-    Raises :class:`CommandLineError` with a message naming the command and the argument.
+    Argument names (unknown, missing, "exactly one of") and types come from the table the
+    run checks against too (:data:`~nnkit.training.control.COMMANDS`), so this check cannot
+    drift from what the run accepts. Value rules (ranges) are left to the run, which answers
+    with an ``error`` event. Raises :class:`CommandLineError` with a message naming the
+    command and the argument.
     """
-    if name not in COMMANDS:
-        raise CommandLineError(f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}")
-    handler = getattr(Controller, f"_do_{name}")
-    params = list(inspect.signature(handler).parameters.values())[2:]  # after self, trainer
-    hints = typing.get_type_hints(handler)
-    args: dict[str, Any] = {}
-    if params and params[0].kind is inspect.Parameter.VAR_KEYWORD:  # set(**values)
-        if not raw:
-            raise CommandLineError(f"{name} needs at least one of {', '.join(f'{k}=' for k in SETTABLE)}")
+    try:
+        entry = find_command(name)
+        args: dict[str, Any] = {}
         for key, text in raw.items():
-            if key not in SETTABLE:
-                raise CommandLineError(f"{name}: unknown argument {key!r}; expected "
-                                       f"{', '.join(SETTABLE)}")
-            value = parse_value(text)
-            if not (_fits(float, value) or (key == "lr" and value is None)):
-                allowed = "a number or null (back to the schedule)" if key == "lr" else "a number"
-                raise CommandLineError(f"{name} {key}={text}: expected {allowed}")
+            arg, value = entry.arg(key), parse_value(text)
+            if not arg.accepts(value) and arg.accepts(text):
+                value = text  # e.g. path=123: a text argument takes the raw text
+            if not arg.accepts(value):
+                raise CommandLineError(f"{name} {key}={text}: expected {arg.kind}")
             args[key] = value
-        return args
-    known = {p.name: p for p in params}
-    for key, text in raw.items():
-        if key not in known:
-            expected = ", ".join(known) or "no arguments"
-            raise CommandLineError(f"{name}: unknown argument {key!r}; {name} takes {expected}")
-        hint, value = hints.get(key, Any), parse_value(text)
-        if not _fits(hint, value):
-            if _fits(hint, text):  # e.g. path=123: a text argument takes the raw text
-                value = text
-            else:
-                raise CommandLineError(f"{name} {key}={text}: expected {_type_name(hint)}")
-        args[key] = value
-    missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in args]
-    if missing:
-        raise CommandLineError(f"{name}: missing {', '.join(f'{m}=' for m in missing)}")
+        entry.check_names(args)
+    except CommandError as exc:
+        raise CommandLineError(str(exc)) from None
     return args
+
+
+def ctl_help(width: int = 78) -> str:
+    """The commands and their arguments as plain text, from the table (``nnkit ctl --help``)."""
+    lines = ["commands (arguments as KEY=VALUE):"]
+    for entry in COMMANDS.values():
+        lines += textwrap.wrap(f"{entry.name}: {entry.doc.replace('``', '')}", width,
+                               initial_indent="  ", subsequent_indent="      ")
+        for part in entry.describe_args(lambda key: f"{key}=", "\n").splitlines():
+            lines += textwrap.wrap(part.replace("``", ""), width, initial_indent="      ",
+                                   subsequent_indent="        ")
+    return "\n".join(lines)
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -170,17 +138,7 @@ def wait_for_answer(run_dir: str | os.PathLike, command_id: str, timeout: float,
 
     None after ``timeout`` seconds without it.
     """
-    path = Path(run_dir) / EVENTS_FILE
-    deadline = time.monotonic() + timeout
-    while True:
-        items, offset = read_jsonl(path, offset)
-        for _, event in items:
-            if (isinstance(event, dict) and event.get("type") in ("ack", "error")
-                    and event.get("id") == command_id):
-                return event
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(poll)
+    return poll_answer(jsonl_reader(Path(run_dir) / EVENTS_FILE, offset), command_id, timeout, poll)
 
 
 def describe_silence(run_dir: str | os.PathLike) -> str:
