@@ -11,6 +11,7 @@ import pytest
 from helpers import DATA, ROOT, wait_until
 from test_model import mlp, toy_data
 
+from nnkit.cli import main
 from nnkit.training.events import EventBus
 from nnkit.views import Monitor, monitor_file
 from nnkit.views.tensorboard import TensorBoard, TensorBoardLogger
@@ -116,7 +117,7 @@ def test_a_running_run_shows_up_within_flush_secs(tmp_path):
     logger.close()
 
 
-def test_missing_tensorboardx_says_which_extra_to_install(tmp_path, monkeypatch):
+def test_missing_tensorboardx_says_which_extra_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX -> ImportError
     hint = re.escape("pip install 'nnkit[tensorboard]'")
     with pytest.raises(ImportError, match=hint):
@@ -124,6 +125,9 @@ def test_missing_tensorboardx_says_which_extra_to_install(tmp_path, monkeypatch)
     with pytest.raises(ImportError, match=hint):  # the callback fails when made, before any fit
         TensorBoard(tmp_path / "callback")
     assert not (tmp_path / "logger").exists() and not (tmp_path / "callback").exists()
+    # nnkit train --tensorboard: a usage error before the job is even read
+    assert main(["train", str(tmp_path / "no.conf"), "--run-dir", str(tmp_path / "run"), "--tensorboard"]) == 2
+    assert "nnkit[tensorboard]" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_import_nnkit_never_needs_tensorboardx():
