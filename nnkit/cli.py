@@ -195,6 +195,12 @@ def _make_run_dir(args: argparse.Namespace, job: Job) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``nnkit train``: runs a job into a run directory."""
+    if args.tensorboard is not None:  # a missing extra fails before any work, like a bad argument
+        from .views.tensorboard import require_tensorboardx
+        try:
+            require_tensorboardx()
+        except ImportError as e:
+            raise UsageError(f"--tensorboard: {e}") from None
     job = load_job(args.job, args.set, data_dir=_absolute(args.data_dir))
     if not job.has_source("train"):
         raise ConfigError(job.source, "data.train", "missing value: the job has no train source")
@@ -445,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "unless --run-dir is given")
     p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
     p.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
-                   help="also write TensorBoard scalars, into DIR (default RUN_DIR/tensorboard)")
+                   help="also write TensorBoard scalars, into DIR (default RUN_DIR/tensorboard); "
+                        "needs the tensorboard extra")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",

@@ -1,152 +1,68 @@
-"""TensorBoard scalar event files, written without TensorFlow (``tensorboard --logdir DIR``).
+"""TensorBoard scalar event files, written by tensorboardX (``tensorboard --logdir DIR``).
 
-An event file is a sequence of records: ``uint64 length``, ``uint32 masked CRC32C of the
-length``, ``the serialized Event proto``, ``uint32 masked CRC32C of the data`` (little
-endian). Only the few proto fields scalars need are encoded, by hand::
+Needs the ``tensorboard`` extra (``pip install 'nnkit[tensorboard]'``, which installs
+tensorboardX); tensorboardX is imported only when a writer is made, so ``import nnkit``
+never needs it. Two ways in:
 
-    Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
-    Summary { repeated Value value = 1; }
-    Value   { string tag = 1; float simple_value = 2; }
-
-Three ways in:
-
-- :class:`SummaryWriter`: ``add_scalar(tag, value, step)`` yourself;
 - :class:`TensorBoardLogger`: a bus subscriber that writes every point of a channel layout
   (:mod:`nnkit.views.channels`, tag ``"figure/channel"``); ``logger.attach(run)``;
 - :class:`TensorBoard`: a Keras-style callback for ``fit`` (what ``nnkit train --tensorboard``
   uses); it follows the run's event bus, or makes its own when the fit has none.
+
+For scalars of your own, use ``tensorboardX.SummaryWriter`` (or ``logger.writer``) directly.
+
+tensorboardX writes from a thread of its own and flushes every ``flush_secs``, so a live
+TensorBoard sees a growing file; when the run settles (finished, stopped or failed) the
+logger closes the file, so everything up to then is on disk. Points after that (a finished
+run extended) go to a new file in the same directory.
 """
 from __future__ import annotations
 
+import itertools
 import os
-import socket
-import struct
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ..training.callbacks import Callback
 from ..training.control import Controller, EventReporter
-from ..training.events import EventBus
+from ..training.events import SETTLED, Event, EventBus
 from .channels import Figure, Monitor
 
+if TYPE_CHECKING:
+    import tensorboardX
 
-# ============================================================================ CRC32C
-def _crc_table() -> tuple[int, ...]:
-    poly = 0x82F63B78  # Castagnoli, reflected
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
+INSTALL_HINT = "pip install 'nnkit[tensorboard]'"
+#: Events tensorboardX may hold before its writer thread takes them (more would block the caller).
+_MAX_QUEUE = 1000
+#: Numbers the files of a process: unique names (same second, same directory) that sort in order.
+_file_numbers = itertools.count(1)
 
 
-_CRC_TABLE = _crc_table()
+def require_tensorboardx() -> ModuleType:
+    """The ``tensorboardX`` module; an ImportError naming the extra to install if it is missing."""
+    try:
+        import tensorboardX
+    except ImportError as e:
+        raise ImportError(f"TensorBoard files need tensorboardX, which could not be imported ({e}); "
+                          f"install it with: {INSTALL_HINT}") from e
+    return tensorboardX
 
 
-def crc32c(data: bytes) -> int:
-    """The CRC-32C (Castagnoli) checksum of ``data``."""
-    crc = 0xFFFFFFFF
-    table = _CRC_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+class _Monitor(Monitor):
+    """A Monitor that also tells when the run settles (finished, stopped or failed)."""
 
+    def __init__(self, figures: Any, settled: Callable[[], None]) -> None:
+        super().__init__(figures)
+        self._settled = settled
 
-def masked_crc32c(data: bytes) -> int:
-    """The masked CRC-32C of TFRecord files: rotated right by 15 bits plus a constant."""
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-# ===================================================================== proto encoding
-def _varint(n: int) -> bytes:
-    n &= 0xFFFFFFFFFFFFFFFF  # negative int64 as its two's complement, like protobuf
-    out = bytearray()
-    while True:
-        bits = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _bytes_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def encode_event(wall_time: float, step: int = 0, scalars: Mapping[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-    """A serialized ``Event`` proto with a summary of scalar values (or a file version)."""
-    out = bytearray(_varint(1 << 3 | 1) + struct.pack("<d", wall_time))
-    if step:
-        out += _varint(2 << 3 | 0) + _varint(int(step))
-    if file_version is not None:
-        out += _bytes_field(3, file_version.encode("utf-8"))
-    if scalars:
-        summary = b"".join(
-            _bytes_field(1, _bytes_field(1, tag.encode("utf-8"))
-                         + _varint(2 << 3 | 5) + struct.pack("<f", float(value)))
-            for tag, value in scalars.items())
-        out += _bytes_field(5, summary)
-    return bytes(out)
-
-
-def encode_record(data: bytes) -> bytes:
-    """One record of an event file around the serialized proto ``data``."""
-    header = struct.pack("<Q", len(data))
-    return (header + struct.pack("<I", masked_crc32c(header)) + data
-            + struct.pack("<I", masked_crc32c(data)))
-
-
-# ============================================================================ writers
-class SummaryWriter:
-    """Appends scalar summaries to a new event file in ``logdir``.
-
-    The file is ``events.out.tfevents.<seconds>.<host>.<pid>.nnkit``; every record is
-    written whole and flushed, so TensorBoard can read a file that is still growing.
-    """
-
-    def __init__(self, logdir: str | os.PathLike) -> None:
-        self.logdir = Path(logdir)
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        now = time.time()
-        self.path = self.logdir / (f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}."
-                                   f"{os.getpid()}.{id(self) % 100000}.nnkit")
-        self._file = open(self.path, "ab")
-        self._lock = threading.Lock()
-        self._write(encode_event(now, file_version="brain.Event:2"))
-
-    def _write(self, data: bytes) -> None:
-        with self._lock:
-            if not self._file.closed:
-                self._file.write(encode_record(data))
-                self._file.flush()
-
-    def add_scalar(self, tag: str, value: float, step: int, wall_time: float | None = None) -> None:
-        """Writes one scalar ``value`` of ``tag`` at ``step``."""
-        self.add_scalars({tag: value}, step, wall_time)
-
-    def add_scalars(self, values: Mapping[str, float], step: int, wall_time: float | None = None) -> None:
-        """Writes several scalars (``{tag: value}``) of one step in one record."""
-        self._write(encode_event(time.time() if wall_time is None else wall_time, step, values))
-
-    def close(self) -> None:
-        """Closes the file; later scalars are dropped."""
-        with self._lock:
-            self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def update(self, event: Event) -> Event:
+        event = super().update(event)
+        if event.get("type") == "status" and event.get("state") in SETTLED:
+            self._settled()
+        return event
 
 
 class TensorBoardLogger:
@@ -154,16 +70,57 @@ class TensorBoardLogger:
 
     Feed it events: ``logger.attach(run)`` (a TrainingRun or an EventBus, past events
     included), or call ``logger(event)`` for each. Values are raw: TensorBoard smooths.
+    Tags are the figure and channel names as they are (spaces included), not the
+    underscored names ``tensorboardX.SummaryWriter.add_scalar`` would make of them.
+
+    The files are tensorboardX's, ``events.out.tfevents.<seconds>.<host>.<pid>.<nnnn>`` in
+    ``logdir``; ``flush_secs`` is how often its writer thread flushes them to disk.
     """
 
     def __init__(self, logdir: str | os.PathLike,
-                 figures: Sequence[Figure] | Mapping[str, Any] | None = None) -> None:
-        self.writer = SummaryWriter(logdir)
-        self.monitor = Monitor(figures)
+                 figures: Sequence[Figure] | Mapping[str, Any] | None = None,
+                 flush_secs: float = 2.0) -> None:
+        self._tbx = require_tensorboardx()
+        from tensorboardX.proto.summary_pb2 import Summary
+        self._summary = Summary
+        self.logdir = Path(logdir)
+        self.flush_secs = flush_secs
+        self._lock = threading.Lock()
+        self._writer: tensorboardX.SummaryWriter | None = None
+        self._closed = False
+        self._open()  # the file exists from the start, as TensorBoard users expect
+        self.monitor: Monitor = _Monitor(figures, self._settle)
         self.monitor.on_point(self._point)
 
+    def _open(self) -> tensorboardX.SummaryWriter:
+        if self._writer is None:
+            self._writer = self._tbx.SummaryWriter(
+                os.fspath(self.logdir), max_queue=_MAX_QUEUE, flush_secs=self.flush_secs,
+                filename_suffix=f".{os.getpid()}.{next(_file_numbers):04d}")
+        return self._writer
+
+    @property
+    def writer(self) -> tensorboardX.SummaryWriter:
+        """The tensorboardX writer of the current file (a new file after the run settled)."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("TensorBoardLogger is closed")
+            return self._open()
+
     def _point(self, figure: str, channel: str, step: int, value: float, wall_time: float) -> None:
-        self.writer.add_scalar(f"{figure}/{channel}", value, step, wall_time)
+        # FileWriter.add_summary, not add_scalar: add_scalar rewrites spaces in tags to "_".
+        summary = self._summary(value=[self._summary.Value(tag=f"{figure}/{channel}",
+                                                           simple_value=float(value))])
+        with self._lock:
+            if not self._closed:
+                self._open().file_writer.add_summary(summary, step, wall_time)
+
+    def _settle(self) -> None:
+        """Closes the current file, so all of it is on disk; the next point opens a new one."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.monitor.update(event)
@@ -173,8 +130,10 @@ class TensorBoardLogger:
         return self.monitor.attach(source)
 
     def close(self) -> None:
-        """Closes the event file."""
-        self.writer.close()
+        """Writes what is pending and closes the file; later points are dropped."""
+        with self._lock:
+            self._closed = True
+        self._settle()
 
 
 class TensorBoard(Callback):
@@ -182,12 +141,17 @@ class TensorBoard(Callback):
 
     In a run with an event bus (``run_dir=...``, ``background=True``, ``nnkit train``) it
     follows that bus; otherwise it turns the fit's batch and epoch logs into events itself.
+    Needs tensorboardX (``pip install 'nnkit[tensorboard]'``): an ImportError saying so
+    comes from the constructor, before any training.
     """
 
     def __init__(self, logdir: str | os.PathLike,
-                 figures: Sequence[Figure] | Mapping[str, Any] | None = None) -> None:
+                 figures: Sequence[Figure] | Mapping[str, Any] | None = None,
+                 flush_secs: float = 2.0) -> None:
+        require_tensorboardx()
         self.logdir = Path(logdir)
         self.figures = figures
+        self.flush_secs = flush_secs
         self.logger: TensorBoardLogger | None = None
         self._bus: EventBus | None = None
         self._detach: Callable[[], None] | None = None
@@ -196,7 +160,7 @@ class TensorBoard(Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.logger is None:
-            self.logger = TensorBoardLogger(self.logdir, self.figures)
+            self.logger = TensorBoardLogger(self.logdir, self.figures, self.flush_secs)
         controller = getattr(self.trainer, "controller", None)
         self._own = controller is None
         if self._own:
@@ -223,6 +187,6 @@ class TensorBoard(Callback):
             self._reporter.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self._own:  # the last batch's loss, then stop the epoch clock until the next fit
+        if self._own:  # the last batch's loss, then stop the epoch clock (and close the file)
             self._reporter.on_train_end(logs)
             self._reporter.bus.emit("status", state="stopped", step=self.trainer.global_step)
