@@ -212,7 +212,12 @@ VIEW_NOTEBOOK = [
         return refresh()
     view.refresh = spy
     """,
-    "await asyncio.sleep(1.0)",
+    """
+    for _ in range(300):  # wait for the state, not a fixed time: a loaded machine is slower
+        if view.refresh_count >= 3 and view.status_text.startswith("training"):
+            break
+        await asyncio.sleep(0.05)
+    """,
     """
     assert view.refresh_count >= 3, view.refresh_count
     assert view.status_text.startswith("training"), view.status_text
