@@ -24,6 +24,7 @@ import collections
 import json
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -146,7 +147,11 @@ class EventBus:
         self.last_emit = time.monotonic()
         for topic, callback in list(self._subscribers):
             if topic in ("*", event.get("type")):
-                callback(event)
+                try:
+                    callback(event)
+                except Exception as exc:  # noqa: BLE001  (a viewer's bug must not end the run)
+                    print(f"nnkit: an event subscriber failed and was skipped for this event "
+                          f"({type(exc).__name__}: {exc})", file=sys.stderr)
 
     def subscribe(self, topic: str, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Calls ``callback(event)`` for every event of type ``topic`` ('*' for all).
