@@ -388,8 +388,6 @@ class Controller:
     def _apply(self, trainer: Any, message: dict[str, Any]) -> None:
         """Checks a command against the table and runs its handler; every outcome is an event."""
         cid, name = message.get("id"), message.get("command")
-        if not isinstance(name, str):
-            name = json.dumps(name, sort_keys=True, default=repr)  # answered, named as sent
         try:
             entry = find_command(name)
             args = message.get("args") or {}
