@@ -289,6 +289,17 @@ def test_python_batch_layout_errors_name_the_file(tmp_path):
         read_cifar_py(path)
 
 
+def test_loader_errors_are_dataset_errors(tmp_path):
+    """One type for every bad file: DatasetError, a ValueError; a missing file stays
+    FileNotFoundError."""
+    assert issubclass(datasets.DatasetError, ValueError)
+    (tmp_path / "x.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + bytes(40))[:-12])
+    with pytest.raises(datasets.DatasetError, match="x.gz: truncated gzip"):
+        read_idx(tmp_path / "x.gz")
+    with pytest.raises(FileNotFoundError):
+        read_idx(tmp_path / "absent.gz")
+
+
 # ---------------------------------------------------------------- normalization
 
 def _images(shape=(6, 3, 4, 5), seed=0) -> np.ndarray:
