@@ -1,14 +1,17 @@
-"""Hostile dataset files: IDX/gzip/CIFAR files whose headers or sizes lie.
+"""Hostile dataset files: crafted CIFAR-10 python pickles, and IDX/gzip/CIFAR files whose
+headers or sizes lie.
 
 Every load runs in a child process under a 1 GiB address-space limit, so a crash (SIGSEGV) or a
 runaway allocation shows up as a failed case instead of killing pytest. Each hostile file must be
-refused with an error that is a ``ValueError`` and names the file.
+refused with an error that is a ``ValueError`` (what the unpickler refuses is also a
+``pickle.UnpicklingError``) and names the file.
 """
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import pickle
 import re
 import struct
 import subprocess
@@ -16,7 +19,10 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from numpy._core.multiarray import _reconstruct
+from numpy._core.numeric import _frombuffer
 
 from helpers import ROOT
 
@@ -30,6 +36,7 @@ CHILD = r"""
 import hashlib, json, pickle, resource, sys
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+import numpy as np
 from nnkit.datasets import read_cifar_bin, read_cifar_py, read_idx
 READERS = {"idx": read_idx, "cifar-bin": read_cifar_bin, "cifar-py": read_cifar_py}
 for line in sys.stdin:
@@ -102,6 +109,204 @@ def refusal_problem(result: dict, path: Path, match: str | None = None) -> str |
     if match is not None and not re.search(match, result["message"]):
         return f"message does not match {match!r}: {result['message']}"
     return None
+
+
+# ---------------------------------------------------------------- crafted pickles
+
+class Reduce:
+    """Pickles as ``func(*args)`` then (if given) BUILD with ``state``: any call a file can ask for."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+def dtype(code: str, state=None) -> Reduce:
+    """``numpy.dtype(code, False, True)`` with an optional (forged) ``__setstate__`` state."""
+    return Reduce(np.dtype, (code, False, True), state)
+
+
+def array(shape, dt, data, fortran=False) -> Reduce:
+    """An ndarray as numpy pickles it: ``_reconstruct`` then ``__setstate__`` (1, shape, ...)."""
+    return Reduce(_reconstruct, (np.ndarray, (0,), b"b"), (1, shape, dt, fortran, data))
+
+
+def u1_state(**fields) -> tuple:
+    """The canonical dtype state of uint8, with some fields replaced."""
+    state = dict(version=3, order="|", sub=None, names=None, fields=None, size=-1, align=-1,
+                 flags=0)
+    state.update(fields)
+    return tuple(state.values())
+
+
+GOOD_DATA = array((1, PIXELS), dtype("u1"), bytes(PIXELS))
+
+
+def batch(data=GOOD_DATA, labels=None) -> bytes:
+    """A protocol-2 CIFAR python batch with ``data`` and ``labels`` (default ``[0]``)."""
+    return pickle.dumps({b"data": data, b"labels": [0] if labels is None else labels},
+                        protocol=2)
+
+
+def nested(depth: int) -> bytes:
+    """Opcodes for ``[[[...]]]`` ``depth`` lists deep."""
+    return b"]" * depth + b"a" * (depth - 1)
+
+
+def shared_lists(depth: int) -> bytes:
+    """L0 = [0]; Lk = [Lk-1, Lk-1]: 2**depth leaves in 20*depth bytes (through the memo)."""
+    ops = b"]K\x00ar\x00\x00\x00\x00"  # L0, kept in memo 0
+    for k in range(1, depth + 1):
+        get = b"j" + struct.pack("<I", k - 1)
+        ops += b"0](" + get + get + b"er" + struct.pack("<I", k)  # POP Lk-1, build Lk, memo k
+    return ops
+
+
+def raw_batch(labels_ops: bytes, proto: int = 2) -> bytes:
+    """``{b'data': <1x3072 zeros>, b'labels': <labels_ops>}`` with hand-written label opcodes."""
+    data = pickle.dumps(GOOD_DATA, protocol=proto)[2:-1]  # without PROTO and STOP
+    return (bytes([0x80, proto]) + b"}(C\x04data" + data + b"C\x06labels" + labels_ops + b"u.")
+
+
+CODECS_ENCODE = b"c_codecs\nencode\n"
+HOSTILE_PICKLES: dict[str, tuple[bytes, str]] = {
+    # numpy.dtype state from the file: object fields with a refcount flag -> SIGSEGV when freed
+    "dtype_object_field": (batch(array((1,), dtype("V8", (3, "|", None, ("a",), {"a": (
+        dtype("O"), 0)}, 8, 1, 1)), b"A" * 8)), r"dtype 'V8' refused"),
+    "dtype_field_offset": (batch(array((1, PIXELS), dtype("u1", u1_state(
+        names=("a",), fields={"a": (dtype("u1"), 1 << 30)})), bytes(PIXELS))),
+        r"state of numpy dtype 'u1' refused"),
+    "dtype_subarray": (batch(array((1, PIXELS), dtype("u1", u1_state(
+        sub=(dtype("u1"), (1 << 20,)))), bytes(PIXELS))), r"state of numpy dtype 'u1' refused"),
+    "dtype_itemsize": (batch(array((1, PIXELS), dtype("u1", u1_state(size=1 << 20, align=1)),
+                                   bytes(PIXELS))), r"state of numpy dtype 'u1' refused"),
+    "dtype_object": (batch(labels=[array((1,), dtype("O"), [0])]), r"dtype 'O8?' refused"),
+    "dtype_float": (batch(array((1, PIXELS), dtype("f4"), bytes(4 * PIXELS))),
+                    r"dtype 'f4' refused"),
+    "dtype_big_endian_labels": (batch(labels=array((1,), dtype("i8", u1_state(order=">")),
+                                                   bytes(8))), r"state of numpy dtype 'i8' refused"),
+    "dtype_align": (batch(Reduce(np.dtype, ("u1", True, True))), r"numpy dtype.*align"),
+    # numpy.ndarray(...) called directly: a negative offset reads the heap before the buffer
+    "ndarray_negative_offset": (batch(Reduce(np.ndarray, ((1, PIXELS), "u1", b"x" * 8,
+                                                          8 - PIXELS))), r"numpy\.ndarray"),
+    "ndarray_no_buffer": (batch(Reduce(np.ndarray, ((1, PIXELS), "u1"))), r"numpy\.ndarray"),
+    "ndarray_huge": (batch(Reduce(np.ndarray, ((1 << 40, PIXELS), "u1"))), r"numpy\.ndarray"),
+    # ndarray.__setstate__ with a lying shape, a bad shape, or data that is not bytes
+    "state_huge_shape_short_data": (batch(array((10 ** 6, PIXELS), dtype("u1"), b"x" * 8)),
+                                    r"needs 3072000000 bytes, got 8"),
+    "state_huge_dims": (batch(array((1 << 62, 1 << 62), dtype("u1"), b"x" * 8)),
+                        r"shape .* refused"),
+    "state_negative_dim": (batch(array((-1, PIXELS), dtype("u1"), b"")), r"shape .* refused"),
+    "state_bool_dim": (batch(array((True, PIXELS), dtype("u1"), bytes(PIXELS))),
+                       r"shape .* refused"),
+    "state_text_data": (batch(array((1, 4), dtype("u1"), "abcd")), r"data must be bytes"),
+    "state_twice": (pickle.dumps(GOOD_DATA, 2)[:-1] + pickle.dumps(
+        (1, (1, PIXELS), dtype("u1"), False, bytes(PIXELS)), 2)[2:-1] + b"b.", r"state .*twice"),
+    "state_without_array": (batch(Reduce(_reconstruct, (np.ndarray, (0,), b"b"))),
+                            r"array .* no state"),
+    "reconstruct_shape": (batch(Reduce(_reconstruct, (np.ndarray, (1 << 40,), b"b"), (
+        1, (1, PIXELS), dtype("u1"), False, bytes(PIXELS)))), r"_reconstruct"),
+    # _reconstruct with another subtype
+    "reconstruct_memmap": (batch(Reduce(_reconstruct, (np.memmap, (0,), b"b"))),
+                           r"refused global numpy\.memmap"),
+    "reconstruct_matrix": (batch(Reduce(_reconstruct, (np.matrix, (0,), b"b"))),
+                           r"refused global numpy\.matrix"),
+    "reconstruct_dtype_subtype": (batch(Reduce(_reconstruct, (np.dtype, (0,), b"b"))),
+                                  r"_reconstruct .*numpy\.dtype"),
+    # protocol 5: out-of-band buffers, a read-only view, _frombuffer with bad arguments
+    "out_of_band_buffer": (pickle.dumps({b"data": pickle.PickleBuffer(np.zeros((1, PIXELS),
+        np.uint8)), b"labels": [0]}, protocol=5, buffer_callback=lambda b: False),
+        r"NEXT_BUFFER|out-of-band"),
+    "readonly_buffer": (b"\x80\x05}(C\x04data\x8e" + struct.pack("<Q", PIXELS) + bytes(PIXELS)
+                        + b"\x98C\x06labels]K\x00au.", r"READONLY_BUFFER"),
+    "frombuffer_short": (batch(Reduce(_frombuffer, (b"abc", dtype("u1"), (1, PIXELS), "C"))),
+                         r"needs 3072 bytes, got 3"),
+    "frombuffer_axis_order": (batch(Reduce(_frombuffer, (bytes(PIXELS), dtype("u1"),
+                                                          (1, PIXELS), "K", (0, 0)))),
+                              r"axis_order"),
+    "frombuffer_dtype_text": (batch(Reduce(_frombuffer, (bytes(PIXELS), "u1", (1, PIXELS), "C"))),
+                              r"_frombuffer refused"),
+    # nesting and the memo
+    "recursion_bomb": (raw_batch(nested(100_000)), r"nested deeper"),
+    "shared_list_bomb": (raw_batch(shared_lists(60)), r"nested deeper"),
+    "shared_list_wide": (raw_batch(shared_lists(20)), r"b'labels' must be"),
+    "cyclic_list": (raw_batch(b"]r\x00\x00\x00\x00j\x00\x00\x00\x00a"), r"cyclic"),
+    "memo_huge_index": (b"\x80\x02Nr\xff\xff\xff\x03.", r"expected a dict"),
+    "memo_missing": (b"\x80\x02j\x00\x01\x00\x00.", r"(?i)memo"),
+    "memo_put_empty_stack": (b"\x80\x02r\x00\x00\x00\x00.", r"not a readable pickle"),
+    # lengths that the file cannot back up
+    "binbytes8_huge": (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc", r"truncated"),
+    "bytearray8_huge": (b"\x80\x05\x96" + struct.pack("<Q", 1 << 40) + b"abc", r"truncated"),
+    "binunicode8_huge": (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"abc", r"truncated"),
+    "frame_huge": (b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"}.", r"truncated"),
+    "long4_huge": (b"\x80\x02\x8b" + struct.pack("<i", 1 << 30) + b"\x01.", r"truncated"),
+    "opcode_flood": (b"\x80\x02" + b"N0" * (1 << 21) + b"}.", r"more than \d+ opcodes"),
+    "global_as_key": (b"\x80\x02}" + CODECS_ENCODE + b"K\x00s.", r"_codecs\.encode refused as"),
+    "empty_file": (b"", r"truncated|empty"),
+    "truncated": (batch()[:-40], r"truncated"),
+    # object construction and mutation the file must not get
+    "build_on_global": (b"\x80\x02}(C\x04data" + pickle.dumps(GOOD_DATA, 2)[2:-1]
+                        + b"C\x06labels]K\x00aC\x01x" + CODECS_ENCODE
+                        + b"N}X\x0c\x00\x00\x00__defaults__X\x04\x00\x00\x00zlib\x85s\x86bu.",
+                        r"BUILD"),
+    "global_as_value": (b"\x80\x02}(C\x04data" + pickle.dumps(GOOD_DATA, 2)[2:-1]
+                        + b"C\x06labels]K\x00aC\x01x" + CODECS_ENCODE + b"u.", r"_codecs\.encode"),
+    "list_of_text": (b"\x80\x02c__builtin__\nlist\nX\x05\x00\x00\x00abcde\x85R.",
+                     r"refused global builtins\.list"),
+    "dict_call": (b"\x80\x02c__builtin__\ndict\n)R.", r"refused global builtins\.dict"),
+    "persistent_id": (b"\x80\x02X\x01\x00\x00\x00xQ.", r"BINPERSID"),
+    "extension_code": (b"\x80\x02\x82\x01.", r"EXT1"),
+    "inst_opcode": (b"(X\x02\x00\x00\x00u1inumpy\ndtype\n.", r"INST"),
+    "newobj": (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00u1\x85\x81.", r"NEWOBJ"),
+    "set_opcodes": (b"\x80\x04\x8f(K\x01\x90.", r"EMPTY_SET"),
+    "reduce_non_callable": (b"\x80\x02X\x01\x00\x00\x00x)R.", r"REDUCE"),
+    "reduce_on_dtype_spec": (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00u1\x89\x88\x87R)R.",
+                             r"REDUCE"),
+    "codecs_other_codec": (b"\x80\x02" + CODECS_ENCODE + b"X\x03\x00\x00\x00abcX\x04\x00\x00\x00"
+                           b"zlib\x86R.", r"encoding 'zlib'"),
+    "labels_junk": (batch(labels=[0.5]), r"b'labels' must be"),
+    "labels_huge_int": (batch(labels=[10 ** 5000]), r"b'labels' must be"),
+    "labels_bool": (batch(labels=[True]), r"b'labels' must be"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_results(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """Each hostile pickle written as a test_batch file and loaded in a child."""
+    root = tmp_path_factory.mktemp("hostile")
+    paths = {}
+    for name, (blob, _) in HOSTILE_PICKLES.items():
+        paths[name] = root / name / "test_batch"
+        paths[name].parent.mkdir()
+        paths[name].write_bytes(blob)
+    good = root / "good" / "test_batch"  # loaded last by the same child
+    good.parent.mkdir()
+    good.write_bytes(batch())
+    results = run_loads([("cifar-py", p) for p in [*paths.values(), good]])
+    return {name: (path, r) for name, path, r in zip([*paths, "good"], [*paths.values(), good],
+                                                      results)}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PICKLES))
+def test_hostile_pickle_is_refused_clearly(hostile_results, name):
+    path, result = hostile_results[name]
+    problem = refusal_problem(result, path, HOSTILE_PICKLES[name][1])
+    assert problem is None, f"{name}: {problem}"
+
+
+def test_hostile_pickles_leave_later_loads_alone(hostile_results):
+    """A good batch loaded after all the hostile ones, by the same process, loads as it should
+    (a crafted file once set ``__defaults__`` on a function of the unpickler through BUILD)."""
+    result = hostile_results["good"][1]
+    assert "arrays" in result and result["arrays"][0][2] == [1, 3, 32, 32], result
+
+
+def test_hostile_pickle_loads_stay_small(hostile_results):
+    """No crafted file made its child grow past a few hundred MB (the limit is 1 GiB)."""
+    rss = {name: r.get("maxrss_kb", 0) // 1024 for name, (_, r) in hostile_results.items()}
+    assert max(rss.values()) < 400, rss
 
 
 # ---------------------------------------------------------------- IDX, gzip and CIFAR binary files

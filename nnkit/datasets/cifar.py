@@ -27,8 +27,10 @@ PIXELS = 3 * 32 * 32
 RECORD = 1 + PIXELS
 NUM_CLASSES = 10
 # No batch file holds more than the whole set's 60000 images (the official ones hold 10000):
-# the bound on what a binary batch may decompress to.
+# the bound on what a binary batch may decompress to, and (with room for the file names and
+# labels of each record) on the size of a python batch.
 MAX_RECORDS = 60000
+MAX_PICKLE_BYTES = MAX_RECORDS * (RECORD + 256)
 TRAIN_BATCHES = [f"data_batch_{i}.bin" for i in range(1, 6)]
 TEST_BATCHES = ["test_batch.bin"]
 ARCHIVE = "cifar-10-binary.tar.gz"
@@ -69,12 +71,14 @@ def read_cifar_py(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """One python-version batch (a pickle such as ``data_batch_1``): images (N, 3, 32, 32) uint8,
     labels (N,) uint8.
 
-    A pickle naming any global other than what numpy arrays need is refused with
-    ``pickle.UnpicklingError`` before anything in it runs; a harmless pickle of the wrong layout
-    is a ``DatasetError`` naming the path and what was found.
+    A pickle naming any global other than what numpy arrays need, or whose arrays are not plain
+    uint8/int32/int64 data, is refused before anything in it runs (see
+    :mod:`~nnkit.datasets.safe_pickle`: the error is both a ``pickle.UnpicklingError`` and a
+    ``DatasetError``); a harmless pickle of the wrong layout is a ``DatasetError``. Both name the
+    path and what was found.
     """
     path = Path(path)
-    batch = restricted_load_path(path)
+    batch = restricted_load_path(path, max_bytes=MAX_PICKLE_BYTES)
     if not isinstance(batch, dict):
         raise DatasetError(f"{path}: expected a dict with b'data' and b'labels', got "
                            f"{type(batch).__name__}")
