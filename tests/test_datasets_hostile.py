@@ -1,10 +1,11 @@
-"""Hostile dataset files: crafted CIFAR-10 python pickles, and IDX/gzip/CIFAR files whose
-headers or sizes lie.
+"""Hostile dataset files: crafted CIFAR-10 python pickles, IDX/gzip/CIFAR files whose headers or
+sizes lie, and a fuzz of truncations, bit flips and bursts of small real-format files.
 
 Every load runs in a child process under a 1 GiB address-space limit, so a crash (SIGSEGV) or a
 runaway allocation shows up as a failed case instead of killing pytest. Each hostile file must be
 refused with an error that is a ``ValueError`` (what the unpickler refuses is also a
-``pickle.UnpicklingError``) and names the file.
+``pickle.UnpicklingError``) and names the file; the fuzz cases must load the same arrays or be
+refused that way.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import gzip
 import json
 import os
 import pickle
+import random
 import re
 import struct
 import subprocess
@@ -24,7 +26,8 @@ import pytest
 from numpy._core.multiarray import _reconstruct
 from numpy._core.numeric import _frombuffer
 
-from helpers import ROOT
+from helpers import DATA, ROOT
+from test_datasets import _py2
 
 LIMIT = 1 << 30  # address space of the child that loads the files
 PIXELS, RECORD = 3072, 3073
@@ -401,3 +404,107 @@ def test_mnist_labels_out_of_range_name_the_file(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx(2, bytes([3, 10])))
     with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte: .*label 10"):
         load_mnist(tmp_path, "test")
+
+
+# ---------------------------------------------------------------- fuzz
+
+FUZZ_PER_FILE = 60
+
+
+def fuzz_bases() -> list[tuple[str, str, bytes, bool]]:
+    """(name, reader kind, file bytes, whether the format checks its bytes) of small files."""
+    rng = np.random.default_rng(0)
+    if (DATA / "mnist").is_dir():
+        with gzip.open(DATA / "mnist" / "t10k-images-idx3-ubyte.gz") as f:
+            images = f.read(16 + 8 * 28 * 28)[16:]
+        with gzip.open(DATA / "mnist" / "t10k-labels-idx1-ubyte.gz") as f:
+            labels = f.read(16)[8:]
+    else:
+        images, labels = rng.integers(0, 256, 8 * 784, np.uint8).tobytes(), bytes(range(8))
+    records = np.frombuffer(rng.integers(0, 256, 3 * RECORD, np.uint8).tobytes(), np.uint8)
+    records = records.reshape(3, RECORD).copy()
+    records[:, 0] %= 10
+    py_batch = {b"batch_label": b"fuzz", b"labels": [int(v) for v in records[:, 0]],
+                b"data": records[:, 1:].copy(), b"filenames": [b"a.png", b"b.png", b"c.png"]}
+    image_file, label_file = idx(8, images, 28), idx(8, labels)
+    bases = [("idx-images", "idx", image_file, False), ("idx-labels", "idx", label_file, False),
+             ("idx-images.gz", "idx", gzip.compress(image_file, mtime=0), True),
+             ("idx-labels.gz", "idx", gzip.compress(label_file, mtime=0), True),
+             ("cifar.bin", "cifar-bin", records.tobytes(), False),
+             ("cifar.bin.gz", "cifar-bin", gzip.compress(records.tobytes(), mtime=0), True),
+             ("cifar-py2", "cifar-py", b"\x80\x02" + _py2(py_batch) + b".", False),
+             ("cifar-p2", "cifar-py", pickle.dumps(py_batch, protocol=2), False),
+             ("cifar-p5", "cifar-py", pickle.dumps({**py_batch, b"data": np.asfortranarray(
+                 py_batch[b"data"])}, protocol=5), False)]
+    if (DATA / "mnist").is_dir():  # one real file as it is
+        bases.append(("real-labels.gz", "idx",
+                      (DATA / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes(), True))
+    return bases
+
+
+def mutate(blob: bytes, rng: random.Random, gz: bool) -> tuple[str, bytes, bool]:
+    """A random truncation, bit flips or burst of ``blob`` (for gzip files, sometimes of the
+    content, recompressed): (what was done, new bytes, whether the format can detect it)."""
+    how = rng.choice(["truncate", "flip", "burst", "header"] + ["inner"] * gz)
+    if how == "inner":
+        what, content, _ = mutate(gzip.decompress(blob), rng, False)
+        return "inner-" + what, gzip.compress(content, mtime=0), False
+    out = bytearray(blob)
+    if how == "truncate":
+        return how, bytes(out[:rng.randrange(len(out))]), True
+    span = min(len(out), 32) if how == "header" else len(out)
+    if how in ("flip", "header"):
+        for _ in range(rng.randint(1, 4)):
+            out[rng.randrange(span)] ^= 1 << rng.randrange(8)
+    else:
+        at = rng.randrange(span)
+        out[at:at + rng.randint(1, 16)] = rng.randbytes(rng.randint(1, 16))
+    return how, bytes(out), True
+
+
+def valid_arrays(kind: str, arrays: list) -> bool:
+    """Whether loaded arrays keep the reader's promise (plain uint8 arrays of matching shapes)."""
+    if any(a[0] != "ndarray" or a[1] != "|u1" for a in arrays):
+        return False
+    if kind == "idx":
+        return len(arrays) == 1 and len(arrays[0][2]) in (1, 3)
+    (_, _, xshape, _, _), (_, _, yshape, _, ymax) = arrays
+    return xshape[1:] == [3, 32, 32] and yshape == xshape[:1] and ymax <= 9
+
+
+def test_fuzzed_files_load_the_same_or_are_refused_clearly(tmp_path):
+    """Each mutation of each small file loads the arrays of the original, or (where the format
+    cannot tell: no checksum, or a gzip of mutated content) other arrays that keep the reader's
+    promise, or is refused with a ValueError naming the file. Never a crash or another error."""
+    rng = random.Random(1234)
+    references, cases = {}, []  # cases: (base name, kind, path, what was done, detectable)
+    for name, kind, blob, checked in fuzz_bases():
+        suffix = ".gz" if name.endswith(".gz") else ""  # the readers pick gzip by the suffix
+        (tmp_path / name).mkdir()
+        references[name] = (kind, tmp_path / name / f"reference{suffix}")
+        references[name][1].write_bytes(blob)
+        for i in range(FUZZ_PER_FILE):
+            what, mutated, detectable = mutate(blob, rng, bool(suffix))
+            path = tmp_path / name / f"case{i}{suffix}"
+            path.write_bytes(mutated)
+            cases.append((name, kind, path, what, checked and detectable))
+    results = run_loads([*references.values(), *[(kind, path) for _, kind, path, _, _ in cases]])
+    expected = dict(zip(references, results))
+    assert all("arrays" in r for r in expected.values()), expected
+    counts = {"identical": 0, "different but valid": 0, "refused": 0}
+    failures = []
+    for (name, kind, path, what, checked), result in zip(cases, results[len(references):]):
+        if "arrays" in result:
+            same = result["arrays"] == expected[name]["arrays"]
+            if same or (not checked and valid_arrays(kind, result["arrays"])):
+                counts["identical" if same else "different but valid"] += 1
+                continue
+            failures.append(f"{name} {what}: loaded different arrays {result['arrays']}")
+        elif (problem := refusal_problem(result, path)) is None:
+            counts["refused"] += 1
+        else:
+            failures.append(f"{name} {what}: {problem}")
+    rss = max(r.get("maxrss_kb", 0) for r in results) >> 10
+    print(f"\nfuzz: {len(cases)} tried, {len(cases) - len(failures)} held {counts}; largest "
+          f"child {rss} MB")
+    assert not failures, f"{len(failures)} of {len(cases)} failed:\n" + "\n".join(failures[:30])
