@@ -38,6 +38,7 @@ import numpy as np
 from . import checkpoint
 from ._version import __version__
 from .config import ConfigError, Job, job_from_text, load_job, load_tree_model
+from .config.text import open_regular_file
 from .layers import LabelInput
 from .means import RunningMeans
 from .model import Sequential
@@ -57,16 +58,21 @@ class UsageError(Exception):
 
 # ==================================================================================== helpers
 def _is_checkpoint(path: str) -> bool:
-    """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config."""
-    try:
-        with open(path, "rb") as f:
+    """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config.
+
+    ConfigError (exit 2) naming the file if it is missing, unreadable or not a regular file
+    (a FIFO would block, ``/dev/zero`` never end).
+    """
+    with open_regular_file(path) as f:
+        try:
             return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read the file: {e.strerror or e}") from None
 
 
 def _read_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint's tree; UsageError (exit 2) if it is missing or not a model checkpoint."""
+    """A checkpoint's tree; exit 2 if it is missing, not a regular file or not a model checkpoint."""
+    open_regular_file(path, "checkpoint").close()  # HDF5 would open a FIFO and block
     try:
         tree = checkpoint.load_tree(path)
     except checkpoint.CheckpointError as e:

@@ -40,11 +40,17 @@ run {{ steps: 20 display_freq: 5 test_freq: 10 checkpoint_freq: 10 run_dir: "{ru
 """
 
 
-def nnkit_cli(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+def nnkit_cli(*args: str, cwd: Path, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
     """Runs ``python -m nnkit.cli ARGS`` without installation."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "nnkit.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180, **kwargs)
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def limit_address_space(limit: int = 2 * 2**30) -> None:
+    """preexec_fn: an allocation without bound fails fast instead of exhausting the machine."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 @pytest.fixture
@@ -176,6 +182,29 @@ def test_bad_configs_and_arguments_exit_2_without_traceback(job_file, tmp_path):
         assert re.search(message, done.stderr), (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_files_that_are_not_regular_or_not_utf8_exit_2_naming_them(job_file, tmp_path):
+    fifo, fifo_h5 = tmp_path / "job.conf", tmp_path / "ckpt.h5"
+    os.mkfifo(fifo)
+    os.mkfifo(fifo_h5)
+    latin1 = tmp_path / "latin1.conf"
+    latin1.write_bytes(b'name: "caf\xe9"\n')
+    cases = [
+        (["show", fifo], r"job\.conf: cannot read the file: it is a FIFO \(named pipe\)"),
+        (["train", fifo], r"job\.conf: cannot read the job config: it is a FIFO"),
+        (["show", "/dev/zero"], r"/dev/zero: cannot read the file: it is a character device"),
+        (["time", "/dev/zero"], r"/dev/zero: cannot read the job config: it is a character device"),
+        (["show", tmp_path], r"cannot read the file: it is a directory"),
+        (["eval", fifo_h5], r"ckpt\.h5: cannot read the checkpoint: it is a FIFO"),
+        (["train", job_file, "--resume", fifo_h5], r"ckpt\.h5: cannot read the checkpoint: it is a FIFO"),
+        (["show", latin1], r"latin1\.conf:1: not UTF-8 text: byte 0xe9 at byte offset 10"),
+    ]
+    for args, message in cases:
+        done = nnkit_cli(*args, cwd=tmp_path, timeout=60, preexec_fn=limit_address_space)
+        assert done.returncode == 2, (args, done.stderr)
+        assert re.search(message, done.stderr), (args, done.stderr)
+        assert "Traceback" not in done.stderr
 
 
 def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_file, tmp_path):

@@ -2,6 +2,8 @@
 location, overrides, checkpoints that carry the job, and the generated-code staleness check."""
 import importlib
 import importlib.util
+import os
+import signal
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -329,3 +331,44 @@ def test_job_text_round_trips_through_load_job(tmp_path):
     path = tmp_path / "copy.conf"
     path.write_text(job.to_text())
     assert load_job(path, check_data=False).proto == job.proto
+
+
+# ================================================================= files that are not configs
+@pytest.fixture
+def time_bound():
+    """Fails the test instead of hanging it (reading a FIFO blocked forever before)."""
+    def expire(signum, frame):
+        raise TimeoutError("blocked for 10 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_files_that_are_not_regular_or_too_large_or_not_utf8_are_refused(tmp_path, time_bound):
+    fifo = tmp_path / "job.conf"
+    os.mkfifo(fifo)
+    cases = [(fifo, "it is a FIFO \\(named pipe\\), not a regular file"),
+             ("/dev/zero", "it is a character device, not a regular file"),
+             (tmp_path, "it is a directory, not a regular file"),
+             (tmp_path / "missing.conf", "cannot read the job config: No such file or directory")]
+    big = tmp_path / "big.conf"
+    with open(big, "wb") as f:
+        f.truncate(16 * 2**20 + 1)  # sparse: no time or disk spent
+    cases.append((big, "larger than 16777216 bytes"))
+    for path, problem in cases:
+        with pytest.raises(ConfigError, match=problem) as info:
+            load_job(path, check_data=False)
+        assert info.value.location == str(path)
+    latin1 = tmp_path / "latin1.conf"
+    latin1.write_bytes(b'# ok\nname: "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text: byte 0xe9 at byte offset 15") as info:
+        load_job(latin1, check_data=False)
+    assert info.value.location == f"{latin1}:2"
+    with pytest.raises(ConfigError, match=r"<proto>:1: not UTF-8 text: byte 0xff at byte offset 6"):
+        model_from_proto(b'name: \xff"\n')
+    bom = tmp_path / "bom.conf"
+    bom.write_bytes(b"\xef\xbb\xbf" + (EXAMPLES / "mnist_mlp.conf").read_bytes())
+    assert load_job(bom, check_data=False).name == "mnist_mlp"  # an editor's byte-order mark

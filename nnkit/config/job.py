@@ -21,7 +21,7 @@ from ..model import Sequential
 from ..proto import JobConf
 from .overrides import apply_override
 from .schema import DEFAULT_MODEL_NAME, build_model_from_job, updater_from_conf
-from .text import ConfigError, Origins, Where, parse_job
+from .text import ConfigError, Origins, Where, parse_job, read_config_file
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -260,17 +260,14 @@ def load_job(path: str | os.PathLike, overrides: Iterable[str] = (), data_dir: s
     """Reads, overrides and validates a text-format job config; raises ConfigError if unusable.
 
     Args:
-        path: the config file.
+        path: the config file: a regular file of at most 16 MiB of UTF-8 text (see
+            :func:`~nnkit.config.text.read_config_file`).
         overrides: ``key=value`` items applied after parsing (see :func:`apply_override`).
         data_dir: if given, replaces ``data.dir``.
         check_data: also check that the data folder and files exist.
     """
     path = os.fspath(path)
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, "", f"cannot read the job config: {e.strerror or e}") from None
-    return job_from_text(text, path, overrides, data_dir, check_data)
+    return job_from_text(read_config_file(path), path, overrides, data_dir, check_data)
 
 
 def job_from_text(text: str, source: str = "<string>", overrides: Iterable[str] = (),

@@ -20,7 +20,7 @@ from ..layers import Accuracy, Layer
 from ..layers.base import conf_layer_types
 from ..model import Sequential
 from ..proto import JobConf, LayerConf, ModelConf, ParamConf, UpdaterConf
-from .text import Origins, Where, parse_job
+from .text import Origins, Where, decode_config, parse_job
 
 
 
@@ -357,7 +357,7 @@ def model_from_proto(proto: JobConf | str | bytes, source: str = "<proto>") -> S
     ConfigError for an invalid config.
     """
     if isinstance(proto, (str, bytes)):
-        text = proto.decode() if isinstance(proto, bytes) else proto
+        text = decode_config(proto, source) if isinstance(proto, bytes) else proto
         job, origins = parse_job(text, source)
     elif isinstance(proto, JobConf):
         job, origins = proto, Origins(source)
