@@ -333,6 +333,68 @@ def test_job_text_round_trips_through_load_job(tmp_path):
     assert load_job(path, check_data=False).proto == job.proto
 
 
+# ========================================================== values that make no sense
+SANE = """name: "sane"
+seed: 1
+model {
+  input_shape: [3, 32, 32]
+  layer { convolution { nb_filter: 2 kernel: 3 w { std: 0.1 } b { lr_mult: 2 } } }
+  layer { lrn { size: 3 alpha: 0.0001 beta: 0.75 k: 1 } }
+  layer { dropout { ratio: 0.5 } }
+  layer { dense { output_dim: 10 w { wd_mult: 1 } } }
+}
+updater {
+  lr: 0.1
+  momentum: 0.9
+  decay: 0.001
+  lr_type: manual
+  step: [0, 100]
+  step_lr: [0.1, 0.01]
+}
+data { dataset: "cifar10" mean_value: [1, 2, 3] scale: 0.5 }
+"""
+
+
+def test_the_sane_config_is_valid():
+    job_from_text(SANE, "s.conf", check_data=False)
+
+
+@pytest.mark.parametrize("old, new, line, field, problem", [
+    ("alpha: 0.0001", "alpha: inf", 6, "model.layer[1].lrn.alpha", "must be a finite number, got inf"),
+    ("alpha: 0.0001", "alpha: nan", 6, "model.layer[1].lrn.alpha", "must be a finite number, got nan"),
+    ("alpha: 0.0001", "alpha: -1", 6, "model.layer[1].lrn.alpha", "alpha must be a finite number >= 0"),
+    ("beta: 0.75", "beta: nan", 6, "model.layer[1].lrn.beta", "must be a finite number, got nan"),
+    ("k: 1", "k: 0", 6, "model.layer[1].lrn.k", "k must be a finite number > 0, got 0.0"),
+    ("k: 1", "k: -2", 6, "model.layer[1].lrn.k", "k must be a finite number > 0"),
+    ("lr_mult: 2", "lr_mult: -2", 5, "model.layer[0].convolution.b.lr_mult", "b_lr must be a finite number >= 0"),
+    ("wd_mult: 1", "wd_mult: -1", 8, "model.layer[3].dense.w.wd_mult", "w_wd must be a finite number >= 0"),
+    ("std: 0.1", "std: -0.1", 5, "model.layer[0].convolution.w.std", "w_std must be >= 0"),
+    ("std: 0.1", "std: nan", 5, "model.layer[0].convolution.w.std", "must be a finite number, got nan"),
+    ("w { std: 0.1 }", "w { low: 1 high: 0 }", 5, "model.layer[0].convolution.w.high", "w_low = 1.0 must be <= w_high"),
+    ("seed: 1", "seed: -1", 2, "seed", "must be >= 0, got -1"),
+    ("lr: 0.1", "lr: nan", 11, "updater.lr", "must be a finite number, got nan"),
+    ("lr: 0.1", "lr: -inf", 11, "updater.lr", "must be a finite number, got -inf"),
+    ("momentum: 0.9", "momentum: 1", 12, "updater.momentum", r"momentum must satisfy 0.0 <= momentum < 1.0"),
+    ("momentum: 0.9", "momentum: -0.5", 12, "updater.momentum", r"momentum must satisfy 0.0 <= momentum < 1.0"),
+    ("decay: 0.001", "decay: -0.001", 13, "updater.decay", "decay must satisfy 0.0 <= decay"),
+    ("step_lr: [0.1, 0.01]", "step_lr: [0.1,\n    -0.01]", 16, "updater.step_lr", r"step_lr\[1\] must be >= 0"),
+    ("step_lr: [0.1, 0.01]", "step_lr: [0.1,\n    nan]", 17, "updater.step_lr[1]", "must be a finite number"),
+    ("momentum: 0.9", "momentum: 0.9\n  rho: 0.5", 13, "updater.rho", "updater type sgd does not use rho"),
+    ("ratio: 0.5", "ratio: 1", 7, "model.layer[2].dropout.ratio", r"ratio must be in \[0, 1\)"),
+    ("ratio: 0.5", "ratio: -0.5", 7, "model.layer[2].dropout.ratio", r"ratio must be in \[0, 1\)"),
+    ("scale: 0.5", "scale: inf", 18, "data.scale", "must be a finite number, got inf"),
+    ("mean_value: [1, 2, 3]", "mean_value: [1, nan, 3]", 18, "data.mean_value[1]", "must be a finite number"),
+    ("input_shape: [3, 32, 32]", "input_shape: [3, 0, 32]", 4, "model.input_shape", "must be >= 1"),
+    ("  layer { conv", '  layer { image_input { height: 32 width: 32 nb_channel: 3 dtype: "int32" } }\n'
+     "  layer { conv", 5, "model.layer[0].image_input.dtype", "must be float32 or float64, got int32"),
+])
+def test_values_that_make_no_sense_fail_at_their_line_and_field(old, new, line, field, problem):
+    assert old in SANE
+    with pytest.raises(ConfigError, match=problem) as info:
+        job_from_text(SANE.replace(old, new, 1), "s.conf", check_data=False)
+    assert (info.value.location, info.value.field) == (f"s.conf:{line}", field)
+
+
 # ================================================================= files that are not configs
 @pytest.fixture
 def time_bound():

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,7 +21,7 @@ from ..layers.input import _InputLayer
 from ..model import Sequential
 from ..proto import JobConf
 from .overrides import apply_override
-from .schema import DEFAULT_MODEL_NAME, build_model_from_job, updater_from_conf
+from .schema import DEFAULT_MODEL_NAME, build_model_from_job, check_input_shape, updater_from_conf
 from .text import ConfigError, Origins, Where, parse_job, read_config_file
 
 DEFAULT_BATCH_SIZE = 32
@@ -117,8 +118,9 @@ class Job:
         if shape is None:
             raise mwhere.error("the input shape is unknown: give model.input_shape, start with "
                                "an image_input layer, or name a known data.dataset", "input_shape")
+        check_input_shape(shape, mwhere)  # before comparing sizes: a 0 would just not match
         info = self.dataset_info()
-        if info is not None and int(np.prod(info[0])) != int(np.prod(shape)):
+        if info is not None and math.prod(info[0]) != math.prod(shape):  # exact: no int64 wrap
             raise mwhere.error(f"the model takes inputs of shape {shape} but "
                                f"{self.proto.data.dataset} examples have shape {info[0]}",
                                "input_shape" if self.proto.model.input_shape else None)

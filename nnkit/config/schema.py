@@ -8,6 +8,7 @@ is an error, which keeps the schema and the code from drifting apart unnoticed.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from typing import Any
 
@@ -17,7 +18,8 @@ from google.protobuf.message import Message
 
 from .. import updaters as updaters_module
 from ..layers import Accuracy, Layer
-from ..layers.base import conf_layer_types
+from ..layers.base import SUPPORTED_DTYPES, conf_layer_types
+from ..layers.input import _InputLayer
 from ..model import Sequential
 from ..proto import JobConf, LayerConf, ModelConf, ParamConf, UpdaterConf
 from .text import Origins, Where, decode_config, parse_job
@@ -259,7 +261,13 @@ def _updater_to_conf(updater: updaters_module.Updater, conf: UpdaterConf) -> Non
 def updater_from_conf(conf: UpdaterConf, where: Where) -> updaters_module.Updater:
     """The updater an UpdaterConf describes; ConfigError at the offending line otherwise."""
     kwargs = {fd.name: _python_value(conf, fd) for fd, _ in conf.ListFields() if fd.name != "type"}
-    cls = _UPDATERS[UpdaterConf.Type.Name(conf.type)]
+    type_name = UpdaterConf.Type.Name(conf.type)
+    cls = _UPDATERS[type_name]
+    takes = set(_defaults(cls.__init__, updaters_module.Updater.__init__))
+    for name in kwargs:
+        if name not in takes:
+            raise where.error(f"updater type {type_name} does not use {name} (it takes "
+                              f"{', '.join(sorted(takes))})", name)
     if len(conf.step) != len(conf.step_lr):
         raise where.error(f"step has {len(conf.step)} entries but step_lr has "
                           f"{len(conf.step_lr)}: they pair up (step_lr[i] applies from step[i] on)",
@@ -318,8 +326,26 @@ def _metric_from_text(name: str, at: Where) -> str | Accuracy:
     return Accuracy(topk=int(m.group(1)))
 
 
+def check_numbers(msg: Message, where: Where) -> None:
+    """Raises ConfigError at the first floating-point field of ``msg`` (and the messages in
+    it) that is NaN or infinite: no setting of a job means anything as either, and an
+    infinite one only turns into NaN later, far from the line that caused it."""
+    for fd, value in msg.ListFields():
+        items = list(value) if fd.is_repeated else [value]
+        for i, item in enumerate(items):
+            at = where.child(fd.name, i if fd.is_repeated else None)
+            if fd.message_type is not None:
+                check_numbers(item, at)
+            elif fd.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT) \
+                    and not math.isfinite(item):
+                raise at.error(f"must be a finite number, got {item}")
+
+
 def build_model_from_job(job: JobConf, where: Where, compile_always: bool) -> Sequential:
     """A Sequential from a JobConf: layers, then (if described or asked) loss/metrics/updater."""
+    check_numbers(job, where)
+    if job.HasField("seed") and job.seed < 0:
+        raise where.error(f"must be >= 0, got {job.seed}", "seed")
     conf = job.model
     mwhere = where.child("model")
     if not conf.layer:
@@ -334,6 +360,11 @@ def build_model_from_job(job: JobConf, where: Where, compile_always: bool) -> Se
             model.add(layer)
         except (TypeError, ValueError) as e:
             raise at.error(str(e)) from None
+        if i == 0 and isinstance(layer, _InputLayer) and layer.dtype not in SUPPORTED_DTYPES \
+                and len(conf.layer) > 1:  # the layers above take the input layer's dtype
+            raise at.child(layer_conf.WhichOneof("type")).error(
+                f"the layers after an input layer compute in its dtype, which must be float32 "
+                f"or float64, got {layer.dtype}", "dtype")
     if compile_always or conf.HasField("loss") or conf.metric or job.HasField("updater"):
         lossname = ModelConf.Loss.Name(conf.loss)
         metrics = [_metric_from_text(m, mwhere.child("metric", i)) for i, m in enumerate(conf.metric)] \
@@ -365,3 +396,9 @@ def model_from_proto(proto: JobConf | str | bytes, source: str = "<proto>") -> S
         raise TypeError(f"model_from_proto takes a JobConf or its text, got {type(proto).__name__}")
     return build_model_from_job(job, Where(origins), compile_always=False)
 
+
+# ============================================================================ model size
+def check_input_shape(input_shape: tuple[int, ...], mwhere: Where) -> None:
+    """ConfigError at ``model.input_shape`` unless every entry is >= 1."""
+    if min(input_shape, default=1) < 1:
+        raise mwhere.error(f"every entry must be >= 1, got {tuple(input_shape)}", "input_shape")

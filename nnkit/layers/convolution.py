@@ -89,8 +89,8 @@ class Convolution2D(Layer):
         self._param_kwargs = dict(param_kwargs)  # kept verbatim for get_config
         self._x: np.ndarray | None = None  # the last forward's input, for backward
         kwargs = dict(param_kwargs)
-        self._w_spec = param_specs("w", init, kwargs, initializers.UNIFORM)
-        self._b_spec = param_specs("b", None, kwargs, initializers.ZERO)
+        self._w_spec = param_specs("w", init, kwargs, initializers.UNIFORM, owner)
+        self._b_spec = param_specs("b", None, kwargs, initializers.ZERO, owner)
         reject_unknown(owner, kwargs)
 
     def get_config(self) -> dict[str, Any]:

@@ -39,8 +39,8 @@ class Dense(Layer):
         self.init = init
         self.use_bias = bool(bias)
         self._param_kwargs = dict(param_kwargs)
-        w_spec, w_lr, w_wd = param_specs("w", init, param_kwargs, initializers.UNIFORM)
-        b_spec, b_lr, b_wd = param_specs("b", None, param_kwargs, initializers.ZERO)
+        w_spec, w_lr, w_wd = param_specs("w", init, param_kwargs, initializers.UNIFORM, self.describe())
+        b_spec, b_lr, b_wd = param_specs("b", None, param_kwargs, initializers.ZERO, self.describe())
         reject_unknown("Dense", param_kwargs)
         self.params = [Param(self, "weight", w_spec, w_lr, w_wd)]
         if self.use_bias:

@@ -77,10 +77,18 @@ class LRN2D(Layer):
         if norm_region == "within_channel" and size % 2 == 0:
             # The box is centred on the pixel: an even side has no centre.
             raise self.error(f"norm_region 'within_channel' needs an odd size, got {size}")
+        alpha, beta, k = float(alpha), float(beta), float(k)
+        if not 0.0 <= alpha < float("inf"):  # these comparisons also reject NaN
+            raise self.error(f"alpha must be a finite number >= 0, got {alpha}")
+        if not -float("inf") < beta < float("inf"):
+            raise self.error(f"beta must be finite, got {beta}")
+        if not 0.0 < k < float("inf"):
+            # k > 0 keeps the divisor positive: an all-zero window would divide by k ** beta.
+            raise self.error(f"k must be a finite number > 0, got {k}")
         self.size = int(size)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.k = float(k)
+        self.alpha = alpha
+        self.beta = beta
+        self.k = k
         self.norm_region = norm_region
         self._x: np.ndarray | None = None
 
