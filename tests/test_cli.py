@@ -207,6 +207,26 @@ def test_files_that_are_not_regular_or_not_utf8_exit_2_naming_them(job_file, tmp
         assert "Traceback" not in done.stderr
 
 
+def test_show_refuses_a_model_too_large_before_allocating_it(tmp_path):
+    huge = tmp_path / "huge.conf"  # 784 x 2,000,000 weights, then 2,000,000 x 2,000
+    huge.write_text((ROOT / "examples" / "mnist_mlp.conf").read_text().replace(
+        "output_dim: 2500", "output_dim: 2000000"))
+    done = nnkit_cli("show", huge, cwd=tmp_path, preexec_fn=limit_address_space)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"huge\.conf:\d+: model\.layer\[3\]: the model would need at least 62\.3 GiB "
+                     r"\(5,575,010,010 parameters.* more than the limit of 4\.0 GiB", done.stderr), done.stderr
+    # A checkpoint whose stored job is as large: refused before its model is built.
+    model = Sequential([Dense(2)], input_shape=(3,))
+    model.compile()
+    tree = {"model": model.checkpoint_tree(), "trainer": {}}
+    tree["model"]["proto"] = tree["model"]["proto"].replace("output_dim: 2", "output_dim: 2000000000")
+    tree["model"]["proto"] = tree["model"]["proto"].replace("input_shape: 3", "input_shape: 30000")
+    nnkit.checkpoint.save_tree(tmp_path / "huge.h5", tree)
+    done = nnkit_cli("show", tmp_path / "huge.h5", cwd=tmp_path, preexec_fn=limit_address_space)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"huge\.h5 \(stored job\):\d+: model\.layer\[1\]: the model would need", done.stderr)
+
+
 def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_file, tmp_path):
     done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
                      cwd=tmp_path)

@@ -385,6 +385,8 @@ def test_the_sane_config_is_valid():
     ("scale: 0.5", "scale: inf", 18, "data.scale", "must be a finite number, got inf"),
     ("mean_value: [1, 2, 3]", "mean_value: [1, nan, 3]", 18, "data.mean_value[1]", "must be a finite number"),
     ("input_shape: [3, 32, 32]", "input_shape: [3, 0, 32]", 4, "model.input_shape", "must be >= 1"),
+    ("kernel: 3", "kernel: 3 stride: [1, 2147483647]", 5, "model.layer[0].convolution.stride",
+     r"stride \(1, 2147483647\) is larger than the padded input \(32, 32\)"),
     ("  layer { conv", '  layer { image_input { height: 32 width: 32 nb_channel: 3 dtype: "int32" } }\n'
      "  layer { conv", 5, "model.layer[0].image_input.dtype", "must be float32 or float64, got int32"),
 ])
@@ -393,6 +395,49 @@ def test_values_that_make_no_sense_fail_at_their_line_and_field(old, new, line, 
     with pytest.raises(ConfigError, match=problem) as info:
         job_from_text(SANE.replace(old, new, 1), "s.conf", check_data=False)
     assert (info.value.location, info.value.field) == (f"s.conf:{line}", field)
+
+
+def test_param_shapes_are_what_build_allocates():
+    model = every_option_model()
+    walk = model.shapes((2, 12, 10))
+    expected = [layer.param_shapes(shape_in) for layer, (shape_in, _) in zip(model.layers, walk)]
+    model.build()
+    assert expected == [{p.name: p.data.shape for p in layer.params} for layer in model.layers]
+    bn = nnkit.BatchNormalization()
+    bn.build((4, 3, 3))
+    assert bn.param_shapes((4, 3, 3)) == {p.name: p.data.shape for p in bn.params} == {
+        "weight": (4,), "bias": (4,)}
+
+
+def test_a_model_needing_more_memory_than_the_limit_is_refused_unallocated(monkeypatch):
+    text = SANE.replace("nb_filter: 2", "nb_filter: 20000000")  # the dense weight: 1.8e11 values
+    with pytest.raises(ConfigError, match=r"would need at least 2,.* GiB .*NNKIT_MAX_MODEL_BYTES") as info:
+        job_from_text(text, "s.conf", check_data=False)
+    assert (info.value.location, info.value.field) == ("s.conf:8", "model.layer[3]")  # the largest
+    # Validation allocates nothing (2 TB here): with a limit above the need it passes.
+    job_from_text(text, "s.conf", check_data=False, max_model_bytes=10**13)
+    # The parameter count in the message is exact: what the built model has.
+    monkeypatch.setenv("NNKIT_MAX_MODEL_BYTES", "1000")
+    with pytest.raises(ConfigError, match="would need") as info:
+        load_job(EXAMPLES / "cifar10_cnn.conf", check_data=False)
+    monkeypatch.delenv("NNKIT_MAX_MODEL_BYTES")
+    model = load_job(EXAMPLES / "cifar10_cnn.conf", check_data=False).build_model()
+    assert f"({sum(p.data.size for p in model.params):,} parameters" in str(info.value)
+    for bad in ("lots", "-5", "0", "1e999"):
+        monkeypatch.setenv("NNKIT_MAX_MODEL_BYTES", bad)
+        with pytest.raises(ConfigError, match="must be a number of bytes") as info:
+            job_from_text(SANE, "s.conf", check_data=False)
+        assert info.value.location == "$NNKIT_MAX_MODEL_BYTES"
+
+
+def test_a_stored_job_too_large_is_refused_before_its_model_is_built(monkeypatch):
+    model = Sequential([Dense(3), Dense(2)], input_shape=(4,))
+    text = text_format.MessageToString(model.to_proto())
+    monkeypatch.setenv("NNKIT_MAX_MODEL_BYTES", "100")  # the model: 23 parameters, 2 copies
+    with pytest.raises(ConfigError, match=r"\(23 parameters") as info:
+        model_from_proto(text, "ckpt.h5 (stored job)")
+    assert info.value.location.startswith("ckpt.h5 (stored job):")
+    assert model_from_proto(text, max_model_bytes=10**6).layers[0].output_dim == 3
 
 
 # ================================================================= files that are not configs

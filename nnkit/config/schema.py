@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 from typing import Any
 
@@ -22,8 +23,14 @@ from ..layers.base import SUPPORTED_DTYPES, conf_layer_types
 from ..layers.input import _InputLayer
 from ..model import Sequential
 from ..proto import JobConf, LayerConf, ModelConf, ParamConf, UpdaterConf
-from .text import Origins, Where, decode_config, parse_job
+from .text import ConfigError, Origins, Where, decode_config, parse_job
 
+#: Batch size of a data source that gives none.
+DEFAULT_BATCH_SIZE = 32
+#: Models from configs needing more memory than this are refused before anything is
+#: allocated (see :func:`check_model_memory`); ``$NNKIT_MAX_MODEL_BYTES`` overrides it.
+DEFAULT_MAX_MODEL_BYTES = 4 * 2**30
+MAX_MODEL_BYTES_ENV = "NNKIT_MAX_MODEL_BYTES"
 
 
 # ================================================================= layers, updaters: the tables
@@ -379,13 +386,15 @@ def build_model_from_job(job: JobConf, where: Where, compile_always: bool) -> Se
     return model
 
 
-def model_from_proto(proto: JobConf | str | bytes, source: str = "<proto>") -> Sequential:
+def model_from_proto(proto: JobConf | str | bytes, source: str = "<proto>",
+                     max_model_bytes: int | None = None) -> Sequential:
     """Rebuilds a model from a JobConf (or its text format) as ``Sequential.to_proto()`` gives it.
 
     The model is compiled when the config has a loss, metrics or an updater; with the same
     seed it gets the same initial weights as the model that was converted. The data and run
     sections, if any, are kept on ``model.job``. ``source`` names the origin in errors. Raises
-    ConfigError for an invalid config.
+    ConfigError for an invalid config, or one whose model would need more memory than
+    ``max_model_bytes`` (default: see :func:`model_memory_limit`), before allocating it.
     """
     if isinstance(proto, (str, bytes)):
         text = decode_config(proto, source) if isinstance(proto, bytes) else proto
@@ -394,7 +403,13 @@ def model_from_proto(proto: JobConf | str | bytes, source: str = "<proto>") -> S
         job, origins = proto, Origins(source)
     else:
         raise TypeError(f"model_from_proto takes a JobConf or its text, got {type(proto).__name__}")
-    return build_model_from_job(job, Where(origins), compile_always=False)
+    where = Where(origins)
+    model = build_model_from_job(job, where, compile_always=False)
+    shape = model.input_shape or model.layers[0].input_shape
+    if shape is not None:  # else the first batch tells it, and the model is sized then
+        walk = shape_walk(model, shape, where.child("model"))
+        check_model_memory(model, walk, where.child("model"), max_model_bytes)
+    return model
 
 
 # ============================================================================ model size
@@ -402,3 +417,83 @@ def check_input_shape(input_shape: tuple[int, ...], mwhere: Where) -> None:
     """ConfigError at ``model.input_shape`` unless every entry is >= 1."""
     if min(input_shape, default=1) < 1:
         raise mwhere.error(f"every entry must be >= 1, got {tuple(input_shape)}", "input_shape")
+
+
+def shape_walk(model: Sequential, input_shape: tuple[int, ...], mwhere: Where
+               ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``model.shapes(input_shape)``, a layer that does not fit its input a ConfigError at
+    its line. Nothing is allocated; the model's layers must be one to one with the config's."""
+    check_input_shape(input_shape, mwhere)
+    try:
+        walk = model.shapes(tuple(input_shape))
+    except (TypeError, ValueError) as e:
+        at = mwhere.child("layer", e.layer_index)
+        raise at.error(f"does not fit its input of shape (batch, "
+                       f"{', '.join(map(str, e.input_shape))}): {e}") from None
+    for i, (layer, (shape_in, _)) in enumerate(zip(model.layers, walk)):
+        stride, pad = getattr(layer, "stride", None), getattr(layer, "pad", None)
+        if stride is None or pad is None or len(shape_in) != 3:
+            continue
+        padded = tuple(size + 2 * p for size, p in zip(shape_in[1:], pad))
+        if any(s > size for s, size in zip(stride, padded)):
+            # One window fits whatever the stride, and pooling's scratch grows with it
+            # (a stride of 2**31 would take 64 GiB).
+            raise mwhere.child("layer", i).child(layer.conf_field).error(
+                f"stride {stride} is larger than the padded input {padded}: one window fits "
+                f"whatever the stride; give at most the padded size", "stride")
+    return walk
+
+
+def model_memory_limit(limit: int | None = None) -> int:
+    """The memory limit of models from configs: ``limit``, else ``$NNKIT_MAX_MODEL_BYTES``
+    (a whole number of bytes), else :data:`DEFAULT_MAX_MODEL_BYTES` (4 GiB)."""
+    if limit is not None:
+        return int(limit)
+    text = os.environ.get(MAX_MODEL_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_MODEL_BYTES
+    try:
+        value = int(float(text)) if re.fullmatch(r"\d+(\.\d*)?(e\d+)?", text) else -1
+    except OverflowError:
+        value = -1
+    if value < 1:
+        raise ConfigError(f"${MAX_MODEL_BYTES_ENV}", "", f"must be a number of bytes >= 1 "
+                          f"(e.g. 4e9), got {text!r}")
+    return value
+
+
+def _gib(n: int) -> str:
+    """Bytes for a message: ``12.3 GiB``, ``4,096.0 GiB``, ``0.25 GiB``."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**30:.2g} GiB"
+
+
+def check_model_memory(model: Sequential, walk: list[tuple[tuple[int, ...], tuple[int, ...]]],
+                       mwhere: Where, limit: int | None = None) -> int:
+    """Refuses (ConfigError) a model that would need more than ``limit`` bytes; returns the need.
+
+    Computed before anything is allocated, from the shape walk ``walk`` (``model.shapes()``)
+    and each layer's ``param_shapes``: every parameter value takes its data, its gradient
+    and the updater's slots (momentum, Adam's two moments ...), and every layer holds its
+    output and its input gradient for one example. So this is a lower bound of a training
+    step's memory (a batch multiplies the second part), and exact in the parameters. The
+    message points at the layer that needs the most.
+    """
+    limit = model_memory_limit(limit)
+    first = model.layers[0]  # the layers compute in an input layer's dtype, else float32
+    itemsize = first.dtype.itemsize if isinstance(first, _InputLayer) else 4
+    per_value = itemsize * (2 + len(model.updater.slot_names if model.updater else ()))
+    needs, params = [], 0
+    for layer, (shape_in, shape_out) in zip(model.layers, walk):
+        count = sum(math.prod(s) for s in layer.param_shapes(shape_in).values())
+        params += count
+        needs.append(count * per_value + (math.prod(shape_in) + math.prod(shape_out)) * itemsize)
+    total = sum(needs)
+    if total > limit:
+        worst = max(range(len(needs)), key=needs.__getitem__)
+        raise mwhere.child("layer", worst).error(
+            f"the model would need at least {_gib(total)} ({params:,} parameters with their "
+            f"gradients and updater slots, and one example's activations), more than the "
+            f"limit of {_gib(limit)} (set ${MAX_MODEL_BYTES_ENV} to change it); this layer, "
+            f"from {walk[worst][0]} to {walk[worst][1]} per example, needs {_gib(needs[worst])}")
+    return total
+

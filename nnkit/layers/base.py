@@ -162,6 +162,12 @@ class Layer:
         """The per-example output shape for a per-example input shape (no batch axis)."""
         return tuple(input_shape)
 
+    def param_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The shape of each parameter ``build`` creates for ``input_shape``, by name, without
+        allocating anything (configs size a model before building it). Layers with
+        parameters override it, and their ``create_params`` allocates these shapes."""
+        return {}
+
     def require_images(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
         """Returns ``(C, H, W)``; raises naming the layer unless the input is a batch of images."""
         if len(input_shape) != 3:

@@ -221,12 +221,17 @@ class BatchNormalization(Layer):
                              f"of shape (batch, {', '.join(map(str, input_shape))})")
         return tuple(input_shape)
 
+    def param_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Weight and bias, one value per channel (the running statistics are state)."""
+        return {p.name: (input_shape[0],) for p in self.params}
+
     def create_params(self, input_shape: tuple[int, ...], dtype: np.dtype,
                       rng: np.random.Generator) -> None:
         """Allocates weight and bias and the running statistics, one value per channel."""
         channels = input_shape[0]
+        shapes = self.param_shapes(input_shape)
         for p in self.params:
-            p.allocate((channels,), dtype, channels, channels, rng)
+            p.allocate(shapes[p.name], dtype, channels, channels, rng)
         self.add_state("moving_mean", np.zeros(channels, dtype))
         self.add_state("moving_variance", np.ones(channels, dtype))
 
