@@ -227,6 +227,31 @@ def test_show_refuses_a_model_too_large_before_allocating_it(tmp_path):
     assert re.search(r"huge\.h5 \(stored job\):\d+: model\.layer\[1\]: the model would need", done.stderr)
 
 
+def test_debug_works_after_the_command_too(job_file, tmp_path, capsys):
+    assert main(["show", str(job_file), "--debug"]) == 0
+    assert "Total params" in capsys.readouterr().out
+    done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
+                     "--debug", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and "NonFiniteLossError" in done.stderr
+
+
+def test_show_into_a_closed_pipe_exits_quietly(tmp_path):
+    model = Sequential([Dense(2)], input_shape=(3,))
+    model.compile()
+    model.save(tmp_path / "m.h5")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `nnkit show m.h5 | head -1` once head has gone
+    try:
+        done = subprocess.run([sys.executable, "-m", "nnkit.cli", "show", str(tmp_path / "m.h5")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + signal.SIGPIPE  # a shell's status for a closed pipe
+    assert done.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
+
+
 def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_file, tmp_path):
     done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
                      cwd=tmp_path)
