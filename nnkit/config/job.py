@@ -23,7 +23,7 @@ from ..proto import JobConf
 from .overrides import apply_override
 from .schema import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL_NAME, build_model_from_job,
                      check_input_shape, check_model_memory, shape_walk, updater_from_conf)
-from .text import ConfigError, Origins, Where, parse_job, read_config_file
+from .text import Origins, Where, parse_job, read_config_file
 
 class Job:
     """A validated job config: builds the model, updater and data, and prints itself.
