@@ -479,3 +479,6 @@ def test_files_that_are_not_regular_or_too_large_or_not_utf8_are_refused(tmp_pat
     bom = tmp_path / "bom.conf"
     bom.write_bytes(b"\xef\xbb\xbf" + (EXAMPLES / "mnist_mlp.conf").read_bytes())
     assert load_job(bom, check_data=False).name == "mnist_mlp"  # an editor's byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbf# x\n\xff")  # offsets count the mark: they are the file's
+    with pytest.raises(ConfigError, match=r"bom\.conf:2: not UTF-8 text: byte 0xff at byte offset 7"):
+        load_job(bom, check_data=False)

@@ -5,6 +5,7 @@ put the value there), the field (``model.layer[3].dense.output_dim``) and the pr
 """
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import re
@@ -119,12 +120,14 @@ def open_regular_file(path: str | os.PathLike, what: str = "file") -> io.Buffere
 def decode_config(data: bytes, source: str) -> str:
     """Config bytes as text: UTF-8 (a leading byte-order mark is dropped); ConfigError naming
     the line and byte offset of the first byte that is not UTF-8."""
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[skip:].decode("utf-8")  # not "utf-8-sig": its offsets omit the mark
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{source}:{line}", "", f"not UTF-8 text: byte 0x{data[e.start]:02x} "
-                          f"at byte offset {e.start} ({e.reason})") from None
+        offset = skip + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise ConfigError(f"{source}:{line}", "", f"not UTF-8 text: byte 0x{data[offset]:02x} "
+                          f"at byte offset {offset} ({e.reason})") from None
 
 
 def read_config_file(path: str | os.PathLike, max_bytes: int = MAX_CONFIG_BYTES) -> str:
