@@ -191,7 +191,7 @@ def show_in_process(path: Path) -> tuple[int | str, str]:
             status: int | str = main(["show", str(path)])
     except CaseTimeout:
         status = "timeout"
-    except BaseException as e:  # noqa: BLE001  (reported as the case's failure)
+    except (Exception, SystemExit) as e:  # noqa: BLE001  (reported as the case's failure)
         status = f"raised {type(e).__name__}: {e}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
