@@ -10,8 +10,9 @@
     nnkit plot RUN_DIR [--out DIR]
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
-traceback), 1 for a failure during the run (``--debug`` adds the traceback), 130 when a run
-was stopped by Ctrl-C (after its checkpoint was written).
+traceback), 1 for a failure during the run (``--debug``, before or after the command, adds
+the traceback), 130 when a run was stopped by Ctrl-C (after its checkpoint was written), 141
+(quietly) when the reader of stdout went away, as in ``nnkit show CKPT | head -1``.
 
 A training run writes into its run directory (``runs/<job name>-<YYYYmmdd-HHMMSS>`` by
 default): ``job.conf`` (the job as run, overrides applied), ``checkpoint.h5`` (every
@@ -26,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import signal
 import sys
 import textwrap
 import time
@@ -39,6 +42,7 @@ import numpy as np
 from . import checkpoint
 from ._version import __version__
 from .config import ConfigError, Job, job_from_text, load_job, load_tree_model
+from .config.text import open_regular_file
 from .layers import LabelInput
 from .means import RunningMeans
 from .model import Sequential
@@ -58,16 +62,21 @@ class UsageError(Exception):
 
 # ==================================================================================== helpers
 def _is_checkpoint(path: str) -> bool:
-    """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config."""
-    try:
-        with open(path, "rb") as f:
+    """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config.
+
+    ConfigError (exit 2) naming the file if it is missing, unreadable or not a regular file
+    (a FIFO would block, ``/dev/zero`` never end).
+    """
+    with open_regular_file(path) as f:
+        try:
             return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read the file: {e.strerror or e}") from None
 
 
 def _read_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint's tree; UsageError (exit 2) if it is missing or not a model checkpoint."""
+    """A checkpoint's tree; exit 2 if it is missing, not a regular file or not a model checkpoint."""
+    open_regular_file(path, "checkpoint").close()  # HDF5 would open a FIFO and block
     try:
         tree = checkpoint.load_tree(path)
     except checkpoint.CheckpointError as e:
@@ -529,7 +538,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
     p.add_argument("--dpi", type=int, default=100, help="resolution (default 100)")
     p.set_defaults(func=cmd_plot)
+    for command in sub.choices.values():  # --debug after the command too: nnkit show x --debug
+        # SUPPRESS: without the flag here, the value before the command stays.
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="print tracebacks of failures")
     return parser
+
+
+def _stdout_reader_gone() -> bool:
+    """True if stdout is a pipe or socket whose reading end was closed (``| head -1``)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), 0)  # POLLERR/POLLHUP are always reported
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout closed or replaced
+        return False
+
+
+def _quiet_closed_stdout() -> int:
+    """Ends quietly after the reader of stdout went away: what is still buffered goes to
+    /dev/null (so the flush at exit does not fail again), and the status is 141, a shell's
+    status for a process that SIGPIPE stopped."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -538,7 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits with status 2 on bad arguments, 0 for --help
     prog = f"nnkit {args.command}"
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at exit
+        return status
+    except BrokenPipeError as e:
+        if _stdout_reader_gone():
+            return _quiet_closed_stdout()
+        return _failed(prog, e, args.debug)  # another pipe: a failure like any other
     except (ConfigError, UsageError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -546,10 +588,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001  (the command line reports every failure the same way)
-        if args.debug:
-            traceback.print_exc()
-        print(f"{prog}: failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(prog, e, args.debug)
+
+
+def _failed(prog: str, error: Exception, debug: bool) -> int:
+    """Reports a failure during the run (with its traceback under --debug); exit status 1."""
+    if debug:
+        traceback.print_exception(error)
+    print(f"{prog}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

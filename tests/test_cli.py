@@ -40,11 +40,17 @@ run {{ steps: 20 display_freq: 5 test_freq: 10 checkpoint_freq: 10 run_dir: "{ru
 """
 
 
-def nnkit_cli(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+def nnkit_cli(*args: str, cwd: Path, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
     """Runs ``python -m nnkit.cli ARGS`` without installation."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "nnkit.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180, **kwargs)
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def limit_address_space(limit: int = 2 * 2**30) -> None:
+    """preexec_fn: an allocation without bound fails fast instead of exhausting the machine."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 @pytest.fixture
@@ -176,6 +182,74 @@ def test_bad_configs_and_arguments_exit_2_without_traceback(job_file, tmp_path):
         assert re.search(message, done.stderr), (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_files_that_are_not_regular_or_not_utf8_exit_2_naming_them(job_file, tmp_path):
+    fifo, fifo_h5 = tmp_path / "job.conf", tmp_path / "ckpt.h5"
+    os.mkfifo(fifo)
+    os.mkfifo(fifo_h5)
+    latin1 = tmp_path / "latin1.conf"
+    latin1.write_bytes(b'name: "caf\xe9"\n')
+    cases = [
+        (["show", fifo], r"job\.conf: cannot read the file: it is a FIFO \(named pipe\)"),
+        (["train", fifo], r"job\.conf: cannot read the job config: it is a FIFO"),
+        (["show", "/dev/zero"], r"/dev/zero: cannot read the file: it is a character device"),
+        (["time", "/dev/zero"], r"/dev/zero: cannot read the job config: it is a character device"),
+        (["show", tmp_path], r"cannot read the file: it is a directory"),
+        (["eval", fifo_h5], r"ckpt\.h5: cannot read the checkpoint: it is a FIFO"),
+        (["train", job_file, "--resume", fifo_h5], r"ckpt\.h5: cannot read the checkpoint: it is a FIFO"),
+        (["show", latin1], r"latin1\.conf:1: not UTF-8 text: byte 0xe9 at byte offset 10"),
+    ]
+    for args, message in cases:
+        done = nnkit_cli(*args, cwd=tmp_path, timeout=60, preexec_fn=limit_address_space)
+        assert done.returncode == 2, (args, done.stderr)
+        assert re.search(message, done.stderr), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_show_refuses_a_model_too_large_before_allocating_it(tmp_path):
+    huge = tmp_path / "huge.conf"  # 784 x 2,000,000 weights, then 2,000,000 x 2,000
+    huge.write_text((ROOT / "examples" / "mnist_mlp.conf").read_text().replace(
+        "output_dim: 2500", "output_dim: 2000000"))
+    done = nnkit_cli("show", huge, cwd=tmp_path, preexec_fn=limit_address_space)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"huge\.conf:\d+: model\.layer\[3\]: the model would need at least 62\.3 GiB "
+                     r"\(5,575,010,010 parameters.* more than the limit of 4\.0 GiB", done.stderr), done.stderr
+    # A checkpoint whose stored job is as large: refused before its model is built.
+    model = Sequential([Dense(2)], input_shape=(3,))
+    model.compile()
+    tree = {"model": model.checkpoint_tree(), "trainer": {}}
+    tree["model"]["proto"] = tree["model"]["proto"].replace("output_dim: 2", "output_dim: 2000000000")
+    tree["model"]["proto"] = tree["model"]["proto"].replace("input_shape: 3", "input_shape: 30000")
+    nnkit.checkpoint.save_tree(tmp_path / "huge.h5", tree)
+    done = nnkit_cli("show", tmp_path / "huge.h5", cwd=tmp_path, preexec_fn=limit_address_space)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"huge\.h5 \(stored job\):\d+: model\.layer\[1\]: the model would need", done.stderr)
+
+
+def test_debug_works_after_the_command_too(job_file, tmp_path, capsys):
+    assert main(["show", str(job_file), "--debug"]) == 0
+    assert "Total params" in capsys.readouterr().out
+    done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
+                     "--debug", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and "NonFiniteLossError" in done.stderr
+
+
+def test_show_into_a_closed_pipe_exits_quietly(tmp_path):
+    model = Sequential([Dense(2)], input_shape=(3,))
+    model.compile()
+    model.save(tmp_path / "m.h5")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `nnkit show m.h5 | head -1` once head has gone
+    try:
+        done = subprocess.run([sys.executable, "-m", "nnkit.cli", "show", str(tmp_path / "m.h5")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + signal.SIGPIPE  # a shell's status for a closed pipe
+    assert done.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
 
 
 def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_file, tmp_path):
