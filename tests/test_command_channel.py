@@ -169,3 +169,13 @@ def test_a_failing_event_subscriber_does_not_end_the_run(tmp_path: Path, capfd):
     run.shutdown()
     assert run.join(WAIT)
     assert "subscriber failed" in capfd.readouterr().err
+
+
+def test_live_runs_lists_a_lingering_run_until_it_ends(tmp_path: Path):
+    from nnkit.training import live_runs
+    x, y = toy_data(64)
+    run = mlp().fit(x, y, batch_size=16, epochs=1, verbose=0, background=True)
+    assert run.wait(WAIT) == "finished"
+    assert run in live_runs()  # finished, but lingering for run_until or shutdown
+    run.shutdown()
+    assert run.join(WAIT) and run not in live_runs()

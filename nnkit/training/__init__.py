@@ -11,12 +11,12 @@ from .control import (COMMANDS, Arg, Command, CommandError, Controller, EventRep
                       command_reference, find_command, make_command)
 from .events import EventBus, JsonlWriter, find_answer, follow, read_jsonl
 from .process import ProcessRun, serve_child
-from .run import RunHandle, TrainingRun, attach_channel
+from .run import RunHandle, TrainingRun, attach_channel, live_runs
 from .trainer import Trainer, split_validation
 
 __all__ = ["Trainer", "split_validation", "Callback", "CallbackList", "History", "ProgressBar",
            "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau",
-           "CSVLogger", "TerminateOnNaN", "LambdaCallback", "NonFiniteLossError", "TrainingRun", "RunHandle", "ProcessRun", "serve_child",
+           "CSVLogger", "TerminateOnNaN", "LambdaCallback", "NonFiniteLossError", "TrainingRun", "RunHandle", "live_runs", "ProcessRun", "serve_child",
            "attach_channel", "Controller", "EventReporter", "CommandError", "COMMANDS", "make_command",
            "Command", "Arg", "find_command", "command_reference",
            "EventBus", "JsonlWriter", "read_jsonl", "follow", "find_answer"]

@@ -10,6 +10,7 @@ import inspect
 import os
 import textwrap
 import threading
+import weakref
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -59,6 +60,18 @@ class Heartbeat:
         self._thread.join()
 
 
+_HANDLES: "weakref.WeakSet[RunHandle]" = weakref.WeakSet()  # every handle made in this process
+
+
+def live_runs() -> list["RunHandle"]:
+    """The runs (threads and child processes) started in this process that have not ended.
+
+    A background run lingers after its plan until ``shutdown``; this finds the ones a
+    caller forgot (a test suite shuts them down after every test).
+    """
+    return [run for run in list(_HANDLES) if not run._ended.is_set()]
+
+
 class RunHandle:
     """The commands and event access every kind of run offers (thread or child process).
 
@@ -70,6 +83,7 @@ class RunHandle:
 
     def _init_handle(self, bus: EventBus) -> None:
         """Sets up status tracking from the run's own status, ack and error events."""
+        _HANDLES.add(self)
         self.bus = bus
         self.status = "starting"
         self._cond = threading.Condition()
