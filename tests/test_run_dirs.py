@@ -1,0 +1,149 @@
+"""Run directories: step-named checkpoints, the latest one, reuse rules, data checked when loaded,
+the examples' errors, and eval of a checkpoint trained from Python."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnkit
+from helpers import DATA, ROOT
+from nnkit.cli import main
+from nnkit.config import ConfigError, load_job
+from nnkit.datasets import load_mnist
+from nnkit.training import ModelCheckpoint
+from nnkit.training.checkpoints import (RunDirectoryInUse, clear_run_dir, latest_checkpoint,
+                                        resolve_checkpoint, run_checkpoints, step_checkpoints)
+from test_model import mlp, toy_data
+
+needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+
+JOB = """name: "small"
+seed: 1
+model {{
+  layer {{ image_input {{ height: 28 width: 28 }} }}
+  layer {{ dense {{ output_dim: 16 }} }}
+  layer {{ activation {{ type: relu }} }}
+  layer {{ dense {{ output_dim: 10 }} }}
+}}
+updater {{ lr: 0.1 momentum: 0.9 }}
+data {{
+  dataset: "mnist"
+  dir: "{data}"
+  scale: 0.00392156862745098
+  train {{ batch_size: 32 limit: 640 }}
+  test {{ batch_size: 250 limit: 250 }}
+}}
+run {{ steps: {steps} display_freq: 5 checkpoint_freq: 5 run_dir: "{runs}" }}
+"""
+
+
+def names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.iterdir())
+
+
+def cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs ``python -m nnkit.cli ARGS`` (a subprocess: Ctrl-C handlers and exit codes are real)."""
+    return subprocess.run([sys.executable, "-m", "nnkit.cli", *map(str, args)], cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def job_file(tmp_path: Path) -> Path:
+    path = tmp_path / "small.conf"
+    path.write_text(JOB.format(data=DATA, runs=tmp_path / "runs", steps=10))
+    return path
+
+
+# =========================================================== checkpoint names and the latest
+def test_rotating_checkpoints_keep_the_newest_n_and_name_the_latest(tmp_path):
+    x, y = toy_data(64)
+    model = mlp()
+    model.trainer_for_fit().keep_checkpoints = 2
+    model.fit(x, y, batch_size=16, steps=5, verbose=0, run_dir=tmp_path,
+              callbacks=[ModelCheckpoint(every_n_epochs=None, every_n_batches=1)])
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [4, 5]
+    assert (tmp_path / "latest").read_text() == "checkpoint-5.h5\n"
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-5.h5"
+    assert nnkit.load(resolve_checkpoint(tmp_path)).trainer.global_step == 5
+    # The checkpoint command names the run directory's checkpoint.h5: it gets the step too.
+    path = model.trainer.save_checkpoint(tmp_path / "checkpoint.h5")
+    assert path.name == "checkpoint-5.h5" and not (tmp_path / "checkpoint.h5").exists()
+
+
+def test_best_only_checkpoints_are_kept_apart_and_never_rotated(tmp_path):
+    x, y = toy_data(64)
+    model = mlp()
+    model.trainer_for_fit().keep_checkpoints = 1
+    model.fit(x, y, batch_size=16, epochs=4, verbose=0, run_dir=tmp_path,
+              callbacks=[ModelCheckpoint(monitor="loss", save_best_only=True),
+                         ModelCheckpoint(every_n_epochs=1)])
+    best = sorted(tmp_path.glob("best-*.h5"))
+    assert len(best) >= 2  # the loss of these blobs falls every epoch: every one was a best
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [16]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-16.h5"
+    with pytest.raises(ValueError, match="without a filepath writes into the run directory"):
+        mlp().fit(x, y, steps=1, verbose=0, callbacks=[ModelCheckpoint()])
+
+
+def test_latest_checkpoint_without_the_pointer_and_in_old_run_directories(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    model = mlp()
+    model.fit(*toy_data(64), batch_size=16, steps=2, verbose=0, run_dir=tmp_path)
+    # fit from Python keeps writing one checkpoint.h5, the name runs before step names used.
+    assert {"checkpoint.h5", "latest"} <= set(names(tmp_path))
+    (tmp_path / "latest").unlink()  # an old run: no pointer
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint.h5"
+    trainer = model.trainer
+    trainer.keep_checkpoints = 3
+    trainer.global_step = 7
+    trainer.save_checkpoint()
+    (tmp_path / "latest").write_text("../elsewhere.h5\n")  # never a path out of the directory
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-7.h5"  # the highest step
+    (tmp_path / "latest").write_text("checkpoint.h5\n")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint.h5"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="without checkpoints"):
+        resolve_checkpoint(tmp_path / "empty")
+
+
+def test_a_run_continued_from_an_earlier_checkpoint_replaces_the_later_ones(tmp_path):
+    model = mlp()
+    trainer = model.trainer_for_fit()
+    trainer.keep_checkpoints, trainer.run_dir = 3, tmp_path
+    for step in (10, 20, 30, 40):
+        trainer.global_step = step
+        trainer.save_checkpoint()
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [20, 30, 40]
+    trainer.global_step = 25  # resumed from checkpoint-20, now past it
+    trainer.save_checkpoint()
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [20, 25]
+    assert clear_run_dir(tmp_path) and run_checkpoints(tmp_path) == [] and names(tmp_path) == []
+
+
+# ============================================================== reuse of a run directory
+def test_fit_from_python_refuses_another_runs_directory_and_resume_auto_continues(tmp_path):
+    x, y = toy_data(128)
+    straight = mlp()
+    straight.fit(x, y, batch_size=16, steps=12, verbose=0)
+
+    mlp().fit(x, y, batch_size=16, steps=5, verbose=0, run_dir=tmp_path)
+    before = (tmp_path / "checkpoint.h5").read_bytes()
+    with pytest.raises(RunDirectoryInUse, match=r"checkpoint\.h5.*resume='auto'"):
+        mlp().fit(x, y, batch_size=16, steps=12, verbose=0, run_dir=tmp_path)
+    assert (tmp_path / "checkpoint.h5").read_bytes() == before  # nothing overwritten
+    resumed = mlp()
+    resumed.fit(x, y, batch_size=16, steps=12, verbose=0, run_dir=tmp_path, resume="auto")
+    assert resumed.trainer.global_step == 12
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)  # exactly as if never stopped
+    fresh = mlp()  # no checkpoint there: a fresh start
+    fresh.fit(x, y, batch_size=16, steps=3, verbose=0, run_dir=tmp_path / "new", resume="auto")
+    assert fresh.trainer.global_step == 3
+    with pytest.raises(ValueError, match="resume='auto'.*run_dir"):
+        mlp().fit(x, y, steps=1, verbose=0, resume="auto")
