@@ -147,3 +147,66 @@ def test_fit_from_python_refuses_another_runs_directory_and_resume_auto_continue
     assert fresh.trainer.global_step == 3
     with pytest.raises(ValueError, match="resume='auto'.*run_dir"):
         mlp().fit(x, y, steps=1, verbose=0, resume="auto")
+
+
+@needs_mnist
+def test_nnkit_train_refuses_a_used_run_dir_and_resume_auto_or_overwrite_proceed(job_file, tmp_path):
+    run_dir = tmp_path / "run"
+    done = cli("train", job_file, "--run-dir", run_dir, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [s for s, _ in step_checkpoints(run_dir)] == [5, 10]
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+    done = cli("train", job_file, "--run-dir", run_dir, "--set", "run.steps=15", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "holds the checkpoints of an earlier run (checkpoint-5.h5, checkpoint-10.h5)" in done.stderr
+    assert "--resume auto" in done.stderr and "--overwrite" in done.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # untouched
+
+    # The same command again after a crash (or with more steps) just continues.
+    command = ("train", job_file, "--run-dir", run_dir, "--set", "run.steps=20", "--resume", "auto")
+    done = cli(*command, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"continuing from {run_dir / 'checkpoint-10.h5'}" in done.stderr
+    assert [s for s, _ in step_checkpoints(run_dir)] == [10, 15, 20]
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 20
+
+    done = cli("eval", run_dir, "--json", cwd=tmp_path)  # a run directory means its latest
+    assert done.returncode == 0 and json.loads(done.stdout)["step"] == 20, done.stderr
+    done = cli("show", run_dir, cwd=tmp_path)
+    assert done.returncode == 0 and f"checkpoint {run_dir / 'checkpoint-20.h5'}: step 20" in done.stdout
+
+    done = cli("train", job_file, "--run-dir", run_dir, "--overwrite", "--set", "run.steps=5", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [s for s, _ in step_checkpoints(run_dir)] == [5]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert len({e["run"] for e in events}) == 1  # the old run's log went with its checkpoints
+
+    fresh = tmp_path / "fresh"
+    done = cli("train", job_file, "--run-dir", fresh, "--resume", "auto", cwd=tmp_path)
+    assert done.returncode == 0 and "no checkpoint there, starting afresh" in done.stderr, done.stderr
+    for args, message in [(("--resume", "auto"), "--resume auto .* give --run-dir"),
+                          (("--run-dir", run_dir, "--resume", "auto", "--overwrite"), "give one of them"),
+                          (("--run-dir", run_dir, "--keep-checkpoints", "0"), "must be >= 1"),
+                          (("--resume", tmp_path), "a directory without checkpoints")]:
+        done = cli("train", job_file, *args, cwd=tmp_path)
+        assert done.returncode == 2 and re.search(message, done.stderr), (args, done.stderr)
+
+
+@needs_mnist
+def test_an_old_run_directory_with_checkpoint_h5_still_resumes(job_file, tmp_path):
+    run_dir = tmp_path / "old"
+    assert cli("train", job_file, "--run-dir", run_dir, cwd=tmp_path).returncode == 0
+    # What a run before step names left: one checkpoint.h5, no latest.
+    (run_dir / "checkpoint-10.h5").rename(run_dir / "checkpoint.h5")
+    (run_dir / "checkpoint-5.h5").unlink()
+    (run_dir / "latest").unlink()
+    done = cli("train", job_file, "--run-dir", run_dir, cwd=tmp_path)
+    assert done.returncode == 2 and "checkpoint.h5" in done.stderr
+    done = cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set", "run.steps=15",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert latest_checkpoint(run_dir) == run_dir / "checkpoint-15.h5"
+    assert (run_dir / "checkpoint.h5").is_file()  # the old file is left as it was
+    done = cli("eval", run_dir / "checkpoint.h5", cwd=tmp_path)
+    assert done.returncode == 0 and "(step 10)" in done.stdout, done.stderr
