@@ -210,3 +210,18 @@ def test_an_old_run_directory_with_checkpoint_h5_still_resumes(job_file, tmp_pat
     assert (run_dir / "checkpoint.h5").is_file()  # the old file is left as it was
     done = cli("eval", run_dir / "checkpoint.h5", cwd=tmp_path)
     assert done.returncode == 0 and "(step 10)" in done.stdout, done.stderr
+
+
+# ================================================================== data checked when loaded
+def test_a_job_parses_and_validates_without_its_data(tmp_path):
+    path = tmp_path / "j.conf"
+    path.write_text(JOB.format(data="/no/such/folder", runs=tmp_path / "runs", steps=10))
+    job = load_job(path)  # no data needed to read, check and build the job
+    assert job.build_model().params  # built, parameters allocated
+    with pytest.raises(ConfigError, match="data folder /no/such/folder does not exist") as info:
+        job.load_data("train")
+    assert info.value.location == f"{path}:12" and info.value.field == "data.dir"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_job(path, check_data=True)
+    assert main(["train", str(path)]) == 2  # nnkit train still fails early
+    assert not (tmp_path / "runs").exists()
