@@ -225,3 +225,39 @@ def test_a_job_parses_and_validates_without_its_data(tmp_path):
         load_job(path, check_data=True)
     assert main(["train", str(path)]) == 2  # nnkit train still fails early
     assert not (tmp_path / "runs").exists()
+
+
+# =================================================================== the examples' errors
+def example(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "train_mnist.py"), *map(str, args)],
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_an_example_without_data_says_so_in_one_line(tmp_path):
+    done = example("--steps", "50", cwd=tmp_path, env={"NNKIT_DATA": str(tmp_path / "none")})
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("train_mnist.py: error: MNIST: none of")
+    done = example("--steps", "0", cwd=tmp_path)
+    assert done.returncode == 2 and "--steps must be >= 1" in done.stderr
+    done = example("--resume", "auto", cwd=tmp_path)
+    assert done.returncode == 2 and "--resume auto needs --run-dir" in done.stderr
+
+
+@needs_mnist
+def test_an_example_refuses_a_used_run_dir_unless_resume_auto_or_overwrite(tmp_path):
+    base = ("--data-dir", DATA, "--batch-size", "8", "--fit", "--run-dir", tmp_path / "run")
+    done = example(*base, "--steps", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert names(tmp_path / "run") == ["checkpoint-2.h5", "events.jsonl", "latest"]
+    done = example(*base, "--steps", "2", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "holds the checkpoints of an earlier run (checkpoint-2.h5)" in done.stderr
+    done = example(*base, "--steps", "3", "--resume", "auto", cwd=tmp_path)
+    assert done.returncode == 0 and "reached step 3" in done.stdout, done.stderr
+    done = example(*base, "--steps", "1", "--overwrite", cwd=tmp_path)
+    assert done.returncode == 0 and "reached step 1" in done.stdout, done.stderr
+    assert [s for s, _ in step_checkpoints(tmp_path / "run")] == [1]
+    done = example("--data-dir", DATA, "--batch-size", "8", "--steps", "1", "--run-dir", tmp_path / "run",
+                   cwd=tmp_path)  # the per-layer loop follows the same rule
+    assert done.returncode == 2 and "checkpoint-1.h5" in done.stderr
