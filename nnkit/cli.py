@@ -2,7 +2,7 @@
 
     nnkit train JOB.conf [--set key=value ...] [--run-dir DIR] [--resume CKPT|RUN_DIR|auto]
                          [--overwrite] [--keep-checkpoints N] [--data-dir DIR] [--tensorboard [DIR]]
-    nnkit eval CKPT|RUN_DIR [--data-dir DIR] [--json]
+    nnkit eval CKPT|RUN_DIR [--data-dir DIR] [--dataset NAME] [--scale S] [--json]
     nnkit show JOB.conf|CKPT|RUN_DIR
     nnkit time JOB.conf [--iterations N]
     nnkit ctl RUN_DIR COMMAND [key=value ...] [--wait SECONDS | --no-wait]
@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, datasets
 from ._version import __version__
 from .config import ConfigError, Job, job_from_text, load_job, load_tree_model
 from .layers import LabelInput
@@ -301,14 +301,45 @@ def _checkpoint_arg(path: str) -> str:
         raise UsageError(str(e)) from None
 
 
+def _eval_job(tree: dict[str, Any], path: str, args: argparse.Namespace) -> Job:
+    """The job whose test data ``nnkit eval`` uses: the stored one, with ``--dataset``/``--scale``.
+
+    A checkpoint of ``fit`` from Python stores a job without a data section (its arrays came
+    already scaled): ``--dataset`` names the data then, and a note says the pixels are scaled
+    only by ``--scale``.
+    """
+    stored = _stored_job(tree, path)
+    if stored is None:
+        raise UsageError(f"{path}: the checkpoint stores no job config (its model cannot be "
+                         "described by the schema), so it describes no test data")
+    if args.dataset is None and not stored.has_source("test"):
+        raise UsageError(f"{path}: the checkpoint describes no test data (it was not trained from a "
+                         "job config with a data.test section); name it: --dataset "
+                         f"{'|'.join(datasets.DATASETS)} [--data-dir DIR] [--scale S]")
+    extra = []  # before --set, so that an explicit --set wins
+    if args.dataset is not None:
+        extra.append(f"data.dataset={args.dataset}")
+        if not stored.has_source("test"):
+            extra.append("data.test.split=test")
+    if args.scale is not None:
+        extra.append(f"data.scale={args.scale!r}")
+    job = _stored_job(tree, path, [*extra, *args.set], _absolute(args.data_dir))
+    if not stored.proto.HasField("data"):
+        scale = job.proto.data.scale if job.proto.data.HasField("scale") else None
+        print(f"nnkit eval: note: {path} stores no preprocessing (trained from Python on arrays "
+              "scaled there); the test images are the raw pixel values "
+              + (f"times {scale:g} (--scale)" if scale is not None else
+                 "unscaled; give --scale 0.00392156862745098 if training used x / 255"),
+              file=sys.stderr)
+    return job
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``nnkit eval``: test metrics of a checkpoint, on the test data its job describes."""
+    """``nnkit eval``: test metrics of a checkpoint, on the test data its job describes
+    (or that ``--dataset`` names)."""
     path = _checkpoint_arg(args.checkpoint)
     tree = _read_checkpoint(path)
-    job = _stored_job(tree, path, args.set, _absolute(args.data_dir))
-    if job is None or not job.has_source("test"):
-        raise UsageError(f"{path}: the checkpoint describes no test data (it was not "
-                         "trained from a job config with a data.test section)")
+    job = _eval_job(tree, path, args)
     job.validate(check_data=True)
     model = load_tree_model(tree, path)
     x, y = job.load_data("test", model.input_shape)
@@ -511,10 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",
-                       description="Evaluate a checkpoint on the test data of the job stored in it.")
+                       description="Evaluate a checkpoint on the test data of the job stored in it "
+                       "(its dataset, scaling and mean image), or on --dataset for a checkpoint "
+                       "of fit from Python, which stores no data section.")
     p.add_argument("checkpoint", metavar="CKPT|RUN_DIR", help="a checkpoint, or a run "
                    "directory (its latest checkpoint)")
     p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
+    p.add_argument("--dataset", choices=list(datasets.DATASETS), help="evaluate on this "
+                   "dataset's test split (replaces data.dataset)")
+    p.add_argument("--scale", type=float, metavar="S", help="multiply the raw pixel values by S, "
+                   "e.g. 0.00392156862745098 for a model trained on x / 255 (replaces data.scale)")
     add_set(p)
     p.add_argument("--batch-size", type=int, help="default: the job's data.test.batch_size")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -261,3 +261,32 @@ def test_an_example_refuses_a_used_run_dir_unless_resume_auto_or_overwrite(tmp_p
     done = example("--data-dir", DATA, "--batch-size", "8", "--steps", "1", "--run-dir", tmp_path / "run",
                    cwd=tmp_path)  # the per-layer loop follows the same rule
     assert done.returncode == 2 and "checkpoint-1.h5" in done.stderr
+
+
+# ================================================= eval of a checkpoint trained from Python
+@needs_mnist
+def test_eval_of_a_python_checkpoint_takes_the_dataset_and_its_scale(tmp_path):
+    images, labels = load_mnist(DATA, "train")
+    x = images[:1000].reshape(1000, -1).astype(np.float32) / 255
+    model = nnkit.Sequential([nnkit.Dense(32), nnkit.Activation("relu"), nnkit.Dense(10)],
+                             input_shape=(784,), seed=0)
+    model.compile(nnkit.SGD(lr=0.1, momentum=0.9), "softmaxloss", ["accuracy"])
+    model.fit(x, labels[:1000], batch_size=32, epochs=1, verbose=0, run_dir=tmp_path / "run")
+    test_images, test_labels = load_mnist(DATA, "test")
+    expected = model.evaluate(test_images.reshape(len(test_images), -1).astype(np.float32) / 255,
+                              test_labels, batch_size=500)
+
+    done = cli("eval", tmp_path / "run", cwd=tmp_path)
+    assert done.returncode == 2 and "--dataset" in done.stderr and "Traceback" not in done.stderr
+    done = cli("eval", tmp_path / "run", "--dataset", "mnist", "--data-dir", DATA, "--scale",
+               "0.00392156862745098", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["examples"] == 10000
+    assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert "stores no preprocessing" in done.stderr and "times 0.00392157 (--scale)" in done.stderr
+    done = cli("eval", tmp_path / "run", "--dataset", "mnist", "--data-dir", DATA, cwd=tmp_path)
+    assert done.returncode == 0 and "unscaled; give --scale 0.00392156862745098" in done.stderr
+    done = cli("eval", tmp_path / "run", "--dataset", "cifar10", "--data-dir", DATA, cwd=tmp_path)
+    assert done.returncode == 2 and "cifar10 examples have shape (3, 32, 32)" in done.stderr
