@@ -15,6 +15,7 @@ import nnkit
 from nnkit import Dense, Sequential
 from nnkit.cli import main
 from nnkit.config import load_job
+from nnkit.training.checkpoints import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -80,7 +81,9 @@ def test_train_eval_show_resume_end_to_end(job_file, tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert re.fullmatch(r"small-\d{8}-\d{6}", run_dir.name)
     files = {p.name for p in run_dir.iterdir()}
-    assert {"job.conf", "checkpoint.h5", "events.jsonl", "metrics.json"} <= files
+    assert {"job.conf", "checkpoint-10.h5", "checkpoint-20.h5", "latest", "events.jsonl",
+            "metrics.json"} <= files
+    assert (run_dir / "latest").read_text() == "checkpoint-20.h5\n"
     assert "metrics.jsonl" not in files  # folded into events.jsonl
     umask = os.umask(0)
     os.umask(umask)
@@ -98,32 +101,34 @@ def test_train_eval_show_resume_end_to_end(job_file, tmp_path):
     # The copy of the config is the job as run, and loads back to the same proto.
     assert load_job(run_dir / "job.conf").proto == load_job(job_file).proto
 
-    done = nnkit_cli("eval", run_dir / "checkpoint.h5", "--json", cwd=tmp_path)
+    done = nnkit_cli("eval", run_dir, "--json", cwd=tmp_path)  # a run directory: its latest
     assert done.returncode == 0, done.stderr
     evaluated = json.loads(done.stdout)
     assert (evaluated["step"], evaluated["examples"]) == (20, 500)
     assert evaluated["accuracy"] == pytest.approx(final["test"]["accuracy"], abs=1e-12)
     assert evaluated["loss"] == pytest.approx(final["test"]["loss"], rel=1e-9)
 
-    done = nnkit_cli("eval", run_dir / "checkpoint.h5", "--set", "data.test.limit=100", cwd=tmp_path)
+    done = nnkit_cli("eval", run_dir / "checkpoint-20.h5", "--set", "data.test.limit=100", cwd=tmp_path)
     assert done.returncode == 0 and "100 test examples" in done.stdout, done.stderr
 
-    done = nnkit_cli("show", run_dir / "checkpoint.h5", cwd=tmp_path)
+    done = nnkit_cli("show", run_dir, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "step 20" in done.stdout and "Total params: 25,450" in done.stdout
     assert "Run: 20 steps; log every 5 steps; test every 10 steps and at the end" in done.stdout
     assert re.search(r"dense_2 \(Dense\)\s+\(None, 10\)\s+330", done.stdout)
 
-    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set",
+    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint-20.h5", "--set",
                      "model.layer[1].dense.output_dim=16", cwd=tmp_path)
     assert done.returncode == 2 and "does not fit the job's model" in done.stderr, done.stderr
 
-    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set", "run.steps=30",
+    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint-20.h5", "--set", "run.steps=30",
                      cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 30
     assert [r["step"] for r in read_log(run_dir) if r["event"] == "train"] == [5, 10, 15, 20, 25, 30]
-    assert nnkit.load(run_dir / "checkpoint.h5").trainer.global_step == 30
+    assert nnkit.load(latest_checkpoint(run_dir)).trainer.global_step == 30
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*.h5")) == [
+        "checkpoint-10.h5", "checkpoint-20.h5", "checkpoint-30.h5"]
 
 
 def test_show_describes_layers_updater_schedule_data_and_run(tmp_path):
@@ -259,7 +264,8 @@ def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_fi
     assert "NonFiniteLossError" in done.stderr and "Traceback" not in done.stderr
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"job.conf", "events.jsonl"} <= files
-    assert not {"metrics.json", "checkpoint.h5"} & files  # nothing claims the run finished
+    assert not {"metrics.json", "latest"} & files  # nothing claims the run finished
+    assert latest_checkpoint(tmp_path / "run") is None
     assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")]  # no leftovers
     lines = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
     types = [json.loads(line)["type"] for line in lines]  # every line complete JSON
@@ -291,7 +297,7 @@ def test_ctrl_c_stops_cleanly_with_a_checkpoint(job_file, tmp_path):
     assert proc.returncode == 130, stderr
     final = json.loads((run_dir / "metrics.json").read_text())
     assert final["interrupted"] is True and 1 <= final["step"] < 1000000
-    restored = nnkit.load(run_dir / "checkpoint.h5")
+    restored = nnkit.load(latest_checkpoint(run_dir))
     assert restored.trainer.global_step == final["step"]
     assert np.isfinite(restored.get_weights()[0]).all()
 

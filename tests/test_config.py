@@ -267,7 +267,7 @@ def test_every_validation_error_names_file_line_and_field(old, new, line, field,
     text = BASE + DATA_BLOCK
     assert old in text
     with pytest.raises(ConfigError, match=problem) as info:
-        job_from_text(text.replace(old, new, 1), "t.conf")
+        job_from_text(text.replace(old, new, 1), "t.conf", check_data=True)
     assert info.value.location == f"t.conf:{line}"
     assert info.value.field == field
     assert str(info.value).startswith(f"t.conf:{line}: {field + ': ' if field else ''}")

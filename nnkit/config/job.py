@@ -103,8 +103,8 @@ class Job:
         The model must build and its shapes fit together and fit the data, and it must need
         at most ``max_model_bytes`` (default: ``$NNKIT_MAX_MODEL_BYTES`` or 4 GiB, see
         :func:`~nnkit.config.schema.check_model_memory`); the updater and schedule must be
-        consistent; with ``check_data`` the data folder and files must exist. Nothing is
-        allocated.
+        consistent; with ``check_data`` the data folder and files must exist
+        (:meth:`load_data` checks that anyway, with the same error). Nothing is allocated.
         """
         model = build_model_from_job(self.proto, self._where, compile_always=True)
         walk = self._check_shapes(model)
@@ -190,12 +190,21 @@ class Job:
                     raise swhere.error(f"must be >= 1, got {getattr(src, name)}", name)
             if which == "test" and src.HasField("shuffle"):
                 raise swhere.error("the test source is never shuffled", "shuffle")
-            if check_paths:
-                for i, path in enumerate(src.file):
-                    if not Path(path).is_file():
-                        raise swhere.child("file", i).error(f"no such file: {path}")
-        needs_folder = any(not getattr(data, w).file for w in ("train", "test") if data.HasField(w))
-        if check_paths and needs_folder and not data.download:
+        if check_paths:
+            self._check_data_paths()
+
+    def _check_data_paths(self, sources: Sequence[str] = ("train", "test")) -> None:
+        """The files of ``sources``, and the data folder if one reads from it, exist
+        (checked when a source is loaded, or by ``validate(check_data=True)``)."""
+        data = self.proto.data
+        dwhere = self._where.child("data")
+        sources = [w for w in sources if data.HasField(w)]
+        for which in sources:
+            for i, path in enumerate(getattr(data, which).file):
+                if not Path(path).is_file():
+                    raise dwhere.child(which).child("file", i).error(f"no such file: {path}")
+        needs_folder = any(not getattr(data, w).file for w in sources)
+        if needs_folder and not data.download:
             folder = Path(data.dir) if data.HasField("dir") else datasets.default_data_dir()
             if not folder.is_dir():
                 hint = "" if data.HasField("dir") else (
@@ -243,6 +252,7 @@ class Job:
     def _raw(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """Images (N, C, H, W) and labels (N,) of a source, as read (cached)."""
         if which not in self._raw_cache:
+            self._check_data_paths([which])  # the clear file:line error before any reader runs
             data = self.proto.data
             src = getattr(data, which)
             try:
@@ -259,15 +269,18 @@ class Job:
 
 
 def load_job(path: str | os.PathLike, overrides: Iterable[str] = (), data_dir: str | None = None,
-             check_data: bool = True, max_model_bytes: int | None = None) -> Job:
+             check_data: bool = False, max_model_bytes: int | None = None) -> Job:
     """Reads, overrides and validates a text-format job config; raises ConfigError if unusable.
+
+    Parsing and validating need no data: the data folder and files are checked when the data
+    is loaded (:meth:`Job.load_data`), with the same error naming file:line.
 
     Args:
         path: the config file: a regular file of at most 16 MiB of UTF-8 text (see
             :func:`~nnkit.config.text.read_config_file`).
         overrides: ``key=value`` items applied after parsing (see :func:`apply_override`).
         data_dir: if given, replaces ``data.dir``.
-        check_data: also check that the data folder and files exist.
+        check_data: also check now that the data folder and files exist.
         max_model_bytes: refuse a model needing more memory (see :meth:`Job.validate`).
     """
     path = os.fspath(path)
@@ -276,7 +289,7 @@ def load_job(path: str | os.PathLike, overrides: Iterable[str] = (), data_dir: s
 
 
 def job_from_text(text: str, source: str = "<string>", overrides: Iterable[str] = (),
-                  data_dir: str | None = None, check_data: bool = True,
+                  data_dir: str | None = None, check_data: bool = False,
                   max_model_bytes: int | None = None) -> Job:
     """Like :func:`load_job` for text already in memory (``source`` names it in errors)."""
     proto, origins = parse_job(text, source)

@@ -25,9 +25,12 @@ import numpy as np
 
 from .. import checkpoint
 from ..means import RunningMeans
+from . import checkpoints
 from .callbacks import Callback, CallbackList, History, ProgressBar, TerminateOnNaN
 
-CHECKPOINT_NAME = "checkpoint.h5"
+#: The run directory's checkpoint as the end of ``fit`` and the ``checkpoint`` command name it;
+#: :meth:`Trainer.save_checkpoint` writes it as ``checkpoint-<step>.h5`` when rotating.
+CHECKPOINT_NAME = checkpoints.LEGACY_NAME
 
 #: What may end a run, weakest first: a stronger request is never downgraded by a weaker one.
 #: ``stop`` ends the fit; ``shutdown`` also ends a lingering background run; ``interrupt`` is
@@ -68,6 +71,9 @@ class Trainer:
         self.model = model
         self.user_callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        # None: the run directory keeps one checkpoint.h5 (what fit from Python always wrote);
+        # N: checkpoint-<step>.h5 files, the newest N kept (nnkit train and the examples).
+        self.keep_checkpoints: int | None = None
         self.verbose = verbose
         self.current_epoch = 0
         self.batch_cursor = 0
@@ -142,7 +148,12 @@ class Trainer:
         ends first; one epoch if neither is given). With ``resume=path`` the checkpoint's
         model and trainer state are loaded first, and ``epochs``/``steps`` are totals counted
         from the start of training, so the same call that was interrupted finishes its plan.
+        ``resume='auto'`` continues from the run directory's latest checkpoint (see
+        :mod:`nnkit.training.checkpoints`), or starts afresh when it holds none. A new run
+        (nothing trained yet) refuses a run directory holding another run's checkpoints
+        unless ``resume`` is given (:class:`~nnkit.training.checkpoints.RunDirectoryInUse`).
         """
+        resume = self._resume_point(resume)
         if resume is not None:
             tree = checkpoint.load_tree(resume)
             self.model.restore_tree(tree["model"], os.fspath(resume))
@@ -240,12 +251,38 @@ class Trainer:
         self.history.load_state_dict(state.get("history") or {})
         self._interactive = [tuple(row) for row in state.get("interactive") or []]
 
-    def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Writes model and trainer state to ``path`` atomically; returns the path."""
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Writes model and trainer state to ``path`` atomically; returns the path written.
+
+        Without ``path``, or with the run directory's ``checkpoint.h5`` (:data:`CHECKPOINT_NAME`,
+        what the end of ``fit`` and the ``checkpoint`` command pass), it writes the run
+        directory's checkpoint: ``checkpoint-<step>.h5`` rotated to the newest
+        :attr:`keep_checkpoints` when that is set, else ``checkpoint.h5``. A checkpoint written
+        into the run directory becomes its ``latest`` (:mod:`nnkit.training.checkpoints`).
+        """
+        if path is None or self._is_run_checkpoint(path):
+            if self.run_dir is None:
+                raise ValueError("save_checkpoint: no path given and the trainer has no run directory")
+            path = checkpoints.run_checkpoint_path(self.run_dir, self.global_step, self.keep_checkpoints)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save_tree(path, {"model": self.model.checkpoint_tree(), "trainer": self.state_dict()})
+        if self.run_dir is not None and path.resolve().parent == self.run_dir.resolve():
+            checkpoints.record_checkpoint(self.run_dir, path, self.keep_checkpoints)
         return path
+
+    def _is_run_checkpoint(self, path: str | os.PathLike) -> bool:
+        """True for ``run_dir/checkpoint.h5``: callers outside this module (the ``checkpoint``
+        command) name the run directory's checkpoint that way."""
+        return self.run_dir is not None and Path(path).resolve() == (self.run_dir / CHECKPOINT_NAME).resolve()
+
+    def _resume_point(self, resume: str | os.PathLike | None) -> str | os.PathLike | None:
+        """The checkpoint ``fit`` continues from: ``'auto'`` resolved, a run directory's
+        files checked (see :meth:`fit`)."""
+        fresh = self.global_step == 0  # a trainer that ran or was loaded continues its own run
+        if resume is None and not fresh:
+            return None
+        return checkpoints.check_run_dir(self.run_dir, resume)
 
     # ------------------------------------------------------------------ internals
     def _safe_point(self) -> None:
