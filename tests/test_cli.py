@@ -200,7 +200,7 @@ def test_files_that_are_not_regular_or_not_utf8_exit_2_naming_them(job_file, tmp
         (["train", fifo], r"job\.conf: cannot read the job config: it is a FIFO"),
         (["show", "/dev/zero"], r"/dev/zero: cannot read the file: it is a character device"),
         (["time", "/dev/zero"], r"/dev/zero: cannot read the job config: it is a character device"),
-        (["show", tmp_path], r"cannot read the file: it is a directory"),
+        (["show", tmp_path], r"a directory without checkpoints"),  # show takes run directories
         (["eval", fifo_h5], r"ckpt\.h5: cannot read the checkpoint: it is a FIFO"),
         (["train", job_file, "--resume", fifo_h5], r"ckpt\.h5: cannot read the checkpoint: it is a FIFO"),
         (["show", latin1], r"latin1\.conf:1: not UTF-8 text: byte 0xe9 at byte offset 10"),
