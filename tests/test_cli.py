@@ -180,12 +180,14 @@ def test_bad_configs_and_arguments_exit_2_without_traceback(job_file, tmp_path):
 
 def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_file, tmp_path):
     done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
-                     cwd=tmp_path)
+                     "--on-nonfinite", "stop", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "NonFiniteLossError" in done.stderr and "Traceback" not in done.stderr
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"job.conf", "events.jsonl"} <= files
-    assert not {"metrics.json", "checkpoint.h5"} & files  # nothing claims the run finished
+    assert {"job.conf", "events.jsonl", "checkpoint.h5"} <= files
+    assert "metrics.json" not in files  # nothing claims the run finished
+    # The first update overflowed and was undone: the checkpoint is the untrained model.
+    assert nnkit.load(tmp_path / "run" / "checkpoint.h5").trainer.global_step == 0
     assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")]  # no leftovers
     lines = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
     types = [json.loads(line)["type"] for line in lines]  # every line complete JSON
