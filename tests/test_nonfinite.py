@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import DATA, ROOT, wait_until
+from test_cli import SMALL_JOB
 from test_model import mlp, toy_data
 
 import nnkit
@@ -347,23 +348,6 @@ def test_an_exception_inside_the_update_saves_no_half_updated_state(tmp_path, mo
 
 
 # ====================================================================== the command line
-JOB = """name: "tiny"
-seed: 1
-model {{
-  layer {{ image_input {{ height: 28 width: 28 }} }}
-  layer {{ dense {{ output_dim: 16 w {{ init: glorot_uniform }} }} }}
-  layer {{ activation {{ type: relu }} }}
-  layer {{ dense {{ output_dim: 10 }} }}
-}}
-updater {{ lr: 0.05 momentum: 0.9 }}
-data {{
-  dataset: "mnist"
-  dir: "{data}"
-  scale: 0.00392156862745098
-  train {{ batch_size: 32 limit: 512 }}
-}}
-run {{ steps: 1000000 display_freq: 1 }}
-"""
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
@@ -374,11 +358,12 @@ def nnkit_cli(*args, timeout=120):
 
 @pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
 def test_nnkit_train_pauses_on_a_non_finite_batch_and_ctl_steers_it_out(tmp_path):
-    job = tmp_path / "tiny.conf"
-    job.write_text(JOB.format(data=DATA))
+    job = tmp_path / "small.conf"
+    job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "nnkit.cli", "train", str(job), "--run-dir",
-                             str(run_dir), "--on-nonfinite", "pause"], env=ENV,
+                             str(run_dir), "--on-nonfinite", "pause", "--set", "run.steps=1000000",
+                             "--set", "run.display_freq=1", "--set", "run.test_freq=0"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: (run_dir / "events.jsonl").exists()
