@@ -277,7 +277,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               epochs=run.epochs if run.HasField("epochs") else None,
               steps=run.steps if run.HasField("steps") else None, validation_data=test,
               shuffle=shuffle, callbacks=callbacks, verbose=1, run_dir=run_dir,
-              resume=resume)
+              resume=resume, on_nonfinite=args.on_nonfinite)
     trainer = model.trainer
     final: dict[str, Any] = {
         "job": job.name, "run_dir": str(run_dir), "step": trainer.global_step,
@@ -548,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                    help="also write TensorBoard scalars, into DIR (default RUN_DIR/tensorboard); "
                         "needs the tensorboard extra")
+    p.add_argument("--on-nonfinite", choices=("stop", "pause"), default="pause",
+                   help="a batch whose loss, gradients or update are not finite is not applied and "
+                        "the last good state is checkpointed; then pause (default: wait for "
+                        "`nnkit ctl RUN_DIR resume` to retry it, e.g. after `set lr=...`, or `skip`) "
+                        "or stop (exit 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",

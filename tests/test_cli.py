@@ -236,7 +236,7 @@ def test_debug_works_after_the_command_too(job_file, tmp_path, capsys):
     assert main(["show", str(job_file), "--debug"]) == 0
     assert "Total params" in capsys.readouterr().out
     done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
-                     "--debug", cwd=tmp_path)
+                     "--on-nonfinite", "stop", "--debug", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "Traceback" in done.stderr and "NonFiniteLossError" in done.stderr
 
@@ -259,13 +259,14 @@ def test_show_into_a_closed_pipe_exits_quietly(tmp_path):
 
 def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_file, tmp_path):
     done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
-                     cwd=tmp_path)
+                     "--on-nonfinite", "stop", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "NonFiniteLossError" in done.stderr and "Traceback" not in done.stderr
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"job.conf", "events.jsonl"} <= files
-    assert not {"metrics.json", "latest"} & files  # nothing claims the run finished
-    assert latest_checkpoint(tmp_path / "run") is None
+    assert "metrics.json" not in files  # nothing claims the run finished
+    # The first update overflowed and was undone: the checkpoint is the untrained model.
+    assert nnkit.load(latest_checkpoint(tmp_path / "run")).trainer.global_step == 0
     assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")]  # no leftovers
     lines = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
     types = [json.loads(line)["type"] for line in lines]  # every line complete JSON

@@ -28,7 +28,39 @@ Logs = dict[str, Any]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training stopped because the loss became NaN or infinite."""
+    """Training stopped because a batch's loss, a gradient or an updated parameter became NaN
+    or infinite.
+
+    Attributes (None when the raiser did not know them):
+        what: ``'input'`` or ``'target'`` (the batch's data), ``'loss'``, ``'gradient'`` (before
+            any update) or ``'parameter'`` (after the update).
+        where: the full name (``layer/param``) of the first non-finite gradient or parameter,
+            or the example of the batch (``example 5 of the batch``).
+        value: the non-finite loss.
+        step: the updater step of the bad batch (1-based).
+        restored: True if the model is as it was before the bad batch (parameters, updater
+            state, layer state and RNGs); False if the bad update could not be undone (or the
+            raiser does not say).
+        checkpoint: the checkpoint of the last good state written for this failure, if any.
+    """
+
+    def __init__(self, message: str, *, what: str | None = None, where: str | None = None,
+                 value: float | None = None, step: int | None = None, restored: bool = False,
+                 checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.what, self.where, self.value, self.step = what, where, value, step
+        self.restored, self.checkpoint = restored, checkpoint
+
+    def problem(self) -> str:
+        """What went non-finite, in words: ``loss is nan``, ``the gradient of dense_1/weight is
+        not finite``, ``dense_1/weight is not finite after the update``."""
+        if self.what in ("input", "target"):
+            return f"the {self.what} is not finite ({self.where})"
+        if self.what == "gradient":
+            return f"the gradient of {self.where} is not finite"
+        if self.what == "parameter":
+            return f"{self.where} is not finite after the update"
+        return f"loss is {self.value}" if self.value is not None else str(self)
 
 
 class Callback:
@@ -148,8 +180,11 @@ class History(Callback):
 class TerminateOnNaN(Callback):
     """Stops the run with :class:`NonFiniteLossError` when a batch loss is NaN or infinite.
 
-    The error names the epoch and batch. It is raised from the batch hook, so no checkpoint
-    is written after the bad batch: the last one on disk stays the last good one.
+    A safety net for models whose ``train_on_batch`` does not check itself: a
+    :class:`~nnkit.Sequential` raises before its update (and the Trainer then applies its
+    ``on_nonfinite`` policy), so this hook never sees a non-finite loss from one. Here the
+    update has already happened: the error names the epoch and batch, and is raised from the
+    batch hook, so no checkpoint is written after the bad batch.
     """
 
     def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:

@@ -529,6 +529,15 @@ class Controller:
     def _do_shutdown(self, trainer: Any) -> None:
         trainer.request("shutdown")
 
+    @command("Drops the batch a run paused on for a non-finite value and continues with the next "
+             "one (``resume`` retries it instead).")
+    def _do_skip(self, trainer: Any) -> dict:
+        if not self.paused:
+            raise CommandError("skip: the run is not paused")
+        skipped = trainer.skip_batch()  # refuses when the pause is not for a non-finite batch
+        self._do_resume(trainer)
+        return {"skipped": skipped}
+
 
 #: The names ``set`` takes (derived from the table; kept for code that imported it).
 SETTABLE = tuple(a.name for a in COMMANDS["set"].args)

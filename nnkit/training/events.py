@@ -7,7 +7,8 @@ Every event is a flat JSON object::
 
 | type        | fields (besides the stamp)                                                  |
 |-------------|------------------------------------------------------------------------------|
-| ``status``  | ``state``: started, paused, resumed, stopped, finished, failed; ``step``    |
+| ``status``  | ``state``: started, paused, resumed, stopped, finished, failed; ``step``;   |
+|             | ``reason``: ``nonfinite`` on a pause for a non-finite batch                  |
 | ``loss``    | ``step``, ``epoch``, ``batch``, ``loss``, metrics, ``lr``, ``images_per_s`` |
 | ``train``   | ``step``, ``epoch``, ``lr``, means of loss and metrics since the last one    |
 | ``test``    | ``step``, ``epoch``, test loss and metrics (``nnkit train``'s test passes)  |
@@ -15,6 +16,9 @@ Every event is a flat JSON object::
 | ``state``   | ``step``, ``epoch``, ``hyper`` (lr, momentum, ...), ``layers`` (norms)      |
 | ``snapshot``| ``step``, ``path`` of an HDF5 file with the full parameter and grad arrays  |
 | ``heartbeat``| ``status``, ``step``, ``epoch``                                            |
+| ``nonfinite``| ``step`` (of the bad batch), ``epoch``, ``batch``, ``what`` (loss, gradient, |
+|             | parameter), ``where`` (``layer/param``), ``value``, ``last_good_step``, ``lr``, |
+|             | ``checkpoint`` (of the last good state), ``rewound``, ``message``            |
 | ``ack``     | ``id``, ``command``, ``step`` (the batch count when it took effect), result |
 | ``error``   | ``message``, and ``id``/``command`` when a command caused it                |
 """
@@ -32,7 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = ("status", "loss", "train", "test", "epoch", "state", "snapshot", "heartbeat", "ack", "error")
+EVENT_TYPES = ("status", "loss", "train", "test", "epoch", "state", "snapshot", "heartbeat", "ack", "error",
+               "nonfinite")
 
 #: The states a ``status`` event names; a run in a settled one trains no more (unless extended).
 RUNNING_STATES = ("started", "resumed")

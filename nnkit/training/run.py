@@ -251,7 +251,8 @@ class TrainingRun(RunHandle):
                           **self._remaining()}
         except BaseException as exc:  # reported as an event; the caller's thread lives on
             self.exception = exc
-            self.bus.emit("error", message=f"{type(exc).__name__}: {exc}")
+            notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))  # where it saved
+            self.bus.emit("error", message=f"{type(exc).__name__}: {exc}{notes}")
             self._set_status("failed")
         finally:
             self._heartbeat.stop()

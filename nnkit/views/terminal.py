@@ -181,11 +181,13 @@ def _clock(event: Event) -> str:
 
 
 def log_line(event: Event) -> str | None:
-    """The log line of a notable event (status, epoch end, ack, error, state, snapshot), else None."""
+    """The log line of a notable event (status, epoch end, ack, error, state, snapshot,
+    nonfinite), else None."""
     kind = event.get("type")
     head = f"[{_clock(event)}]"
     if kind == "status":
-        return f"{head} {event.get('state')} at step {event.get('step')}"
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        return f"{head} {event.get('state')} at step {event.get('step')}{reason}"
     if kind == "epoch":
         parts = [f"{k} {_fmt(v)}" for k, v in event.items()
                  if k in ("loss", "train_error", "test_error") or k.startswith("val_")
@@ -199,6 +201,9 @@ def log_line(event: Event) -> str | None:
         return f"{head} error: {event.get('message')}"
     if kind == "snapshot":
         return f"{head} snapshot at step {event.get('step')}: {event.get('path')}"
+    if kind == "nonfinite":
+        return (f"{head} non-finite batch: {event.get('message')}. Paused: `resume` retries the "
+                "batch (after `set lr=...`), `skip` drops it")
     if kind == "state":
         hyper = event.get("hyper") or {}
         return (f"{head} state at step {event.get('step')}: "
