@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,97 @@ def test_unknown_format_version_is_refused(tmp_path: Path, version: Any, message
     with pytest.raises(CheckpointError, match=message) as info:
         load_tree(path)
     assert str(path) in str(info.value)
+
+
+# --------------------------------------------------------------------------- integrity
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _data_extent(path: Path, name: str) -> tuple[int, int]:
+    """Where the bytes of the dataset ``name`` (an HDF5 path) sit in the file."""
+    with h5py.File(path, "r") as f:
+        return f[name].id.get_offset(), f[name].id.get_storage_size()
+
+
+def _xor_byte(path: Path, offset: int, mask: int = 0x01) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
+
+
+def _model_like_tree() -> dict[str, Any]:
+    return {"model": {"params": {"dense/weight": np.arange(12.0).reshape(3, 4),
+                                 "dense/bias": np.zeros(3, np.float32)},
+                      "lr": np.float32(0.5), "zero_d": np.array(7, np.int64)},
+            "trainer": {"global_step": 12345, "history": [0.5, 0.25]}}
+
+
+@pytest.mark.parametrize("name, key", [
+    ("model/params/dense%2Fweight", "model/params/dense/weight"),
+    ("model/lr", "model/lr"),           # a numpy scalar (0-d dataset)
+    ("model/zero_d", "model/zero_d"),   # a 0-d array
+    ("trainer/global_step", "trainer/global_step"),  # a JSON leaf: "12345" -> "12245"
+])
+def test_a_flipped_bit_in_any_leaf_is_detected_naming_the_file_and_key(
+        tmp_path: Path, name: str, key: str) -> None:
+    path = tmp_path / "c.h5"
+    save_tree(path, _model_like_tree())
+    offset, size = _data_extent(path, name)
+    _xor_byte(path, offset + min(size - 1, 2), 0x01 if name.startswith("trainer") else 0x10)
+    with pytest.raises(CheckpointError, match="checksum") as info:
+        load_tree(path)
+    assert str(path) in str(info.value) and repr(key) in str(info.value)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda f: f.move("model/params/dense%2Fbias", "model/params/dense%2Fbiaz"), "model/params"),
+    (lambda f: f.__delitem__("trainer/history"), "trainer"),
+    (lambda f: (f.move("model/lr", "model/tmp"), f.move("model/zero_d", "model/lr"),
+                f.move("model/tmp", "model/zero_d")), "model"),  # two entries swapped
+])
+def test_renamed_removed_or_swapped_entries_are_detected(tmp_path: Path, edit: Any, key: str) -> None:
+    path = tmp_path / "c.h5"
+    save_tree(path, _model_like_tree())
+    with h5py.File(path, "a") as f:
+        edit(f)
+    with pytest.raises(CheckpointError, match="checksum") as info:
+        load_tree(path)
+    assert str(path) in str(info.value) and repr(key) in str(info.value)
+
+
+def test_every_object_carries_a_checksum_and_a_missing_one_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.h5"
+    save_tree(path, _model_like_tree())
+    with h5py.File(path, "a") as f:
+        assert f.attrs["checksum"] == "crc32"
+        names: list[str] = []
+        f.visit(names.append)
+        assert all("nnkit_crc32" in f[name].attrs for name in names) and "nnkit_crc32" in f.attrs
+        del f["model/params/dense%2Fweight"].attrs["nnkit_crc32"]
+    with pytest.raises(CheckpointError, match=r"'model/params/dense/weight'.*no checksum"):
+        load_tree(path)
+
+
+def test_a_new_file_loads_without_any_warning(tmp_path: Path) -> None:
+    save_tree(tmp_path / "c.h5", rich_tree())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_identical(load_tree(tmp_path / "c.h5"), rich_tree())
+
+
+def test_a_file_written_before_checksums_loads_and_is_reported_unverified(tmp_path: Path) -> None:
+    old = FIXTURES / "v1_cnn_checkpoint.h5"
+    with pytest.warns(checkpoint.UnverifiedCheckpointWarning, match="v1_cnn_checkpoint.h5: .*no "
+                                                                    "checksums") as record:
+        tree = load_tree(old)
+    assert len(record) == 1 and tree["trainer"]["global_step"] == 6
+    # Saving it again adds the checksums.
+    save_tree(tmp_path / "again.h5", tree)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_identical(load_tree(tmp_path / "again.h5"), tree)
 
 
 # --------------------------------------------------------------------------- no code from files
