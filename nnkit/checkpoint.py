@@ -47,10 +47,17 @@ Files written before checksums existed (no ``checksum`` attribute) still load; a
 :class:`UnverifiedCheckpointWarning` then says that damage cannot be detected. The layout is
 otherwise unchanged, so FORMAT_VERSION stays 1 and older nnkit versions read these files too.
 
-Safety: loading never runs code from the file. Values are decoded with ``json`` (never
-pickle or eval); datasets of object, variable-length, reference, opaque or compound
-dtype, soft and external links, and objects without a known ``nnkit_type`` are rejected.
-Unknown extra attributes are ignored.
+Safety: loading never runs code from the file, never reads another file, and does work and
+allocates memory in proportion to the file's size. It accepts only what save_tree writes:
+the metadata is checked before any data is read (so a hostile file fails fast): each object
+is reached by one hard link only (a DAG or a cycle of hard links is refused), nesting is at
+most MAX_DEPTH, datasets are contiguous inside the file (external and virtual storage,
+chunks and filters are refused), store every byte their dtype and shape declare, and no two
+share bytes; datasets of object, variable-length, reference, opaque or compound dtype, soft
+and external links, link names nnkit does not produce, JSON objects and objects without a
+known ``nnkit_type`` are rejected. Attributes are checked for type and size before they are
+read; unknown extra attributes are ignored. Values are decoded with ``json`` (never pickle or
+eval). Anything else wrong is a CheckpointError naming the file, never another exception.
 
 Atomicity: a checkpoint is written to a temporary file in the destination directory,
 fsynced, renamed onto the destination with ``os.replace`` and the directory is fsynced. On
@@ -61,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import operator
 import os
 import re
@@ -72,6 +80,7 @@ from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5d, h5g, h5l, h5o, h5s, h5t
 
 from ._version import __version__
 
@@ -80,7 +89,8 @@ if TYPE_CHECKING:  # the per-layer functions only read layer.params and names
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "CheckpointNotFoundError",  # noqa: RUF022
            "UnverifiedCheckpointWarning",
-           "save_tree", "load_tree", "read_kind", "save_model_parameter", "load_model_parameter",
+           "save_tree", "load_tree", "read_kind", "restoring", "save_model_parameter",
+           "load_model_parameter",
            "atomic_path", "atomic_write"]
 
 #: The layout version written by this code; files with a larger version are refused.
@@ -336,97 +346,214 @@ def save_tree(path: _PathLike, tree: Mapping[str, Any], kind: str = CHECKPOINT_K
 
 
 # --------------------------------------------------------------------------- reading
-def _str_attr(obj: h5py.HLObject, name: str) -> str | None:
-    """A string attribute, or None when absent or not a string."""
-    value = obj.attrs.get(name)
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
+# The reader works on h5py's low-level object ids: several times faster per object than the
+# high-level classes, and every property is checked before anything is read.
+_MAX_ATTR_STRING = 1024  # bytes; nnkit's attribute strings are a few dozen
+_VLEN_STR = h5t.py_create(h5py.string_dtype())
+_LAYOUTS = {h5d.COMPACT: "compact", h5d.CHUNKED: "chunked", h5d.VIRTUAL: "virtual"}
+_LINKS = {h5l.TYPE_SOFT: "SoftLink", h5l.TYPE_EXTERNAL: "ExternalLink"}
+_ObjectID = h5g.GroupID | h5d.DatasetID
+
+
+def _attr(oid: _ObjectID, name: str) -> str | int | None:
+    """A scalar string or integer attribute, its type and size checked before it is read;
+    None when absent or of any other type (arrays, floats, bools, long strings...)."""
+    key = name.encode()
+    if not h5a.exists(oid, key):
+        return None
+    attr = h5a.open(oid, key)
+    ftype = attr.get_type()
+    kind = ftype.get_class()
+    if attr.get_space().get_simple_extent_type() != h5s.SCALAR:
+        return None
+    if kind == h5t.INTEGER:
+        number = np.zeros((), np.int64)
+        attr.read(number, mtype=h5t.NATIVE_INT64)
+        return int(number)
+    if kind != h5t.STRING:
+        return None
+    if ftype.is_variable_str():
+        text = np.zeros((), h5py.string_dtype())
+        attr.read(text, mtype=_VLEN_STR)
+    elif ftype.get_size() <= _MAX_ATTR_STRING:
+        text = np.zeros((), f"S{ftype.get_size()}")
+        attr.read(text, mtype=ftype)
+    else:
+        return None
+    value = text[()]
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else None
+
+
+def _str_attr(oid: _ObjectID, name: str) -> str | None:
+    """A string attribute, or None when absent or not a (short) string."""
+    value = _attr(oid, name)
     return value if isinstance(value, str) else None
-
-
-def _int_attr(obj: h5py.HLObject, name: str) -> int | None:
-    """A scalar integer attribute, or None when absent or of another type."""
-    value = obj.attrs.get(name)
-    if isinstance(value, np.integer) and not isinstance(value, np.bool_):
-        return int(value)
-    return None
 
 
 def _shown(keypath: str) -> str:
     return repr(keypath) if keypath else "the root group"
 
 
-class _Reader:
-    """Decodes the objects of one open file written by save_tree, verifying their checksums."""
+class _Node:
+    """One object found by _Reader.scan: checked, not read yet."""
 
-    def __init__(self, require_checksums: bool) -> None:
+    __slots__ = ("oid", "kind", "keypath", "crc", "entries", "shape", "dtype")
+
+    def __init__(self, oid: _ObjectID, kind: str, keypath: str) -> None:
+        self.oid, self.kind, self.keypath = oid, kind, keypath
+        self.crc: int | None = None
+        self.entries: list[tuple[str, _Node]] | None = None  # a group's, in order
+        self.shape: tuple[int, ...] = ()
+        self.dtype: np.dtype | None = None
+
+
+class _Reader:
+    """Decodes the objects of one open file written by save_tree, in two passes.
+
+    ``scan`` walks the metadata only and accepts nothing nnkit does not write: every object
+    is reached once (hard links making a DAG or a cycle are refused before they multiply the
+    work), nesting is bounded, datasets are contiguous inside the file (no external or
+    virtual storage, no filters) and store every byte they declare, no two share bytes. So
+    ``read`` then allocates at most the file's size and runs in time linear in it; it reads
+    the data and verifies the checksums.
+    """
+
+    def __init__(self, file_size: int, require_checksums: bool) -> None:
+        self.file_size = file_size
         self.require_checksums = require_checksums
         self.unverified = 0  # objects without a checksum (a file written before them)
+        self._seen: set[int] = set()  # object header addresses
+        self._extents: list[tuple[int, int, str]] = []  # (offset, size, key) of each array's bytes
 
-    def read(self, obj: h5py.HLObject, keypath: str = "") -> tuple[Any, int]:
-        """The value of ``obj`` (recursively for groups) and its recomputed checksum."""
-        kind = _str_attr(obj, _TYPE)
-        if isinstance(obj, h5py.Group) and kind in ("dict", "list"):
-            value, crc = self._read_group(obj, kind, keypath)
-        elif isinstance(obj, h5py.Dataset) and kind in ("array", "scalar", "json"):
-            value, crc = self._read_dataset(obj, kind)
+    # ------------------------------------------------------------ pass 1: metadata
+    def scan(self, oid: _ObjectID, keypath: str = "", depth: int = 0) -> _Node:
+        """Checks the object ``oid`` and everything under it; raises _Invalid naming the key."""
+        where = _shown(keypath)
+        address = h5o.get_info(oid).addr
+        if address in self._seen:
+            raise _Invalid(f"{where}: an object reached a second time through another hard "
+                           f"link (nnkit writes every object once)")
+        self._seen.add(address)
+        if depth > MAX_DEPTH:
+            raise _Invalid(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        node = _Node(oid, _str_attr(oid, _TYPE), keypath)
+        if isinstance(oid, h5g.GroupID) and node.kind in ("dict", "list"):
+            node.entries = self._scan_group(oid, node.kind, keypath, depth)
+        elif isinstance(oid, h5d.DatasetID) and node.kind in ("array", "scalar", "json"):
+            self._check_dataset(node, where)
         else:
-            raise _Invalid(f"{obj.name}: a {type(obj).__name__} with {_TYPE}={kind!r} is not "
-                           f"an object written by nnkit")
-        self._verify(obj, keypath, crc)
-        return value, crc
+            what = {h5g.GroupID: "Group", h5d.DatasetID: "Dataset"}.get(type(oid), "Datatype")
+            raise _Invalid(f"{where}: a {what} with {_TYPE}={node.kind!r} is not an object "
+                           f"written by nnkit")
+        if h5a.exists(oid, _CRC.encode()):
+            node.crc = _attr(oid, _CRC)
+            if not isinstance(node.crc, int):
+                raise _Invalid(f"{where}: its checksum attribute {_CRC} is not an integer")
+        elif self.require_checksums:
+            raise _Invalid(f"{where} has no checksum ({_CRC} attribute), which every object of "
+                           f"this file should carry: the file is damaged")
+        return node
 
-    def _read_group(self, group: h5py.Group, kind: str, keypath: str) -> tuple[Any, int]:
-        names = list(group)
+    def _scan_group(self, gid: h5g.GroupID, kind: str, keypath: str,
+                    depth: int) -> list[tuple[str, _Node]]:
+        where = _shown(keypath)
+        names = [name.decode("utf-8", errors="surrogateescape") for name in gid]
         for name in names:
-            link = group.get(name, getlink=True)
-            if not isinstance(link, h5py.HardLink):  # soft/external links could reach other files
-                raise _Invalid(f"{group.name}: {name!r} is a {type(link).__name__}, not an object "
-                               f"written by nnkit")
+            link = gid.links.get_info(name.encode("utf-8", errors="surrogateescape")).type
+            if link != h5l.TYPE_HARD:  # soft/external links could reach other files
+                raise _Invalid(f"{where}: {name!r} is a {_LINKS.get(link, 'user-defined link')}, "
+                               f"not an object written by nnkit")
         if kind == "list":
             if sorted(names, key=lambda n: (len(n), n)) != [str(i) for i in range(len(names))]:
-                raise _Invalid(f"{group.name}: a list group must hold items '0'..'{len(names) - 1}', "
+                raise _Invalid(f"{where}: a list group must hold items '0'..'{len(names) - 1}', "
                                f"got {names[:10]}")
             names = [str(i) for i in range(len(names))]
             paths = [f"{keypath}[{i}]" for i in range(len(names))]
         else:
+            odd = [name for name in names if _escape_key(_unescape_key(name)) != name]
+            if odd:  # e.g. "%41": two link names must not decode to one key
+                raise _Invalid(f"{where}: link name {odd[0]!r} is not a key as nnkit escapes it")
             paths = [_keypath(keypath, _unescape_key(name)) for name in names]
-        read = [self.read(group[name], path) for name, path in zip(names, paths)]
-        crc = _group_crc(kind, ((name, entry_crc) for name, (_, entry_crc) in zip(names, read)))
-        if kind == "dict":
-            return {_unescape_key(name): value for name, (value, _) in zip(names, read)}, crc
-        return [value for value, _ in read], crc
+        return [(name, self.scan(h5o.open(gid, name.encode("utf-8", errors="surrogateescape")),
+                                 path, depth + 1))
+                for name, path in zip(names, paths)]
+
+    def _check_dataset(self, node: _Node, where: str) -> None:
+        did = node.oid
+        plist = did.get_create_plist()
+        layout = plist.get_layout()
+        if layout != h5d.CONTIGUOUS:
+            raise _Invalid(f"{where}: a dataset with {_LAYOUTS.get(layout, layout)} storage; nnkit "
+                           f"writes contiguous datasets only")
+        if plist.get_external_count():
+            raise _Invalid(f"{where}: a dataset whose data lives in external files; nnkit keeps "
+                           f"all data inside the checkpoint")
+        if plist.get_nfilters():
+            raise _Invalid(f"{where}: a dataset stored through HDF5 filters (compression...), "
+                           f"which nnkit does not use")
+        dtype = did.dtype
+        shape = None if did.get_space().get_simple_extent_type() == h5s.NULL else did.shape
+        if node.kind == "json":
+            if dtype.kind != "S" or shape != ():
+                raise _Invalid(f"{where}: a json value must be a 0-d fixed-length string, got "
+                               f"dtype {dtype} and shape {shape}")
+        # dtype.kind excludes object ('O': vlen, references), void ('V': opaque, compound)
+        elif dtype.kind not in _NUMERIC_KINDS or shape is None or (node.kind == "scalar" and shape):
+            raise _Invalid(f"{where}: {node.kind} of unsupported dtype {dtype} or shape {shape}")
+        nbytes = dtype.itemsize * math.prod(shape)
+        if nbytes:
+            offset, stored = did.get_offset(), did.get_storage_size()
+            if offset is None or stored != nbytes or offset + nbytes > self.file_size:
+                raise _Invalid(f"{where}: declares {nbytes} bytes ({dtype} {shape}) but the file "
+                               f"stores {stored}{'' if offset is None else f' at offset {offset}'}")
+            self._extents.append((offset, nbytes, where))
+        node.shape, node.dtype = shape, dtype
+
+    def check_extents(self) -> None:
+        """Refuses datasets whose bytes overlap: each array's bytes are in the file once."""
+        self._extents.sort()
+        for (start, size, where), (other, _, other_where) in zip(self._extents, self._extents[1:]):
+            if other < start + size:
+                raise _Invalid(f"{other_where}: its data overlaps that of {where} (nnkit stores "
+                               f"every array once)")
+
+    # ------------------------------------------------------------ pass 2: data
+    def read(self, node: _Node) -> tuple[Any, int]:
+        """The value of a scanned object (recursively for groups) and its verified checksum."""
+        if node.entries is not None:
+            read = [(name, self.read(entry)) for name, entry in node.entries]
+            crc = _group_crc(node.kind, ((name, entry_crc) for name, (_, entry_crc) in read))
+            if node.kind == "dict":
+                value: Any = {_unescape_key(name): item for name, (item, _) in read}
+            else:
+                value = [item for _, (item, _) in read]
+        else:
+            value, crc = self._read_dataset(node)
+        if node.crc is None:
+            self.unverified += 1
+        elif node.crc != crc:
+            what = ("its entries were renamed, added, removed or reordered"
+                    if node.entries is not None else "its data, dtype or shape changed")
+            raise _Invalid(f"{_shown(node.keypath)}: checksum mismatch ({what}): the file is "
+                           f"damaged")
+        return value, crc
 
     @staticmethod
-    def _read_dataset(ds: h5py.Dataset, kind: str) -> tuple[Any, int]:
-        dtype, shape = ds.dtype, ds.shape
-        if kind == "json":
-            if dtype.kind != "S" or shape != ():
-                raise _Invalid(f"{ds.name}: a json value must be a 0-d fixed-length string, "
-                               f"got dtype {dtype} and shape {shape}")
-            data = bytes(ds[()])
-            try:
-                return json.loads(data.decode("ascii")), _leaf_crc(kind, data)
-            except (ValueError, RecursionError) as e:
-                raise _Invalid(f"{ds.name}: invalid JSON value ({type(e).__name__}: {e})") from None
-        # dtype.kind excludes object ('O': vlen, references), void ('V': opaque, compound)
-        if dtype.kind not in _NUMERIC_KINDS or shape is None or (kind == "scalar" and shape):
-            raise _Invalid(f"{ds.name}: {kind} of unsupported dtype {dtype} or shape {shape}")
-        data = np.asarray(ds[()])
-        return (data[()] if kind == "scalar" else data), _leaf_crc(kind, data)
-
-    def _verify(self, obj: h5py.HLObject, keypath: str, crc: int) -> None:
-        if _CRC not in obj.attrs:
-            if self.require_checksums:
-                raise _Invalid(f"{_shown(keypath)} has no checksum ({_CRC} attribute), which "
-                               f"every object of this file should carry: the file is damaged")
-            self.unverified += 1
-            return
-        stored = _int_attr(obj, _CRC)
-        if stored != crc:
-            what = ("its entries were renamed, added, removed or reordered"
-                    if isinstance(obj, h5py.Group) else "its data, dtype or shape changed")
-            raise _Invalid(f"{_shown(keypath)}: checksum mismatch ({what}): the file is damaged")
+    def _read_dataset(node: _Node) -> tuple[Any, int]:
+        data = np.empty(node.shape, node.dtype)
+        if data.nbytes:  # scan checked that the bytes are stored: no fill values to make up
+            node.oid.read(h5s.ALL, h5s.ALL, data)
+        if node.kind != "json":
+            return (data[()] if node.kind == "scalar" else data), _leaf_crc(node.kind, data)
+        text = bytes(data[()])
+        try:
+            value = json.loads(text.decode("ascii"))
+            if not _is_json_value(value):  # a JSON object: nnkit stores dicts as groups
+                raise ValueError(f"a {type(value).__name__}, which nnkit does not store as JSON")
+        except (ValueError, RecursionError) as e:  # RecursionError: "[[[[..." nested too deep
+            raise _Invalid(f"{_shown(node.keypath)}: invalid JSON value ({type(e).__name__}: "
+                           f"{e})") from None
+        return value, _leaf_crc(node.kind, text)
 
 
 @contextlib.contextmanager
@@ -447,7 +574,7 @@ def _open_checkpoint(path: _PathLike) -> Iterator[tuple[h5py.File, str]]:
         if not h5py.is_hdf5(shown):
             raise _Invalid("not an HDF5 file, so not an nnkit checkpoint")
         with h5py.File(shown, "r") as f:
-            kind = _str_attr(f, "format")
+            kind = _str_attr(f["/"].id, "format")
             if kind is None:
                 raise _Invalid("an HDF5 file without a 'format' attribute: not written by nnkit")
             yield f, kind
@@ -455,9 +582,28 @@ def _open_checkpoint(path: _PathLike) -> Iterator[tuple[h5py.File, str]]:
         raise CheckpointError(f"{shown}: {e}") from None
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+    except Exception as e:  # h5py and numpy raise all kinds of errors on a damaged file
         raise CheckpointError(f"{shown}: cannot read the checkpoint, the file may be truncated "
                               f"or corrupt ({type(e).__name__}: {e})") from e
+
+
+@contextlib.contextmanager
+def restoring(source: str) -> Iterator[None]:
+    """Reports any failure to apply a loaded tree as a CheckpointError naming ``source``.
+
+    A damaged or hostile file may hold a well-formed tree with values of the wrong type for
+    the model (a string where a counter belongs, a number where a dict of slots belongs...);
+    the code applying them then raises TypeError, KeyError, AttributeError... Wrapped in this
+    block, callers see one error type for every bad checkpoint.
+    """
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (ArithmeticError, AttributeError, LookupError, MemoryError, RecursionError,
+            TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: the checkpoint's contents cannot be restored "
+                              f"({type(e).__name__}: {e})") from e
 
 
 def read_kind(path: _PathLike) -> str:
@@ -484,24 +630,28 @@ def load_tree(path: _PathLike, kind: str = CHECKPOINT_KIND) -> dict[str, Any]:
     with _open_checkpoint(path) as (f, file_kind):
         if file_kind != kind:
             raise _Invalid(f"is a {file_kind!r} file, expected {kind!r}")
-        version = f.attrs.get("format_version")
-        if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
-            raise _Invalid(f"format_version {version!r} is not an integer")
-        writer = _str_attr(f, "nnkit_version") or "unknown"
+        root_id = f["/"].id
+        version = _attr(root_id, "format_version")
+        if not isinstance(version, int):
+            raise _Invalid("format_version is missing or is not an integer")
+        writer = _str_attr(root_id, "nnkit_version") or "unknown"
         if version > FORMAT_VERSION:
-            raise _Invalid(f"format_version {int(version)} was written by a newer nnkit "
+            raise _Invalid(f"format_version {version} was written by a newer nnkit "
                            f"(version {writer}); this nnkit reads format_version <= "
                            f"{FORMAT_VERSION}: upgrade nnkit")
         if version < 1:
-            raise _Invalid(f"unknown format_version {int(version)}")
-        algorithm = _str_attr(f, _CHECKSUM)
-        if _CHECKSUM in f.attrs and algorithm != _CRC_NAME:
+            raise _Invalid(f"unknown format_version {version}")
+        algorithm = _str_attr(root_id, _CHECKSUM)
+        if h5a.exists(root_id, _CHECKSUM.encode()) and algorithm != _CRC_NAME:
             raise _Invalid(f"unknown checksum algorithm {algorithm!r} (this nnkit knows "
                            f"{_CRC_NAME!r})")
-        reader = _Reader(require_checksums=algorithm is not None)
-        tree, _ = reader.read(f)
-        if not isinstance(tree, dict):
+        # The size of the file opened (the path may already name a newer checkpoint).
+        reader = _Reader(f.id.get_filesize(), require_checksums=algorithm is not None)
+        root = reader.scan(root_id)
+        if root.kind != "dict":
             raise _Invalid("the root group is not a dict")
+        reader.check_extents()
+        tree, _ = reader.read(root)
     if reader.unverified:
         warnings.warn(f"{os.fspath(path)}: this checkpoint has no checksums (written by nnkit "
                       f"{writer} before they were added), so damage to it cannot be detected; "
