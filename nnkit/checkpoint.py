@@ -67,11 +67,14 @@ untouched, so a crash or a full disk never leaves a half-written checkpoint behi
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import math
 import operator
 import os
 import re
+import sys
 import tempfile
 import warnings
 import zlib
@@ -243,8 +246,14 @@ def _write_entry(group: h5py.Group, entry: _Entry) -> None:
         except TypeError as e:  # a numeric dtype HDF5 has no type for
             raise CheckpointError(f"cannot save {entry.keypath!r}: dtype {entry.data.dtype}: "
                                   f"{e}") from e
-    obj.attrs[_TYPE] = entry.kind
+    obj.attrs[_TYPE] = _fixed(entry.kind)
     obj.attrs[_CRC] = np.uint32(entry.crc)
+
+
+def _fixed(text: str) -> np.bytes_:
+    """A fixed-length string attribute value: the loader knows its size before reading it
+    (HDF5 trusts a variable-length string's stored length and zeroes that many bytes)."""
+    return np.bytes_(text.encode("utf-8"))
 
 
 def _new_file_mode(path: str) -> int:
@@ -276,6 +285,19 @@ def _check_kind(kind: Any) -> None:
         raise CheckpointError(f"kind must be a non-empty str, got {kind!r}")
 
 
+_DISK_FULL = {errno.ENOSPC: re.compile(r"errno = 28\b|No space left on device"),
+              errno.EDQUOT: re.compile(r"errno = 122\b|Disk quota exceeded")}
+
+
+def _disk_full_errno(e: BaseException) -> int | None:
+    """ENOSPC or EDQUOT if ``e`` says the disk (or quota) is full, else None."""
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        return e.errno
+    if isinstance(e, (OSError, RuntimeError)):
+        return next((code for code, text in _DISK_FULL.items() if text.search(str(e))), None)
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: _PathLike) -> Iterator[str]:
     """Yields a temporary path beside ``path``; on success it becomes ``path`` atomically.
@@ -300,6 +322,12 @@ def atomic_path(path: _PathLike) -> Iterator[str]:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        code = _disk_full_errno(e)
+        if code is not None:  # h5py reports it as a RuntimeError or an OSError with HDF5's text
+            full = OSError(code, f"{os.strerror(code)}: disk full, {path} was not written "
+                                 f"(a previous file there is intact)", path)
+            full.add_note(f"while writing {path}")
+            raise full from e
         if isinstance(e, OSError):
             e.add_note(f"while writing {path}")
         raise
@@ -334,15 +362,68 @@ def save_tree(path: _PathLike, tree: Mapping[str, Any], kind: str = CHECKPOINT_K
         root = _prepare("", tree, "")
     except RecursionError:  # a JSON list nested thousands deep
         raise CheckpointError("cannot save the tree: it is nested too deeply") from None
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
-        f.attrs["format"] = kind
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["nnkit_version"] = __version__
-        f.attrs[_CHECKSUM] = _CRC_NAME
-        f.attrs[_TYPE] = "dict"
-        for entry in root.entries:
-            _write_entry(f, entry)
-        f.attrs[_CRC] = np.uint32(root.crc)
+    with atomic_path(path) as tmp:
+        _reserve(tmp, _estimated_size(root))
+        with h5py.File(tmp, "r+") as f:
+            _write_root(f, root, kind)
+
+
+@functools.cache
+def _empty_file_image() -> bytes:
+    """An empty HDF5 file whose root group keeps insertion order, made in memory."""
+    with h5py.File("empty.h5", "w", driver="core", backing_store=False, track_order=True) as f:
+        f.flush()
+        return f.id.get_file_image()
+
+
+def _estimated_size(root: _Entry) -> int:
+    """An upper bound of the size of the file save_tree writes for ``root``.
+
+    HDF5 adds at most about 350 bytes of metadata per object plus about the length of its
+    name (measured on flat, deep, many-small and long-name trees); this allows 1 KiB + 2x.
+    """
+    size, stack = 64 * 1024, [root]
+    while stack:
+        entry = stack.pop()
+        size += 1024 + 2 * len(entry.name.encode("utf-8"))
+        if isinstance(entry.data, bytes):
+            size += len(entry.data)
+        elif entry.data is not None:
+            size += entry.data.nbytes
+        stack.extend(entry.entries)
+    return size
+
+
+def _reserve(tmp: str, size: int) -> None:
+    """Makes ``tmp`` an empty HDF5 file with ``size`` bytes of disk claimed for it.
+
+    HDF5 cannot recover from a failed write: after a full disk its file stays half-closed,
+    every object closed later prints an "Exception ignored" traceback and the library crashes
+    when the process exits. So the space is claimed first, with calls that fail cleanly
+    (ENOSPC before anything is written); HDF5 trims the file to its real end when it closes.
+    """
+    with open(tmp, "r+b") as f:
+        f.write(_empty_file_image())
+        f.flush()
+        if hasattr(os, "posix_fallocate"):  # elsewhere HDF5 meets a full disk itself
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+            except OSError as e:
+                if e.errno in _DISK_FULL:
+                    raise
+                # EOPNOTSUPP, EINVAL...: the file system cannot claim space; write without
+
+
+def _write_root(f: h5py.File, root: _Entry, kind: str) -> None:
+    """Writes the root attributes and every entry of ``root`` into the open empty file."""
+    f.attrs["format"] = _fixed(kind)
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["nnkit_version"] = _fixed(__version__)
+    f.attrs[_CHECKSUM] = _fixed(_CRC_NAME)
+    f.attrs[_TYPE] = _fixed("dict")
+    for entry in root.entries:
+        _write_entry(f, entry)
+    f.attrs[_CRC] = np.uint32(root.crc)
 
 
 # --------------------------------------------------------------------------- reading
@@ -355,9 +436,14 @@ _LINKS = {h5l.TYPE_SOFT: "SoftLink", h5l.TYPE_EXTERNAL: "ExternalLink"}
 _ObjectID = h5g.GroupID | h5d.DatasetID
 
 
-def _attr(oid: _ObjectID, name: str) -> str | int | None:
+def _attr(oid: _ObjectID, name: str, vlen: bool = False) -> str | int | None:
     """A scalar string or integer attribute, its type and size checked before it is read;
-    None when absent or of any other type (arrays, floats, bools, long strings...)."""
+    None when absent or of any other type (arrays, floats, bools, long strings...).
+
+    Variable-length strings are read only with ``vlen`` (files written before checksums
+    have them): HDF5 trusts their stored length, allocating and zeroing up to 4 GiB for a
+    damaged one before it fails. nnkit now writes fixed-length strings only.
+    """
     key = name.encode()
     if not h5a.exists(oid, key):
         return None
@@ -373,6 +459,8 @@ def _attr(oid: _ObjectID, name: str) -> str | int | None:
     if kind != h5t.STRING:
         return None
     if ftype.is_variable_str():
+        if not vlen:
+            return None
         text = np.zeros((), h5py.string_dtype())
         attr.read(text, mtype=_VLEN_STR)
     elif ftype.get_size() <= _MAX_ATTR_STRING:
@@ -384,9 +472,9 @@ def _attr(oid: _ObjectID, name: str) -> str | int | None:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else None
 
 
-def _str_attr(oid: _ObjectID, name: str) -> str | None:
-    """A string attribute, or None when absent or not a (short) string."""
-    value = _attr(oid, name)
+def _str_attr(oid: _ObjectID, name: str, vlen: bool = False) -> str | None:
+    """A string attribute, or None when absent or not a (short) string (see _attr)."""
+    value = _attr(oid, name, vlen)
     return value if isinstance(value, str) else None
 
 
@@ -418,10 +506,9 @@ class _Reader:
     the data and verifies the checksums.
     """
 
-    def __init__(self, file_size: int, require_checksums: bool) -> None:
+    def __init__(self, file_size: int, legacy: bool) -> None:
         self.file_size = file_size
-        self.require_checksums = require_checksums
-        self.unverified = 0  # objects without a checksum (a file written before them)
+        self.legacy = legacy  # written before checksums: they are optional, strings vlen
         self._seen: set[int] = set()  # object header addresses
         self._extents: list[tuple[int, int, str]] = []  # (offset, size, key) of each array's bytes
 
@@ -436,7 +523,7 @@ class _Reader:
         self._seen.add(address)
         if depth > MAX_DEPTH:
             raise _Invalid(f"{where}: nested deeper than {MAX_DEPTH} levels")
-        node = _Node(oid, _str_attr(oid, _TYPE), keypath)
+        node = _Node(oid, _str_attr(oid, _TYPE, vlen=self.legacy), keypath)
         if isinstance(oid, h5g.GroupID) and node.kind in ("dict", "list"):
             node.entries = self._scan_group(oid, node.kind, keypath, depth)
         elif isinstance(oid, h5d.DatasetID) and node.kind in ("array", "scalar", "json"):
@@ -449,7 +536,7 @@ class _Reader:
             node.crc = _attr(oid, _CRC)
             if not isinstance(node.crc, int):
                 raise _Invalid(f"{where}: its checksum attribute {_CRC} is not an integer")
-        elif self.require_checksums:
+        elif not self.legacy:
             raise _Invalid(f"{where} has no checksum ({_CRC} attribute), which every object of "
                            f"this file should carry: the file is damaged")
         return node
@@ -529,9 +616,7 @@ class _Reader:
                 value = [item for _, (item, _) in read]
         else:
             value, crc = self._read_dataset(node)
-        if node.crc is None:
-            self.unverified += 1
-        elif node.crc != crc:
+        if node.crc is not None and node.crc != crc:
             what = ("its entries were renamed, added, removed or reordered"
                     if node.entries is not None else "its data, dtype or shape changed")
             raise _Invalid(f"{_shown(node.keypath)}: checksum mismatch ({what}): the file is "
@@ -556,9 +641,19 @@ class _Reader:
         return value, _leaf_crc(node.kind, text)
 
 
+def _outside_nnkit() -> int:
+    """The ``stacklevel`` that makes a warning name the first caller outside nnkit."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2  # the caller of the function that warns
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @contextlib.contextmanager
-def _open_checkpoint(path: _PathLike) -> Iterator[tuple[h5py.File, str]]:
-    """Opens ``path`` read-only; yields the file and its kind (``format`` attribute).
+def _open_checkpoint(path: _PathLike) -> Iterator[tuple[h5py.File, str, bool]]:
+    """Opens ``path`` read-only; yields the file, its kind (``format`` attribute) and whether
+    it is a legacy file (written before checksums: no ``checksum`` attribute).
 
     Any failure (missing, not HDF5, truncated, not written by nnkit, unreadable content
     read inside the block) becomes a CheckpointError naming the path.
@@ -574,13 +669,14 @@ def _open_checkpoint(path: _PathLike) -> Iterator[tuple[h5py.File, str]]:
         if not h5py.is_hdf5(shown):
             raise _Invalid("not an HDF5 file, so not an nnkit checkpoint")
         with h5py.File(shown, "r") as f:
-            kind = _str_attr(f["/"].id, "format")
+            legacy = not h5a.exists(f["/"].id, _CHECKSUM.encode())
+            kind = _str_attr(f["/"].id, "format", vlen=legacy)
             if kind is None:
                 raise _Invalid("an HDF5 file without a 'format' attribute: not written by nnkit")
-            yield f, kind
+            yield f, kind, legacy
     except _Invalid as e:
         raise CheckpointError(f"{shown}: {e}") from None
-    except CheckpointError:
+    except (CheckpointError, Warning):  # Warning: UnverifiedCheckpointWarning made an error
         raise
     except Exception as e:  # h5py and numpy raise all kinds of errors on a damaged file
         raise CheckpointError(f"{shown}: cannot read the checkpoint, the file may be truncated "
@@ -612,7 +708,7 @@ def read_kind(path: _PathLike) -> str:
     For tools that accept several kinds; raises CheckpointError if ``path`` is not an
     nnkit HDF5 file.
     """
-    with _open_checkpoint(path) as (_, kind):
+    with _open_checkpoint(path) as (_, kind, _):
         return kind
 
 
@@ -627,35 +723,37 @@ def load_tree(path: _PathLike, kind: str = CHECKPOINT_KIND) -> dict[str, Any]:
             write.
     """
     _check_kind(kind)
-    with _open_checkpoint(path) as (f, file_kind):
+    with _open_checkpoint(path) as (f, file_kind, legacy):
         if file_kind != kind:
             raise _Invalid(f"is a {file_kind!r} file, expected {kind!r}")
         root_id = f["/"].id
         version = _attr(root_id, "format_version")
         if not isinstance(version, int):
             raise _Invalid("format_version is missing or is not an integer")
-        writer = _str_attr(root_id, "nnkit_version") or "unknown"
+        writer = _str_attr(root_id, "nnkit_version", vlen=legacy) or "unknown"
         if version > FORMAT_VERSION:
             raise _Invalid(f"format_version {version} was written by a newer nnkit "
                            f"(version {writer}); this nnkit reads format_version <= "
                            f"{FORMAT_VERSION}: upgrade nnkit")
         if version < 1:
             raise _Invalid(f"unknown format_version {version}")
-        algorithm = _str_attr(root_id, _CHECKSUM)
-        if h5a.exists(root_id, _CHECKSUM.encode()) and algorithm != _CRC_NAME:
-            raise _Invalid(f"unknown checksum algorithm {algorithm!r} (this nnkit knows "
-                           f"{_CRC_NAME!r})")
+        if legacy:
+            # Before anything else is read: a caller that turns this warning into an error
+            # (warnings.simplefilter("error", UnverifiedCheckpointWarning)) reads no data
+            # and no variable-length string of a file it cannot verify.
+            warnings.warn(f"{os.fspath(path)}: this checkpoint has no checksums (written by "
+                          f"nnkit {writer} before they were added), so damage to it cannot be "
+                          f"detected; save it again to add them", UnverifiedCheckpointWarning,
+                          stacklevel=_outside_nnkit())
+        elif _str_attr(root_id, _CHECKSUM) != _CRC_NAME:
+            raise _Invalid(f"unknown checksum algorithm (this nnkit knows {_CRC_NAME!r})")
         # The size of the file opened (the path may already name a newer checkpoint).
-        reader = _Reader(f.id.get_filesize(), require_checksums=algorithm is not None)
+        reader = _Reader(f.id.get_filesize(), legacy)
         root = reader.scan(root_id)
         if root.kind != "dict":
             raise _Invalid("the root group is not a dict")
         reader.check_extents()
         tree, _ = reader.read(root)
-    if reader.unverified:
-        warnings.warn(f"{os.fspath(path)}: this checkpoint has no checksums (written by nnkit "
-                      f"{writer} before they were added), so damage to it cannot be detected; "
-                      f"save it again to add them", UnverifiedCheckpointWarning, stacklevel=2)
     return tree
 
 

@@ -1,11 +1,16 @@
 """Tests of nnkit.checkpoint: exact round trips, atomic writes, clear errors, no code from files."""
 from __future__ import annotations
 
+import errno
 import math
 import os
 import pickle
+import shutil
+import subprocess
+import sys
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +118,13 @@ def test_root_attributes_and_documented_layout(tmp_path: Path) -> None:
 
     save_tree(tmp_path / "c.h5", {"params": {"dense/weight": np.ones(2)}, "step": 3}, kind="my.kind")
     with h5py.File(tmp_path / "c.h5", "r") as f:
-        assert f.attrs["format"] == "my.kind"
+        assert f.attrs["format"] == b"my.kind"  # fixed-length strings: h5py reads bytes
         assert f.attrs["format_version"] == FORMAT_VERSION
-        assert f.attrs["nnkit_version"] == nnkit.__version__
+        assert f.attrs["nnkit_version"] == nnkit.__version__.encode()
+        assert f.attrs["checksum"] == b"crc32"
         assert list(f["params"]) == ["dense%2Fweight"]
-        assert f["params/dense%2Fweight"].attrs["nnkit_type"] == "array"
-        assert f["step"].attrs["nnkit_type"] == "json" and f["step"][()] == b"3"
+        assert f["params/dense%2Fweight"].attrs["nnkit_type"] == b"array"
+        assert f["step"].attrs["nnkit_type"] == b"json" and f["step"][()] == b"3"
 
 
 @pytest.mark.parametrize("key", ["", ".", "..", "%", "%2F", "%25", "a/b/", "/lead", "a\x00b",
@@ -219,6 +225,84 @@ def test_disk_full_midway_keeps_the_old_file(old_checkpoint: Path,
     assert any(str(old_checkpoint) in note for note in getattr(info.value, "__notes__", []))
     monkeypatch.undo()
     assert_old_checkpoint_intact(old_checkpoint)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, nearly full file system: a 1 MiB tmpfs (skips unless mounting works here)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def assert_disk_full_error(error: BaseException, path: Path) -> None:
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC, repr(error)
+    assert "disk full" in str(error) and str(path) in str(error)
+
+
+@pytest.mark.parametrize("tree", [
+    pytest.param({"w": np.ones((600, 1000), np.float32)}, id="one big array"),
+    pytest.param({f"k{i}": np.ones(40) for i in range(4000)}, id="4000 small arrays"),
+])
+def test_a_real_full_disk_is_reported_as_enospc_and_keeps_the_old_file(
+        small_disk: Path, tree: dict[str, Any]) -> None:
+    path = small_disk / "checkpoint.h5"
+    save_tree(path, {"step": 1, "w": np.arange(4.0)})
+    with pytest.raises(OSError) as info:
+        save_tree(path, tree)
+    assert_disk_full_error(info.value, path)
+    assert_old_checkpoint_intact(path)
+    save_tree(path, {"step": 2})  # the process (and HDF5) still works
+    assert load_tree(path) == {"step": 2}
+
+
+FULL_DISK_CHILD = """
+import sys
+import numpy as np
+from nnkit.checkpoint import save_tree
+try:
+    save_tree(sys.argv[1], {f"k{i}": np.ones(40) for i in range(4000)})
+except OSError as e:
+    print("errno", e.errno)
+"""
+
+
+def test_a_process_that_hit_a_full_disk_exits_cleanly(small_disk: Path) -> None:
+    """HDF5 cannot recover from a failed write: its half-closed file made every later object
+    print an 'Exception ignored' traceback and the library crash when the process exited."""
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(small_disk / "c.h5")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert (done.returncode, done.stdout.strip()) == (0, f"errno {errno.ENOSPC}"), done.stderr[-2000:]
+    assert "Exception ignored" not in done.stderr
+    assert os.listdir(small_disk) == []
+
+
+def test_the_reserved_size_bounds_the_file(tmp_path: Path) -> None:
+    """save_tree claims disk space before HDF5 writes (see the full-disk tests): as much as
+    the file will need, or HDF5 could still meet a full disk."""
+    deep: dict[str, Any] = {}
+    level = deep
+    for _ in range(checkpoint.MAX_DEPTH - 1):
+        level["d"] = level = {"x": 1.5}
+    trees = {"rich": rich_tree(), "deep": deep, "empty": {},
+             "many small": {str(i): [np.ones(3), i] for i in range(3000)},
+             "long names": {"k" * 8000 + str(i): {"j" * 8000: i} for i in range(50)},
+             "big": big_tree([1, 2])}
+    for name, tree in trees.items():
+        save_tree(tmp_path / "t.h5", tree)
+        needed = (tmp_path / "t.h5").stat().st_size
+        reserved = checkpoint._estimated_size(checkpoint._prepare("", tree, ""))
+        assert needed <= reserved <= 4 * needed + 2**20, (name, needed, reserved)
 
 
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
@@ -397,12 +481,32 @@ def test_every_object_carries_a_checksum_and_a_missing_one_is_an_error(tmp_path:
     path = tmp_path / "c.h5"
     save_tree(path, _model_like_tree())
     with h5py.File(path, "a") as f:
-        assert f.attrs["checksum"] == "crc32"
+        assert f.attrs["checksum"] == b"crc32"
         names: list[str] = []
         f.visit(names.append)
         assert all("nnkit_crc32" in f[name].attrs for name in names) and "nnkit_crc32" in f.attrs
         del f["model/params/dense%2Fweight"].attrs["nnkit_crc32"]
     with pytest.raises(CheckpointError, match=r"'model/params/dense/weight'.*no checksum"):
+        load_tree(path)
+
+
+def test_attributes_are_fixed_length_strings(tmp_path: Path) -> None:
+    """HDF5 trusts the length stored in a variable-length string and zeroes a buffer that big
+    (up to 4 GiB) before it reads the string: nnkit writes none, and in a file that declares
+    checksums the loader refuses them unread."""
+    path = tmp_path / "c.h5"
+    save_tree(path, _model_like_tree())
+    with h5py.File(path, "a") as f:
+        names: list[str] = []
+        f.visit(names.append)
+        for obj in [f, *(f[name] for name in names)]:
+            for key in obj.attrs:
+                kind = obj.attrs.get_id(key).dtype.kind
+                assert kind in "Siu", (obj.name, key, obj.attrs.get_id(key).dtype)
+        del f["trainer/global_step"].attrs["nnkit_type"]
+        f["trainer/global_step"].attrs["nnkit_type"] = "json"  # h5py writes str as vlen
+    with pytest.raises(CheckpointError, match=r"'trainer/global_step': a Dataset with "
+                                              r"nnkit_type=None"):
         load_tree(path)
 
 
@@ -419,6 +523,13 @@ def test_a_file_written_before_checksums_loads_and_is_reported_unverified(tmp_pa
                                                                     "checksums") as record:
         tree = load_tree(old)
     assert len(record) == 1 and tree["trainer"]["global_step"] == 6
+    assert record[0].filename == __file__  # the warning names the caller's line
+    # A caller who wants only verifiable files makes the warning an error: raised before
+    # any data is read.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", checkpoint.UnverifiedCheckpointWarning)
+        with pytest.raises(checkpoint.UnverifiedCheckpointWarning):
+            load_tree(old)
     # Saving it again adds the checksums.
     save_tree(tmp_path / "again.h5", tree)
     with warnings.catch_warnings():
@@ -488,6 +599,7 @@ def _replace(f: h5py.File, name: str, data: Any, nnkit_type: str, **kwargs: Any)
     f[name].attrs["nnkit_type"] = nnkit_type
 
 
+@pytest.mark.filterwarnings("ignore::nnkit.checkpoint.UnverifiedCheckpointWarning")
 @pytest.mark.parametrize("edit, message", [
     (lambda f: _replace(f, "x", np.bytes_(PICKLE), "json"), "invalid JSON|cannot read"),
     (lambda f: _replace(f, "w", np.void(PICKLE), "array"), "unsupported dtype"),
