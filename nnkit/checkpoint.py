@@ -76,6 +76,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -94,7 +95,7 @@ __all__ = ["FORMAT_VERSION", "CheckpointError", "CheckpointNotFoundError",  # no
            "UnverifiedCheckpointWarning",
            "save_tree", "load_tree", "read_kind", "restoring", "save_model_parameter",
            "load_model_parameter",
-           "atomic_path", "atomic_write"]
+           "atomic_path", "atomic_write", "remove_stale_temporaries"]
 
 #: The layout version written by this code; files with a larger version are refused.
 FORMAT_VERSION = 1
@@ -312,7 +313,10 @@ def atomic_path(path: _PathLike) -> Iterator[str]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    # The writer's pid in the name tells remove_stale_temporaries whether the file is
+    # still being written.
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp",
+                               dir=directory)
     os.close(fd)  # writers open it by name (h5py's native driver is faster than a file object)
     try:
         yield tmp
@@ -333,6 +337,73 @@ def atomic_path(path: _PathLike) -> Iterator[str]:
         raise
     if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
         _fsync_path(directory)
+
+
+#: A temporary file of atomic_path older than this (seconds since its last write) is stale
+#: even if a process with its writer's pid is alive.
+STALE_AFTER = 15 * 60.0
+_TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>[0-9]+)\.)?[a-z0-9_]{8}\.tmp")
+_LOADED_AT = time.time()  # every temporary file this process writes is younger
+
+
+def remove_stale_temporaries(directory: _PathLike | None, max_age: float = STALE_AFTER) -> list[str]:
+    """Deletes the temporary files that writers killed mid-write left in ``directory``.
+
+    :func:`atomic_path` names its temporary file ``.<name>.<pid>.<random>.tmp``. One is
+    stale when that process is gone; when it is this process but the file predates it (the
+    pid was reused, e.g. by a restarted container); when the process with that pid started
+    after the file was last written (where ``/proc`` tells); or when the file was last
+    written more than ``max_age`` seconds ago. Temporary files of nnkit versions that did
+    not record the pid (``.<name>.<random>.tmp``) are stale by age only. A Trainer calls
+    this for its run directory when it starts. Returns the paths removed; does nothing for
+    None or a missing directory.
+    """
+    if directory is None:
+        return []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete: leave it
+            if not match or not entry.is_file(follow_symlinks=False):
+                continue
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+            if (time.time() - mtime > max_age
+                    or (match["pid"] is not None and _writer_gone(int(match["pid"]), mtime))):
+                os.unlink(entry.path)
+                removed.append(entry.path)
+    return removed
+
+
+def _writer_gone(pid: int, mtime: float) -> bool:
+    """True if process ``pid`` cannot be writing a temporary file last written at ``mtime``."""
+    if pid == os.getpid():
+        return mtime < _LOADED_AT - 2  # slack for coarse file system clocks
+    if os.name != "posix" or pid <= 0:  # elsewhere os.kill(pid, 0) is not a harmless probe
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    started = _process_start(pid)
+    return started is not None and started > mtime + 2
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), read from /proc; else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # the name in (...) may hold spaces
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, IndexError, StopIteration, ValueError):
+        return None
 
 
 def atomic_write(path: _PathLike, data: str | bytes) -> None:

@@ -5,9 +5,11 @@ import errno
 import math
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -348,6 +350,66 @@ def test_new_file_gets_umask_permissions_and_a_replaced_file_keeps_its_own(tmp_p
     os.chmod(tmp_path / "new.h5", 0o640)
     save_tree(tmp_path / "new.h5", {"x": 1})
     assert (tmp_path / "new.h5").stat().st_mode & 0o777 == 0o640
+
+
+# --------------------------------------------------------------------------- temporary files
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_temporary_file_names_its_writer(tmp_path: Path) -> None:
+    with checkpoint.atomic_path(tmp_path / "checkpoint.h5") as tmp:
+        assert re.fullmatch(rf"\.checkpoint\.h5\.{os.getpid()}\.[a-z0-9_]{{8}}\.tmp",
+                            os.path.basename(tmp)), tmp
+        Path(tmp).write_bytes(b"x")
+    assert files_in(tmp_path) == ["checkpoint.h5"]
+
+
+def test_stale_temporaries_of_dead_or_earlier_writers_are_removed(tmp_path: Path) -> None:
+    dead, me, parent = _dead_pid(), os.getpid(), os.getppid()
+    cases = {  # name: (age, removed?)
+        f".checkpoint.h5.{dead}.abcd1234.tmp": (0, True),  # its writer is gone
+        f".job.conf.{dead}.x_y_z_12.tmp": (0, True),
+        f".checkpoint.h5.{me}.live0000.tmp": (0, False),  # this process is writing it
+        f".checkpoint.h5.{me}.prev0000.tmp": (3600, True),  # an earlier process with our pid
+        f".checkpoint.h5.{parent}.live1111.tmp": (0, False),  # a live writer
+        f".checkpoint.h5.{parent}.old11111.tmp": (3600, True),  # too old to be still written
+        ".checkpoint.h5.k3j4h5g6.tmp": (3600, True),  # named before pids were: by age
+        ".checkpoint.h5.n3w4h5g6.tmp": (0, False),
+        f".step-3.h5.{dead}.abcdefgh.tmp": (0, True),
+        "checkpoint.h5": (3600, False),  # not temporary files
+        ".hidden.tmp": (3600, False),
+        f"notes.{dead}.abcdefgh.tmp": (3600, False),
+        f".checkpoint.h5.{dead}.toolong99.tmp": (3600, False),
+    }
+    for name, (age, _) in cases.items():
+        (tmp_path / name).write_bytes(b"partial")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    (tmp_path / f".dir.{dead}.abcdefgh.tmp").mkdir()  # directories are never touched
+    removed = checkpoint.remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted(str(tmp_path / n) for n, (_, gone) in cases.items() if gone)
+    assert files_in(tmp_path) == sorted([n for n, (_, gone) in cases.items() if not gone]
+                                        + [f".dir.{dead}.abcdefgh.tmp"])
+
+
+def test_removing_stale_temporaries_without_a_directory_does_nothing(tmp_path: Path) -> None:
+    assert checkpoint.remove_stale_temporaries(tmp_path / "missing") == []
+    assert checkpoint.remove_stale_temporaries(None) == []
+
+
+def test_fit_with_a_run_dir_removes_stale_temporaries(tmp_path: Path) -> None:
+    from test_model import mlp, toy_data
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stale = run_dir / f".checkpoint.h5.{_dead_pid()}.abcdefgh.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    x, y = toy_data()
+    mlp().fit(x, y, batch_size=32, steps=1, run_dir=run_dir, verbose=0)
+    assert not stale.exists() and (run_dir / "checkpoint.h5").exists()
 
 
 # --------------------------------------------------------------------------- load errors

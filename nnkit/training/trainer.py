@@ -143,6 +143,7 @@ class Trainer:
         model and trainer state are loaded first, and ``epochs``/``steps`` are totals counted
         from the start of training, so the same call that was interrupted finishes its plan.
         """
+        checkpoint.remove_stale_temporaries(self.run_dir)  # what saves killed mid-write left
         if resume is not None:
             tree = checkpoint.load_tree(resume)
             self.model.restore_tree(tree["model"], os.fspath(resume))
