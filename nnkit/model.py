@@ -624,23 +624,28 @@ class Sequential:
         """Loads parameters, updater state and layer RNG states from a checkpoint tree.
 
         Parameters are all checked before any is copied; ``source`` names the file in errors.
+        Values of the wrong type (a damaged or hostile file) raise CheckpointError too.
         """
         if not self.built:
             self.build()
-        checkpoint.assign_parameters(tree.get("params", {}), self.layers, source,
-                                     state=tree.get("state", {}))
-        if self.updater is not None and tree.get("updater") is not None:
-            state = dict(tree["updater"])
-            known = {p.full_name for p in self.params}
-            for key in ("slots", "counts"):  # keyed by parameter name, which may be a legacy one
-                if isinstance(state.get(key), dict):
-                    state[key] = checkpoint.upgrade_names(state[key], known)
-            self.updater.load_state_dict(state)
-        for layer in self.layers:
-            state = tree.get("rngs", {}).get(layer.name)
-            if state is not None:
-                layer.rng = layer.rng or np.random.default_rng()
-                layer.rng.bit_generator.state = state
+        with checkpoint.restoring(source):
+            if not isinstance(tree, dict):
+                raise checkpoint.CheckpointError(f"{source}: the model entry is a "
+                                                 f"{type(tree).__name__}, not a dict")
+            checkpoint.assign_parameters(tree.get("params", {}), self.layers, source,
+                                         state=tree.get("state", {}))
+            if self.updater is not None and tree.get("updater") is not None:
+                state = dict(tree["updater"])
+                known = {p.full_name for p in self.params}
+                for key in ("slots", "counts"):  # keyed by parameter name, which may be a legacy one
+                    if isinstance(state.get(key), dict):
+                        state[key] = checkpoint.upgrade_names(state[key], known)
+                self.updater.load_state_dict(state)
+            for layer in self.layers:
+                state = tree.get("rngs", {}).get(layer.name)
+                if state is not None:
+                    layer.rng = layer.rng or np.random.default_rng()
+                    layer.rng.bit_generator.state = state
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes a checkpoint (atomically): model, parameters, updater and training state."""

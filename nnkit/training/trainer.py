@@ -183,6 +183,7 @@ class Trainer:
         unless ``resume`` is given (:class:`~nnkit.training.checkpoints.RunDirectoryInUse`).
         ``on_nonfinite`` (``'stop'`` or ``'pause'``) replaces :attr:`on_nonfinite` if given.
         """
+        checkpoint.remove_stale_temporaries(self.run_dir)  # what saves killed mid-write left
         resume = self._resume_point(resume)
         if on_nonfinite is not None:
             self.on_nonfinite = check_policy(on_nonfinite)
