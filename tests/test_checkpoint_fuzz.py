@@ -283,16 +283,22 @@ def _patch_overlap(path: Path) -> None:
     path.write_bytes(data.replace(old, new))
 
 
-@pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_files_are_refused_quickly(original: tuple[Path, dict[str, Any]], tmp_path: Path,
-                                           name: str) -> None:
+def _hostile_copy(original: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of ``original`` without checksums and with the edit ``HOSTILE[name]``."""
     path = tmp_path / "hostile.h5"
-    shutil.copy(original[0], path)
+    shutil.copy(original, path)
     with h5py.File(path, "a") as f:
         strip_checksums(f)
         HOSTILE[name](f, tmp_path)
     if HOSTILE[name] is _overlapping_data:
         _patch_overlap(path)
+    return path
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_files_are_refused_quickly(original: tuple[Path, dict[str, Any]], tmp_path: Path,
+                                           name: str) -> None:
+    path = _hostile_copy(original[0], tmp_path, name)
     tracemalloc.start()
     start = time.perf_counter()
     try:
@@ -327,11 +333,7 @@ def test_the_hostile_edits_alone_are_harmless(original: tuple[Path, dict[str, An
                                   "a layer RNG state of the wrong type"])
 def test_resuming_from_a_hostile_model_entry_raises_checkpoint_error(
         original: tuple[Path, dict[str, Any]], tmp_path: Path, name: str) -> None:
-    path = tmp_path / "hostile.h5"
-    shutil.copy(original[0], path)
-    with h5py.File(path, "a") as f:
-        strip_checksums(f)
-        HOSTILE[name](f, tmp_path)
+    path = _hostile_copy(original[0], tmp_path, name)
     model = nnkit.load(original[0])
     x, y = toy_data(64)
     with warnings.catch_warnings():
