@@ -104,10 +104,12 @@ def reset_peak_memory() -> int:
 # ---------------------------------------------------------------------------- nnkit side
 def nnkit_step(network: str, batch: int, train: bool):
     """Builds the network in nnkit; returns (a function running one step, its GEMM flops)."""
+    import nnkit
     from nnkit import SGD, Convolution2D, Dense, LabelInput, Loss
 
-    # The examples define the networks; the benchmark times exactly those.
-    sys.path.insert(0, str(ROOT / "examples"))
+    # The examples define the networks; the benchmark times exactly those, from the checkout
+    # whose nnkit this process imports (this tree's, or --baseline's).
+    sys.path.insert(0, str(Path(nnkit.__file__).resolve().parents[1] / "examples"))
     rng = np.random.default_rng(0)
     if network == "mlp":
         from train_mnist import build_mlp
