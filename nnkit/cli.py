@@ -279,14 +279,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``nnkit show``: layers, shapes, parameter counts, updater, schedule, data and run."""
+    from .views.channels import epoch_text
     stored = _is_checkpoint(args.path)
     if stored:
         tree = _read_checkpoint(args.path)
         model = load_tree_model(tree, args.path)
         job = _stored_job(tree, args.path, args.set)
         state = tree.get("trainer") or {}
+        # Epochs counted from 1, as everywhere people read them ("epoch 2 done", "epoch 3, batch 7").
+        epoch, batches = int(state.get("current_epoch", 0)), int(state.get("batch_cursor", 0))
         print(f"checkpoint {args.path}: step {state.get('global_step', 0)}, "
-              f"epoch {state.get('current_epoch', 0)}")
+              f"{epoch_text(epoch, batches)}" + (f", batch {batches}" if batches else ""))
     else:
         job = load_job(args.path, args.set, check_data=False)
         model = job.build_model()

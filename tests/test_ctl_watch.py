@@ -3,6 +3,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, wait_until
+from helpers import DATA, ROOT, wait_until
 
 from nnkit.cli import main
 from nnkit.views.terminal import (
@@ -52,6 +53,17 @@ def start_training(run_dir, epochs=1000, sleep=0.01):
 
 def events(run_dir):
     return [v for _, v in read_jsonl(Path(run_dir) / "events.jsonl")[0]]
+
+
+needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+
+
+def small_job(tmp_path):
+    """test_cli's small MNIST job (20 steps of a 63-batch epoch, a test every 10) in ``tmp_path``."""
+    from test_cli import SMALL_JOB
+    path = tmp_path / "small.conf"
+    path.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +209,8 @@ def test_watch_redraws_its_block_in_place_on_a_terminal(tmp_path, monkeypatch):
     lines = text.split("\x1b[J", 1)[1].splitlines()
     assert "started at step 0" in lines[0]
     assert lines[1].startswith("run abc") and "running" in lines[1]
-    assert lines[2] == "epoch 0  batch 2  step 3"
-    assert lines[3].startswith("loss 3.0000  avg(2) 2.5000  lr 0.1  images/s 100")
+    assert lines[2] == "epoch 1  batch 3  step 3"  # counted from 1: 3 batches of the first epoch
+    assert lines[3].startswith("loss 3  avg(2) 2.5  lr 0.1  images/s 100")
     out.seek(0), out.truncate()
     watcher.render(watcher.poll())  # nothing new: just the block again, in place
     assert out.getvalue().startswith("\x1b[4F\x1b[J") and "started" not in out.getvalue()
@@ -242,3 +254,20 @@ def test_watch_cuts_its_block_to_the_terminal_width(tmp_path, monkeypatch):
     watcher.render(watcher.poll())
     line = f"nnkit watch {tmp_path}: waiting for events.jsonl"
     assert out.getvalue() == line[:29] + "\n"
+
+
+@needs_mnist
+def test_watch_shows_the_test_error_of_a_run_shorter_than_an_epoch(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(small_job(tmp_path)), "--run-dir", str(run_dir)]) == 0
+    tests = [e for e in events(run_dir) if e["type"] == "test"]
+    assert [e["step"] for e in tests] == [10, 20]
+    assert not [e for e in events(run_dir) if e["type"] == "epoch"]  # shorter than an epoch
+    out = io.StringIO()
+    assert Watcher(run_dir, out, tty=False).run() == 0
+    text = out.getvalue()
+    assert re.search(r"\] test at step 10: loss \S+  accuracy \S+", text) and "test at step 20:" in text
+    last = text.splitlines()[-1]
+    assert f"test error {1 - tests[-1]['accuracy']:.4g} (step 20)" in last
+    assert "epoch 1  batch 20  step 20" in last  # counted from 1, like the progress bar
+

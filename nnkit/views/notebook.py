@@ -224,9 +224,10 @@ class TrainingView:
 
     def _show_status(self) -> None:
         s = self.monitor.status
-        parts = ["training" if s.state in RUNNING_STATES else s.state, f"epoch {s.epoch}", f"batch {s.step}"]
+        # Epochs counted from 1 as in every view ("epoch 2 done" between two); batch: the step.
+        parts = ["training" if s.state in RUNNING_STATES else s.state, s.epoch_text, f"batch {s.step}"]
         if s.loss is not None:
-            parts.append(f"loss {s.loss:.4f}")
+            parts.append(f"loss {s.loss:.4g}")  # any magnitude: a diverging run's 1.3e30 too
         if s.lr is not None:
             parts.append(f"lr {s.lr:.4g}")
         if s.images_per_s is not None and s.state in RUNNING_STATES:

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from ..training.control import COMMANDS, CommandError, find_command, make_command
 from ..training.events import (COMMANDS_FILE, EVENTS_FILE, RUNNING_STATES, Event, answer_fields,
                                jsonl_reader, poll_answer, read_jsonl)
-from .channels import Channel, Monitor, monitor_file
+from .channels import Channel, Monitor, epoch_label, monitor_file
 
 
 class CommandLineError(ValueError):
@@ -163,8 +163,23 @@ def describe_answer(event: Event) -> str:
 
 
 # ================================================================================== watch
-def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: Any, spec: str | None = None) -> str:
+    """A number for people, in ``spec``; by default a float with 4 significant digits, since
+    losses span any magnitude (a diverging run's 1.3e30 stays short), a whole number as it is.
+    "-" for None; anything else as it is."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if spec is None:
+        spec = "d" if isinstance(value, int) else ".4g"
+    return format(value, spec)
+
+
+def _numbers(fields: Any) -> str:
+    """``loss 0.1234  accuracy 0.9561`` for the numeric ``(key, value)`` pairs of ``fields``."""
+    return "  ".join(f"{k} {_fmt(v)}" for k, v in fields
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _age(seconds: float) -> str:
@@ -181,18 +196,26 @@ def _clock(event: Event) -> str:
 
 
 def log_line(event: Event) -> str | None:
-    """The log line of a notable event (status, epoch end, ack, error, state, snapshot), else None."""
+    """The log line of a notable event (status, epoch end, test, ack, error, state, snapshot), else None.
+
+    Epochs are counted from 1 here (the events' ``epoch`` from 0): "epoch 1 done".
+    """
     kind = event.get("type")
     head = f"[{_clock(event)}]"
     if kind == "status":
         return f"{head} {event.get('state')} at step {event.get('step')}"
     if kind == "epoch":
-        parts = [f"{k} {_fmt(v)}" for k, v in event.items()
-                 if k in ("loss", "train_error", "test_error") or k.startswith("val_")
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        parts = _numbers((k, v) for k, v in event.items()
+                         if k in ("loss", "train_error", "test_error") or k.startswith("val_"))
         took = event.get("epoch_time")
-        return (f"{head} epoch {event.get('epoch')} done at step {event.get('step')}: "
-                + "  ".join(parts) + (f"  ({took:.2f} s)" if took is not None else ""))
+        epoch = event.get("epoch")
+        label = epoch_label(epoch) if isinstance(epoch, int) else "an epoch"
+        return (f"{head} {label} done at step {event.get('step')}: "
+                + parts + (f"  ({took:.2f} s)" if took is not None else ""))
+    if kind == "test":
+        stamp = ("schema", "run", "seq", "time", "type", "step", "epoch")
+        return (f"{head} test at step {event.get('step')}: "
+                + _numbers((k, v) for k, v in event.items() if k not in stamp))
     if kind in ("ack", "error") and event.get("id") is not None:
         return f"{head} {describe_answer(event)}"
     if kind == "error":
@@ -253,12 +276,16 @@ class Watcher:
         if state == "running" and age > self.STALE:
             alive = f"no event for {_age(age)}: is the run still alive?"
         loss = self.monitor.series("loss")
+        # Counted from 1, like the progress bar: "epoch 1  batch 3" after the first 3 batches.
+        batch = "" if s.batch is None else f"  batch {s.batches_done}"
         lines = [f"run {s.run} ({self.run_dir}): {state}, {alive}",
-                 f"epoch {s.epoch}  batch {'-' if s.batch is None else s.batch}  step {s.step}",
+                 f"{s.epoch_text}{batch}  step {s.step}",
                  (f"loss {_fmt(s.loss)}  avg({loss.channel.window}) {_fmt(loss.last_average)}  "
                   f"lr {_fmt(s.lr, '.6g')}  images/s {_fmt(s.images_per_s, '.0f')}"),
-                 f"train error {_fmt(s.train_error)}  test error {_fmt(s.test_error)}"
-                 + ("" if s.last_epoch is None else f"  (epoch {s.last_epoch})")]
+                 f"train error {_fmt(s.train_error)}"
+                 + ("" if s.last_epoch is None else f" ({epoch_label(s.last_epoch)})")
+                 + f"  test error {_fmt(s.test_error)}"
+                 + ("" if s.test_step is None else f" (step {s.test_step})")]
         if s.errors:
             lines.append(f"last error: {s.errors[-1]}")
         return lines

@@ -1,0 +1,88 @@
+"""The run's counters and numbers, as events carry them and as people read them.
+
+Events and ``metrics.json`` count epochs from 0 (``epoch`` is the index of the epoch in
+progress); every display counts them from 1 ("epoch 1", "epoch 1 done"): the progress bar,
+``nnkit watch``, ``nnkit plot``, the notebook view (tests/test_notebook.py), ``nnkit show``.
+"""
+import io
+import json
+import re
+
+import pytest
+from helpers import DATA
+
+from nnkit.cli import main
+from nnkit.training import read_jsonl
+from nnkit.views import Monitor, RunStatus, epoch_label, epoch_text
+from nnkit.views.report import caption
+from nnkit.views.terminal import Watcher
+
+needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+
+
+def small_job(tmp_path):
+    """test_cli's small MNIST job (batches of 32, a test every 10 steps) in ``tmp_path``."""
+    from test_cli import SMALL_JOB
+    path = tmp_path / "small.conf"
+    path.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
+    return path
+
+
+def events(run_dir):
+    return [v for _, v in read_jsonl(run_dir / "events.jsonl")[0]]
+
+
+# ----------------------------------------------------------------------------------- epochs
+def test_epoch_labels_count_from_1():
+    assert [epoch_label(i) for i in (0, 1, 9)] == ["epoch 1", "epoch 2", "epoch 10"]
+    assert epoch_text(0, 0) == "epoch 1"        # before the first batch
+    assert epoch_text(0, 5) == "epoch 1"        # in the first epoch
+    assert epoch_text(1, 0) == "epoch 1 done"   # between the first and the second
+    assert epoch_text(1, 1) == "epoch 2"
+    status = RunStatus(epoch=2, batch=None, last_epoch=1)
+    assert (status.epoch_text, status.batches_done) == ("epoch 2 done", 0)
+    status.batch = 4
+    assert (status.epoch_text, status.batches_done) == ("epoch 3", 5)
+
+
+@needs_mnist
+def test_epochs_count_from_0_in_events_and_from_1_on_every_display(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # 256 examples in batches of 32: two epochs of 8 batches.
+    assert main(["train", str(small_job(tmp_path)), "--run-dir", str(run_dir),
+                 "--set", "data.train.limit=256", "--set", "run.steps=16"]) == 0
+    console = capsys.readouterr().err
+    found = events(run_dir)
+    assert [e["epoch"] for e in found if e["type"] == "epoch"] == [0, 1]  # the epoch that ended
+    assert {e["epoch"] for e in found if e["type"] == "loss"} == {0, 1}   # the epoch in progress
+    assert json.loads((run_dir / "metrics.json").read_text())["epoch"] == 2  # epochs done
+
+    # The progress bar (plain lines: stderr is no terminal here).
+    said = re.findall(r"^epoch (\d+)( done)?", console, re.M)
+    assert ("1", " done") in said and ("2", " done") in said and not {"0", "3"} & {n for n, _ in said}
+
+    # nnkit watch: log lines and the status block.
+    out = io.StringIO()
+    assert Watcher(run_dir, out, tty=False).run() == 0
+    text = out.getvalue()
+    assert "] epoch 1 done at step 8: " in text and "] epoch 2 done at step 16: " in text
+    assert "epoch 0" not in text and "epoch 3" not in text
+    last = text.splitlines()[-1]
+    assert "| epoch 2 done  step 16 |" in last and re.search(r"train error \S+ \(epoch 2\)", last)
+
+    # nnkit plot's subtitle, and nnkit show of the checkpoint.
+    monitor = Monitor()
+    monitor.read_file(run_dir / "events.jsonl")
+    assert caption(monitor.status) == f"run {found[0]['run']}: finished at step 16, epoch 2 done"
+    assert main(["show", str(run_dir / "checkpoint.h5")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(": step 16, epoch 2 done")
+
+
+@needs_mnist
+def test_show_of_a_checkpoint_mid_epoch(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(small_job(tmp_path)), "--run-dir", str(run_dir),
+                 "--set", "data.train.limit=256", "--set", "run.steps=11"]) == 0
+    capsys.readouterr()
+    assert main(["show", str(run_dir / "checkpoint.h5")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(": step 11, epoch 2, batch 3")
