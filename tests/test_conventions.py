@@ -2,7 +2,8 @@
 
 Events and ``metrics.json`` count epochs from 0 (``epoch`` is the index of the epoch in
 progress); every display counts them from 1 ("epoch 1", "epoch 1 done"): the progress bar,
-``nnkit watch``, ``nnkit plot``, the notebook view (tests/test_notebook.py), ``nnkit show``.
+``nnkit watch``, ``nnkit plot``, the notebook view (tests/test_notebook.py), ``nnkit show``. A
+resumed run's status names its real step.
 """
 import io
 import json
@@ -10,6 +11,7 @@ import re
 
 import pytest
 from helpers import DATA
+from test_model import mlp, toy_data
 
 from nnkit.cli import main
 from nnkit.training import read_jsonl
@@ -86,3 +88,27 @@ def test_show_of_a_checkpoint_mid_epoch(tmp_path, capsys):
     capsys.readouterr()
     assert main(["show", str(run_dir / "checkpoint.h5")]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(": step 11, epoch 2, batch 3")
+
+
+# ------------------------------------------------------------------------------ resumed runs
+@needs_mnist
+def test_a_resumed_run_says_its_real_step(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    job = str(small_job(tmp_path))
+    assert main(["train", job, "--run-dir", str(run_dir), "--set", "run.steps=10"]) == 0
+    assert main(["train", job, "--resume", str(run_dir / "checkpoint.h5"), "--set", "run.steps=20"]) == 0
+    status = [(e["state"], e["step"]) for e in events(run_dir) if e["type"] == "status"]
+    assert status == [("started", 0), ("finished", 10), ("started", 10), ("finished", 20)]
+    out = io.StringIO()
+    Watcher(run_dir, out, tty=False).run()
+    assert re.findall(r"\] started at step (\d+)", out.getvalue()) == ["0", "10"]
+
+
+def test_a_resumed_fit_in_python_says_its_real_step(tmp_path):
+    x, y = toy_data(256)
+    model = mlp()
+    model.fit(x, y, batch_size=16, steps=5, verbose=0, run_dir=tmp_path)
+    mlp().fit(x, y, batch_size=16, steps=9, verbose=0, run_dir=tmp_path,
+              resume=tmp_path / "checkpoint.h5")
+    assert [(e["state"], e["step"]) for e in events(tmp_path) if e["type"] == "status"] == [
+        ("started", 0), ("finished", 5), ("started", 5), ("finished", 9)]

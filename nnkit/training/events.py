@@ -21,7 +21,8 @@ Every event is a flat JSON object::
 Counters, the same in every event, in ``metrics.json`` and in checkpoints:
 
 - ``step``: batches done since training began (the Trainer's ``global_step``; the updater's
-  step).
+  step). It goes on across resumes: a resumed run's ``started`` status names the step of its
+  checkpoint.
 - ``epoch``: the index, counted from 0, of the epoch in progress (``Trainer.current_epoch``):
   0 during the first epoch; once an epoch ends it is the next one's, so between epochs it is
   the number of epochs done (what ``metrics.json`` says at the end). An ``epoch`` event names
