@@ -3,7 +3,7 @@
 Events and ``metrics.json`` count epochs from 0 (``epoch`` is the index of the epoch in
 progress); every display counts them from 1 ("epoch 1", "epoch 1 done"): the progress bar,
 ``nnkit watch``, ``nnkit plot``, the notebook view (tests/test_notebook.py), ``nnkit show``. A
-resumed run's status names its real step.
+resumed run's status names its real step; a progress bar counts to the batches that will run.
 """
 import io
 import json
@@ -14,7 +14,7 @@ from helpers import DATA
 from test_model import mlp, toy_data
 
 from nnkit.cli import main
-from nnkit.training import read_jsonl
+from nnkit.training import LambdaCallback, ProgressBar, read_jsonl
 from nnkit.views import Monitor, RunStatus, epoch_label, epoch_text
 from nnkit.views.report import caption
 from nnkit.views.terminal import Watcher
@@ -32,6 +32,13 @@ def small_job(tmp_path):
 
 def events(run_dir):
     return [v for _, v in read_jsonl(run_dir / "events.jsonl")[0]]
+
+
+class Terminal(io.StringIO):
+    """Output that says it is a terminal: the progress bar draws a tqdm bar into it."""
+
+    def isatty(self):
+        return True
 
 
 # ----------------------------------------------------------------------------------- epochs
@@ -112,3 +119,40 @@ def test_a_resumed_fit_in_python_says_its_real_step(tmp_path):
               resume=tmp_path / "checkpoint.h5")
     assert [(e["state"], e["step"]) for e in events(tmp_path) if e["type"] == "status"] == [
         ("started", 0), ("finished", 5), ("started", 5), ("finished", 9)]
+
+
+# ----------------------------------------------------------------------------- progress bar
+def test_the_progress_bar_counts_to_the_batches_that_will_run():
+    x, y = toy_data(256)  # 16 batches of 16 an epoch
+    out = io.StringIO()
+    mlp().fit(x, y, batch_size=16, steps=5, verbose=0, callbacks=[ProgressBar(file=out, log_every=0)])
+    assert re.findall(r"^epoch 1 batch (\d+)/(\d+)", out.getvalue(), re.M) == [
+        (str(k), "5") for k in range(1, 6)]
+    bar = Terminal()
+    model = mlp()
+    model.fit(x, y, batch_size=16, steps=20, verbose=0, callbacks=[ProgressBar(file=bar)])
+    drawn = bar.getvalue()
+    first, second = drawn.split("epoch 2", 1)  # 20 steps: 16 batches, then 4 of the next epoch
+    assert "epoch 1: 100%" in first and "16/16" in first
+    assert "4/4" in second and "/16" not in second
+    assert model.trainer.batches_in_epoch == 4
+
+
+def test_the_progress_bar_follows_a_moved_target():
+    x, y = toy_data(256)
+    out = io.StringIO()
+
+    def extend(batch, logs):  # what run_until batches=8 does at the next safe point
+        if batch == 1:
+            model.trainer.target_step = 8
+
+    model = mlp()
+    model.fit(x, y, batch_size=16, steps=5, verbose=0,
+              callbacks=[ProgressBar(file=out, log_every=0), LambdaCallback(on_batch_end=extend)])
+    totals = re.findall(r"^epoch 1 batch (\d+)/(\d+)", out.getvalue(), re.M)
+    assert totals == [("1", "5"), ("2", "5")] + [(str(k), "8") for k in range(3, 9)]
+    bar = Terminal()
+    model = mlp()
+    model.fit(x, y, batch_size=16, steps=5, verbose=0,
+              callbacks=[ProgressBar(file=bar), LambdaCallback(on_batch_end=extend)])
+    assert "8/8" in bar.getvalue() and "8/5" not in bar.getvalue()

@@ -164,7 +164,9 @@ class ProgressBar(Callback):
 
     Shows loss, accuracy, learning rate and images/s, refreshed at most every ``mininterval``
     seconds. When the output is not a terminal (a log file, CI) it prints a plain line every
-    ``log_every`` seconds and at the end of each epoch instead.
+    ``log_every`` seconds and at the end of each epoch instead. Epochs and batches count from 1
+    ("epoch 1", "batch 3/300"); the bar counts to the batches the epoch will run
+    (``Trainer.batches_in_epoch``: fewer than the epoch's when a step target ends it first).
     """
 
     def __init__(self, mininterval: float = 0.2, log_every: float = 10.0, file: Any = None) -> None:
@@ -206,6 +208,8 @@ class ProgressBar(Callback):
         n = logs.get("size", 1)
         self.seen += n
         if self.bar is not None:
+            if self.bar.total != self.trainer.batches_in_epoch:  # run_until or set batch_size
+                self.bar.total = self.trainer.batches_in_epoch
             self.bar.update(1)
             if self.bar.n == self.bar.total or time.perf_counter() - self.last_line > self.mininterval:
                 self.bar.set_postfix(self._summary(logs), refresh=False)

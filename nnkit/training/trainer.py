@@ -60,6 +60,9 @@ class Trainer:
         example_cursor: examples already done in the current epoch (the data-order cursor;
             kept in examples so that the batch size may change mid-epoch).
         global_step: batches done since training began (the updater's step).
+        batches_in_epoch: the batches the current epoch will have run when this fit leaves it:
+            all of them, or fewer when the fit's step target comes first (what a progress
+            bar counts to).
         history: the :class:`History` of epoch logs (continued across fit calls and resumes).
     """
 
@@ -254,7 +257,10 @@ class Trainer:
             self.controller.safe_point(self)
 
     def _count_batches(self, n: int) -> None:
-        self.batches_in_epoch = self.batch_cursor + math.ceil((n - self.example_cursor) / self.batch_size)
+        left = math.ceil((n - self.example_cursor) / self.batch_size)
+        if self.target_step is not None:  # run.steps=300 of a 938-batch epoch runs 300 of them
+            left = max(0, min(left, self.target_step - self.global_step))
+        self.batches_in_epoch = self.batch_cursor + left
 
     def _epoch_order(self, n: int, shuffle: bool) -> np.ndarray:
         """The example order of the current epoch, rebuilt identically when resuming mid-epoch."""
