@@ -92,8 +92,9 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _fmt(logs: dict[str, Any]) -> str:
-    """``loss 0.1234  accuracy 0.9561`` for the numeric entries of ``logs``."""
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+    """``loss 0.1234  accuracy 0.9561`` for the numeric entries of ``logs`` (4 significant
+    digits: a diverging loss of 1.3e30 stays short)."""
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in logs.items() if isinstance(v, (int, float)) and v is not None)
 
 

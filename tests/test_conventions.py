@@ -3,18 +3,23 @@
 Events and ``metrics.json`` count epochs from 0 (``epoch`` is the index of the epoch in
 progress); every display counts them from 1 ("epoch 1", "epoch 1 done"): the progress bar,
 ``nnkit watch``, ``nnkit plot``, the notebook view (tests/test_notebook.py), ``nnkit show``. A
-resumed run's status names its real step; a progress bar counts to the batches that will run.
+resumed run's status names its real step; a progress bar counts to the batches that will run;
+numbers of any magnitude stay short; an overflow is reported once, as the run's error, without
+numpy's RuntimeWarnings first.
 """
 import io
 import json
 import re
+import warnings
 
+import numpy as np
 import pytest
 from helpers import DATA
 from test_model import mlp, toy_data
 
-from nnkit.cli import main
-from nnkit.training import LambdaCallback, ProgressBar, read_jsonl
+from nnkit import SGD, Activation, Dense, Sequential, parallel
+from nnkit.cli import _fmt, main
+from nnkit.training import LambdaCallback, NonFiniteLossError, ProgressBar, read_jsonl
 from nnkit.views import Monitor, RunStatus, epoch_label, epoch_text
 from nnkit.views.report import caption
 from nnkit.views.terminal import Watcher
@@ -156,3 +161,60 @@ def test_the_progress_bar_follows_a_moved_target():
     model.fit(x, y, batch_size=16, steps=5, verbose=0,
               callbacks=[ProgressBar(file=bar), LambdaCallback(on_batch_end=extend)])
     assert "8/8" in bar.getvalue() and "8/5" not in bar.getvalue()
+
+
+# ---------------------------------------------------------------------------------- numbers
+def test_numbers_of_any_magnitude_stay_short():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    y = np.full((64, 1), 1e15, dtype=np.float32)  # a squared error of about 1e30
+    model = Sequential([Dense(1)], input_shape=(4,), seed=0)
+    model.compile(SGD(lr=0.0), "euclideanloss", metrics=[])
+    out = io.StringIO()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[ProgressBar(file=out, log_every=0)])
+    text = out.getvalue()
+    assert re.search(r"loss \d(\.\d+)?e\+\d\d", text) and not re.search(r"\d{8}", text)
+    assert _fmt({"loss": 1.3e30, "accuracy": 0.5}) == "loss 1.3e+30  accuracy 0.5"
+    watcher = Watcher("nowhere", io.StringIO(), tty=False)
+    watcher.monitor.update({"type": "loss", "time": 1.0, "step": 1, "epoch": 0, "batch": 0,
+                                 "loss": 1.3e30, "lr": 0.1, "images_per_s": 10.0})
+    assert watcher.status_lines(now=1.0)[2].startswith("loss 1.3e+30  avg(50) 1.3e+30")
+
+
+def big_mlp():
+    """Wide enough (256 x 1024 inputs) that the dense layers split their work over threads."""
+    model = Sequential([Dense(64), Activation("relu"), Dense(10)], input_shape=(1024,), seed=0)
+    model.compile(SGD(lr=1e300), "softmaxloss", metrics=["accuracy"])
+    return model
+
+
+def test_an_overflow_is_reported_once_without_numpy_warnings():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 1024)).astype(np.float32)
+    y = rng.integers(0, 10, 256)
+    before = np.geterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(NonFiniteLossError, match="loss is nan"):
+            big_mlp().fit(x, y, batch_size=64, epochs=1, verbose=0)
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert np.geterr() == before  # silenced around the training step only, not for the process
+
+
+@pytest.mark.skipif(parallel.thread_count() < 2, reason="one thread: no helper to test")
+def test_kernel_helpers_run_under_the_callers_errstate():
+    """A split's parts on helper threads follow the caller's np.errstate, as its own part does."""
+    big = np.full(1 << 17, 1e30, dtype=np.float32)
+    seen = []
+
+    def part(index, lo, hi):
+        seen.append(index)
+        if index:  # only the helpers' parts overflow
+            np.multiply(big[lo:hi], big[lo:hi])
+
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        parallel.split(part, 1 << 17)
+    with np.errstate(over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning from any part would raise here
+        assert len(parallel.split(part, 1 << 17)) >= 2
+    assert set(seen) >= {0, 1}

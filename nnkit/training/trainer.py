@@ -191,7 +191,10 @@ class Trainer:
                 idx = order[self.example_cursor:self.example_cursor + self.batch_size]
                 batch = self.batch_cursor
                 cbs.on_batch_begin(batch, {"batch": batch, "size": len(idx)})
-                logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
+                # Overflow to inf/NaN (lr=1e300) is reported by TerminateOnNaN as the run's error;
+                # numpy's RuntimeWarnings would only print the same news first, from deep inside.
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
                 self.global_step += 1
                 self.batch_cursor += 1
                 self.example_cursor += len(idx)
