@@ -106,6 +106,8 @@ class RunLog(Callback):
     batches since the last one. Every ``test_freq`` steps (if a test set is given), and at the
     end through :meth:`test`: a ``test`` event with the test metrics, also printed. The run's
     event bus is the Trainer's channel (``fit(run_dir=...)`` attaches it before training).
+    While training, every answer to a command (``nnkit ctl``: pause, resume, set...) is
+    printed too, so steering leaves a trace on the training terminal.
     """
 
     def __init__(self, display_freq: int, test_data: tuple[np.ndarray, np.ndarray] | None,
@@ -120,6 +122,7 @@ class RunLog(Callback):
         self.last_test: dict[str, float] | None = None
         self.last_test_step: int | None = None
         self._reported = False  # whether last_test went out as a test event
+        self._unsubscribe: list[Callable[[], None]] = []
 
     def _emit(self, type: str, **fields: Any) -> None:
         self.trainer.controller.bus.emit(type, step=self.trainer.global_step,
@@ -127,6 +130,16 @@ class RunLog(Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.window.reset()
+        bus = self.trainer.controller.bus
+        self._unsubscribe = [bus.subscribe(kind, self._echo_answer) for kind in ("ack", "error")]
+
+    def _echo_answer(self, event: dict[str, Any]) -> None:
+        """Prints an answer to a command (or an error) as ``nnkit watch`` logs it. Called in the
+        training thread, which applies the commands, so the line comes between two batches."""
+        from .views.terminal import log_line
+        line = log_line(event)
+        if line:
+            self.echo(line)
 
     def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -144,6 +157,9 @@ class RunLog(Callback):
         logs = logs or {}
         if self.test_data is not None and not logs.get("failed") and logs.get("requested") != "interrupt":
             self.test(self.trainer.global_step)
+        for unsubscribe in self._unsubscribe:  # the run's own failure is reported by main()
+            unsubscribe()
+        self._unsubscribe = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # The epoch's validation pass is a test at this step: the final test reuses it.
@@ -378,8 +394,9 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
-    from .views.terminal import (CommandLineError, check_command, describe_answer, describe_silence,
-                           parse_assignments, send_command, wait_for_answer)
+    from .views.terminal import (CommandLineError, check_command, command_events, describe_answer,
+                                 describe_command_events, describe_silence, parse_assignments,
+                                 send_command, wait_for_answer)
     try:
         command, offset = send_command(args.run_dir, args.name,
                                        check_command(args.name, parse_assignments(args.args)))
@@ -396,6 +413,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(json.dumps(answer) if args.json else f"nnkit ctl: {describe_answer(answer)}",
           file=sys.stderr if answer["type"] == "error" and not args.json else sys.stdout)
+    if answer["type"] == "ack" and not args.json:  # tell_state: the state it reported, readable
+        for line in describe_command_events(command_events(args.run_dir, answer, offset)):
+            print(f"  {line}")
     return EXIT_OK if answer["type"] == "ack" else EXIT_FAILED
 
 

@@ -271,3 +271,41 @@ def test_watch_shows_the_test_error_of_a_run_shorter_than_an_epoch(tmp_path, cap
     assert f"test error {1 - tests[-1]['accuracy']:.4g} (step 20)" in last
     assert "epoch 1  batch 20  step 20" in last  # counted from 1, like the progress bar
 
+
+@needs_mnist
+def test_nnkit_train_echoes_steering_and_ctl_prints_the_state(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nnkit.cli", "train", small_job(tmp_path),
+                             "--run-dir", run_dir, "--set", "run.steps=10000000",
+                             "--set", "run.test_freq=0", "--set", "run.checkpoint_freq=0"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(e.get("type") == "loss" for e in events(run_dir)), timeout=60)
+        assert cli("ctl", run_dir, "pause").returncode == 0
+        assert cli("ctl", run_dir, "set", "lr=0.05").returncode == 0
+        assert cli("ctl", run_dir, "set", "lr=-1").returncode == 1
+        state = cli("ctl", run_dir, "tell_state")
+        assert cli("ctl", run_dir, "resume").returncode == 0
+        assert cli("ctl", run_dir, "stop").returncode == 0
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    # The training terminal: a line for each answer (tqdm.write keeps them off the bar's line).
+    for line in (r"pause acknowledged at step \d+",
+                 r'set acknowledged at step \d+: values=\{"lr": 0.05\}',
+                 r"set refused: set lr: must be >= 0, got -1", r"tell_state acknowledged at step \d+",
+                 r"resume acknowledged at step \d+", r"stop acknowledged at step \d+"):
+        assert re.search(r"^\[\d\d:\d\d:\d\d\] " + line, err, re.M), (line, err)
+    # nnkit ctl tell_state: the state event, readable, after the ack.
+    assert state.returncode == 0, state.stderr
+    lines = state.stdout.splitlines()
+    assert re.fullmatch(r"nnkit ctl: tell_state acknowledged at step \d+", lines[0])
+    assert re.fullmatch(r"  state at step \d+ \(epoch \d+(, batch \d+)?\), paused; "
+                        r"training until step 10000000", lines[1]), lines
+    assert lines[2].startswith("  lr 0.05 (set by hand)  base_lr 0.1") and "momentum 0.9" in lines[2]
+    assert "batch_size 32" in lines[2]
+    layer = r"  \S+: weight norm \S+ grad \S+ \d+x\d+; bias norm \S+ grad \S+ \d+"
+    assert len(lines) == 5 and all(re.fullmatch(layer, line) for line in lines[3:])  # two dense
+
