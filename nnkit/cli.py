@@ -32,18 +32,20 @@ import time
 import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
-from . import checkpoint
 from ._version import __version__
-from .config import ConfigError, Job, job_from_text, load_job, load_tree_model
-from .layers import LabelInput
 from .means import RunningMeans
-from .model import Sequential
-from .training import Callback, ModelCheckpoint
-from .training.trainer import CHECKPOINT_NAME
+from .training.callbacks import Callback
+
+# The framework (config, model, layers and their kernels, checkpoint and h5py) is imported
+# inside the commands that need it: `nnkit ctl` and `nnkit watch` only read and append lines
+# of a run directory, and start in a fraction of the time without it.
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .config import Job
+    from .model import Sequential
 
 DEFAULT_RUNS = "runs"
 JOB_FILE = "job.conf"
@@ -57,6 +59,13 @@ class UsageError(Exception):
 
 
 # ==================================================================================== helpers
+def _is_config_error(error: BaseException) -> bool:
+    """True for the config's ConfigError; without importing the config (if no command loaded
+    it, none was raised)."""
+    text = sys.modules.get("nnkit.config.text")
+    return text is not None and isinstance(error, text.ConfigError)
+
+
 def _is_checkpoint(path: str) -> bool:
     """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config."""
     try:
@@ -68,6 +77,7 @@ def _is_checkpoint(path: str) -> bool:
 
 def _read_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint's tree; UsageError (exit 2) if it is missing or not a model checkpoint."""
+    from . import checkpoint
     try:
         tree = checkpoint.load_tree(path)
     except checkpoint.CheckpointError as e:
@@ -80,6 +90,7 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
 def _stored_job(tree: dict[str, Any], path: str, overrides: list[str] = (),
                 data_dir: str | None = None) -> Job | None:
     """The job stored in a checkpoint (None if it has none), with overrides and ``data_dir``."""
+    from .config import job_from_text
     text = tree["model"].get("proto")
     if not text:
         return None
@@ -212,6 +223,10 @@ def _make_run_dir(args: argparse.Namespace, job: Job) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``nnkit train``: runs a job into a run directory."""
+    from . import checkpoint
+    from .config import ConfigError, load_job
+    from .training.callbacks import ModelCheckpoint
+    from .training.trainer import CHECKPOINT_NAME
     if args.tensorboard is not None:  # a missing extra fails before any work, like a bad argument
         from .views.tensorboard import require_tensorboardx
         try:
@@ -277,6 +292,7 @@ def _echo_function() -> Callable[[str], None]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``nnkit eval``: test metrics of a checkpoint, on the test data its job describes."""
+    from .config import load_tree_model
     tree = _read_checkpoint(args.checkpoint)
     job = _stored_job(tree, args.checkpoint, args.set, _absolute(args.data_dir))
     if job is None or not job.has_source("test"):
@@ -296,6 +312,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``nnkit show``: layers, shapes, parameter counts, updater, schedule, data and run."""
+    from .config import load_job, load_tree_model
     from .views.channels import epoch_text
     stored = _is_checkpoint(args.path)
     if stored:
@@ -356,6 +373,10 @@ def _show_model(model: Sequential, job: Job | None, stored: bool = False) -> Non
 
 def cmd_time(args: argparse.Namespace) -> int:
     """``nnkit time``: per-layer forward/backward milliseconds and the whole step, on random data."""
+    import numpy as np
+
+    from .config import load_job
+    from .layers import LabelInput
     job = load_job(args.job, args.set, check_data=False)
     model = job.build_model()  # validation made sure the input shape is known
     if args.iterations < 1:
@@ -563,13 +584,16 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"nnkit {args.command}"
     try:
         return args.func(args)
-    except (ConfigError, UsageError) as e:
+    except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001  (the command line reports every failure the same way)
+        if _is_config_error(e):
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
         if args.debug:
             traceback.print_exc()
         print(f"{prog}: failed: {type(e).__name__}: {e}", file=sys.stderr)

@@ -309,3 +309,46 @@ def test_nnkit_train_echoes_steering_and_ctl_prints_the_state(tmp_path):
     layer = r"  \S+: weight norm \S+ grad \S+ \d+x\d+; bias norm \S+ grad \S+ \d+"
     assert len(lines) == 5 and all(re.fullmatch(layer, line) for line in lines[3:])  # two dense
 
+
+LIGHT_COMMANDS = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from nnkit.cli import main
+    run_dir = sys.argv[1]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        for argv in (["ctl", "--help"], ["watch", "--help"]):
+            try:
+                main(argv)
+            except SystemExit:
+                pass
+        main(["ctl", run_dir, "pause", "--wait", "0.2"])   # no answer: the run's status said
+        main(["ctl", run_dir, "resume", "--no-wait"])
+        main(["watch", run_dir])                         # the whole finished run, then exit
+    heavy = ("h5py", "nnkit._kernels", "nnkit.model", "nnkit.config", "nnkit.layers", "nnkit.checkpoint")
+    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "h5py"
+                            or m in heavy or m.startswith(tuple(h + "." for h in heavy)))))
+""")
+
+
+def test_ctl_and_watch_import_neither_h5py_nor_the_kernels(finished_run):
+    """`nnkit ctl` and `nnkit watch` read and append lines: the framework stays unloaded."""
+    done = subprocess.run([sys.executable, "-c", LIGHT_COMMANDS, str(finished_run)], env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    # ... while the public names still load it on first use.
+    names = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import nnkit
+        assert "h5py" not in sys.modules and not any(m.startswith("nnkit._kernels") for m in sys.modules)
+        namespace = {}
+        exec("from nnkit import *", namespace)
+        assert {"Sequential", "Dense", "SGD", "load", "start", "Trainer", "layers"} <= set(namespace)
+        assert nnkit.Sequential is namespace["Sequential"]
+        assert nnkit.load.__module__ == "nnkit.config.restore"
+        model = nnkit.Sequential([nnkit.Dense(3)], input_shape=(4,))
+        model.compile(nnkit.SGD(lr=0.1), "softmaxloss")
+        assert "dense" in str(model.to_proto())  # the job schema was registered with the model
+        assert "h5py" in sys.modules and nnkit.training.trainer.Trainer is nnkit.Trainer
+        assert "Dense" in dir(nnkit) and "Sequential" in nnkit.__all__
+    """)], env=ENV, capture_output=True, text=True, timeout=60)
+    assert names.returncode == 0, names.stderr

@@ -29,7 +29,6 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
-from .. import checkpoint
 from .callbacks import Callback
 from .events import EventBus, read_jsonl
 
@@ -437,6 +436,7 @@ class Controller:
                       batch=trainer.batch_cursor, paused=self.paused, hyper=hyper, layers=layers,
                       target_step=trainer.target_step, target_epoch=trainer.target_epoch)
         if snapshot:
+            from .. import checkpoint  # h5py, only here: nnkit ctl reads this table without it
             folder = self.run_dir if self.run_dir is not None else Path.cwd()
             path = folder / f"snapshot-{trainer.global_step}.h5"
             params = {p.full_name: p.data for p in model.params}
