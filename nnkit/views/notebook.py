@@ -5,7 +5,8 @@ run-until field, a status line (status, epoch, batch, loss, lr, images/s), a lin
 answer to the last command, and a live plot of the loss and the train/test error. The plot
 data come from a :class:`~nnkit.training.Monitor` (named channels with moving averages,
 grouped into figures; pass ``figures=`` for another layout). Needs the ``notebook`` extra:
-``pip install 'nnkit[notebook]'`` (ipywidgets, matplotlib).
+``pip install 'nnkit[notebook]'`` (ipywidgets, matplotlib; and ipykernel and JupyterLab,
+to run ``examples/interactive.ipynb``).
 
 Where the refreshing happens, and why never in the training thread:
 
