@@ -10,13 +10,14 @@ loop (examples/common.py); ``--fit`` trains through ``Sequential.fit``. Run:
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
 import nnkit
 from nnkit import (SGD, LRN2D, Activation, AvgPooling2D, Convolution2D, Dense, ImageInput,
                    MaxPooling2D)
-from common import add_flags, run
+from common import add_flags, parse_flags, run, run_main
 from nnkit.datasets import load_cifar10, mean_image, subtract_mean
 
 
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> float:
     """Parses the flags, trains, evaluates, and returns the test accuracy."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_flags(parser, batch_size=100, lr=None)  # no --lr: the issue's manual schedule
-    args = parser.parse_args(argv)
+    args = parse_flags(parser, argv)
     train_data, test_data = load(args.data_dir)
     return run(args, build_cnn(args.seed), make_updater(args.lr), train_data, test_data)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -12,11 +12,12 @@ same layers through ``Sequential.fit``. Run:
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
 import nnkit
-from common import add_flags, run
+from common import add_flags, parse_flags, run, run_main
 from nnkit import SGD, Activation, Dense, ImageInput
 from nnkit.datasets import load_mnist, scale
 
@@ -49,10 +50,10 @@ def main(argv: list[str] | None = None) -> float:
     add_flags(parser, batch_size=64, lr=0.01)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--lr-type", default="fixed", help="learning-rate schedule (e.g. fixed, step)")
-    args = parser.parse_args(argv)
+    args = parse_flags(parser, argv)
     return run(args, build_mlp(args.seed), make_updater(args), load(args.data_dir, "train"),
                load(args.data_dir, "test"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

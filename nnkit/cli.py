@@ -1,31 +1,38 @@
 """The ``nnkit`` command line: train, evaluate, inspect and time jobs described in job configs.
 
-    nnkit train JOB.conf [--set key=value ...] [--run-dir DIR] [--resume CKPT] [--data-dir DIR]
-                         [--tensorboard [DIR]]
-    nnkit eval CKPT [--data-dir DIR] [--json]
-    nnkit show JOB.conf|CKPT
+    nnkit train JOB.conf [--set key=value ...] [--run-dir DIR] [--resume CKPT|RUN_DIR|auto]
+                         [--overwrite] [--keep-checkpoints N] [--data-dir DIR] [--tensorboard [DIR]]
+    nnkit eval CKPT|RUN_DIR [--data-dir DIR] [--dataset NAME] [--scale S] [--json]
+    nnkit show JOB.conf|CKPT|RUN_DIR
     nnkit time JOB.conf [--iterations N]
     nnkit ctl RUN_DIR COMMAND [key=value ...] [--wait SECONDS | --no-wait]
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
-traceback), 1 for a failure during the run (``--debug`` adds the traceback), 130 when a run
-was stopped by Ctrl-C (after its checkpoint was written).
+traceback), 1 for a failure during the run (``--debug``, before or after the command, adds
+the traceback), 130 when a run was stopped by Ctrl-C (after its checkpoint was written), 141
+(quietly) when the reader of stdout went away, as in ``nnkit show CKPT | head -1``.
 
 A training run writes into its run directory (``runs/<job name>-<YYYYmmdd-HHMMSS>`` by
-default): ``job.conf`` (the job as run, overrides applied), ``checkpoint.h5`` (every
-``run.checkpoint_freq`` steps, at the end and on Ctrl-C), ``events.jsonl`` (the run's one log:
-``train`` means every ``run.display_freq`` steps, ``test`` results, epoch ends, commands and
-their answers; see :mod:`nnkit.training.events`) and, at the end, ``metrics.json`` (the final
-train and test metrics). Every file is written atomically or line
-by line, so a failure never leaves a half-written one.
+default): ``job.conf`` (the job as run, overrides applied), ``checkpoint-<step>.h5`` (every
+``run.checkpoint_freq`` steps, at the end and on Ctrl-C; the newest ``--keep-checkpoints``
+kept, and ``latest`` naming the last: see :mod:`nnkit.training.checkpoints`),
+``events.jsonl`` (the run's one log: ``train`` means every ``run.display_freq`` steps,
+``test`` results, epoch ends, commands and their answers; see :mod:`nnkit.training.events`)
+and, at the end, ``metrics.json`` (the final train and test metrics). Every file is written
+atomically or line by line, so a failure never leaves a half-written one. A run directory
+holding another run's checkpoints is refused (exit 2) unless ``--resume auto`` (continue from
+its latest checkpoint; none there: start afresh), ``--resume CKPT`` or ``--overwrite``
+(delete them, start over).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import select
+import signal
 import sys
 import textwrap
 import time
@@ -37,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ._version import __version__
 from .means import RunningMeans
 from .training.callbacks import Callback
+from .training.events import EVENTS_FILE
 
 # The framework (config, model, layers and their kernels, checkpoint and h5py) is imported
 # inside the commands that need it: `nnkit ctl` and `nnkit watch` only read and append lines
@@ -67,17 +75,24 @@ def _is_config_error(error: BaseException) -> bool:
 
 
 def _is_checkpoint(path: str) -> bool:
-    """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config."""
-    try:
-        with open(path, "rb") as f:
+    """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config.
+
+    ConfigError (exit 2) naming the file if it is missing, unreadable or not a regular file
+    (a FIFO would block, ``/dev/zero`` never end).
+    """
+    from .config.text import open_regular_file
+    with open_regular_file(path) as f:
+        try:
             return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read the file: {e.strerror or e}") from None
 
 
 def _read_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint's tree; UsageError (exit 2) if it is missing or not a model checkpoint."""
+    """A checkpoint's tree; exit 2 if it is missing, not a regular file or not a model checkpoint."""
     from . import checkpoint
+    from .config.text import open_regular_file
+    open_regular_file(path, "checkpoint").close()  # HDF5 would open a FIFO and block
     try:
         tree = checkpoint.load_tree(path)
     except checkpoint.CheckpointError as e:
@@ -200,14 +215,43 @@ _NOT_AVERAGED = ("batch", "size", "lr")
 
 
 # =================================================================================== commands
-def _make_run_dir(args: argparse.Namespace, job: Job) -> Path:
-    """The run directory: --run-dir, the resumed checkpoint's folder, or a new timestamped one."""
+def _resume_point(args: argparse.Namespace) -> Path | None:
+    """The checkpoint ``nnkit train`` continues from (``--resume`` resolved), or None.
+
+    Refuses (exit 2) a ``--run-dir`` holding another run's checkpoints unless ``--resume`` or
+    ``--overwrite`` says what to do with them; ``--resume auto`` finding none starts afresh.
+    """
+    from .training import checkpoints
+    if args.resume and args.overwrite:
+        raise UsageError("--overwrite starts over and --resume continues: give one of them")
+    if args.resume == "auto" and not args.run_dir:
+        raise UsageError("--resume auto continues the checkpoints of a run directory: give --run-dir "
+                         "(a new timestamped directory has none)")
+    if args.keep_checkpoints < 1:
+        raise UsageError(f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}")
+    try:
+        return checkpoints.check_run_dir(args.run_dir, args.resume, args.overwrite,
+                                         checkpoints.FLAG_CHOICES)
+    except checkpoints.RunDirectoryInUse as e:
+        raise UsageError(str(e)) from None
+    except FileNotFoundError as e:
+        raise UsageError(f"--resume {args.resume}: {e}") from None
+
+
+def _make_run_dir(args: argparse.Namespace, job: Job, resume: Path | None) -> Path:
+    """The run directory: --run-dir, the resumed checkpoint's folder, or a new timestamped one.
+
+    Made only once the job and its data are known to be good; ``--overwrite`` clears it then.
+    """
+    from .training import checkpoints
     if args.run_dir:
         path = Path(args.run_dir)
         path.mkdir(parents=True, exist_ok=True)
+        if args.overwrite:  # the old run's checkpoints and log; its job.conf is replaced below
+            checkpoints.clear_run_dir(path, also=(EVENTS_FILE, FINAL_FILE))
         return path
-    if args.resume:
-        return Path(args.resume).resolve().parent
+    if resume is not None:
+        return resume.resolve().parent
     parent = Path(job.proto.run.run_dir or DEFAULT_RUNS)
     parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -224,9 +268,9 @@ def _make_run_dir(args: argparse.Namespace, job: Job) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     """``nnkit train``: runs a job into a run directory."""
     from . import checkpoint
+    from .training import checkpoints
     from .config import ConfigError, load_job
     from .training.callbacks import ModelCheckpoint
-    from .training.trainer import CHECKPOINT_NAME
     if args.tensorboard is not None:  # a missing extra fails before any work, like a bad argument
         from .views.tensorboard import require_tensorboardx
         try:
@@ -236,15 +280,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     job = load_job(args.job, args.set, data_dir=_absolute(args.data_dir))
     if not job.has_source("train"):
         raise ConfigError(job.source, "data.train", "missing value: the job has no train source")
+    resume = _resume_point(args)
     model = job.build_model()
-    if args.resume:  # a checkpoint of another model is a bad argument: fail before anything
+    if resume is not None:  # a checkpoint of another model is a bad argument: fail before anything
         try:
-            model.restore_tree(_read_checkpoint(args.resume)["model"], args.resume)
+            model.restore_tree(_read_checkpoint(str(resume))["model"], str(resume))
         except (ValueError, KeyError) as e:
-            raise UsageError(f"--resume {args.resume}: does not fit the job's model: {e}") from None
-    x, y = job.load_data("train")
+            raise UsageError(f"--resume {resume}: does not fit the job's model: {e}") from None
+    x, y = job.load_data("train")  # missing data: a ConfigError naming file:line, before any file is made
     test = job.load_data("test") if job.has_source("test") else None
-    run_dir = _make_run_dir(args, job)
+    run_dir = _make_run_dir(args, job, resume)
     header = f"# nnkit {__version__}: job {job.source}" + "".join(f"\n# --set {s}" for s in args.set)
     checkpoint.atomic_write(run_dir / JOB_FILE, f"{header}\n{job.to_text()}")
     run = job.proto.run
@@ -252,13 +297,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     log = RunLog(run.display_freq if run.HasField("display_freq") else 100,
                  test, run.test_freq, job.batch_size("test"), echo)
     callbacks: list[Callback] = [log]
-    if run.checkpoint_freq:
-        callbacks.append(ModelCheckpoint(run_dir / CHECKPOINT_NAME, every_n_epochs=None,
-                                         every_n_batches=run.checkpoint_freq))
+    if run.checkpoint_freq:  # no file path: the run directory's rotating checkpoint-<step>.h5
+        callbacks.append(ModelCheckpoint(every_n_epochs=None, every_n_batches=run.checkpoint_freq))
     if args.tensorboard is not None:
         from .views.tensorboard import TensorBoard
         callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
-    print(f"nnkit train: job {job.name!r}, run directory {run_dir}", file=sys.stderr)
+    model.trainer_for_fit().keep_checkpoints = args.keep_checkpoints
+    origin = ("" if resume is None else f", continuing from {resume}") + (
+        "; no checkpoint there, starting afresh" if args.resume == "auto" and resume is None else "")
+    print(f"nnkit train: job {job.name!r}, run directory {run_dir}{origin}", file=sys.stderr)
     start = time.perf_counter()
     shuffle = job.proto.data.train.shuffle if job.proto.data.train.HasField("shuffle") else True
     # validation_data: every epoch event carries the test error, for watch, plot and TensorBoard.
@@ -266,7 +313,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               epochs=run.epochs if run.HasField("epochs") else None,
               steps=run.steps if run.HasField("steps") else None, validation_data=test,
               shuffle=shuffle, callbacks=callbacks, verbose=1, run_dir=run_dir,
-              resume=args.resume)
+              resume=resume, on_nonfinite=args.on_nonfinite)
     trainer = model.trainer
     final: dict[str, Any] = {
         "job": job.name, "run_dir": str(run_dir), "step": trainer.global_step,
@@ -278,7 +325,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     checkpoint.atomic_write(run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")
     if trainer.interrupted:
         print(f"nnkit train: stopped at step {trainer.global_step}; checkpoint in "
-              f"{run_dir / CHECKPOINT_NAME}", file=sys.stderr)
+              f"{checkpoints.latest_checkpoint(run_dir)} (continue with --run-dir {run_dir} "
+              "--resume auto)", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"nnkit train: done, step {trainer.global_step}; {_fmt(final['test'] or final['train'])}")
     return EXIT_OK
@@ -290,23 +338,65 @@ def _echo_function() -> Callable[[str], None]:
     return lambda line: tqdm.write(line, file=sys.stderr)
 
 
+def _checkpoint_arg(path: str) -> str:
+    """A checkpoint named on the command line: a file, or a run directory's latest one."""
+    from .training import checkpoints
+    try:
+        return str(checkpoints.resolve_checkpoint(path))
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+
+
+def _eval_job(tree: dict[str, Any], path: str, args: argparse.Namespace) -> Job:
+    """The job whose test data ``nnkit eval`` uses: the stored one, with ``--dataset``/``--scale``.
+
+    A checkpoint of ``fit`` from Python stores a job without a data section (its arrays came
+    already scaled): ``--dataset`` names the data then, and a note says the pixels are scaled
+    only by ``--scale``.
+    """
+    from . import datasets
+    stored = _stored_job(tree, path)
+    if stored is None:
+        raise UsageError(f"{path}: the checkpoint stores no job config (its model cannot be "
+                         "described by the schema), so it describes no test data")
+    if args.dataset is None and not stored.has_source("test"):
+        raise UsageError(f"{path}: the checkpoint describes no test data (it was not trained from a "
+                         "job config with a data.test section); name it: --dataset "
+                         f"{'|'.join(datasets.DATASETS)} [--data-dir DIR] [--scale S]")
+    extra = []  # before --set, so that an explicit --set wins
+    if args.dataset is not None:
+        extra.append(f"data.dataset={args.dataset}")
+        if not stored.has_source("test"):
+            extra.append("data.test.split=test")
+    if args.scale is not None:
+        extra.append(f"data.scale={args.scale!r}")
+    job = _stored_job(tree, path, [*extra, *args.set], _absolute(args.data_dir))
+    if not stored.proto.HasField("data"):
+        scale = job.proto.data.scale if job.proto.data.HasField("scale") else None
+        print(f"nnkit eval: note: {path} stores no preprocessing (trained from Python on arrays "
+              "scaled there); the test images are the raw pixel values "
+              + (f"times {scale:g} (--scale)" if scale is not None else
+                 "unscaled; give --scale 0.00392156862745098 if training used x / 255"),
+              file=sys.stderr)
+    return job
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``nnkit eval``: test metrics of a checkpoint, on the test data its job describes."""
+    """``nnkit eval``: test metrics of a checkpoint, on the test data its job describes
+    (or that ``--dataset`` names)."""
     from .config import load_tree_model
-    tree = _read_checkpoint(args.checkpoint)
-    job = _stored_job(tree, args.checkpoint, args.set, _absolute(args.data_dir))
-    if job is None or not job.has_source("test"):
-        raise UsageError(f"{args.checkpoint}: the checkpoint describes no test data (it was not "
-                         "trained from a job config with a data.test section)")
+    path = _checkpoint_arg(args.checkpoint)
+    tree = _read_checkpoint(path)
+    job = _eval_job(tree, path, args)
     job.validate(check_data=True)
-    model = load_tree_model(tree, args.checkpoint)
+    model = load_tree_model(tree, path)
     x, y = job.load_data("test", model.input_shape)
     metrics = model.evaluate(x, y, batch_size=args.batch_size or job.batch_size("test"))
     step = (tree.get("trainer") or {}).get("global_step")
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "step": step, "examples": len(x), **metrics}))
+        print(json.dumps({"checkpoint": path, "step": step, "examples": len(x), **metrics}))
     else:
-        print(f"{args.checkpoint} (step {step}), {len(x)} test examples: {_fmt(metrics)}")
+        print(f"{path} (step {step}), {len(x)} test examples: {_fmt(metrics)}")
     return EXIT_OK
 
 
@@ -314,6 +404,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     """``nnkit show``: layers, shapes, parameter counts, updater, schedule, data and run."""
     from .config import load_job, load_tree_model
     from .views.channels import epoch_text
+    if os.path.isdir(args.path):  # a run directory: its latest checkpoint
+        args.path = _checkpoint_arg(args.path)
     stored = _is_checkpoint(args.path)
     if stored:
         tree = _read_checkpoint(args.path)
@@ -470,6 +562,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # ===================================================================================== parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each has --help)."""
+    from .training import checkpoints
+    from . import datasets
     parser = argparse.ArgumentParser(
         prog="nnkit", description="Train, evaluate, inspect and time nnkit jobs described in "
         "protobuf text configs (schema: proto/nnkit.proto).",
@@ -485,25 +579,46 @@ def build_parser() -> argparse.ArgumentParser:
                             "model.layer[conv1].convolution.nb_filter=16 (repeatable)")
 
     p = sub.add_parser("train", help="train a job", description="Train the job JOB.conf into a "
-                       "timestamped run directory (job.conf, checkpoint.h5, events.jsonl, "
-                       "metrics.json). Ctrl-C stops after the current batch and checkpoints.")
+                       "timestamped run directory (job.conf, checkpoint-<step>.h5 and latest, "
+                       "events.jsonl, metrics.json). Ctrl-C stops after the current batch and "
+                       "checkpoints. A --run-dir holding another run's checkpoints is refused "
+                       "unless --resume or --overwrite is given.")
     p.add_argument("job", metavar="JOB.conf", help="the job config (text format)")
     add_set(p)
     p.add_argument("--run-dir", help="write into this directory instead of a new "
                    "<run.run_dir>/<name>-<timestamp>")
-    p.add_argument("--resume", metavar="CKPT", help="continue exactly from this checkpoint "
-                   "(epochs/steps count from the start of training); writes into its folder "
-                   "unless --run-dir is given")
+    p.add_argument("--resume", metavar="CKPT|RUN_DIR|auto", help="continue exactly from this "
+                   "checkpoint, or a run directory's latest one (epochs/steps count from the "
+                   "start of training); writes into its folder unless --run-dir is given. "
+                   "'auto': continue --run-dir's latest checkpoint, or start afresh if it has "
+                   "none (rerunning the same command after a crash continues it)")
+    p.add_argument("--overwrite", action="store_true", help="start over in --run-dir: delete "
+                   "its checkpoints, latest, events.jsonl and metrics.json first")
+    p.add_argument("--keep-checkpoints", type=int, default=checkpoints.DEFAULT_KEEP, metavar="N",
+                   help=f"keep the newest N checkpoint-<step>.h5 files (default "
+                        f"{checkpoints.DEFAULT_KEEP})")
     p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
     p.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                    help="also write TensorBoard scalars, into DIR (default RUN_DIR/tensorboard); "
                         "needs the tensorboard extra")
+    p.add_argument("--on-nonfinite", choices=("stop", "pause"), default="pause",
+                   help="a batch whose loss, gradients or update are not finite is not applied and "
+                        "the last good state is checkpointed; then pause (default: wait for "
+                        "`nnkit ctl RUN_DIR resume` to retry it, e.g. after `set lr=...`, or `skip`) "
+                        "or stop (exit 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",
-                       description="Evaluate a checkpoint on the test data of the job stored in it.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by nnkit train")
+                       description="Evaluate a checkpoint on the test data of the job stored in it "
+                       "(its dataset, scaling and mean image), or on --dataset for a checkpoint "
+                       "of fit from Python, which stores no data section.")
+    p.add_argument("checkpoint", metavar="CKPT|RUN_DIR", help="a checkpoint, or a run "
+                   "directory (its latest checkpoint)")
     p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
+    p.add_argument("--dataset", choices=list(datasets.DATASETS), help="evaluate on this "
+                   "dataset's test split (replaces data.dataset)")
+    p.add_argument("--scale", type=float, metavar="S", help="multiply the raw pixel values by S, "
+                   "e.g. 0.00392156862745098 for a model trained on x / 255 (replaces data.scale)")
     add_set(p)
     p.add_argument("--batch-size", type=int, help="default: the job's data.test.batch_size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -513,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the layers, their output shapes and parameter counts, "
                        "the updater and schedule, the data and the run of a job config or "
                        "checkpoint.")
-    p.add_argument("path", metavar="JOB.conf|CKPT")
+    p.add_argument("path", metavar="JOB.conf|CKPT|RUN_DIR")
     add_set(p)
     p.set_defaults(func=cmd_show)
 
@@ -574,7 +689,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
     p.add_argument("--dpi", type=int, default=100, help="resolution (default 100)")
     p.set_defaults(func=cmd_plot)
+    for command in sub.choices.values():  # --debug after the command too: nnkit show x --debug
+        # SUPPRESS: without the flag here, the value before the command stays.
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="print tracebacks of failures")
     return parser
+
+
+def _stdout_reader_gone() -> bool:
+    """True if stdout is a pipe or socket whose reading end was closed (``| head -1``)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), 0)  # POLLERR/POLLHUP are always reported
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout closed or replaced
+        return False
+
+
+def _quiet_closed_stdout() -> int:
+    """Ends quietly after the reader of stdout went away: what is still buffered goes to
+    /dev/null (so the flush at exit does not fail again), and the status is 141, a shell's
+    status for a process that SIGPIPE stopped."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -583,7 +725,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits with status 2 on bad arguments, 0 for --help
     prog = f"nnkit {args.command}"
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at exit
+        return status
+    except BrokenPipeError as e:
+        if _stdout_reader_gone():
+            return _quiet_closed_stdout()
+        return _failed(prog, e, args.debug)  # another pipe: a failure like any other
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -594,10 +742,15 @@ def main(argv: list[str] | None = None) -> int:
         if _is_config_error(e):
             print(f"{prog}: error: {e}", file=sys.stderr)
             return EXIT_USAGE
-        if args.debug:
-            traceback.print_exc()
-        print(f"{prog}: failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(prog, e, args.debug)
+
+
+def _failed(prog: str, error: Exception, debug: bool) -> int:
+    """Reports a failure during the run (with its traceback under --debug); exit status 1."""
+    if debug:
+        traceback.print_exception(error)
+    print(f"{prog}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

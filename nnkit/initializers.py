@@ -15,6 +15,7 @@ convolution) and ``fan_out`` the number of outputs one input feeds (``out``, ``F
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,14 +48,39 @@ class InitSpec:
         if unknown:
             raise ValueError(f"init {self.kind!r} takes {sorted(KINDS[self.kind]) or 'no values'}, "
                              f"got {sorted(unknown)}")
+        check_values(self.kind, self.values)
 
     def value(self, key: str) -> float:
         """The value of ``key``, or the kind's default."""
         return float(self.values.get(key, KINDS[self.kind][key]))
 
 
-def spec_from(kind: str | None, values: dict[str, Any], default: InitSpec) -> InitSpec:
-    """Builds a spec from a layer's arguments: an explicit kind, else one implied by values."""
+def check_values(kind: str, values: dict[str, Any], prefix: str = "") -> None:
+    """Raises ValueError unless the values of an init of ``kind`` can be drawn from: finite,
+    ``std >= 0``, ``low <= high`` (defaults fill in missing ones). Messages name each value
+    as ``{prefix}_{key}`` (a layer's argument, ``w_std``) when ``prefix`` is given. Values the
+    kind does not take are left to :class:`InitSpec`, which names them."""
+    def label(key: str) -> str:
+        return f"{prefix}_{key}" if prefix else key
+
+    known = KINDS.get(kind, {})
+    full = {**known, **{k: v for k, v in values.items() if k in known}}
+    for key, value in full.items():
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{label(key)} must be finite, got {value!r}")
+    if "std" in full and float(full["std"]) < 0:
+        raise ValueError(f"{label('std')} must be >= 0, got {full['std']!r}")
+    if "low" in full and float(full["low"]) > float(full["high"]):
+        raise ValueError(f"{label('low')} = {full['low']!r} must be <= {label('high')} = "
+                         f"{full['high']!r}")
+
+
+def spec_from(kind: str | None, values: dict[str, Any], default: InitSpec,
+              prefix: str = "") -> InitSpec:
+    """Builds a spec from a layer's arguments: an explicit kind, else one implied by values.
+
+    ``prefix`` (``'w'``, ``'b'``) names the values in errors as the layer's arguments.
+    """
     values = {k: float(v) for k, v in values.items() if v is not None}
     if kind is None:
         implied = {_KIND_OF_VALUE[k] for k in values}
@@ -63,6 +89,7 @@ def spec_from(kind: str | None, values: dict[str, Any], default: InitSpec) -> In
         if not implied:
             return default
         kind = implied.pop()
+    check_values(kind, values, prefix)  # before InitSpec's own check: this names the argument
     return InitSpec(kind, values)
 
 

@@ -6,6 +6,7 @@ by hand, and fit again. The training loop itself lives in :mod:`nnkit.training`.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ import numpy as np
 
 from . import checkpoint, updaters as updaters_module
 from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, name_layers, set_seed
-from .layers.base import LAYER_CLASSES
+from .layers.base import LAYER_CLASSES, Param
 from .layers.input import _InputLayer
-from .training import Callback, History, ProcessRun, Trainer, TrainingRun
+from .training import Callback, History, NonFiniteLossError, ProcessRun, Trainer, TrainingRun
 
 # A stream of the model seed that no layer uses: the data order.
 _SHUFFLE_STREAM = 0x5EED
@@ -64,6 +65,70 @@ def _from_class_config(entry: dict[str, Any], registry: dict[str, type], what: s
     return registry[name](**entry.get("config", {}))
 
 
+def _first_nonfinite(params: Iterable[Param], attr: str = "data") -> Param | None:
+    """The first parameter whose ``data`` (or ``grad``, with ``attr='grad'``) holds a NaN or an
+    infinity, else None."""
+    for p in params:
+        array = getattr(p, attr)
+        if array is None:
+            continue
+        flat = array.reshape(-1)
+        # One read per array: dot(a, a) (BLAS, about twice as fast as np.sum here) is NaN or
+        # inf whenever an element is. It also overflows for finite elements above ~1e19 in
+        # float32, so a non-finite result is confirmed element by element (the rare path).
+        if not math.isfinite(np.dot(flat, flat)) and not np.isfinite(flat).all():
+            return p
+    return None
+
+
+def _first_nonfinite_example(data: Any, dtype: np.dtype) -> int | None:
+    """The index of the first example of a batch with a value that is not finite as ``dtype``."""
+    with np.errstate(over="ignore"):  # float64 data beyond float32's range becomes inf, as fed
+        array = np.asarray(data).astype(dtype, copy=False)
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _hand_settings(updater: updaters_module.Updater) -> tuple:
+    """What a user or a command may change between batches: the updater object, the lr
+    override, weight decay, clipping and the rule's own arguments (momentum...). A schedule's
+    own changes are not in it."""
+    return (updater, updater.lr_override, updater.decay, updater.clip_norm, updater.clip_value,
+            *(getattr(updater, name) for name in updater.own_args))
+
+
+class _BatchGuard:
+    """What ``train_on_batch`` needs to put the model back as it was before a batch.
+
+    Always (cheap): the layers' RNG states and non-trainable state (running statistics, which
+    the forward pass changes). With ``full`` also a copy of every parameter and of the
+    updater's state, the only way back from an update that overflowed; that copy costs about
+    as much as the update itself, so the model takes it only when the hand settings changed.
+    """
+
+    def __init__(self, model: "Sequential", full: bool) -> None:
+        self.model = model
+        self.rngs = [(layer.rng, layer.rng.bit_generator.state) for layer in model.layers
+                     if layer.rng is not None]
+        self.state = [(a, a.copy()) for layer in model.layers for a in layer.state.values()]
+        self.params = [(p.data, p.data.copy()) for p in model.params] if full else None
+        self.updater = model.updater.state_dict() if full else None
+
+    def restore(self, updated: bool) -> bool:
+        """Puts the model back; False (nothing restored) if ``updated`` and there is no copy."""
+        if updated and self.params is None:
+            return False
+        for live, saved in self.state:
+            np.copyto(live, saved)
+        for rng, state in self.rngs:
+            rng.bit_generator.state = state
+        if updated:
+            for live, saved in self.params:
+                np.copyto(live, saved)
+            self.model.updater.load_state_dict(self.updater)
+        return True
+
+
 class Sequential:
     """A linear stack of layers.
 
@@ -90,6 +155,10 @@ class Sequential:
         self.stop_training = False
         self.trainer: Trainer | None = None
         self.built = False
+        # True while an exception that escaped train_on_batch's update loop left some layers
+        # updated and others not (and no copy could undo it): such a state must not be saved.
+        self.half_updated = False
+        self._last_settings: tuple | None = None  # _hand_settings of the last good batch
         # The JobConf this model was built from (nnkit.config), if any: to_proto() keeps its
         # data and run sections, so a checkpoint can be evaluated without the config file.
         self.job: Any = None
@@ -209,6 +278,11 @@ class Sequential:
         """Every parameter of every layer, in layer order."""
         return [p for layer in self.layers for p in layer.params]
 
+    def nonfinite_param(self) -> str | None:
+        """The full name of the first parameter holding a NaN or an infinity, else None."""
+        bad = _first_nonfinite(self.params)
+        return None if bad is None else bad.full_name
+
     def get_weights(self) -> list[np.ndarray]:
         """Copies of every parameter array, layer by layer, weight then bias."""
         return [p.data.copy() for p in self.params]
@@ -288,17 +362,85 @@ class Sequential:
         """One forward, backward and update on a batch; returns its logs (size, loss, metrics).
 
         ``step`` is the updater's step (1-based); by default the one after its last.
+
+        A batch that goes non-finite is not applied: it raises :class:`NonFiniteLossError`
+        (``what``, ``where``, ``restored``) and leaves the model as it was before the batch
+        (parameters, updater state, layer state, layer RNGs). Checked in order:
+
+        * the data (only when an input layer refuses it) and the loss, right after the forward
+          pass (free);
+        * every parameter gradient, after the whole backward pass and before any update
+          (every gradient is computed first, then every layer is updated; one read of the
+          gradients);
+        * every parameter, after the update (one read), for an update that overflowed (a huge
+          learning rate). Undoing it needs a copy of the parameters and updater state taken
+          before the update, which is taken only on the model's first batch and when the hand
+          settings changed since the last batch (``updater.lr = ...``, a ``set`` command,
+          decay, momentum, clipping). Without a copy the error has ``restored=False``: that
+          batch's update is lost and with it the state before it (a checkpoint is the way back).
+
+        Any other exception from the forward or backward pass leaves the parameters untouched
+        and restores the layer state and RNGs. One from inside the update loop is undone with
+        the copy if there is one; otherwise :attr:`half_updated` is set: some layers are
+        updated and others not.
         """
         self._ensure_ready(x)
         if step is None:
             step = (self.updater.last_step or 0) + 1
-        self._forward(x, training=True)
-        logs = self._criteria(y)
-        self.loss_layer.ComputeGradient()
-        for layer in reversed(self.layers[1:]):
-            layer.ComputeGradient()
-            self.updater.Update(step, layer)
+        settings = _hand_settings(self.updater)
+        guard = _BatchGuard(self, full=settings != self._last_settings)
+        updating = False
+        try:
+            try:
+                self._forward(x, training=True)
+                logs = self._criteria(y)
+            except ValueError as exc:  # input layers refuse NaN/inf data: a non-finite batch too
+                nonfinite = self._nonfinite_data(x, y, step)
+                if nonfinite is None:
+                    raise
+                raise nonfinite from exc
+            if not math.isfinite(logs["loss"]):
+                raise NonFiniteLossError(f"loss is {logs['loss']} (step {step})", what="loss",
+                                         value=logs["loss"], step=step)
+            self.loss_layer.ComputeGradient()
+            for layer in reversed(self.layers[1:]):
+                layer.ComputeGradient()
+            bad = _first_nonfinite(self.params, "grad")
+            if bad is not None:
+                raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite (step {step})",
+                                         what="gradient", where=bad.full_name, step=step)
+            updating = True
+            self.half_updated = True
+            for layer in reversed(self.layers[1:]):
+                self.updater.Update(step, layer)
+            self.half_updated = False
+            bad = _first_nonfinite(self.params)
+            if bad is not None:
+                raise NonFiniteLossError(f"{bad.full_name} is not finite after the update (step "
+                                         f"{step}, lr {self.updater.lr:g})", what="parameter",
+                                         where=bad.full_name, step=step)
+        except BaseException as exc:
+            restored = guard.restore(updating)
+            if restored:
+                self.half_updated = False
+            if isinstance(exc, NonFiniteLossError):
+                exc.restored = restored
+                exc.args = (exc.args[0] + ("; the model is as before the batch" if restored else
+                                           "; the update could not be undone (no copy was taken: "
+                                           "the settings had not changed)"),)
+            raise
+        self._last_settings = settings
         return logs
+
+    def _nonfinite_data(self, x: np.ndarray, y: np.ndarray, step: int) -> NonFiniteLossError | None:
+        """The error for a batch whose input or target holds a NaN or an infinity, else None."""
+        for what, data, layer in (("input", x, self.layers[0]), ("target", y, self.label_layer)):
+            example = _first_nonfinite_example(data, layer.dtype or np.float32)
+            if example is not None:
+                where = f"example {example} of the batch"
+                return NonFiniteLossError(f"the {what} is not finite ({where}; step {step})",
+                                          what=what, where=where, step=step)
+        return None
 
     def profile_step(self, x: np.ndarray, y: np.ndarray, step: int | None = None
                      ) -> dict[str, dict[str, float]]:
@@ -364,7 +506,8 @@ class Sequential:
             validation_split: float | tuple[float, int] | None = None, shuffle: bool = True,
             callbacks: Sequence[Callback] = (), verbose: int = 1, seed: int | None = None,
             run_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-            background: bool | str = False) -> History | TrainingRun | ProcessRun:
+            background: bool | str = False, on_nonfinite: str | None = None
+            ) -> History | TrainingRun | ProcessRun:
         """Trains the model; see :meth:`nnkit.training.Trainer.fit` for ``epochs``/``steps``/``resume``.
 
         ``seed`` seeds the model (init, dropout, data order) if it has no seed yet.
@@ -373,11 +516,21 @@ class Sequential:
         ``background=True`` returns a :class:`~nnkit.training.TrainingRun` at once and trains
         in a thread, steerable through the handle; ``background='process'`` trains in a child
         process instead (a :class:`~nnkit.training.ProcessRun` with the same commands).
+        ``on_nonfinite``: what a batch that goes non-finite does (the model is left as before
+        it, and a run directory gets a checkpoint of that state): ``'stop'`` raises
+        :class:`~nnkit.training.NonFiniteLossError`; ``'pause'`` pauses the run with a
+        ``nonfinite`` event until ``resume`` (retry the batch) or ``skip``. By default
+        ``'pause'`` for ``background=True``, else ``'stop'`` (a child process always stops).
         """
         if seed is not None and self.seed is None and not self.built:
             self.seed = seed
         self._ensure_ready(x)
+        if on_nonfinite is None:
+            on_nonfinite = "pause" if background is True else "stop"
         if background == "process":
+            if on_nonfinite != "stop":
+                raise ValueError("fit(background='process'): the child process stops on a "
+                                 "non-finite batch; on_nonfinite='pause' needs a thread run")
             if validation_split is not None or resume is not None or callbacks:
                 raise ValueError("fit(background='process'): validation_split, resume and callbacks "
                                  "cannot cross to the child process; use validation_data")
@@ -392,12 +545,12 @@ class Sequential:
             kwargs = dict(x=x, y=y, batch_size=batch_size, epochs=epochs, steps=steps,
                           validation_data=validation_data, validation_split=validation_split,
                           shuffle=shuffle, callbacks=callbacks, verbose=verbose, run_dir=run_dir,
-                          resume=resume)
+                          resume=resume, on_nonfinite=on_nonfinite)
             run = TrainingRun(self, kwargs, run_dir, linger=bool(background))
             return run.start() if background else run.run()
         return trainer.fit(x, y, batch_size=batch_size, epochs=epochs, steps=steps,
                            validation_data=validation_data, validation_split=validation_split,
-                           shuffle=shuffle, resume=resume)
+                           shuffle=shuffle, resume=resume, on_nonfinite=on_nonfinite)
 
     def trainer_for_fit(self) -> Trainer:
         """The model's Trainer (made on first use; it keeps counters across fit calls)."""
@@ -471,23 +624,28 @@ class Sequential:
         """Loads parameters, updater state and layer RNG states from a checkpoint tree.
 
         Parameters are all checked before any is copied; ``source`` names the file in errors.
+        Values of the wrong type (a damaged or hostile file) raise CheckpointError too.
         """
         if not self.built:
             self.build()
-        checkpoint.assign_parameters(tree.get("params", {}), self.layers, source,
-                                     state=tree.get("state", {}))
-        if self.updater is not None and tree.get("updater") is not None:
-            state = dict(tree["updater"])
-            known = {p.full_name for p in self.params}
-            for key in ("slots", "counts"):  # keyed by parameter name, which may be a legacy one
-                if isinstance(state.get(key), dict):
-                    state[key] = checkpoint.upgrade_names(state[key], known)
-            self.updater.load_state_dict(state)
-        for layer in self.layers:
-            state = tree.get("rngs", {}).get(layer.name)
-            if state is not None:
-                layer.rng = layer.rng or np.random.default_rng()
-                layer.rng.bit_generator.state = state
+        with checkpoint.restoring(source):
+            if not isinstance(tree, dict):
+                raise checkpoint.CheckpointError(f"{source}: the model entry is a "
+                                                 f"{type(tree).__name__}, not a dict")
+            checkpoint.assign_parameters(tree.get("params", {}), self.layers, source,
+                                         state=tree.get("state", {}))
+            if self.updater is not None and tree.get("updater") is not None:
+                state = dict(tree["updater"])
+                known = {p.full_name for p in self.params}
+                for key in ("slots", "counts"):  # keyed by parameter name, which may be a legacy one
+                    if isinstance(state.get(key), dict):
+                        state[key] = checkpoint.upgrade_names(state[key], known)
+                self.updater.load_state_dict(state)
+            for layer in self.layers:
+                state = tree.get("rngs", {}).get(layer.name)
+                if state is not None:
+                    layer.rng = layer.rng or np.random.default_rng()
+                    layer.rng.bit_generator.state = state
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes a checkpoint (atomically): model, parameters, updater and training state."""

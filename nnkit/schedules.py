@@ -27,7 +27,7 @@ optional, with their defaults:
 
 Divisors (``change_freq``, ``final_step``) and the ``gamma`` of ``step``/``exponential`` must
 be > 0; the ``gamma`` of ``inverse`` and the ``power`` of ``poly`` must be >= 0 (no power of a
-negative number). A setting the chosen ``lr_type`` does not use is an error, so a typo in a
+negative number), and so must the rates ``step_lr`` and ``final_lr``, like ``lr``. A setting the chosen ``lr_type`` does not use is an error, so a typo in a
 config never silently trains with a different schedule.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Schedule:
     defaults: ClassVar[dict[str, Any]] = {}
     #: Settings that must be > 0 (divisors, and bases raised to fractional powers).
     positive: ClassVar[tuple[str, ...]] = ()
-    #: Settings that must be >= 0 (so that no power of a negative number is taken).
+    #: Settings that must be >= 0 (bases of powers, and rates such as final_lr).
     nonnegative: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, base_lr: float, **settings: Any) -> None:
@@ -194,6 +194,9 @@ class Manual(Schedule):
                 raise ValueError(f"lr_type 'manual': step must be strictly increasing, got "
                                  f"step[{i - 1}] = {steps[i - 1]} then step[{i}] = {steps[i]}")
         rates = [_number("manual", f"step_lr[{i}]", r) for i, r in enumerate(rates)]
+        for i, r in enumerate(rates):
+            if r < 0:  # a rate, like lr: a negative one would climb the loss
+                raise ValueError(f"lr_type 'manual': step_lr[{i}] must be >= 0, got {r!r}")
         return {"step": tuple(steps), "step_lr": tuple(rates)}
 
     def rate(self, step: int) -> float:
@@ -251,6 +254,7 @@ class Linear(Schedule):
     lr_type = "linear"
     required = ("final_lr", "final_step")
     positive = ("final_step",)
+    nonnegative = ("final_lr",)  # a rate, like lr
 
     def rate(self, step: int) -> float:
         s = self.settings

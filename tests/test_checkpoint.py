@@ -1,10 +1,18 @@
 """Tests of nnkit.checkpoint: exact round trips, atomic writes, clear errors, no code from files."""
 from __future__ import annotations
 
+import errno
 import math
 import os
 import pickle
+import re
+import shutil
+import subprocess
+import sys
+import time
+import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +120,13 @@ def test_root_attributes_and_documented_layout(tmp_path: Path) -> None:
 
     save_tree(tmp_path / "c.h5", {"params": {"dense/weight": np.ones(2)}, "step": 3}, kind="my.kind")
     with h5py.File(tmp_path / "c.h5", "r") as f:
-        assert f.attrs["format"] == "my.kind"
+        assert f.attrs["format"] == b"my.kind"  # fixed-length strings: h5py reads bytes
         assert f.attrs["format_version"] == FORMAT_VERSION
-        assert f.attrs["nnkit_version"] == nnkit.__version__
+        assert f.attrs["nnkit_version"] == nnkit.__version__.encode()
+        assert f.attrs["checksum"] == b"crc32"
         assert list(f["params"]) == ["dense%2Fweight"]
-        assert f["params/dense%2Fweight"].attrs["nnkit_type"] == "array"
-        assert f["step"].attrs["nnkit_type"] == "json" and f["step"][()] == b"3"
+        assert f["params/dense%2Fweight"].attrs["nnkit_type"] == b"array"
+        assert f["step"].attrs["nnkit_type"] == b"json" and f["step"][()] == b"3"
 
 
 @pytest.mark.parametrize("key", ["", ".", "..", "%", "%2F", "%25", "a/b/", "/lead", "a\x00b",
@@ -220,6 +229,84 @@ def test_disk_full_midway_keeps_the_old_file(old_checkpoint: Path,
     assert_old_checkpoint_intact(old_checkpoint)
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, nearly full file system: a 1 MiB tmpfs (skips unless mounting works here)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def assert_disk_full_error(error: BaseException, path: Path) -> None:
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC, repr(error)
+    assert "disk full" in str(error) and str(path) in str(error)
+
+
+@pytest.mark.parametrize("tree", [
+    pytest.param({"w": np.ones((600, 1000), np.float32)}, id="one big array"),
+    pytest.param({f"k{i}": np.ones(40) for i in range(4000)}, id="4000 small arrays"),
+])
+def test_a_real_full_disk_is_reported_as_enospc_and_keeps_the_old_file(
+        small_disk: Path, tree: dict[str, Any]) -> None:
+    path = small_disk / "checkpoint.h5"
+    save_tree(path, {"step": 1, "w": np.arange(4.0)})
+    with pytest.raises(OSError) as info:
+        save_tree(path, tree)
+    assert_disk_full_error(info.value, path)
+    assert_old_checkpoint_intact(path)
+    save_tree(path, {"step": 2})  # the process (and HDF5) still works
+    assert load_tree(path) == {"step": 2}
+
+
+FULL_DISK_CHILD = """
+import sys
+import numpy as np
+from nnkit.checkpoint import save_tree
+try:
+    save_tree(sys.argv[1], {f"k{i}": np.ones(40) for i in range(4000)})
+except OSError as e:
+    print("errno", e.errno)
+"""
+
+
+def test_a_process_that_hit_a_full_disk_exits_cleanly(small_disk: Path) -> None:
+    """HDF5 cannot recover from a failed write: its half-closed file made every later object
+    print an 'Exception ignored' traceback and the library crash when the process exited."""
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(small_disk / "c.h5")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert (done.returncode, done.stdout.strip()) == (0, f"errno {errno.ENOSPC}"), done.stderr[-2000:]
+    assert "Exception ignored" not in done.stderr
+    assert os.listdir(small_disk) == []
+
+
+def test_the_reserved_size_bounds_the_file(tmp_path: Path) -> None:
+    """save_tree claims disk space before HDF5 writes (see the full-disk tests): as much as
+    the file will need, or HDF5 could still meet a full disk."""
+    deep: dict[str, Any] = {}
+    level = deep
+    for _ in range(checkpoint.MAX_DEPTH - 1):
+        level["d"] = level = {"x": 1.5}
+    trees = {"rich": rich_tree(), "deep": deep, "empty": {},
+             "many small": {str(i): [np.ones(3), i] for i in range(3000)},
+             "long names": {"k" * 8000 + str(i): {"j" * 8000: i} for i in range(50)},
+             "big": big_tree([1, 2])}
+    for name, tree in trees.items():
+        save_tree(tmp_path / "t.h5", tree)
+        needed = (tmp_path / "t.h5").stat().st_size
+        reserved = checkpoint._estimated_size(checkpoint._prepare("", tree, ""))
+        assert needed <= reserved <= 4 * needed + 2**20, (name, needed, reserved)
+
+
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
 def test_failing_fsync_or_rename_keeps_the_old_file(old_checkpoint: Path, failing: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,6 +350,66 @@ def test_new_file_gets_umask_permissions_and_a_replaced_file_keeps_its_own(tmp_p
     os.chmod(tmp_path / "new.h5", 0o640)
     save_tree(tmp_path / "new.h5", {"x": 1})
     assert (tmp_path / "new.h5").stat().st_mode & 0o777 == 0o640
+
+
+# --------------------------------------------------------------------------- temporary files
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_temporary_file_names_its_writer(tmp_path: Path) -> None:
+    with checkpoint.atomic_path(tmp_path / "checkpoint.h5") as tmp:
+        assert re.fullmatch(rf"\.checkpoint\.h5\.{os.getpid()}\.[a-z0-9_]{{8}}\.tmp",
+                            os.path.basename(tmp)), tmp
+        Path(tmp).write_bytes(b"x")
+    assert files_in(tmp_path) == ["checkpoint.h5"]
+
+
+def test_stale_temporaries_of_dead_or_earlier_writers_are_removed(tmp_path: Path) -> None:
+    dead, me, parent = _dead_pid(), os.getpid(), os.getppid()
+    cases = {  # name: (age, removed?)
+        f".checkpoint.h5.{dead}.abcd1234.tmp": (0, True),  # its writer is gone
+        f".job.conf.{dead}.x_y_z_12.tmp": (0, True),
+        f".checkpoint.h5.{me}.live0000.tmp": (0, False),  # this process is writing it
+        f".checkpoint.h5.{me}.prev0000.tmp": (3600, True),  # an earlier process with our pid
+        f".checkpoint.h5.{parent}.live1111.tmp": (0, False),  # a live writer
+        f".checkpoint.h5.{parent}.old11111.tmp": (3600, True),  # too old to be still written
+        ".checkpoint.h5.k3j4h5g6.tmp": (3600, True),  # named before pids were: by age
+        ".checkpoint.h5.n3w4h5g6.tmp": (0, False),
+        f".step-3.h5.{dead}.abcdefgh.tmp": (0, True),
+        "checkpoint.h5": (3600, False),  # not temporary files
+        ".hidden.tmp": (3600, False),
+        f"notes.{dead}.abcdefgh.tmp": (3600, False),
+        f".checkpoint.h5.{dead}.toolong99.tmp": (3600, False),
+    }
+    for name, (age, _) in cases.items():
+        (tmp_path / name).write_bytes(b"partial")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    (tmp_path / f".dir.{dead}.abcdefgh.tmp").mkdir()  # directories are never touched
+    removed = checkpoint.remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted(str(tmp_path / n) for n, (_, gone) in cases.items() if gone)
+    assert files_in(tmp_path) == sorted([n for n, (_, gone) in cases.items() if not gone]
+                                        + [f".dir.{dead}.abcdefgh.tmp"])
+
+
+def test_removing_stale_temporaries_without_a_directory_does_nothing(tmp_path: Path) -> None:
+    assert checkpoint.remove_stale_temporaries(tmp_path / "missing") == []
+    assert checkpoint.remove_stale_temporaries(None) == []
+
+
+def test_fit_with_a_run_dir_removes_stale_temporaries(tmp_path: Path) -> None:
+    from test_model import mlp, toy_data
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stale = run_dir / f".checkpoint.h5.{_dead_pid()}.abcdefgh.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    x, y = toy_data()
+    mlp().fit(x, y, batch_size=32, steps=1, run_dir=run_dir, verbose=0)
+    assert not stale.exists() and (run_dir / "checkpoint.h5").exists()
 
 
 # --------------------------------------------------------------------------- load errors
@@ -334,6 +481,124 @@ def test_unknown_format_version_is_refused(tmp_path: Path, version: Any, message
     assert str(path) in str(info.value)
 
 
+# --------------------------------------------------------------------------- integrity
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _data_extent(path: Path, name: str) -> tuple[int, int]:
+    """Where the bytes of the dataset ``name`` (an HDF5 path) sit in the file."""
+    with h5py.File(path, "r") as f:
+        return f[name].id.get_offset(), f[name].id.get_storage_size()
+
+
+def _xor_byte(path: Path, offset: int, mask: int = 0x01) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
+
+
+def _model_like_tree() -> dict[str, Any]:
+    return {"model": {"params": {"dense/weight": np.arange(12.0).reshape(3, 4),
+                                 "dense/bias": np.zeros(3, np.float32)},
+                      "lr": np.float32(0.5), "zero_d": np.array(7, np.int64)},
+            "trainer": {"global_step": 12345, "history": [0.5, 0.25]}}
+
+
+@pytest.mark.parametrize("name, key", [
+    ("model/params/dense%2Fweight", "model/params/dense/weight"),
+    ("model/lr", "model/lr"),           # a numpy scalar (0-d dataset)
+    ("model/zero_d", "model/zero_d"),   # a 0-d array
+    ("trainer/global_step", "trainer/global_step"),  # a JSON leaf: "12345" -> "12245"
+])
+def test_a_flipped_bit_in_any_leaf_is_detected_naming_the_file_and_key(
+        tmp_path: Path, name: str, key: str) -> None:
+    path = tmp_path / "c.h5"
+    save_tree(path, _model_like_tree())
+    offset, size = _data_extent(path, name)
+    _xor_byte(path, offset + min(size - 1, 2), 0x01 if name.startswith("trainer") else 0x10)
+    with pytest.raises(CheckpointError, match="checksum") as info:
+        load_tree(path)
+    assert str(path) in str(info.value) and repr(key) in str(info.value)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda f: f.move("model/params/dense%2Fbias", "model/params/dense%2Fbiaz"), "model/params"),
+    (lambda f: f.__delitem__("trainer/history"), "trainer"),
+    (lambda f: (f.move("model/lr", "model/tmp"), f.move("model/zero_d", "model/lr"),
+                f.move("model/tmp", "model/zero_d")), "model"),  # two entries swapped
+])
+def test_renamed_removed_or_swapped_entries_are_detected(tmp_path: Path, edit: Any, key: str) -> None:
+    path = tmp_path / "c.h5"
+    save_tree(path, _model_like_tree())
+    with h5py.File(path, "a") as f:
+        edit(f)
+    with pytest.raises(CheckpointError, match="checksum") as info:
+        load_tree(path)
+    assert str(path) in str(info.value) and repr(key) in str(info.value)
+
+
+def test_every_object_carries_a_checksum_and_a_missing_one_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.h5"
+    save_tree(path, _model_like_tree())
+    with h5py.File(path, "a") as f:
+        assert f.attrs["checksum"] == b"crc32"
+        names: list[str] = []
+        f.visit(names.append)
+        assert all("nnkit_crc32" in f[name].attrs for name in names) and "nnkit_crc32" in f.attrs
+        del f["model/params/dense%2Fweight"].attrs["nnkit_crc32"]
+    with pytest.raises(CheckpointError, match=r"'model/params/dense/weight'.*no checksum"):
+        load_tree(path)
+
+
+def test_attributes_are_fixed_length_strings(tmp_path: Path) -> None:
+    """HDF5 trusts the length stored in a variable-length string and zeroes a buffer that big
+    (up to 4 GiB) before it reads the string: nnkit writes none, and in a file that declares
+    checksums the loader refuses them unread."""
+    path = tmp_path / "c.h5"
+    save_tree(path, _model_like_tree())
+    with h5py.File(path, "a") as f:
+        names: list[str] = []
+        f.visit(names.append)
+        for obj in [f, *(f[name] for name in names)]:
+            for key in obj.attrs:
+                kind = obj.attrs.get_id(key).dtype.kind
+                assert kind in "Siu", (obj.name, key, obj.attrs.get_id(key).dtype)
+        del f["trainer/global_step"].attrs["nnkit_type"]
+        f["trainer/global_step"].attrs["nnkit_type"] = "json"  # h5py writes str as vlen
+    with pytest.raises(CheckpointError, match=r"'trainer/global_step': a Dataset with "
+                                              r"nnkit_type=None"):
+        load_tree(path)
+
+
+def test_a_new_file_loads_without_any_warning(tmp_path: Path) -> None:
+    save_tree(tmp_path / "c.h5", rich_tree())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_identical(load_tree(tmp_path / "c.h5"), rich_tree())
+
+
+def test_a_file_written_before_checksums_loads_and_is_reported_unverified(tmp_path: Path) -> None:
+    old = FIXTURES / "v1_cnn_checkpoint.h5"
+    with pytest.warns(checkpoint.UnverifiedCheckpointWarning, match="v1_cnn_checkpoint.h5: .*no "
+                                                                    "checksums") as record:
+        tree = load_tree(old)
+    assert len(record) == 1 and tree["trainer"]["global_step"] == 6
+    assert record[0].filename == __file__  # the warning names the caller's line
+    # A caller who wants only verifiable files makes the warning an error: raised before
+    # any data is read.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", checkpoint.UnverifiedCheckpointWarning)
+        with pytest.raises(checkpoint.UnverifiedCheckpointWarning):
+            load_tree(old)
+    # Saving it again adds the checksums.
+    save_tree(tmp_path / "again.h5", tree)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_identical(load_tree(tmp_path / "again.h5"), tree)
+
+
 # --------------------------------------------------------------------------- no code from files
 UNPICKLED: list[str] = []
 
@@ -365,9 +630,21 @@ def test_pickled_bytes_in_attributes_are_ignored(tmp_path: Path) -> None:
     assert UNPICKLED == []
 
 
+def strip_checksums(f: h5py.File) -> None:
+    """Makes an open file pass for one written before checksums, as an attacker could."""
+    del f.attrs["checksum"]
+    names: list[str] = []
+    f.visit(names.append)
+    for obj in [f, *(f[name] for name in names)]:
+        obj.attrs.pop("nnkit_crc32", None)
+
+
 def _tamper(path: Path, edit: Any) -> None:
+    """Saves a small tree and edits it; without checksums, so that each edit meets the
+    structural check it is about rather than a checksum mismatch."""
     save_tree(path, {"x": 1, "w": np.arange(3.0)})
     with h5py.File(path, "a") as f:
+        strip_checksums(f)
         edit(f)
 
 
@@ -384,6 +661,7 @@ def _replace(f: h5py.File, name: str, data: Any, nnkit_type: str, **kwargs: Any)
     f[name].attrs["nnkit_type"] = nnkit_type
 
 
+@pytest.mark.filterwarnings("ignore::nnkit.checkpoint.UnverifiedCheckpointWarning")
 @pytest.mark.parametrize("edit, message", [
     (lambda f: _replace(f, "x", np.bytes_(PICKLE), "json"), "invalid JSON|cannot read"),
     (lambda f: _replace(f, "w", np.void(PICKLE), "array"), "unsupported dtype"),

@@ -15,6 +15,7 @@ import nnkit
 from nnkit import Dense, Sequential
 from nnkit.cli import main
 from nnkit.config import load_job
+from nnkit.training.checkpoints import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -40,11 +41,17 @@ run {{ steps: 20 display_freq: 5 test_freq: 10 checkpoint_freq: 10 run_dir: "{ru
 """
 
 
-def nnkit_cli(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+def nnkit_cli(*args: str, cwd: Path, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
     """Runs ``python -m nnkit.cli ARGS`` without installation."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "nnkit.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180, **kwargs)
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def limit_address_space(limit: int = 2 * 2**30) -> None:
+    """preexec_fn: an allocation without bound fails fast instead of exhausting the machine."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 @pytest.fixture
@@ -74,7 +81,9 @@ def test_train_eval_show_resume_end_to_end(job_file, tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert re.fullmatch(r"small-\d{8}-\d{6}", run_dir.name)
     files = {p.name for p in run_dir.iterdir()}
-    assert {"job.conf", "checkpoint.h5", "events.jsonl", "metrics.json"} <= files
+    assert {"job.conf", "checkpoint-10.h5", "checkpoint-20.h5", "latest", "events.jsonl",
+            "metrics.json"} <= files
+    assert (run_dir / "latest").read_text() == "checkpoint-20.h5\n"
     assert "metrics.jsonl" not in files  # folded into events.jsonl
     umask = os.umask(0)
     os.umask(umask)
@@ -92,32 +101,34 @@ def test_train_eval_show_resume_end_to_end(job_file, tmp_path):
     # The copy of the config is the job as run, and loads back to the same proto.
     assert load_job(run_dir / "job.conf").proto == load_job(job_file).proto
 
-    done = nnkit_cli("eval", run_dir / "checkpoint.h5", "--json", cwd=tmp_path)
+    done = nnkit_cli("eval", run_dir, "--json", cwd=tmp_path)  # a run directory: its latest
     assert done.returncode == 0, done.stderr
     evaluated = json.loads(done.stdout)
     assert (evaluated["step"], evaluated["examples"]) == (20, 500)
     assert evaluated["accuracy"] == pytest.approx(final["test"]["accuracy"], abs=1e-12)
     assert evaluated["loss"] == pytest.approx(final["test"]["loss"], rel=1e-9)
 
-    done = nnkit_cli("eval", run_dir / "checkpoint.h5", "--set", "data.test.limit=100", cwd=tmp_path)
+    done = nnkit_cli("eval", run_dir / "checkpoint-20.h5", "--set", "data.test.limit=100", cwd=tmp_path)
     assert done.returncode == 0 and "100 test examples" in done.stdout, done.stderr
 
-    done = nnkit_cli("show", run_dir / "checkpoint.h5", cwd=tmp_path)
+    done = nnkit_cli("show", run_dir, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "step 20" in done.stdout and "Total params: 25,450" in done.stdout
     assert "Run: 20 steps; log every 5 steps; test every 10 steps and at the end" in done.stdout
     assert re.search(r"dense_2 \(Dense\)\s+\(None, 10\)\s+330", done.stdout)
 
-    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set",
+    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint-20.h5", "--set",
                      "model.layer[1].dense.output_dim=16", cwd=tmp_path)
     assert done.returncode == 2 and "does not fit the job's model" in done.stderr, done.stderr
 
-    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set", "run.steps=30",
+    done = nnkit_cli("train", job_file, "--resume", run_dir / "checkpoint-20.h5", "--set", "run.steps=30",
                      cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 30
     assert [r["step"] for r in read_log(run_dir) if r["event"] == "train"] == [5, 10, 15, 20, 25, 30]
-    assert nnkit.load(run_dir / "checkpoint.h5").trainer.global_step == 30
+    assert nnkit.load(latest_checkpoint(run_dir)).trainer.global_step == 30
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*.h5")) == [
+        "checkpoint-10.h5", "checkpoint-20.h5", "checkpoint-30.h5"]
 
 
 def test_show_describes_layers_updater_schedule_data_and_run(tmp_path):
@@ -178,14 +189,84 @@ def test_bad_configs_and_arguments_exit_2_without_traceback(job_file, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def test_files_that_are_not_regular_or_not_utf8_exit_2_naming_them(job_file, tmp_path):
+    fifo, fifo_h5 = tmp_path / "job.conf", tmp_path / "ckpt.h5"
+    os.mkfifo(fifo)
+    os.mkfifo(fifo_h5)
+    latin1 = tmp_path / "latin1.conf"
+    latin1.write_bytes(b'name: "caf\xe9"\n')
+    cases = [
+        (["show", fifo], r"job\.conf: cannot read the file: it is a FIFO \(named pipe\)"),
+        (["train", fifo], r"job\.conf: cannot read the job config: it is a FIFO"),
+        (["show", "/dev/zero"], r"/dev/zero: cannot read the file: it is a character device"),
+        (["time", "/dev/zero"], r"/dev/zero: cannot read the job config: it is a character device"),
+        (["show", tmp_path], r"a directory without checkpoints"),  # show takes run directories
+        (["eval", fifo_h5], r"ckpt\.h5: cannot read the checkpoint: it is a FIFO"),
+        (["train", job_file, "--resume", fifo_h5], r"ckpt\.h5: cannot read the checkpoint: it is a FIFO"),
+        (["show", latin1], r"latin1\.conf:1: not UTF-8 text: byte 0xe9 at byte offset 10"),
+    ]
+    for args, message in cases:
+        done = nnkit_cli(*args, cwd=tmp_path, timeout=60, preexec_fn=limit_address_space)
+        assert done.returncode == 2, (args, done.stderr)
+        assert re.search(message, done.stderr), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_show_refuses_a_model_too_large_before_allocating_it(tmp_path):
+    huge = tmp_path / "huge.conf"  # 784 x 2,000,000 weights, then 2,000,000 x 2,000
+    huge.write_text((ROOT / "examples" / "mnist_mlp.conf").read_text().replace(
+        "output_dim: 2500", "output_dim: 2000000"))
+    done = nnkit_cli("show", huge, cwd=tmp_path, preexec_fn=limit_address_space)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"huge\.conf:\d+: model\.layer\[3\]: the model would need at least 62\.3 GiB "
+                     r"\(5,575,010,010 parameters.* more than the limit of 4\.0 GiB", done.stderr), done.stderr
+    # A checkpoint whose stored job is as large: refused before its model is built.
+    model = Sequential([Dense(2)], input_shape=(3,))
+    model.compile()
+    tree = {"model": model.checkpoint_tree(), "trainer": {}}
+    tree["model"]["proto"] = tree["model"]["proto"].replace("output_dim: 2", "output_dim: 2000000000")
+    tree["model"]["proto"] = tree["model"]["proto"].replace("input_shape: 3", "input_shape: 30000")
+    nnkit.checkpoint.save_tree(tmp_path / "huge.h5", tree)
+    done = nnkit_cli("show", tmp_path / "huge.h5", cwd=tmp_path, preexec_fn=limit_address_space)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"huge\.h5 \(stored job\):\d+: model\.layer\[1\]: the model would need", done.stderr)
+
+
+def test_debug_works_after_the_command_too(job_file, tmp_path, capsys):
+    assert main(["show", str(job_file), "--debug"]) == 0
+    assert "Total params" in capsys.readouterr().out
+    done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
+                     "--on-nonfinite", "stop", "--debug", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and "NonFiniteLossError" in done.stderr
+
+
+def test_show_into_a_closed_pipe_exits_quietly(tmp_path):
+    model = Sequential([Dense(2)], input_shape=(3,))
+    model.compile()
+    model.save(tmp_path / "m.h5")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `nnkit show m.h5 | head -1` once head has gone
+    try:
+        done = subprocess.run([sys.executable, "-m", "nnkit.cli", "show", str(tmp_path / "m.h5")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + signal.SIGPIPE  # a shell's status for a closed pipe
+    assert done.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
+
+
 def test_a_failure_during_the_run_exits_1_and_leaves_no_half_written_file(job_file, tmp_path):
     done = nnkit_cli("train", job_file, "--set", "updater.lr=1e300", "--run-dir", tmp_path / "run",
-                     cwd=tmp_path)
+                     "--on-nonfinite", "stop", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "NonFiniteLossError" in done.stderr and "Traceback" not in done.stderr
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"job.conf", "events.jsonl"} <= files
-    assert not {"metrics.json", "checkpoint.h5"} & files  # nothing claims the run finished
+    assert "metrics.json" not in files  # nothing claims the run finished
+    # The first update overflowed and was undone: the checkpoint is the untrained model.
+    assert nnkit.load(latest_checkpoint(tmp_path / "run")).trainer.global_step == 0
     assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")]  # no leftovers
     lines = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
     types = [json.loads(line)["type"] for line in lines]  # every line complete JSON
@@ -217,7 +298,7 @@ def test_ctrl_c_stops_cleanly_with_a_checkpoint(job_file, tmp_path):
     assert proc.returncode == 130, stderr
     final = json.loads((run_dir / "metrics.json").read_text())
     assert final["interrupted"] is True and 1 <= final["step"] < 1000000
-    restored = nnkit.load(run_dir / "checkpoint.h5")
+    restored = nnkit.load(latest_checkpoint(run_dir))
     assert restored.trainer.global_step == final["step"]
     assert np.isfinite(restored.get_weights()[0]).all()
 

@@ -2,6 +2,8 @@
 location, overrides, checkpoints that carry the job, and the generated-code staleness check."""
 import importlib
 import importlib.util
+import os
+import signal
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -265,7 +267,7 @@ def test_every_validation_error_names_file_line_and_field(old, new, line, field,
     text = BASE + DATA_BLOCK
     assert old in text
     with pytest.raises(ConfigError, match=problem) as info:
-        job_from_text(text.replace(old, new, 1), "t.conf")
+        job_from_text(text.replace(old, new, 1), "t.conf", check_data=True)
     assert info.value.location == f"t.conf:{line}"
     assert info.value.field == field
     assert str(info.value).startswith(f"t.conf:{line}: {field + ': ' if field else ''}")
@@ -329,3 +331,154 @@ def test_job_text_round_trips_through_load_job(tmp_path):
     path = tmp_path / "copy.conf"
     path.write_text(job.to_text())
     assert load_job(path, check_data=False).proto == job.proto
+
+
+# ========================================================== values that make no sense
+SANE = """name: "sane"
+seed: 1
+model {
+  input_shape: [3, 32, 32]
+  layer { convolution { nb_filter: 2 kernel: 3 w { std: 0.1 } b { lr_mult: 2 } } }
+  layer { lrn { size: 3 alpha: 0.0001 beta: 0.75 k: 1 } }
+  layer { dropout { ratio: 0.5 } }
+  layer { dense { output_dim: 10 w { wd_mult: 1 } } }
+}
+updater {
+  lr: 0.1
+  momentum: 0.9
+  decay: 0.001
+  lr_type: manual
+  step: [0, 100]
+  step_lr: [0.1, 0.01]
+}
+data { dataset: "cifar10" mean_value: [1, 2, 3] scale: 0.5 }
+"""
+
+
+def test_the_sane_config_is_valid():
+    job_from_text(SANE, "s.conf", check_data=False)
+
+
+@pytest.mark.parametrize("old, new, line, field, problem", [
+    ("alpha: 0.0001", "alpha: inf", 6, "model.layer[1].lrn.alpha", "must be a finite number, got inf"),
+    ("alpha: 0.0001", "alpha: nan", 6, "model.layer[1].lrn.alpha", "must be a finite number, got nan"),
+    ("alpha: 0.0001", "alpha: -1", 6, "model.layer[1].lrn.alpha", "alpha must be a finite number >= 0"),
+    ("beta: 0.75", "beta: nan", 6, "model.layer[1].lrn.beta", "must be a finite number, got nan"),
+    ("k: 1", "k: 0", 6, "model.layer[1].lrn.k", "k must be a finite number > 0, got 0.0"),
+    ("k: 1", "k: -2", 6, "model.layer[1].lrn.k", "k must be a finite number > 0"),
+    ("lr_mult: 2", "lr_mult: -2", 5, "model.layer[0].convolution.b.lr_mult", "b_lr must be a finite number >= 0"),
+    ("wd_mult: 1", "wd_mult: -1", 8, "model.layer[3].dense.w.wd_mult", "w_wd must be a finite number >= 0"),
+    ("std: 0.1", "std: -0.1", 5, "model.layer[0].convolution.w.std", "w_std must be >= 0"),
+    ("std: 0.1", "std: nan", 5, "model.layer[0].convolution.w.std", "must be a finite number, got nan"),
+    ("w { std: 0.1 }", "w { low: 1 high: 0 }", 5, "model.layer[0].convolution.w.high", "w_low = 1.0 must be <= w_high"),
+    ("seed: 1", "seed: -1", 2, "seed", "must be >= 0, got -1"),
+    ("lr: 0.1", "lr: nan", 11, "updater.lr", "must be a finite number, got nan"),
+    ("lr: 0.1", "lr: -inf", 11, "updater.lr", "must be a finite number, got -inf"),
+    ("momentum: 0.9", "momentum: 1", 12, "updater.momentum", r"momentum must satisfy 0.0 <= momentum < 1.0"),
+    ("momentum: 0.9", "momentum: -0.5", 12, "updater.momentum", r"momentum must satisfy 0.0 <= momentum < 1.0"),
+    ("decay: 0.001", "decay: -0.001", 13, "updater.decay", "decay must satisfy 0.0 <= decay"),
+    ("step_lr: [0.1, 0.01]", "step_lr: [0.1,\n    -0.01]", 16, "updater.step_lr", r"step_lr\[1\] must be >= 0"),
+    ("step_lr: [0.1, 0.01]", "step_lr: [0.1,\n    nan]", 17, "updater.step_lr[1]", "must be a finite number"),
+    ("momentum: 0.9", "momentum: 0.9\n  rho: 0.5", 13, "updater.rho", "updater type sgd does not use rho"),
+    ("ratio: 0.5", "ratio: 1", 7, "model.layer[2].dropout.ratio", r"ratio must be in \[0, 1\)"),
+    ("ratio: 0.5", "ratio: -0.5", 7, "model.layer[2].dropout.ratio", r"ratio must be in \[0, 1\)"),
+    ("scale: 0.5", "scale: inf", 18, "data.scale", "must be a finite number, got inf"),
+    ("mean_value: [1, 2, 3]", "mean_value: [1, nan, 3]", 18, "data.mean_value[1]", "must be a finite number"),
+    ("input_shape: [3, 32, 32]", "input_shape: [3, 0, 32]", 4, "model.input_shape", "must be >= 1"),
+    ("kernel: 3", "kernel: 3 stride: [1, 2147483647]", 5, "model.layer[0].convolution.stride",
+     r"stride \(1, 2147483647\) is larger than the padded input \(32, 32\)"),
+    ("  layer { conv", '  layer { image_input { height: 32 width: 32 nb_channel: 3 dtype: "int32" } }\n'
+     "  layer { conv", 5, "model.layer[0].image_input.dtype", "must be float32 or float64, got int32"),
+])
+def test_values_that_make_no_sense_fail_at_their_line_and_field(old, new, line, field, problem):
+    assert old in SANE
+    with pytest.raises(ConfigError, match=problem) as info:
+        job_from_text(SANE.replace(old, new, 1), "s.conf", check_data=False)
+    assert (info.value.location, info.value.field) == (f"s.conf:{line}", field)
+
+
+def test_param_shapes_are_what_build_allocates():
+    model = every_option_model()
+    walk = model.shapes((2, 12, 10))
+    expected = [layer.param_shapes(shape_in) for layer, (shape_in, _) in zip(model.layers, walk)]
+    model.build()
+    assert expected == [{p.name: p.data.shape for p in layer.params} for layer in model.layers]
+    bn = nnkit.BatchNormalization()
+    bn.build((4, 3, 3))
+    assert bn.param_shapes((4, 3, 3)) == {p.name: p.data.shape for p in bn.params} == {
+        "weight": (4,), "bias": (4,)}
+
+
+def test_a_model_needing_more_memory_than_the_limit_is_refused_unallocated(monkeypatch):
+    text = SANE.replace("nb_filter: 2", "nb_filter: 20000000")  # the dense weight: 1.8e11 values
+    with pytest.raises(ConfigError, match=r"would need at least 2,.* GiB .*NNKIT_MAX_MODEL_BYTES") as info:
+        job_from_text(text, "s.conf", check_data=False)
+    assert (info.value.location, info.value.field) == ("s.conf:8", "model.layer[3]")  # the largest
+    # Validation allocates nothing (2 TB here): with a limit above the need it passes.
+    job_from_text(text, "s.conf", check_data=False, max_model_bytes=10**13)
+    # The parameter count in the message is exact: what the built model has.
+    monkeypatch.setenv("NNKIT_MAX_MODEL_BYTES", "1000")
+    with pytest.raises(ConfigError, match="would need") as info:
+        load_job(EXAMPLES / "cifar10_cnn.conf", check_data=False)
+    monkeypatch.delenv("NNKIT_MAX_MODEL_BYTES")
+    model = load_job(EXAMPLES / "cifar10_cnn.conf", check_data=False).build_model()
+    assert f"({sum(p.data.size for p in model.params):,} parameters" in str(info.value)
+    for bad in ("lots", "-5", "0", "1e999"):
+        monkeypatch.setenv("NNKIT_MAX_MODEL_BYTES", bad)
+        with pytest.raises(ConfigError, match="must be a number of bytes") as info:
+            job_from_text(SANE, "s.conf", check_data=False)
+        assert info.value.location == "$NNKIT_MAX_MODEL_BYTES"
+
+
+def test_a_stored_job_too_large_is_refused_before_its_model_is_built(monkeypatch):
+    model = Sequential([Dense(3), Dense(2)], input_shape=(4,))
+    text = text_format.MessageToString(model.to_proto())
+    monkeypatch.setenv("NNKIT_MAX_MODEL_BYTES", "100")  # the model: 23 parameters, 2 copies
+    with pytest.raises(ConfigError, match=r"\(23 parameters") as info:
+        model_from_proto(text, "ckpt.h5 (stored job)")
+    assert info.value.location.startswith("ckpt.h5 (stored job):")
+    assert model_from_proto(text, max_model_bytes=10**6).layers[0].output_dim == 3
+
+
+# ================================================================= files that are not configs
+@pytest.fixture
+def time_bound():
+    """Fails the test instead of hanging it (reading a FIFO blocked forever before)."""
+    def expire(signum, frame):
+        raise TimeoutError("blocked for 10 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_files_that_are_not_regular_or_too_large_or_not_utf8_are_refused(tmp_path, time_bound):
+    fifo = tmp_path / "job.conf"
+    os.mkfifo(fifo)
+    cases = [(fifo, "it is a FIFO \\(named pipe\\), not a regular file"),
+             ("/dev/zero", "it is a character device, not a regular file"),
+             (tmp_path, "it is a directory, not a regular file"),
+             (tmp_path / "missing.conf", "cannot read the job config: No such file or directory")]
+    big = tmp_path / "big.conf"
+    with open(big, "wb") as f:
+        f.truncate(16 * 2**20 + 1)  # sparse: no time or disk spent
+    cases.append((big, "larger than 16777216 bytes"))
+    for path, problem in cases:
+        with pytest.raises(ConfigError, match=problem) as info:
+            load_job(path, check_data=False)
+        assert info.value.location == str(path)
+    latin1 = tmp_path / "latin1.conf"
+    latin1.write_bytes(b'# ok\nname: "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text: byte 0xe9 at byte offset 15") as info:
+        load_job(latin1, check_data=False)
+    assert info.value.location == f"{latin1}:2"
+    with pytest.raises(ConfigError, match=r"<proto>:1: not UTF-8 text: byte 0xff at byte offset 6"):
+        model_from_proto(b'name: \xff"\n')
+    bom = tmp_path / "bom.conf"
+    bom.write_bytes(b"\xef\xbb\xbf" + (EXAMPLES / "mnist_mlp.conf").read_bytes())
+    assert load_job(bom, check_data=False).name == "mnist_mlp"  # an editor's byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbf# x\n\xff")  # offsets count the mark: they are the file's
+    with pytest.raises(ConfigError, match=r"bom\.conf:2: not UTF-8 text: byte 0xff at byte offset 7"):
+        load_job(bom, check_data=False)

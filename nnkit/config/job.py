@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,10 +21,9 @@ from ..layers.input import _InputLayer
 from ..model import Sequential
 from ..proto import JobConf
 from .overrides import apply_override
-from .schema import DEFAULT_MODEL_NAME, build_model_from_job, updater_from_conf
-from .text import ConfigError, Origins, Where, parse_job
-
-DEFAULT_BATCH_SIZE = 32
+from .schema import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL_NAME, build_model_from_job,
+                     check_input_shape, check_model_memory, shape_walk, updater_from_conf)
+from .text import Origins, Where, parse_job, read_config_file
 
 class Job:
     """A validated job config: builds the model, updater and data, and prints itself.
@@ -97,28 +97,34 @@ class Job:
         return updater_from_conf(self.proto.updater, self._where.child("updater"))
 
     # ------------------------------------------------------------------ validation
-    def validate(self, check_data: bool = True) -> None:
+    def validate(self, check_data: bool = True, max_model_bytes: int | None = None) -> None:
         """Checks everything that can be checked without training; raises ConfigError.
 
-        The model must build and its shapes fit together and fit the data; the updater and
-        schedule must be consistent; with ``check_data`` the data folder and files must exist.
+        The model must build and its shapes fit together and fit the data, and it must need
+        at most ``max_model_bytes`` (default: ``$NNKIT_MAX_MODEL_BYTES`` or 4 GiB, see
+        :func:`~nnkit.config.schema.check_model_memory`); the updater and schedule must be
+        consistent; with ``check_data`` the data folder and files must exist
+        (:meth:`load_data` checks that anyway, with the same error). Nothing is allocated.
         """
         model = build_model_from_job(self.proto, self._where, compile_always=True)
-        self._check_shapes(model)
+        walk = self._check_shapes(model)
+        check_model_memory(model, walk, self._where.child("model"), max_model_bytes)
         if self.proto.HasField("data"):
             self._check_data(check_data)
         self._check_run()
         self._validated_model = model  # build once: build_model hands this one out first
 
-    def _check_shapes(self, model: Sequential) -> None:
-        """Runs the input shape through every layer's output_shape (no parameters allocated)."""
+    def _check_shapes(self, model: Sequential) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Runs the input shape through every layer's output_shape (no parameters allocated);
+        returns the walk, ``(input shape, output shape)`` per layer."""
         mwhere = self._where.child("model")
         shape = self.input_shape()
         if shape is None:
             raise mwhere.error("the input shape is unknown: give model.input_shape, start with "
                                "an image_input layer, or name a known data.dataset", "input_shape")
+        check_input_shape(shape, mwhere)  # before comparing sizes: a 0 would just not match
         info = self.dataset_info()
-        if info is not None and int(np.prod(info[0])) != int(np.prod(shape)):
+        if info is not None and math.prod(info[0]) != math.prod(shape):  # exact: no int64 wrap
             raise mwhere.error(f"the model takes inputs of shape {shape} but "
                                f"{self.proto.data.dataset} examples have shape {info[0]}",
                                "input_shape" if self.proto.model.input_shape else None)
@@ -136,12 +142,8 @@ class Job:
             if first.input_shape is not None and tuple(first.input_shape) != shape:
                 raise mwhere.child("layer", 0).error(
                     f"the input layer's shape {first.input_shape} differs from model.input_shape {shape}")
-        try:  # the model's layers are one to one with the config's
-            shape = model.shapes(shape)[-1][1]
-        except (TypeError, ValueError) as e:
-            at = mwhere.child("layer", e.layer_index)
-            raise at.error(f"does not fit its input of shape (batch, "
-                           f"{', '.join(map(str, e.input_shape))}): {e}") from None
+        walk = shape_walk(model, shape, mwhere)  # the model's layers are one to one with the config's
+        shape = walk[-1][1]
         last = mwhere.child("layer", len(self.proto.model.layer) - 1)
         if model.loss_layer.lossname == "softmaxloss":
             if len(shape) != 1:
@@ -155,6 +157,7 @@ class Job:
                     raise mwhere.child("metric", i).error(
                         f"top{metric.topk}_accuracy needs at least {metric.topk} classes, the model "
                         f"outputs {shape[0]}")
+        return walk
 
     def _check_data(self, check_paths: bool) -> None:
         data = self.proto.data
@@ -187,12 +190,21 @@ class Job:
                     raise swhere.error(f"must be >= 1, got {getattr(src, name)}", name)
             if which == "test" and src.HasField("shuffle"):
                 raise swhere.error("the test source is never shuffled", "shuffle")
-            if check_paths:
-                for i, path in enumerate(src.file):
-                    if not Path(path).is_file():
-                        raise swhere.child("file", i).error(f"no such file: {path}")
-        needs_folder = any(not getattr(data, w).file for w in ("train", "test") if data.HasField(w))
-        if check_paths and needs_folder and not data.download:
+        if check_paths:
+            self._check_data_paths()
+
+    def _check_data_paths(self, sources: Sequence[str] = ("train", "test")) -> None:
+        """The files of ``sources``, and the data folder if one reads from it, exist
+        (checked when a source is loaded, or by ``validate(check_data=True)``)."""
+        data = self.proto.data
+        dwhere = self._where.child("data")
+        sources = [w for w in sources if data.HasField(w)]
+        for which in sources:
+            for i, path in enumerate(getattr(data, which).file):
+                if not Path(path).is_file():
+                    raise dwhere.child(which).child("file", i).error(f"no such file: {path}")
+        needs_folder = any(not getattr(data, w).file for w in sources)
+        if needs_folder and not data.download:
             folder = Path(data.dir) if data.HasField("dir") else datasets.default_data_dir()
             if not folder.is_dir():
                 hint = "" if data.HasField("dir") else (
@@ -240,6 +252,7 @@ class Job:
     def _raw(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """Images (N, C, H, W) and labels (N,) of a source, as read (cached)."""
         if which not in self._raw_cache:
+            self._check_data_paths([which])  # the clear file:line error before any reader runs
             data = self.proto.data
             src = getattr(data, which)
             try:
@@ -256,25 +269,28 @@ class Job:
 
 
 def load_job(path: str | os.PathLike, overrides: Iterable[str] = (), data_dir: str | None = None,
-             check_data: bool = True) -> Job:
+             check_data: bool = False, max_model_bytes: int | None = None) -> Job:
     """Reads, overrides and validates a text-format job config; raises ConfigError if unusable.
 
+    Parsing and validating need no data: the data folder and files are checked when the data
+    is loaded (:meth:`Job.load_data`), with the same error naming file:line.
+
     Args:
-        path: the config file.
+        path: the config file: a regular file of at most 16 MiB of UTF-8 text (see
+            :func:`~nnkit.config.text.read_config_file`).
         overrides: ``key=value`` items applied after parsing (see :func:`apply_override`).
         data_dir: if given, replaces ``data.dir``.
-        check_data: also check that the data folder and files exist.
+        check_data: also check now that the data folder and files exist.
+        max_model_bytes: refuse a model needing more memory (see :meth:`Job.validate`).
     """
     path = os.fspath(path)
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, "", f"cannot read the job config: {e.strerror or e}") from None
-    return job_from_text(text, path, overrides, data_dir, check_data)
+    return job_from_text(read_config_file(path), path, overrides, data_dir, check_data,
+                         max_model_bytes)
 
 
 def job_from_text(text: str, source: str = "<string>", overrides: Iterable[str] = (),
-                  data_dir: str | None = None, check_data: bool = True) -> Job:
+                  data_dir: str | None = None, check_data: bool = False,
+                  max_model_bytes: int | None = None) -> Job:
     """Like :func:`load_job` for text already in memory (``source`` names it in errors)."""
     proto, origins = parse_job(text, source)
     for item in overrides:
@@ -283,5 +299,5 @@ def job_from_text(text: str, source: str = "<string>", overrides: Iterable[str] 
         proto.data.dir = os.fspath(data_dir)
         origins.overrides[(("data", 0), ("dir", 0))] = f"--data-dir {data_dir}"
     job = Job(proto, origins)
-    job.validate(check_data=check_data)
+    job.validate(check_data=check_data, max_model_bytes=max_model_bytes)
     return job

@@ -50,9 +50,11 @@ def load(path: str | os.PathLike) -> Sequential:
     """
     tree = checkpoint.load_tree(path)
     if "model" not in tree:
-        raise ValueError(f"{path}: not a model checkpoint (it has {', '.join(sorted(tree)) or 'nothing'})")
-    model = load_tree_model(tree, os.fspath(path))
-    model.trainer_for_fit().load_state_dict(tree.get("trainer") or {})
+        raise checkpoint.CheckpointError(
+            f"{path}: not a model checkpoint (it has {', '.join(sorted(tree)) or 'nothing'})")
+    with checkpoint.restoring(os.fspath(path)):  # a damaged stored config or state: one error type
+        model = load_tree_model(tree, os.fspath(path))
+        model.trainer_for_fit().load_state_dict(tree.get("trainer") or {})
     return model
 
 

@@ -8,6 +8,8 @@ is an error, which keeps the schema and the code from drifting apart unnoticed.
 from __future__ import annotations
 
 import inspect
+import math
+import os
 import re
 from typing import Any
 
@@ -17,11 +19,18 @@ from google.protobuf.message import Message
 
 from .. import updaters as updaters_module
 from ..layers import Accuracy, Layer
-from ..layers.base import conf_layer_types
+from ..layers.base import SUPPORTED_DTYPES, conf_layer_types
+from ..layers.input import _InputLayer
 from ..model import Sequential
 from ..proto import JobConf, LayerConf, ModelConf, ParamConf, UpdaterConf
-from .text import Origins, Where, parse_job
+from .text import ConfigError, Origins, Where, decode_config, parse_job
 
+#: Batch size of a data source that gives none.
+DEFAULT_BATCH_SIZE = 32
+#: Models from configs needing more memory than this are refused before anything is
+#: allocated (see :func:`check_model_memory`); ``$NNKIT_MAX_MODEL_BYTES`` overrides it.
+DEFAULT_MAX_MODEL_BYTES = 4 * 2**30
+MAX_MODEL_BYTES_ENV = "NNKIT_MAX_MODEL_BYTES"
 
 
 # ================================================================= layers, updaters: the tables
@@ -259,7 +268,13 @@ def _updater_to_conf(updater: updaters_module.Updater, conf: UpdaterConf) -> Non
 def updater_from_conf(conf: UpdaterConf, where: Where) -> updaters_module.Updater:
     """The updater an UpdaterConf describes; ConfigError at the offending line otherwise."""
     kwargs = {fd.name: _python_value(conf, fd) for fd, _ in conf.ListFields() if fd.name != "type"}
-    cls = _UPDATERS[UpdaterConf.Type.Name(conf.type)]
+    type_name = UpdaterConf.Type.Name(conf.type)
+    cls = _UPDATERS[type_name]
+    takes = set(_defaults(cls.__init__, updaters_module.Updater.__init__))
+    for name in kwargs:
+        if name not in takes:
+            raise where.error(f"updater type {type_name} does not use {name} (it takes "
+                              f"{', '.join(sorted(takes))})", name)
     if len(conf.step) != len(conf.step_lr):
         raise where.error(f"step has {len(conf.step)} entries but step_lr has "
                           f"{len(conf.step_lr)}: they pair up (step_lr[i] applies from step[i] on)",
@@ -318,8 +333,26 @@ def _metric_from_text(name: str, at: Where) -> str | Accuracy:
     return Accuracy(topk=int(m.group(1)))
 
 
+def check_numbers(msg: Message, where: Where) -> None:
+    """Raises ConfigError at the first floating-point field of ``msg`` (and the messages in
+    it) that is NaN or infinite: no setting of a job means anything as either, and an
+    infinite one only turns into NaN later, far from the line that caused it."""
+    for fd, value in msg.ListFields():
+        items = list(value) if fd.is_repeated else [value]
+        for i, item in enumerate(items):
+            at = where.child(fd.name, i if fd.is_repeated else None)
+            if fd.message_type is not None:
+                check_numbers(item, at)
+            elif fd.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT) \
+                    and not math.isfinite(item):
+                raise at.error(f"must be a finite number, got {item}")
+
+
 def build_model_from_job(job: JobConf, where: Where, compile_always: bool) -> Sequential:
     """A Sequential from a JobConf: layers, then (if described or asked) loss/metrics/updater."""
+    check_numbers(job, where)
+    if job.HasField("seed") and job.seed < 0:
+        raise where.error(f"must be >= 0, got {job.seed}", "seed")
     conf = job.model
     mwhere = where.child("model")
     if not conf.layer:
@@ -334,6 +367,11 @@ def build_model_from_job(job: JobConf, where: Where, compile_always: bool) -> Se
             model.add(layer)
         except (TypeError, ValueError) as e:
             raise at.error(str(e)) from None
+        if i == 0 and isinstance(layer, _InputLayer) and layer.dtype not in SUPPORTED_DTYPES \
+                and len(conf.layer) > 1:  # the layers above take the input layer's dtype
+            raise at.child(layer_conf.WhichOneof("type")).error(
+                f"the layers after an input layer compute in its dtype, which must be float32 "
+                f"or float64, got {layer.dtype}", "dtype")
     if compile_always or conf.HasField("loss") or conf.metric or job.HasField("updater"):
         lossname = ModelConf.Loss.Name(conf.loss)
         metrics = [_metric_from_text(m, mwhere.child("metric", i)) for i, m in enumerate(conf.metric)] \
@@ -348,20 +386,114 @@ def build_model_from_job(job: JobConf, where: Where, compile_always: bool) -> Se
     return model
 
 
-def model_from_proto(proto: JobConf | str | bytes, source: str = "<proto>") -> Sequential:
+def model_from_proto(proto: JobConf | str | bytes, source: str = "<proto>",
+                     max_model_bytes: int | None = None) -> Sequential:
     """Rebuilds a model from a JobConf (or its text format) as ``Sequential.to_proto()`` gives it.
 
     The model is compiled when the config has a loss, metrics or an updater; with the same
     seed it gets the same initial weights as the model that was converted. The data and run
     sections, if any, are kept on ``model.job``. ``source`` names the origin in errors. Raises
-    ConfigError for an invalid config.
+    ConfigError for an invalid config, or one whose model would need more memory than
+    ``max_model_bytes`` (default: see :func:`model_memory_limit`), before allocating it.
     """
     if isinstance(proto, (str, bytes)):
-        text = proto.decode() if isinstance(proto, bytes) else proto
+        text = decode_config(proto, source) if isinstance(proto, bytes) else proto
         job, origins = parse_job(text, source)
     elif isinstance(proto, JobConf):
         job, origins = proto, Origins(source)
     else:
         raise TypeError(f"model_from_proto takes a JobConf or its text, got {type(proto).__name__}")
-    return build_model_from_job(job, Where(origins), compile_always=False)
+    where = Where(origins)
+    model = build_model_from_job(job, where, compile_always=False)
+    shape = model.input_shape or model.layers[0].input_shape
+    if shape is not None:  # else the first batch tells it, and the model is sized then
+        walk = shape_walk(model, shape, where.child("model"))
+        check_model_memory(model, walk, where.child("model"), max_model_bytes)
+    return model
+
+
+# ============================================================================ model size
+def check_input_shape(input_shape: tuple[int, ...], mwhere: Where) -> None:
+    """ConfigError at ``model.input_shape`` unless every entry is >= 1."""
+    if min(input_shape, default=1) < 1:
+        raise mwhere.error(f"every entry must be >= 1, got {tuple(input_shape)}", "input_shape")
+
+
+def shape_walk(model: Sequential, input_shape: tuple[int, ...], mwhere: Where
+               ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``model.shapes(input_shape)``, a layer that does not fit its input a ConfigError at
+    its line. Nothing is allocated; the model's layers must be one to one with the config's."""
+    check_input_shape(input_shape, mwhere)
+    try:
+        walk = model.shapes(tuple(input_shape))
+    except (TypeError, ValueError) as e:
+        at = mwhere.child("layer", e.layer_index)
+        raise at.error(f"does not fit its input of shape (batch, "
+                       f"{', '.join(map(str, e.input_shape))}): {e}") from None
+    for i, (layer, (shape_in, _)) in enumerate(zip(model.layers, walk)):
+        stride, pad = getattr(layer, "stride", None), getattr(layer, "pad", None)
+        if stride is None or pad is None or len(shape_in) != 3:
+            continue
+        padded = tuple(size + 2 * p for size, p in zip(shape_in[1:], pad))
+        if any(s > size for s, size in zip(stride, padded)):
+            # One window fits whatever the stride, and pooling's scratch grows with it
+            # (a stride of 2**31 would take 64 GiB).
+            raise mwhere.child("layer", i).child(layer.conf_field).error(
+                f"stride {stride} is larger than the padded input {padded}: one window fits "
+                f"whatever the stride; give at most the padded size", "stride")
+    return walk
+
+
+def model_memory_limit(limit: int | None = None) -> int:
+    """The memory limit of models from configs: ``limit``, else ``$NNKIT_MAX_MODEL_BYTES``
+    (a whole number of bytes), else :data:`DEFAULT_MAX_MODEL_BYTES` (4 GiB)."""
+    if limit is not None:
+        return int(limit)
+    text = os.environ.get(MAX_MODEL_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_MODEL_BYTES
+    try:
+        value = int(float(text)) if re.fullmatch(r"\d+(\.\d*)?(e\d+)?", text) else -1
+    except OverflowError:
+        value = -1
+    if value < 1:
+        raise ConfigError(f"${MAX_MODEL_BYTES_ENV}", "", f"must be a number of bytes >= 1 "
+                          f"(e.g. 4e9), got {text!r}")
+    return value
+
+
+def _gib(n: int) -> str:
+    """Bytes for a message: ``12.3 GiB``, ``4,096.0 GiB``, ``0.25 GiB``."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**30:.2g} GiB"
+
+
+def check_model_memory(model: Sequential, walk: list[tuple[tuple[int, ...], tuple[int, ...]]],
+                       mwhere: Where, limit: int | None = None) -> int:
+    """Refuses (ConfigError) a model that would need more than ``limit`` bytes; returns the need.
+
+    Computed before anything is allocated, from the shape walk ``walk`` (``model.shapes()``)
+    and each layer's ``param_shapes``: every parameter value takes its data, its gradient
+    and the updater's slots (momentum, Adam's two moments ...), and every layer holds its
+    output and its input gradient for one example. So this is a lower bound of a training
+    step's memory (a batch multiplies the second part), and exact in the parameters. The
+    message points at the layer that needs the most.
+    """
+    limit = model_memory_limit(limit)
+    first = model.layers[0]  # the layers compute in an input layer's dtype, else float32
+    itemsize = first.dtype.itemsize if isinstance(first, _InputLayer) else 4
+    per_value = itemsize * (2 + len(model.updater.slot_names if model.updater else ()))
+    needs, params = [], 0
+    for layer, (shape_in, shape_out) in zip(model.layers, walk):
+        count = sum(math.prod(s) for s in layer.param_shapes(shape_in).values())
+        params += count
+        needs.append(count * per_value + (math.prod(shape_in) + math.prod(shape_out)) * itemsize)
+    total = sum(needs)
+    if total > limit:
+        worst = max(range(len(needs)), key=needs.__getitem__)
+        raise mwhere.child("layer", worst).error(
+            f"the model would need at least {_gib(total)} ({params:,} parameters with their "
+            f"gradients and updater slots, and one example's activations), more than the "
+            f"limit of {_gib(limit)} (set ${MAX_MODEL_BYTES_ENV} to change it); this layer, "
+            f"from {walk[worst][0]} to {walk[worst][1]} per example, needs {_gib(needs[worst])}")
+    return total
 

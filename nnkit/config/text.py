@@ -5,13 +5,22 @@ put the value there), the field (``model.layer[3].dense.output_dim``) and the pr
 """
 from __future__ import annotations
 
+import codecs
+import io
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 from google.protobuf import text_format
 
 from ..layers.base import conf_layer_types
 from ..proto import JobConf
+
+#: Job configs larger than this are refused unread: a real one is a few kilobytes, and the
+#: limit keeps ``nnkit show /dev/zero``-like mistakes from reading until memory runs out.
+MAX_CONFIG_BYTES = 16 * 2**20
+
 
 class ConfigError(ValueError):
     """A job config that cannot be used; the message names the place, the field and the problem.
@@ -69,6 +78,74 @@ class Where:
         """A ConfigError at this position (or at its field ``field_name``)."""
         where = self.child(field_name) if field_name else self
         return ConfigError(self.origins.locate(where.path), where.label, problem)
+
+
+# ============================================================================ reading files
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file of ``mode`` is when it is not a regular file (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_regular_file(path: str | os.PathLike, what: str = "file") -> io.BufferedReader:
+    """Opens ``path`` for reading in binary mode if it is a regular file; ConfigError otherwise.
+
+    FIFOs, devices, sockets and directories are refused before opening (``os.stat``), since
+    reading them may block forever (a FIFO) or never end (``/dev/zero``). The open itself
+    uses ``O_NONBLOCK``, and the opened descriptor is checked again, so a file swapped for a
+    FIFO between the two steps cannot block either. ``what`` names the file in messages
+    ("job config", "checkpoint").
+    """
+    shown = os.fspath(path)
+    try:
+        kind = _not_regular(os.stat(shown).st_mode)
+        if kind is None:
+            fd = os.open(shown, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            kind = _not_regular(os.fstat(fd).st_mode)
+            if kind is None:
+                os.set_blocking(fd, True)  # no effect on a regular file's reads; plain again
+                return os.fdopen(fd, "rb")
+            os.close(fd)
+    except OSError as e:
+        raise ConfigError(shown, "", f"cannot read the {what}: {e.strerror or e}") from None
+    raise ConfigError(shown, "", f"cannot read the {what}: it is {kind}, not a regular file")
+
+
+def decode_config(data: bytes, source: str) -> str:
+    """Config bytes as text: UTF-8 (a leading byte-order mark is dropped); ConfigError naming
+    the line and byte offset of the first byte that is not UTF-8."""
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")  # not "utf-8-sig": its offsets omit the mark
+    except UnicodeDecodeError as e:
+        offset = skip + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise ConfigError(f"{source}:{line}", "", f"not UTF-8 text: byte 0x{data[offset]:02x} "
+                          f"at byte offset {offset} ({e.reason})") from None
+
+
+def read_config_file(path: str | os.PathLike, max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The text of a job config file: a regular file of at most ``max_bytes``, UTF-8.
+
+    Raises ConfigError naming the file for anything else (missing, unreadable, not a regular
+    file, too large, not UTF-8: then with the line and byte offset).
+    """
+    shown = os.fspath(path)
+    with open_regular_file(shown, "job config") as f:
+        try:
+            data = f.read(max_bytes + 1)  # one byte more tells a file that grew past the limit
+        except OSError as e:
+            raise ConfigError(shown, "", f"cannot read the job config: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise ConfigError(shown, "", f"the job config is larger than {max_bytes} bytes: "
+                          "not a job config")
+    return decode_config(data, shown)
 
 
 # ====================================================================== text and locations

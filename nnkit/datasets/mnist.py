@@ -1,15 +1,17 @@
 """MNIST and Fashion-MNIST: the official IDX files, gzipped or not."""
 from __future__ import annotations
 
-import gzip
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 
-from ._files import dataset_dir, find_or_fetch
+from ._files import (DatasetError, check_labels, dataset_dir, find_or_fetch, max_content_size,
+                     open_data, read_exactly)
 
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
+NUM_CLASSES = 10
 
 # file stem -> sha256 of the official .gz file
 MNIST_FILES = {
@@ -29,25 +31,41 @@ FASHION_MIRRORS = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Reads an IDX image (N, rows, cols) or label (N,) file, gzipped or not, as uint8."""
+    """Reads an IDX image (N, rows, cols) or label (N,) file, gzipped or not, as uint8.
+
+    The header is checked against the file before the data is read: a plain file must be
+    exactly header + declared bytes, a gzip file must be able to hold them, and its stream is
+    read only that far (plus one byte, to refuse trailing data). Any problem is a
+    :class:`DatasetError` naming the file.
+    """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 8:
-        raise ValueError(f"{path}: too short for an IDX file ({len(raw)} bytes)")
-    magic, count = np.frombuffer(raw[:8], ">u4")
-    if magic == LABEL_MAGIC:
-        shape, offset = (int(count),), 8
-    elif magic == IMAGE_MAGIC:
-        rows, cols = np.frombuffer(raw[8:16], ">u4")
-        shape, offset = (int(count), int(rows), int(cols)), 16
-    else:
-        raise ValueError(f"{path}: not an IDX image or label file (magic 0x{int(magic):08x})")
-    expected = offset + int(np.prod(shape))
-    if len(raw) != expected:
-        raise ValueError(f"{path}: {len(raw)} bytes, expected {expected} for shape {shape}")
-    return np.frombuffer(raw, np.uint8, offset=offset).reshape(shape)
+    with open_data(path) as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise DatasetError(f"{path}: too short for an IDX file ({len(head)} bytes)")
+        magic, count = struct.unpack(">II", head)
+        if magic == LABEL_MAGIC:
+            shape: tuple[int, ...] = (count,)
+        elif magic == IMAGE_MAGIC:
+            dims = f.read(8)
+            if len(dims) < 8:
+                raise DatasetError(f"{path}: too short for an IDX image file ({8 + len(dims)} "
+                                   "bytes, its header alone is 16)")
+            shape = (count, *struct.unpack(">II", dims))
+        else:
+            raise DatasetError(f"{path}: not an IDX image or label file (magic 0x{magic:08x})")
+        header = 4 * (1 + len(shape))
+        expected = count * int(np.prod(shape[1:], dtype=np.int64))  # Python int: no overflow
+        room = max_content_size(f, path) - header
+        if path.suffix == ".gz" and expected > room:
+            raise DatasetError(f"{path}: the header declares shape {shape} ({expected} bytes), "
+                               f"more than a gzip file of {os.fstat(f.fileno()).st_size} bytes "
+                               "can hold")
+        if path.suffix != ".gz" and expected != room:
+            raise DatasetError(f"{path}: {header + room} bytes, expected {header + expected} "
+                               f"for shape {shape}, as the header declares")
+        data = read_exactly(f, expected, path, f"shape {shape} (from the header)")
+    return np.frombuffer(data, np.uint8).reshape(shape)
 
 
 def _load(data_dir, subdir: str, files: dict[str, str], mirrors: list[str], split: str,
@@ -56,15 +74,21 @@ def _load(data_dir, subdir: str, files: dict[str, str], mirrors: list[str], spli
         raise ValueError(f"{what}: split must be 'train' or 'test', got {split!r}")
     folder = dataset_dir(data_dir, subdir)
     prefix = "train" if split == "train" else "t10k"
-    arrays = []
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+    arrays, paths = [], []
+    for kind, ndim in (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1)):
         stem = f"{prefix}-{kind}"
         path = find_or_fetch(folder, [stem + ".gz", stem], [m + stem + ".gz" for m in mirrors],
                              files[stem], download, what)
         arrays.append(read_idx(path))
+        paths.append(path)
+        if arrays[-1].ndim != ndim:  # e.g. a label file saved under the image file's name
+            raise DatasetError(f"{path}: an IDX {'image' if ndim == 3 else 'label'} file was "
+                               f"expected, this one holds shape {arrays[-1].shape}")
     images, labels = arrays
+    check_labels(labels, NUM_CLASSES, paths[1])
     if len(images) != len(labels):
-        raise ValueError(f"{what} {split}: {len(images)} images but {len(labels)} labels in {folder}")
+        raise DatasetError(f"{what} {split}: {len(images)} images in {paths[0]} but "
+                           f"{len(labels)} labels in {paths[1]}")
     return images, labels
 
 

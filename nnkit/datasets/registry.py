@@ -6,8 +6,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ._files import check_labels
 from .cifar import load_cifar10, read_cifar_bin
-from .mnist import load_fashion_mnist, load_mnist, read_idx
+from .mnist import NUM_CLASSES, load_fashion_mnist, load_mnist, read_idx
 
 Loader = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -48,11 +49,12 @@ def read_files(dataset: str, files: Sequence[str]) -> tuple[np.ndarray, np.ndarr
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     arrays = [read_idx(f) for f in files]
     images = [a for a in arrays if a.ndim > 1]
-    labels = [a for a in arrays if a.ndim == 1]
+    labels = [(a, f) for a, f in zip(arrays, files) if a.ndim == 1]
     if len(images) != 1 or len(labels) != 1:
         raise ValueError(f"{dataset}: expected one IDX image file and one IDX label file, got "
                          f"{len(images)} image and {len(labels)} label files: {list(files)}")
-    return images[0], labels[0]
+    check_labels(labels[0][0], NUM_CLASSES, labels[0][1])
+    return images[0], labels[0][0]
 
 
 def read_source(dataset: str, data_dir: str | os.PathLike | None = None, split: str = "train",

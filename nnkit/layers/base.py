@@ -162,6 +162,12 @@ class Layer:
         """The per-example output shape for a per-example input shape (no batch axis)."""
         return tuple(input_shape)
 
+    def param_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The shape of each parameter ``build`` creates for ``input_shape``, by name, without
+        allocating anything (configs size a model before building it). Layers with
+        parameters override it, and their ``create_params`` allocates these shapes."""
+        return {}
+
     def require_images(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
         """Returns ``(C, H, W)``; raises naming the layer unless the input is a batch of images."""
         if len(input_shape) != 3:
@@ -304,19 +310,32 @@ def pair(value: Any, what: str, minimum: int, owner: str) -> tuple[int, int]:
 
 
 def param_specs(prefix: str, init: str | None, kwargs: dict[str, Any],
-                default: initializers.InitSpec) -> tuple[initializers.InitSpec, float, float]:
+                default: initializers.InitSpec, owner: str = "") -> tuple[initializers.InitSpec, float, float]:
     """Reads ``{prefix}_std``, ``{prefix}_lr`` ... from a layer's keyword arguments.
 
     Returns the init spec and the lr and wd multipliers. ``init`` applies to the weight
     (``prefix == 'w'``); without it the kind is inferred from the values given
     (``w_std``/``w_mean`` mean gaussian, ``w_value`` constant, ``w_low``/``w_high`` uniform).
+    Raises ValueError naming ``owner`` (the layer) and the argument for a value out of range.
     """
     values = {k: kwargs.pop(f"{prefix}_{k}") for k in ("std", "mean", "low", "high", "value")
               if f"{prefix}_{k}" in kwargs}
-    lr_mult = float(kwargs.pop(f"{prefix}_lr", 1.0))
-    wd_mult = float(kwargs.pop(f"{prefix}_wd", 1.0))
-    spec = initializers.spec_from(init, values, default)
+    lr, wd = kwargs.pop(f"{prefix}_lr", 1.0), kwargs.pop(f"{prefix}_wd", 1.0)
+    try:
+        lr_mult, wd_mult = _multiplier(f"{prefix}_lr", lr), _multiplier(f"{prefix}_wd", wd)
+        spec = initializers.spec_from(init, values, default, prefix)
+    except ValueError as e:
+        raise ValueError(f"{owner}: {e}" if owner else str(e)) from None
     return spec, lr_mult, wd_mult
+
+
+def _multiplier(name: str, value: Any) -> float:
+    """A learning-rate or weight-decay multiplier: a finite number >= 0 (a negative one
+    would climb the loss, or make the decay grow the weights)."""
+    v = float(value)
+    if not 0.0 <= v < float("inf"):  # also rejects NaN
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
 
 
 def reject_unknown(layer_type: str, kwargs: dict[str, Any]) -> None:

@@ -89,8 +89,8 @@ class Convolution2D(Layer):
         self._param_kwargs = dict(param_kwargs)  # kept verbatim for get_config
         self._x: np.ndarray | None = None  # the last forward's input, for backward
         kwargs = dict(param_kwargs)
-        self._w_spec = param_specs("w", init, kwargs, initializers.UNIFORM)
-        self._b_spec = param_specs("b", None, kwargs, initializers.ZERO)
+        self._w_spec = param_specs("w", init, kwargs, initializers.UNIFORM, owner)
+        self._b_spec = param_specs("b", None, kwargs, initializers.ZERO, owner)
         reject_unknown(owner, kwargs)
 
     def get_config(self) -> dict[str, Any]:
@@ -112,17 +112,23 @@ class Convolution2D(Layer):
                 f"pad {self.pad})")
         return self.nb_filter, oh, ow
 
+    def param_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Weight (F, C, kh, kw), bias (F,) for an input (C, H, W)."""
+        shapes = {"weight": (self.nb_filter, input_shape[0], *self.kernel)}
+        if self.bias:
+            shapes["bias"] = (self.nb_filter,)
+        return shapes
+
     def create_params(self, input_shape: tuple[int, ...], dtype: np.dtype,
                       rng: np.random.Generator) -> None:
         """Weight (F, C, kh, kw) with fan_in C*kh*kw and fan_out F*kh*kw; bias (F,)."""
         c = input_shape[0]
         kh, kw = self.kernel
         fan_in, fan_out = c * kh * kw, self.nb_filter * kh * kw
-        specs = [("weight", self._w_spec, (self.nb_filter, c, kh, kw))]
-        if self.bias:
-            specs.append(("bias", self._b_spec, (self.nb_filter,)))
+        specs = {"weight": self._w_spec, "bias": self._b_spec}
         self.params = []
-        for pname, (spec, lr_mult, wd_mult), shape in specs:
+        for pname, shape in self.param_shapes(input_shape).items():
+            spec, lr_mult, wd_mult = specs[pname]
             p = Param(self, pname, spec, lr_mult, wd_mult)
             p.allocate(shape, dtype, fan_in, fan_out, rng)
             self.params.append(p)

@@ -7,6 +7,7 @@ rows keeps each part's share of the weight matrix, the big operand, to itself.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,8 @@ class Dense(Layer):
         self.init = init
         self.use_bias = bool(bias)
         self._param_kwargs = dict(param_kwargs)
-        w_spec, w_lr, w_wd = param_specs("w", init, param_kwargs, initializers.UNIFORM)
-        b_spec, b_lr, b_wd = param_specs("b", None, param_kwargs, initializers.ZERO)
+        w_spec, w_lr, w_wd = param_specs("w", init, param_kwargs, initializers.UNIFORM, self.describe())
+        b_spec, b_lr, b_wd = param_specs("b", None, param_kwargs, initializers.ZERO, self.describe())
         reject_unknown("Dense", param_kwargs)
         self.params = [Param(self, "weight", w_spec, w_lr, w_wd)]
         if self.use_bias:
@@ -56,12 +57,17 @@ class Dense(Layer):
                              f"per-example shape {input_shape}")
         return (self.output_dim,)
 
+    def param_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Weight (output_dim, input features), bias (output_dim,)."""
+        shapes = {"weight": (self.output_dim, math.prod(input_shape)), "bias": (self.output_dim,)}
+        return {p.name: shapes[p.name] for p in self.params}
+
     def create_params(self, input_shape: tuple[int, ...], dtype: np.dtype,
                       rng: np.random.Generator) -> None:
-        fan_in = int(np.prod(input_shape))
-        shapes = [(self.output_dim, fan_in), (self.output_dim,)]
-        for p, shape in zip(self.params, shapes):
-            p.allocate(shape, dtype, fan_in, self.output_dim, rng)
+        shapes = self.param_shapes(input_shape)
+        fan_in = shapes["weight"][1]
+        for p in self.params:
+            p.allocate(shapes[p.name], dtype, fan_in, self.output_dim, rng)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._x = x.reshape(x.shape[0], -1)

@@ -77,10 +77,18 @@ class LRN2D(Layer):
         if norm_region == "within_channel" and size % 2 == 0:
             # The box is centred on the pixel: an even side has no centre.
             raise self.error(f"norm_region 'within_channel' needs an odd size, got {size}")
+        alpha, beta, k = float(alpha), float(beta), float(k)
+        if not 0.0 <= alpha < float("inf"):  # these comparisons also reject NaN
+            raise self.error(f"alpha must be a finite number >= 0, got {alpha}")
+        if not -float("inf") < beta < float("inf"):
+            raise self.error(f"beta must be finite, got {beta}")
+        if not 0.0 < k < float("inf"):
+            # k > 0 keeps the divisor positive: an all-zero window would divide by k ** beta.
+            raise self.error(f"k must be a finite number > 0, got {k}")
         self.size = int(size)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.k = float(k)
+        self.alpha = alpha
+        self.beta = beta
+        self.k = k
         self.norm_region = norm_region
         self._x: np.ndarray | None = None
 
@@ -213,12 +221,17 @@ class BatchNormalization(Layer):
                              f"of shape (batch, {', '.join(map(str, input_shape))})")
         return tuple(input_shape)
 
+    def param_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Weight and bias, one value per channel (the running statistics are state)."""
+        return {p.name: (input_shape[0],) for p in self.params}
+
     def create_params(self, input_shape: tuple[int, ...], dtype: np.dtype,
                       rng: np.random.Generator) -> None:
         """Allocates weight and bias and the running statistics, one value per channel."""
         channels = input_shape[0]
+        shapes = self.param_shapes(input_shape)
         for p in self.params:
-            p.allocate((channels,), dtype, channels, channels, rng)
+            p.allocate(shapes[p.name], dtype, channels, channels, rng)
         self.add_state("moving_mean", np.zeros(channels, dtype))
         self.add_state("moving_variance", np.ones(channels, dtype))
 

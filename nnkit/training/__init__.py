@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
                           command_reference, find_command, make_command)
     from .events import EventBus, JsonlWriter, find_answer, follow, read_jsonl
     from .process import ProcessRun, serve_child
-    from .run import RunHandle, TrainingRun, attach_channel
+    from .run import RunHandle, TrainingRun, attach_channel, live_runs
     from .trainer import Trainer, split_validation
 
 #: The module of each public name.
@@ -34,7 +34,7 @@ _HOMES = {
                      "command_reference", "find_command", "make_command"), "control"),
     **dict.fromkeys(("EventBus", "JsonlWriter", "find_answer", "follow", "read_jsonl"), "events"),
     **dict.fromkeys(("ProcessRun", "serve_child"), "process"),
-    **dict.fromkeys(("RunHandle", "TrainingRun", "attach_channel"), "run"),
+    **dict.fromkeys(("RunHandle", "TrainingRun", "attach_channel", "live_runs"), "run"),
     **dict.fromkeys(("Trainer", "split_validation"), "trainer"),
 }
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
+from . import checkpoints
+
 if TYPE_CHECKING:
     from .trainer import Trainer
 
@@ -26,7 +28,39 @@ Logs = dict[str, Any]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training stopped because the loss became NaN or infinite."""
+    """Training stopped because a batch's loss, a gradient or an updated parameter became NaN
+    or infinite.
+
+    Attributes (None when the raiser did not know them):
+        what: ``'input'`` or ``'target'`` (the batch's data), ``'loss'``, ``'gradient'`` (before
+            any update) or ``'parameter'`` (after the update).
+        where: the full name (``layer/param``) of the first non-finite gradient or parameter,
+            or the example of the batch (``example 5 of the batch``).
+        value: the non-finite loss.
+        step: the updater step of the bad batch (1-based).
+        restored: True if the model is as it was before the bad batch (parameters, updater
+            state, layer state and RNGs); False if the bad update could not be undone (or the
+            raiser does not say).
+        checkpoint: the checkpoint of the last good state written for this failure, if any.
+    """
+
+    def __init__(self, message: str, *, what: str | None = None, where: str | None = None,
+                 value: float | None = None, step: int | None = None, restored: bool = False,
+                 checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.what, self.where, self.value, self.step = what, where, value, step
+        self.restored, self.checkpoint = restored, checkpoint
+
+    def problem(self) -> str:
+        """What went non-finite, in words: ``loss is nan``, ``the gradient of dense_1/weight is
+        not finite``, ``dense_1/weight is not finite after the update``."""
+        if self.what in ("input", "target"):
+            return f"the {self.what} is not finite ({self.where})"
+        if self.what == "gradient":
+            return f"the gradient of {self.where} is not finite"
+        if self.what == "parameter":
+            return f"{self.where} is not finite after the update"
+        return f"loss is {self.value}" if self.value is not None else str(self)
 
 
 class Callback:
@@ -146,8 +180,11 @@ class History(Callback):
 class TerminateOnNaN(Callback):
     """Stops the run with :class:`NonFiniteLossError` when a batch loss is NaN or infinite.
 
-    The error names the epoch and batch. It is raised from the batch hook, so no checkpoint
-    is written after the bad batch: the last one on disk stays the last good one.
+    A safety net for models whose ``train_on_batch`` does not check itself: a
+    :class:`~nnkit.Sequential` raises before its update (and the Trainer then applies its
+    ``on_nonfinite`` policy), so this hook never sees a non-finite loss from one. Here the
+    update has already happened: the error names the epoch and batch, and is raised from the
+    batch hook, so no checkpoint is written after the bad batch.
     """
 
     def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
@@ -253,31 +290,46 @@ class ModelCheckpoint(Callback):
     """Writes a full, resumable checkpoint every ``every_n_batches`` or ``every_n_epochs``.
 
     ``filepath`` may use ``{epoch}``, ``{batch}``, ``{step}`` and any epoch log key, e.g.
-    ``"ckpt-{epoch:03d}-{val_loss:.3f}.h5"`` (epochs count from 1 here). With
-    ``save_best_only``, an epoch checkpoint is written only when ``monitor`` improved.
-    Writes are atomic: a crash mid-save leaves the previous file intact.
+    ``"ckpt-{epoch:03d}-{val_loss:.3f}.h5"`` (epochs count from 1 here). Without ``filepath``
+    the checkpoints go into the run directory (``fit(run_dir=...)``): the run directory's
+    checkpoint (``checkpoint-<step>.h5``, rotated, when the trainer has ``keep_checkpoints``),
+    or with ``save_best_only`` a ``best-<step>.h5`` file, kept apart and never rotated away
+    (:mod:`nnkit.training.checkpoints`). With ``save_best_only``, an epoch checkpoint is
+    written only when ``monitor`` improved. Writes are atomic: a crash mid-save leaves the
+    previous file intact.
     """
 
-    def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss",
+    def __init__(self, filepath: str | os.PathLike | None = None, monitor: str = "val_loss",
                  save_best_only: bool = False, mode: str = "auto",
                  every_n_epochs: int | None = 1, every_n_batches: int | None = None) -> None:
-        self.filepath = os.fspath(filepath)
+        self.filepath = None if filepath is None else os.fspath(filepath)
         self.save_best_only = save_best_only
         self.every_n_epochs = every_n_epochs
         self.every_n_batches = every_n_batches
         self._monitor = _BestValue(monitor, mode, 0.0)
         self.last_saved: str | None = None
 
-    def _save(self, **fields: Any) -> None:
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        # Fail before training, not at the first save.
+        if self.filepath is None and self.trainer.run_dir is None:
+            raise ValueError("ModelCheckpoint() without a filepath writes into the run directory: "
+                             "give fit run_dir=..., or a filepath")
+
+    def _save(self, fields: Logs, best: bool = False) -> None:
         t = self.trainer
-        path = self.filepath.format(epoch=t.current_epoch + 1, batch=t.batch_cursor,
-                                    step=t.global_step, **fields)
-        t.save_checkpoint(path)
-        self.last_saved = path
+        if self.filepath is not None:
+            path = self.filepath.format(epoch=t.current_epoch + 1, batch=t.batch_cursor,
+                                        step=t.global_step, **fields)
+        elif best:
+            path = checkpoints.best_checkpoint_path(t.run_dir, t.global_step)
+        else:
+            path = None  # the trainer names and rotates the run directory's checkpoint
+        saved = t.save_checkpoint(path)
+        self.last_saved = path if isinstance(path, str) else str(saved)  # the formatted name as given
 
     def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         if self.every_n_batches and self.trainer.global_step % self.every_n_batches == 0:
-            self._save(**{k: v for k, v in (logs or {}).items() if k != "batch"})
+            self._save({k: v for k, v in (logs or {}).items() if k != "batch"})
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         if not self.every_n_epochs or (epoch + 1) % self.every_n_epochs:
@@ -286,7 +338,7 @@ class ModelCheckpoint(Callback):
             value = self._monitor.value(logs)
             if value is None or not self._monitor.improved(value):
                 return
-        self._save(**(logs or {}))
+        self._save(logs or {}, best=self.save_best_only)
 
 
 class EarlyStopping(Callback):

@@ -259,6 +259,10 @@ def find_command(name: Any) -> Command:
     return entry
 
 
+#: How much of the command file's start is remembered to tell a rewritten file from a grown one.
+_HEAD_BYTES = 256
+
+
 # ==================================================================== the controller
 class Controller:
     """Queues commands and applies them at the Trainer's safe points.
@@ -277,17 +281,27 @@ class Controller:
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         # Commands already in the file belong to an earlier run in this directory: skip them.
         self._file_offset = 0
+        self._file_identity: tuple[int, int] | None = None  # (device, inode) read from
+        self._file_head = b""  # its first bytes, to notice a truncate-and-rewrite
         if self.command_file is not None and self.command_file.exists():
-            self._file_offset = self.command_file.stat().st_size
+            stat = self.command_file.stat()
+            self._file_offset, self._file_identity = stat.st_size, (stat.st_dev, stat.st_ino)
         self.paused = False
         self.report_every = 1
 
     # ------------------------------------------------------------------ input
     def submit(self, command: dict[str, Any] | str, **args: Any) -> str:
-        """Queues a command (an object, or a name plus keyword args); returns its id."""
+        """Queues a command (an object, or a name plus keyword args); returns its id.
+
+        Any JSON value may stand in any field: an ``id`` that is not a string is answered under
+        its JSON text (so the answer is still findable), and the run goes on whatever it gets.
+        """
         if isinstance(command, str):
             command = make_command(command, **args)
-        command.setdefault("id", uuid.uuid4().hex[:12])
+        command = dict(command)
+        cid = command.setdefault("id", uuid.uuid4().hex[:12])
+        if not isinstance(cid, str):
+            command["id"] = json.dumps(cid, sort_keys=True, default=repr)
         self._queue.put(command)
         return command["id"]
 
@@ -312,9 +326,33 @@ class Controller:
     def _poll_file(self) -> None:
         if self.command_file is None:
             return
+        try:
+            stat = self.command_file.stat()
+        except OSError:  # deleted (or not yet made): read it from the start when it is back
+            self._file_offset, self._file_identity = 0, None
+            return
+        identity = (stat.st_dev, stat.st_ino)
+        if (identity != self._file_identity or stat.st_size < self._file_offset
+                or not self._same_head()):
+            # Rotated, replaced or truncated (and perhaps written again) while the run lives:
+            # every line there is new.
+            self._file_offset, self._file_identity, self._file_head = 0, identity, b""
         items, self._file_offset = read_jsonl(self.command_file, self._file_offset)
+        if not self._file_head and self._file_offset:
+            self._file_head = self._read_head()
         for _, value in items:
             self._submit_value(value, str(self.command_file))
+
+    def _read_head(self) -> bytes:
+        try:
+            with open(self.command_file, "rb") as f:
+                return f.read(min(self._file_offset, _HEAD_BYTES))
+        except OSError:
+            return b""
+
+    def _same_head(self) -> bool:
+        """Whether the file still starts as it did when read (a truncate-and-rewrite does not)."""
+        return not self._file_head or self._read_head().startswith(self._file_head)
 
     # ------------------------------------------------------------------ the safe point
     def safe_point(self, trainer: Any) -> None:
@@ -356,7 +394,7 @@ class Controller:
                 raise CommandError(f"args must be an object, got {type(args).__name__}")
             result = entry.handler(self, trainer, **entry.check(args))
         # A handler's own failure (a path it cannot write...) is an answer too: the run goes on.
-        except (CommandError, TypeError, ValueError, OSError) as exc:
+        except (CommandError, TypeError, ValueError, OSError, checkpoint.CheckpointError) as exc:
             self.bus.emit("error", id=cid, command=name, message=str(exc))
         else:
             self.bus.emit("ack", id=cid, command=name, step=trainer.global_step, **(result or {}))
@@ -460,11 +498,45 @@ class Controller:
             if self.run_dir is None:
                 raise CommandError("checkpoint: no path given and the run has no run directory")
             path = self.run_dir / "checkpoint.h5"
-        return {"path": str(trainer.save_checkpoint(path))}
+        return {"path": str(trainer.save_checkpoint(self.checkpoint_target(path)))}
+
+    def checkpoint_target(self, path: str | os.PathLike) -> Path:
+        """Where a ``checkpoint path=...`` command may write; CommandError if nowhere.
+
+        In a run with a run directory (commands may come from its command file) a relative
+        path resolves inside it and nothing may escape it. Whatever the run, an existing file
+        that is not an nnkit checkpoint is never replaced, and parent folders must exist.
+        """
+        target = Path(path)
+        if self.run_dir is not None:
+            root = self.run_dir.resolve()
+            target = (root / target).resolve()  # an absolute path stays itself
+            if not target.is_relative_to(root):
+                raise CommandError(f"checkpoint: {path} is outside the run directory {root}")
+        if not target.parent.is_dir():
+            raise CommandError(f"checkpoint: folder {target.parent} does not exist")
+        if target.exists() or target.is_symlink():
+            try:
+                kind = checkpoint.read_kind(target) if target.is_file() else None
+            except checkpoint.CheckpointError:
+                kind = None
+            if kind != checkpoint.CHECKPOINT_KIND:
+                raise CommandError(f"checkpoint: {target} exists and is not an nnkit checkpoint; "
+                                   "it is left alone")
+        return target
 
     @command("Stops and ends the run's thread, also when it is finished and waiting.")
     def _do_shutdown(self, trainer: Any) -> None:
         trainer.request("shutdown")
+
+    @command("Drops the batch a run paused on for a non-finite value and continues with the next "
+             "one (``resume`` retries it instead).")
+    def _do_skip(self, trainer: Any) -> dict:
+        if not self.paused:
+            raise CommandError("skip: the run is not paused")
+        skipped = trainer.skip_batch()  # refuses when the pause is not for a non-finite batch
+        self._do_resume(trainer)
+        return {"skipped": skipped}
 
 
 #: The names ``set`` takes (derived from the table; kept for code that imported it).

@@ -7,7 +7,8 @@ Every event is a flat JSON object::
 
 | type        | fields (besides the stamp)                                                  |
 |-------------|------------------------------------------------------------------------------|
-| ``status``  | ``state``: started, paused, resumed, stopped, finished, failed; ``step``    |
+| ``status``  | ``state``: started, paused, resumed, stopped, finished, failed; ``step``;   |
+|             | ``reason``: ``nonfinite`` on a pause for a non-finite batch                  |
 | ``loss``    | ``step``, ``epoch``, ``batch``, ``loss``, metrics, ``lr``, ``images_per_s`` |
 | ``train``   | ``step``, ``epoch``, ``lr``, means of loss and metrics since the last one    |
 | ``test``    | ``step``, ``epoch``, test loss and metrics (``nnkit train``'s test passes)  |
@@ -15,6 +16,9 @@ Every event is a flat JSON object::
 | ``state``   | ``step``, ``epoch``, ``hyper`` (lr, momentum, ...), ``layers`` (norms)      |
 | ``snapshot``| ``step``, ``path`` of an HDF5 file with the full parameter and grad arrays  |
 | ``heartbeat``| ``status``, ``step``, ``epoch``                                            |
+| ``nonfinite``| ``step`` (of the bad batch), ``epoch``, ``batch``, ``what`` (loss, gradient, |
+|             | parameter), ``where`` (``layer/param``), ``value``, ``last_good_step``, ``lr``, |
+|             | ``checkpoint`` (of the last good state), ``rewound``, ``message``            |
 | ``ack``     | ``id``, ``command``, ``step`` (the batch count when it took effect), result |
 | ``error``   | ``message``, and ``id``/``command`` when a command caused it                |
 
@@ -41,6 +45,7 @@ import collections
 import json
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -48,7 +53,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = ("status", "loss", "train", "test", "epoch", "state", "snapshot", "heartbeat", "ack", "error")
+EVENT_TYPES = ("status", "loss", "train", "test", "epoch", "state", "snapshot", "heartbeat", "ack", "error",
+               "nonfinite")
 
 #: The states a ``status`` event names; a run in a settled one trains no more (unless extended).
 RUNNING_STATES = ("started", "resumed")
@@ -163,7 +169,11 @@ class EventBus:
         self.last_emit = time.monotonic()
         for topic, callback in list(self._subscribers):
             if topic in ("*", event.get("type")):
-                callback(event)
+                try:
+                    callback(event)
+                except Exception as exc:  # noqa: BLE001  (a viewer's bug must not end the run)
+                    print(f"nnkit: an event subscriber failed and was skipped for this event "
+                          f"({type(exc).__name__}: {exc})", file=sys.stderr)
 
     def subscribe(self, topic: str, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Calls ``callback(event)`` for every event of type ``topic`` ('*' for all).

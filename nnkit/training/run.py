@@ -10,6 +10,7 @@ import inspect
 import os
 import textwrap
 import threading
+import weakref
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +61,18 @@ class Heartbeat:
         self._thread.join()
 
 
+_HANDLES: "weakref.WeakSet[RunHandle]" = weakref.WeakSet()  # every handle made in this process
+
+
+def live_runs() -> list["RunHandle"]:
+    """The runs (threads and child processes) started in this process that have not ended.
+
+    A background run lingers after its plan until ``shutdown``; this finds the ones a
+    caller forgot (a test suite shuts them down after every test).
+    """
+    return [run for run in list(_HANDLES) if not run._ended.is_set()]
+
+
 class _AnnounceStart(Callback):
     """Calls ``announce()`` from the fit's ``on_train_begin``: after a resume has loaded the
     checkpoint, so that the ``started`` status names the run's real step, not 0."""
@@ -82,6 +95,7 @@ class RunHandle:
 
     def _init_handle(self, bus: EventBus) -> None:
         """Sets up status tracking from the run's own status, ack and error events."""
+        _HANDLES.add(self)
         self.bus = bus
         self.status = "starting"
         self._cond = threading.Condition()
@@ -257,7 +271,8 @@ class TrainingRun(RunHandle):
                           **self._remaining()}
         except BaseException as exc:  # reported as an event; the caller's thread lives on
             self.exception = exc
-            self.bus.emit("error", message=f"{type(exc).__name__}: {exc}")
+            notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))  # where it saved
+            self.bus.emit("error", message=f"{type(exc).__name__}: {exc}{notes}")
             self._set_status("failed")
         finally:
             self._heartbeat.stop()

@@ -9,8 +9,18 @@ whoever wants the run to end (``trainer.stop()``, a callback's ``model.stop_trai
 exactly lives in ``state_dict()``: counters, the data-order cursor, the RNG states, the epoch's
 running sums and the history; together with the model's own state it makes a checkpoint.
 
+A failing run keeps its work. A batch that goes non-finite (the model raises
+:class:`NonFiniteLossError` and is left as before the batch, see
+``Sequential.train_on_batch``) writes a checkpoint of that last good state into ``run_dir``,
+then, by the ``on_nonfinite`` policy, ends the run with the error (``'stop'``) or pauses it
+at the safe point (``'pause'``) with a ``nonfinite`` event: ``resume`` retries the batch with
+the settings then in effect, ``skip`` drops it. Any other exception writes an emergency
+checkpoint of the last completed batch before it propagates, unless the model says it is
+half-updated or holds non-finite parameters.
+
 The Trainer is model-agnostic: it needs ``train_on_batch(x, y, step)``, ``evaluate``,
-``updater``, ``stop_training`` and ``checkpoint_tree()``/``restore_tree()`` from the model.
+``updater``, ``stop_training`` and ``checkpoint_tree()``/``restore_tree()`` from the model;
+it uses ``half_updated`` and ``nonfinite_param()`` when the model has them.
 """
 from __future__ import annotations
 
@@ -25,14 +35,29 @@ import numpy as np
 
 from .. import checkpoint
 from ..means import RunningMeans
-from .callbacks import Callback, CallbackList, History, ProgressBar, TerminateOnNaN
+from . import checkpoints
+from .callbacks import Callback, CallbackList, History, NonFiniteLossError, ProgressBar, TerminateOnNaN
 
-CHECKPOINT_NAME = "checkpoint.h5"
+#: The run directory's checkpoint as the end of ``fit`` and the ``checkpoint`` command name it;
+#: :meth:`Trainer.save_checkpoint` writes it as ``checkpoint-<step>.h5`` when rotating.
+CHECKPOINT_NAME = checkpoints.LEGACY_NAME
+_NOT_UNDONE = "the update could not be undone (no copy is taken when the settings did not change)"
 
 #: What may end a run, weakest first: a stronger request is never downgraded by a weaker one.
 #: ``stop`` ends the fit; ``shutdown`` also ends a lingering background run; ``interrupt`` is
 #: Ctrl-C or SIGTERM (the run checkpoints and ``nnkit train`` exits 130).
 REQUESTS = ("stop", "shutdown", "interrupt")
+
+#: What a run does with a batch that went non-finite: end with the error, or pause for commands.
+NONFINITE_POLICIES = ("stop", "pause")
+
+
+def check_policy(on_nonfinite: str) -> str:
+    """``on_nonfinite`` if it is one of :data:`NONFINITE_POLICIES`, else ValueError."""
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
+                         f"got {on_nonfinite!r}")
+    return on_nonfinite
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, split: float | tuple[float, int]
@@ -64,13 +89,23 @@ class Trainer:
             all of them, or fewer when the fit's step target comes first (what a progress
             bar counts to).
         history: the :class:`History` of epoch logs (continued across fit calls and resumes).
+        on_nonfinite: the policy for a batch that goes non-finite, ``'stop'`` or ``'pause'``
+            (``'pause'`` needs a controller: a run with a command channel).
+        last_checkpoint: ``(path, step)`` of the last checkpoint this Trainer wrote or resumed
+            from, the way back from an update that could not be undone.
     """
 
     def __init__(self, model: Any, callbacks: Iterable[Callback] = (), run_dir: str | os.PathLike | None = None,
-                 verbose: int = 1, seed: int | None = None) -> None:
+                 verbose: int = 1, seed: int | None = None, on_nonfinite: str = "stop") -> None:
         self.model = model
+        self.on_nonfinite = check_policy(on_nonfinite)
+        self.last_checkpoint: tuple[Path, int] | None = None
+        self._bad_batch: dict[str, Any] | None = None  # the non-finite batch a paused run may skip
         self.user_callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        # None: the run directory keeps one checkpoint.h5 (what fit from Python always wrote);
+        # N: checkpoint-<step>.h5 files, the newest N kept (nnkit train and the examples).
+        self.keep_checkpoints: int | None = None
         self.verbose = verbose
         self.current_epoch = 0
         self.batch_cursor = 0
@@ -138,18 +173,28 @@ class Trainer:
     def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32, epochs: int | None = None,
             steps: int | None = None, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
             validation_split: float | tuple[float, int] | None = None, shuffle: bool = True,
-            resume: str | os.PathLike | None = None) -> History:
+            resume: str | os.PathLike | None = None, on_nonfinite: str | None = None) -> History:
         """Trains on ``(x, y)``; returns the History.
 
         Without ``resume``, runs ``epochs`` more epochs and/or ``steps`` more batches (whichever
         ends first; one epoch if neither is given). With ``resume=path`` the checkpoint's
         model and trainer state are loaded first, and ``epochs``/``steps`` are totals counted
         from the start of training, so the same call that was interrupted finishes its plan.
+        ``resume='auto'`` continues from the run directory's latest checkpoint (see
+        :mod:`nnkit.training.checkpoints`), or starts afresh when it holds none. A new run
+        (nothing trained yet) refuses a run directory holding another run's checkpoints
+        unless ``resume`` is given (:class:`~nnkit.training.checkpoints.RunDirectoryInUse`).
+        ``on_nonfinite`` (``'stop'`` or ``'pause'``) replaces :attr:`on_nonfinite` if given.
         """
+        checkpoint.remove_stale_temporaries(self.run_dir)  # what saves killed mid-write left
+        resume = self._resume_point(resume)
+        if on_nonfinite is not None:
+            self.on_nonfinite = check_policy(on_nonfinite)
+        if self.on_nonfinite == "pause" and self.controller is None:
+            raise ValueError("fit: on_nonfinite='pause' needs a run that takes commands "
+                             "(fit with run_dir= or background=True)")
         if resume is not None:
-            tree = checkpoint.load_tree(resume)
-            self.model.restore_tree(tree["model"], os.fspath(resume))
-            self.load_state_dict(tree.get("trainer", {}))
+            self._load_checkpoint(resume)
             self.target_epoch, self.target_step = epochs, steps
         else:
             if epochs is None and steps is None:
@@ -187,14 +232,24 @@ class Trainer:
                     self._count_batches(len(x))
                     cbs.on_epoch_begin(self.current_epoch, {})
                     epoch_open = True
+                elif self.example_cursor >= len(x):  # ``skip`` dropped the epoch's last batch
+                    self._end_epoch(cbs, validation_data, self.batch_size)
+                    epoch_open = False
+                    continue
                 self._count_batches(len(x))  # the batch size may have changed at the safe point
                 idx = order[self.example_cursor:self.example_cursor + self.batch_size]
                 batch = self.batch_cursor
                 cbs.on_batch_begin(batch, {"batch": batch, "size": len(idx)})
-                # Overflow to inf/NaN (lr=1e300) is reported by TerminateOnNaN as the run's error;
-                # numpy's RuntimeWarnings would only print the same news first, from deep inside.
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
+                # The non-finite check reports an overflow (lr=1e300); numpy's RuntimeWarnings
+                # would only print the same news first, from deep inside.
+                try:
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
+                except NonFiniteLossError as exc:
+                    if self._nonfinite(exc, batch, len(idx)):  # went back to a checkpoint
+                        epoch_open = False
+                    continue  # paused: the safe point waits for resume (retry) or skip
+                self._bad_batch = None
                 self.global_step += 1
                 self.batch_cursor += 1
                 self.example_cursor += len(idx)
@@ -207,6 +262,11 @@ class Trainer:
             if self.run_dir is not None:
                 self.save_checkpoint(self.run_dir / CHECKPOINT_NAME)
             failed = False
+        except NonFiniteLossError:
+            raise  # _nonfinite saved what could be saved; from TerminateOnNaN the state is bad
+        except Exception as exc:  # not KeyboardInterrupt: a second Ctrl-C aborts at once
+            self._emergency_checkpoint(exc)
+            raise
         finally:
             self._restore_signal_handlers(previous_handlers)
             # Keras passes logs here too: whether the run failed, and what ended it early.
@@ -246,12 +306,137 @@ class Trainer:
         self.history.load_state_dict(state.get("history") or {})
         self._interactive = [tuple(row) for row in state.get("interactive") or []]
 
-    def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Writes model and trainer state to ``path`` atomically; returns the path."""
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Writes model and trainer state to ``path`` atomically; returns the path written.
+
+        Without ``path``, or with the run directory's ``checkpoint.h5`` (:data:`CHECKPOINT_NAME`,
+        what the end of ``fit`` and the ``checkpoint`` command pass), it writes the run
+        directory's checkpoint: ``checkpoint-<step>.h5`` rotated to the newest
+        :attr:`keep_checkpoints` when that is set, else ``checkpoint.h5``. A checkpoint written
+        into the run directory becomes its ``latest`` (:mod:`nnkit.training.checkpoints`).
+        """
+        if path is None or self._is_run_checkpoint(path):
+            if self.run_dir is None:
+                raise ValueError("save_checkpoint: no path given and the trainer has no run directory")
+            path = checkpoints.run_checkpoint_path(self.run_dir, self.global_step, self.keep_checkpoints)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save_tree(path, {"model": self.model.checkpoint_tree(), "trainer": self.state_dict()})
+        if self.run_dir is not None and path.resolve().parent == self.run_dir.resolve():
+            checkpoints.record_checkpoint(self.run_dir, path, self.keep_checkpoints)
+        self.last_checkpoint = (path, self.global_step)
         return path
+
+    def _is_run_checkpoint(self, path: str | os.PathLike) -> bool:
+        """True for ``run_dir/checkpoint.h5``: callers outside this module (the ``checkpoint``
+        command) name the run directory's checkpoint that way."""
+        return self.run_dir is not None and Path(path).resolve() == (self.run_dir / CHECKPOINT_NAME).resolve()
+
+    def _resume_point(self, resume: str | os.PathLike | None) -> str | os.PathLike | None:
+        """The checkpoint ``fit`` continues from: ``'auto'`` resolved, a run directory's
+        files checked (see :meth:`fit`)."""
+        fresh = self.global_step == 0  # a trainer that ran or was loaded continues its own run
+        if resume is None and not fresh:
+            return None
+        return checkpoints.check_run_dir(self.run_dir, resume)
+
+    def _load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Loads model and trainer state from a checkpoint (``fit(resume=...)``, a rewind)."""
+        tree = checkpoint.load_tree(path)
+        self.model.restore_tree(tree["model"], os.fspath(path))
+        self.load_state_dict(tree.get("trainer", {}))
+        self.last_checkpoint = (Path(path), self.global_step)
+
+    # ------------------------------------------------------------------ non-finite batches and failures
+    def skip_batch(self) -> dict[str, Any]:
+        """Drops the batch a paused run refused as non-finite: the ``skip`` command, at a safe
+        point. The epoch goes on with the next batch; no step is counted. Returns where the
+        dropped batch was (epoch, batch, step, size). ValueError if there is none."""
+        if self._bad_batch is None:
+            raise ValueError("skip: the run is not paused on a non-finite batch")
+        bad, self._bad_batch = self._bad_batch, None
+        self.example_cursor += bad["size"]
+        self.batch_cursor += 1
+        return bad
+
+    def _bad_params(self) -> str | None:
+        """The first non-finite parameter, if the model can tell (None: finite or unknown)."""
+        find = getattr(self.model, "nonfinite_param", None)
+        return None if find is None else find()
+
+    def _describe_last_checkpoint(self) -> str:
+        if self.last_checkpoint is None:
+            return "the run has no checkpoint to go back to"
+        path, step = self.last_checkpoint
+        return f"the last checkpoint, {path} (step {step}), is the last good state"
+
+    def _nonfinite(self, exc: NonFiniteLossError, batch: int, size: int) -> bool:
+        """Applies the ``on_nonfinite`` policy to a batch the model refused.
+
+        Saves the last good state into the run directory, then raises (``'stop'``, or when
+        the state is lost) or pauses the run with a ``nonfinite`` event. Returns True if the
+        run went back to its last checkpoint (the epoch's order must be rebuilt).
+        """
+        step, epoch = self.global_step + 1, self.current_epoch
+        message = f"{exc.problem()} at epoch {epoch}, batch {batch} (step {step})"
+        if exc.what == "parameter":
+            message += f" with learning rate {self.updater.lr:g}"
+        saved: Path | None = None
+        good = rewound = False  # good: the model holds the last good state
+        if exc.restored:
+            bad = self._bad_params()
+            if bad is not None:  # e.g. changed by a callback: not a state to save
+                message += (f"; the parameters were not finite before this batch ({bad}), so no "
+                            f"checkpoint was written; {self._describe_last_checkpoint()}")
+            else:
+                good = True
+                message += f"; the parameters are the last good ones (step {self.global_step})"
+                if self.run_dir is not None:
+                    saved = self.save_checkpoint(self.run_dir / CHECKPOINT_NAME)
+                    message += f", saved in {saved}"
+                else:
+                    message += "; no checkpoint was written (the run has no run directory)"
+        elif self.on_nonfinite == "pause" and self.last_checkpoint is not None:
+            path, _ = self.last_checkpoint
+            self._load_checkpoint(path)
+            good = rewound = True
+            message += (f"; {_NOT_UNDONE}, so the run went back to its last checkpoint, {path} "
+                        f"(step {self.global_step})")
+        else:
+            message += f"; {_NOT_UNDONE}: {self._describe_last_checkpoint()}"
+        fields = {"what": exc.what, "where": exc.where, "value": exc.value, "step": step}
+        if self.on_nonfinite == "stop" or not good:
+            raise NonFiniteLossError(message, **fields, restored=exc.restored or rewound,
+                                     checkpoint=None if saved is None else str(saved)) from exc
+        self._bad_batch = None if rewound else {"epoch": epoch, "batch": batch, "step": step,
+                                                "size": size}
+        bus = self.controller.bus
+        bus.emit("nonfinite", **fields, epoch=epoch, batch=batch,
+                 last_good_step=self.global_step, lr=self.updater.lr, rewound=rewound,
+                 checkpoint=None if saved is None else str(saved), message=message)
+        self.controller.paused = True  # as a ``pause`` command would; resume retries, skip drops
+        bus.emit("status", state="paused", step=self.global_step, reason="nonfinite")
+        return rewound
+
+    def _emergency_checkpoint(self, exc: Exception) -> None:
+        """Saves the last completed batch into the run directory before ``exc`` ends the run;
+        a note on ``exc`` says where, or why not (a half-updated or non-finite model)."""
+        if self.run_dir is None:
+            return
+        if getattr(self.model, "half_updated", False):
+            note = ("no emergency checkpoint: the exception came from inside the update, some "
+                    f"layers are updated and others not; {self._describe_last_checkpoint()}")
+        elif (bad := self._bad_params()) is not None:
+            note = (f"no emergency checkpoint: {bad} is not finite; "
+                    f"{self._describe_last_checkpoint()}")
+        else:
+            try:
+                path = self.save_checkpoint(self.run_dir / CHECKPOINT_NAME)
+            except Exception as failure:  # noqa: BLE001  (report the first failure, not this one)
+                note = f"the emergency checkpoint failed: {type(failure).__name__}: {failure}"
+            else:
+                note = f"emergency checkpoint of step {self.global_step}: {path}"
+        exc.add_note(note)
 
     # ------------------------------------------------------------------ internals
     def _safe_point(self) -> None:

@@ -252,14 +252,16 @@ def _clock(event: Event) -> str:
 
 
 def log_line(event: Event) -> str | None:
-    """The log line of a notable event (status, epoch end, test, ack, error, state, snapshot), else None.
+    """The log line of a notable event (status, epoch end, test, ack, error, state, snapshot,
+    nonfinite), else None.
 
     Epochs are counted from 1 here (the events' ``epoch`` from 0): "epoch 1 done".
     """
     kind = event.get("type")
     head = f"[{_clock(event)}]"
     if kind == "status":
-        return f"{head} {event.get('state')} at step {event.get('step')}"
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        return f"{head} {event.get('state')} at step {event.get('step')}{reason}"
     if kind == "epoch":
         parts = _numbers((k, v) for k, v in event.items()
                          if k in ("loss", "train_error", "test_error") or k.startswith("val_"))
@@ -278,6 +280,9 @@ def log_line(event: Event) -> str | None:
         return f"{head} error: {event.get('message')}"
     if kind == "snapshot":
         return f"{head} snapshot at step {event.get('step')}: {event.get('path')}"
+    if kind == "nonfinite":
+        return (f"{head} non-finite batch: {event.get('message')}. Paused: `resume` retries the "
+                "batch (after `set lr=...`), `skip` drops it")
     if kind == "state":
         return f"{head} " + ": ".join(describe_state(event)[:2])
     return None
