@@ -39,19 +39,21 @@ import time
 import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
-from . import checkpoint, datasets
 from ._version import __version__
-from .config import ConfigError, Job, job_from_text, load_job, load_tree_model
-from .config.text import open_regular_file
-from .layers import LabelInput
 from .means import RunningMeans
-from .model import Sequential
-from .training import Callback, ModelCheckpoint, checkpoints
+from .training.callbacks import Callback
 from .training.events import EVENTS_FILE
+
+# The framework (config, model, layers and their kernels, checkpoint and h5py) is imported
+# inside the commands that need it: `nnkit ctl` and `nnkit watch` only read and append lines
+# of a run directory, and start in a fraction of the time without it.
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .config import Job
+    from .model import Sequential
 
 DEFAULT_RUNS = "runs"
 JOB_FILE = "job.conf"
@@ -65,12 +67,20 @@ class UsageError(Exception):
 
 
 # ==================================================================================== helpers
+def _is_config_error(error: BaseException) -> bool:
+    """True for the config's ConfigError; without importing the config (if no command loaded
+    it, none was raised)."""
+    text = sys.modules.get("nnkit.config.text")
+    return text is not None and isinstance(error, text.ConfigError)
+
+
 def _is_checkpoint(path: str) -> bool:
     """True if ``path`` is an HDF5 file (a checkpoint) rather than a text job config.
 
     ConfigError (exit 2) naming the file if it is missing, unreadable or not a regular file
     (a FIFO would block, ``/dev/zero`` never end).
     """
+    from .config.text import open_regular_file
     with open_regular_file(path) as f:
         try:
             return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
@@ -80,6 +90,8 @@ def _is_checkpoint(path: str) -> bool:
 
 def _read_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint's tree; exit 2 if it is missing, not a regular file or not a model checkpoint."""
+    from . import checkpoint
+    from .config.text import open_regular_file
     open_regular_file(path, "checkpoint").close()  # HDF5 would open a FIFO and block
     try:
         tree = checkpoint.load_tree(path)
@@ -93,6 +105,7 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
 def _stored_job(tree: dict[str, Any], path: str, overrides: list[str] = (),
                 data_dir: str | None = None) -> Job | None:
     """The job stored in a checkpoint (None if it has none), with overrides and ``data_dir``."""
+    from .config import job_from_text
     text = tree["model"].get("proto")
     if not text:
         return None
@@ -105,8 +118,9 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _fmt(logs: dict[str, Any]) -> str:
-    """``loss 0.1234  accuracy 0.9561`` for the numeric entries of ``logs``."""
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+    """``loss 0.1234  accuracy 0.9561`` for the numeric entries of ``logs`` (4 significant
+    digits: a diverging loss of 1.3e30 stays short)."""
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in logs.items() if isinstance(v, (int, float)) and v is not None)
 
 
@@ -118,6 +132,8 @@ class RunLog(Callback):
     batches since the last one. Every ``test_freq`` steps (if a test set is given), and at the
     end through :meth:`test`: a ``test`` event with the test metrics, also printed. The run's
     event bus is the Trainer's channel (``fit(run_dir=...)`` attaches it before training).
+    While training, every answer to a command (``nnkit ctl``: pause, resume, set...) is
+    printed too, so steering leaves a trace on the training terminal.
     """
 
     def __init__(self, display_freq: int, test_data: tuple[np.ndarray, np.ndarray] | None,
@@ -132,6 +148,7 @@ class RunLog(Callback):
         self.last_test: dict[str, float] | None = None
         self.last_test_step: int | None = None
         self._reported = False  # whether last_test went out as a test event
+        self._unsubscribe: list[Callable[[], None]] = []
 
     def _emit(self, type: str, **fields: Any) -> None:
         self.trainer.controller.bus.emit(type, step=self.trainer.global_step,
@@ -139,6 +156,16 @@ class RunLog(Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.window.reset()
+        bus = self.trainer.controller.bus
+        self._unsubscribe = [bus.subscribe(kind, self._echo_answer) for kind in ("ack", "error")]
+
+    def _echo_answer(self, event: dict[str, Any]) -> None:
+        """Prints an answer to a command (or an error) as ``nnkit watch`` logs it. Called in the
+        training thread, which applies the commands, so the line comes between two batches."""
+        from .views.terminal import log_line
+        line = log_line(event)
+        if line:
+            self.echo(line)
 
     def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -156,6 +183,9 @@ class RunLog(Callback):
         logs = logs or {}
         if self.test_data is not None and not logs.get("failed") and logs.get("requested") != "interrupt":
             self.test(self.trainer.global_step)
+        for unsubscribe in self._unsubscribe:  # the run's own failure is reported by main()
+            unsubscribe()
+        self._unsubscribe = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # The epoch's validation pass is a test at this step: the final test reuses it.
@@ -191,6 +221,7 @@ def _resume_point(args: argparse.Namespace) -> Path | None:
     Refuses (exit 2) a ``--run-dir`` holding another run's checkpoints unless ``--resume`` or
     ``--overwrite`` says what to do with them; ``--resume auto`` finding none starts afresh.
     """
+    from .training import checkpoints
     if args.resume and args.overwrite:
         raise UsageError("--overwrite starts over and --resume continues: give one of them")
     if args.resume == "auto" and not args.run_dir:
@@ -212,6 +243,7 @@ def _make_run_dir(args: argparse.Namespace, job: Job, resume: Path | None) -> Pa
 
     Made only once the job and its data are known to be good; ``--overwrite`` clears it then.
     """
+    from .training import checkpoints
     if args.run_dir:
         path = Path(args.run_dir)
         path.mkdir(parents=True, exist_ok=True)
@@ -235,6 +267,10 @@ def _make_run_dir(args: argparse.Namespace, job: Job, resume: Path | None) -> Pa
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``nnkit train``: runs a job into a run directory."""
+    from . import checkpoint
+    from .training import checkpoints
+    from .config import ConfigError, load_job
+    from .training.callbacks import ModelCheckpoint
     if args.tensorboard is not None:  # a missing extra fails before any work, like a bad argument
         from .views.tensorboard import require_tensorboardx
         try:
@@ -304,6 +340,7 @@ def _echo_function() -> Callable[[str], None]:
 
 def _checkpoint_arg(path: str) -> str:
     """A checkpoint named on the command line: a file, or a run directory's latest one."""
+    from .training import checkpoints
     try:
         return str(checkpoints.resolve_checkpoint(path))
     except FileNotFoundError as e:
@@ -317,6 +354,7 @@ def _eval_job(tree: dict[str, Any], path: str, args: argparse.Namespace) -> Job:
     already scaled): ``--dataset`` names the data then, and a note says the pixels are scaled
     only by ``--scale``.
     """
+    from . import datasets
     stored = _stored_job(tree, path)
     if stored is None:
         raise UsageError(f"{path}: the checkpoint stores no job config (its model cannot be "
@@ -346,6 +384,7 @@ def _eval_job(tree: dict[str, Any], path: str, args: argparse.Namespace) -> Job:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``nnkit eval``: test metrics of a checkpoint, on the test data its job describes
     (or that ``--dataset`` names)."""
+    from .config import load_tree_model
     path = _checkpoint_arg(args.checkpoint)
     tree = _read_checkpoint(path)
     job = _eval_job(tree, path, args)
@@ -363,6 +402,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``nnkit show``: layers, shapes, parameter counts, updater, schedule, data and run."""
+    from .config import load_job, load_tree_model
+    from .views.channels import epoch_text
     if os.path.isdir(args.path):  # a run directory: its latest checkpoint
         args.path = _checkpoint_arg(args.path)
     stored = _is_checkpoint(args.path)
@@ -371,8 +412,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         model = load_tree_model(tree, args.path)
         job = _stored_job(tree, args.path, args.set)
         state = tree.get("trainer") or {}
+        # Epochs counted from 1, as everywhere people read them ("epoch 2 done", "epoch 3, batch 7").
+        epoch, batches = int(state.get("current_epoch", 0)), int(state.get("batch_cursor", 0))
         print(f"checkpoint {args.path}: step {state.get('global_step', 0)}, "
-              f"epoch {state.get('current_epoch', 0)}")
+              f"{epoch_text(epoch, batches)}" + (f", batch {batches}" if batches else ""))
     else:
         job = load_job(args.path, args.set, check_data=False)
         model = job.build_model()
@@ -422,6 +465,10 @@ def _show_model(model: Sequential, job: Job | None, stored: bool = False) -> Non
 
 def cmd_time(args: argparse.Namespace) -> int:
     """``nnkit time``: per-layer forward/backward milliseconds and the whole step, on random data."""
+    import numpy as np
+
+    from .config import load_job
+    from .layers import LabelInput
     job = load_job(args.job, args.set, check_data=False)
     model = job.build_model()  # validation made sure the input shape is known
     if args.iterations < 1:
@@ -460,8 +507,9 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
-    from .views.terminal import (CommandLineError, check_command, describe_answer, describe_silence,
-                           parse_assignments, send_command, wait_for_answer)
+    from .views.terminal import (CommandLineError, check_command, command_events, describe_answer,
+                                 describe_command_events, describe_silence, parse_assignments,
+                                 send_command, wait_for_answer)
     try:
         command, offset = send_command(args.run_dir, args.name,
                                        check_command(args.name, parse_assignments(args.args)))
@@ -478,6 +526,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(json.dumps(answer) if args.json else f"nnkit ctl: {describe_answer(answer)}",
           file=sys.stderr if answer["type"] == "error" and not args.json else sys.stdout)
+    if answer["type"] == "ack" and not args.json:  # tell_state: the state it reported, readable
+        for line in describe_command_events(command_events(args.run_dir, answer, offset)):
+            print(f"  {line}")
     return EXIT_OK if answer["type"] == "ack" else EXIT_FAILED
 
 
@@ -511,6 +562,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # ===================================================================================== parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each has --help)."""
+    from .training import checkpoints
+    from . import datasets
     parser = argparse.ArgumentParser(
         prog="nnkit", description="Train, evaluate, inspect and time nnkit jobs described in "
         "protobuf text configs (schema: proto/nnkit.proto).",
@@ -679,13 +732,16 @@ def main(argv: list[str] | None = None) -> int:
         if _stdout_reader_gone():
             return _quiet_closed_stdout()
         return _failed(prog, e, args.debug)  # another pipe: a failure like any other
-    except (ConfigError, UsageError) as e:
+    except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001  (the command line reports every failure the same way)
+        if _is_config_error(e):
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
         return _failed(prog, e, args.debug)
 
 

@@ -34,6 +34,7 @@ thread is in a split) also runs alone, so concurrent callers never wait on each 
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import threading
@@ -151,7 +152,8 @@ def _run(fn: Callable[[int, int, int], None], ranges: list[tuple[int, int]]) -> 
     while len(_helpers) < len(ranges) - 1:
         _helpers.append(_Helper())
     for helper, (lo, hi), i in zip(_helpers, ranges[1:], range(1, len(ranges))):
-        helper.jobs.put((fn, (i, lo, hi)))
+        # In a copy of the caller's context: its np.errstate (context-local) holds for its parts.
+        helper.jobs.put((contextvars.copy_context().run, (fn, i, lo, hi)))
     error = None
     try:
         fn(0, *ranges[0])

@@ -180,3 +180,46 @@ def test_attach_mid_run_misses_nothing_and_counts_nothing_twice():
     assert times[1:] == pytest.approx(np.diff(stamps), abs=1e-9)  # no pause: wall-clock gaps
     assert monitor.status.state == run.events("status")[-1]["state"]
     assert monitor.status.step == run.global_step
+
+
+def test_test_events_feed_the_test_error_and_validation_loss_channels():
+    """nnkit train's test passes inside an epoch (test_freq) and its final test are test events:
+    a run shorter than an epoch has a test error in every view."""
+    monitor = Monitor()
+    points = []
+    monitor.on_point(lambda *p: points.append(p[:4]))  # what the TensorBoard writer sees
+    monitor.update(ev("status", 1, 1.0, state="started", step=0))
+    monitor.update(ev("test", 2, 2.0, step=10, epoch=0, loss=0.5, accuracy=0.8))
+    monitor.update(ev("test", 3, 3.0, step=20, epoch=0, loss=0.4, accuracy=0.9))
+    error, loss = monitor.series("test error"), monitor.series("validation loss")
+    assert list(error.steps) == [10, 20] and error.values == pytest.approx([0.2, 0.1])
+    assert list(loss.steps) == [10, 20] and loss.values == pytest.approx([0.5, 0.4])
+    assert ("error", "test error", 20, pytest.approx(0.1)) in points
+    assert (monitor.status.test_error, monitor.status.test_step) == (pytest.approx(0.1), 20)
+
+    # An epoch end and the test event of the same pass (test_freq divides the step, or the
+    # final test of a run ending with an epoch): one point, whichever came first.
+    monitor.update(ev("epoch", 4, 4.0, epoch=0, step=30, loss=0.3, val_loss=0.35, train_error=0.1,
+                      test_error=0.05))
+    monitor.update(ev("test", 5, 4.1, step=30, epoch=1, loss=0.35, accuracy=0.95))
+    assert list(error.steps) == [10, 20, 30] and error.values[-1] == pytest.approx(0.05)
+    assert list(loss.steps) == [10, 20, 30]
+    assert (monitor.status.test_error, monitor.status.test_step) == (pytest.approx(0.05), 30)
+    monitor.update(ev("test", 6, 5.0, step=40, epoch=1, loss=0.3))  # no accuracy: no error point
+    assert list(error.steps) == [10, 20, 30] and list(loss.steps) == [10, 20, 30, 40]
+
+
+def test_a_channel_may_take_several_sources():
+    monitor = Monitor({"f": [Channel("either", ("loss.loss", "test.loss")),
+                             Channel("one", "loss.loss")]})
+    order = [("loss", 1), ("test", 1), ("test", 2), ("loss", 2), ("loss", 2)]
+    for seq, (kind, step) in enumerate(order):
+        monitor.update(ev(kind, seq + 1, float(seq), step=step, loss=float(seq)))
+    assert list(monitor.series("either").steps) == [1, 2]          # one point per step
+    assert monitor.series("either").values.tolist() == [0.0, 2.0]  # the first to come
+    assert list(monitor.series("one").steps) == [1, 2, 2]          # a single source keeps all
+    assert Channel("x", ["loss.loss", "test.loss"]).source == ("loss.loss", "test.loss")
+    with pytest.raises(ValueError, match="TYPE.FIELD"):
+        Channel("x", ("loss.loss", "test"))
+    with pytest.raises(TypeError, match="source"):
+        Channel("x", ())

@@ -3,6 +3,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, wait_until
+from helpers import DATA, ROOT, wait_until
 
 from nnkit.cli import main
 from nnkit.views.terminal import (
@@ -52,6 +53,17 @@ def start_training(run_dir, epochs=1000, sleep=0.01):
 
 def events(run_dir):
     return [v for _, v in read_jsonl(Path(run_dir) / "events.jsonl")[0]]
+
+
+needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+
+
+def small_job(tmp_path):
+    """test_cli's small MNIST job (20 steps of a 63-batch epoch, a test every 10) in ``tmp_path``."""
+    from test_cli import SMALL_JOB
+    path = tmp_path / "small.conf"
+    path.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +209,8 @@ def test_watch_redraws_its_block_in_place_on_a_terminal(tmp_path, monkeypatch):
     lines = text.split("\x1b[J", 1)[1].splitlines()
     assert "started at step 0" in lines[0]
     assert lines[1].startswith("run abc") and "running" in lines[1]
-    assert lines[2] == "epoch 0  batch 2  step 3"
-    assert lines[3].startswith("loss 3.0000  avg(2) 2.5000  lr 0.1  images/s 100")
+    assert lines[2] == "epoch 1  batch 3  step 3"  # counted from 1: 3 batches of the first epoch
+    assert lines[3].startswith("loss 3  avg(2) 2.5  lr 0.1  images/s 100")
     out.seek(0), out.truncate()
     watcher.render(watcher.poll())  # nothing new: just the block again, in place
     assert out.getvalue().startswith("\x1b[4F\x1b[J") and "started" not in out.getvalue()
@@ -242,3 +254,101 @@ def test_watch_cuts_its_block_to_the_terminal_width(tmp_path, monkeypatch):
     watcher.render(watcher.poll())
     line = f"nnkit watch {tmp_path}: waiting for events.jsonl"
     assert out.getvalue() == line[:29] + "\n"
+
+
+@needs_mnist
+def test_watch_shows_the_test_error_of_a_run_shorter_than_an_epoch(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(small_job(tmp_path)), "--run-dir", str(run_dir)]) == 0
+    tests = [e for e in events(run_dir) if e["type"] == "test"]
+    assert [e["step"] for e in tests] == [10, 20]
+    assert not [e for e in events(run_dir) if e["type"] == "epoch"]  # shorter than an epoch
+    out = io.StringIO()
+    assert Watcher(run_dir, out, tty=False).run() == 0
+    text = out.getvalue()
+    assert re.search(r"\] test at step 10: loss \S+  accuracy \S+", text) and "test at step 20:" in text
+    last = text.splitlines()[-1]
+    assert f"test error {1 - tests[-1]['accuracy']:.4g} (step 20)" in last
+    assert "epoch 1  batch 20  step 20" in last  # counted from 1, like the progress bar
+
+
+@needs_mnist
+def test_nnkit_train_echoes_steering_and_ctl_prints_the_state(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nnkit.cli", "train", small_job(tmp_path),
+                             "--run-dir", run_dir, "--set", "run.steps=10000000",
+                             "--set", "run.test_freq=0", "--set", "run.checkpoint_freq=0"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(e.get("type") == "loss" for e in events(run_dir)), timeout=60)
+        assert cli("ctl", run_dir, "pause").returncode == 0
+        assert cli("ctl", run_dir, "set", "lr=0.05").returncode == 0
+        assert cli("ctl", run_dir, "set", "lr=-1").returncode == 1
+        state = cli("ctl", run_dir, "tell_state")
+        assert cli("ctl", run_dir, "resume").returncode == 0
+        assert cli("ctl", run_dir, "stop").returncode == 0
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    # The training terminal: a line for each answer (tqdm.write keeps them off the bar's line).
+    for line in (r"pause acknowledged at step \d+",
+                 r'set acknowledged at step \d+: values=\{"lr": 0.05\}',
+                 r"set refused: set lr: must be >= 0, got -1", r"tell_state acknowledged at step \d+",
+                 r"resume acknowledged at step \d+", r"stop acknowledged at step \d+"):
+        assert re.search(r"^\[\d\d:\d\d:\d\d\] " + line, err, re.M), (line, err)
+    # nnkit ctl tell_state: the state event, readable, after the ack.
+    assert state.returncode == 0, state.stderr
+    lines = state.stdout.splitlines()
+    assert re.fullmatch(r"nnkit ctl: tell_state acknowledged at step \d+", lines[0])
+    assert re.fullmatch(r"  state at step \d+ \(epoch \d+(, batch \d+)?\), paused; "
+                        r"training until step 10000000", lines[1]), lines
+    assert lines[2].startswith("  lr 0.05 (set by hand)  base_lr 0.1") and "momentum 0.9" in lines[2]
+    assert "batch_size 32" in lines[2]
+    layer = r"  \S+: weight norm \S+ grad \S+ \d+x\d+; bias norm \S+ grad \S+ \d+"
+    assert len(lines) == 5 and all(re.fullmatch(layer, line) for line in lines[3:])  # two dense
+
+
+LIGHT_COMMANDS = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from nnkit.cli import main
+    run_dir = sys.argv[1]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        for argv in (["ctl", "--help"], ["watch", "--help"]):
+            try:
+                main(argv)
+            except SystemExit:
+                pass
+        main(["ctl", run_dir, "pause", "--wait", "0.2"])   # no answer: the run's status said
+        main(["ctl", run_dir, "resume", "--no-wait"])
+        main(["watch", run_dir])                         # the whole finished run, then exit
+    heavy = ("h5py", "nnkit._kernels", "nnkit.model", "nnkit.config", "nnkit.layers", "nnkit.checkpoint")
+    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "h5py"
+                            or m in heavy or m.startswith(tuple(h + "." for h in heavy)))))
+""")
+
+
+def test_ctl_and_watch_import_neither_h5py_nor_the_kernels(finished_run):
+    """`nnkit ctl` and `nnkit watch` read and append lines: the framework stays unloaded."""
+    done = subprocess.run([sys.executable, "-c", LIGHT_COMMANDS, str(finished_run)], env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    # ... while the public names still load it on first use.
+    names = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import nnkit
+        assert "h5py" not in sys.modules and not any(m.startswith("nnkit._kernels") for m in sys.modules)
+        namespace = {}
+        exec("from nnkit import *", namespace)
+        assert {"Sequential", "Dense", "SGD", "load", "start", "Trainer", "layers"} <= set(namespace)
+        assert nnkit.Sequential is namespace["Sequential"]
+        assert nnkit.load.__module__ == "nnkit.config.restore"
+        model = nnkit.Sequential([nnkit.Dense(3)], input_shape=(4,))
+        model.compile(nnkit.SGD(lr=0.1), "softmaxloss")
+        assert "dense" in str(model.to_proto())  # the job schema was registered with the model
+        assert "h5py" in sys.modules and nnkit.training.trainer.Trainer is nnkit.Trainer
+        assert "Dense" in dir(nnkit) and "Sequential" in nnkit.__all__
+    """)], env=ENV, capture_output=True, text=True, timeout=60)
+    assert names.returncode == 0, names.stderr

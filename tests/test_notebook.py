@@ -59,8 +59,11 @@ def test_refresh_updates_the_status_line_and_the_plot_data_from_events():
     assert view.plot_data["test error"][1].tolist() == pytest.approx([e[2] for e in epochs])
     assert view.plot_data["test error"][0].tolist() == [e["step"] for e in run.events("epoch")]
 
-    assert view.status_text.startswith(f"stopped · epoch {run.current_epoch} · batch {run.global_step}")
-    assert f"loss {losses[-1]['loss']:.4f}" in view.status_text
+    # Epochs counted from 1 (events count from 0): "epoch 3" in the third, "epoch 2 done" between.
+    epoch = (f"epoch {run.current_epoch} done" if run.current_batch == 0
+             else f"epoch {run.current_epoch + 1}")
+    assert view.status_text.startswith(f"stopped · {epoch} · batch {run.global_step}")
+    assert f"loss {losses[-1]['loss']:.4g}" in view.status_text
     assert "images/s" not in view.status_text  # no stale rate once the run is over
     assert bytes(view.plot.value).startswith(PNG) and bytes(view.plot.value) != empty_png
     assert all(control.disabled for control in view.controls)

@@ -96,3 +96,25 @@ def test_a_clear_error_without_matplotlib(run_dir, monkeypatch, capsys):
         require_matplotlib()
     assert main(["plot", str(run_dir)]) == 1
     assert "nnkit[report]" in capsys.readouterr().err
+
+
+def test_plot_shows_the_test_passes_of_a_run_shorter_than_an_epoch(tmp_path):
+    """nnkit train's test events (test_freq, the final test) are the test error of the plot."""
+    from matplotlib.figure import Figure as PlotFigure
+    stamp = {"schema": 1, "run": "r"}
+    events = [{**stamp, "seq": 1, "time": 1.0, "type": "status", "state": "started", "step": 0}]
+    events += [{**stamp, "seq": 1 + s, "time": 1.0 + s, "type": "loss", "step": s, "epoch": 0,
+                "batch": s - 1, "loss": 1.0 / s, "accuracy": 0.5} for s in range(1, 21)]
+    events += [{**stamp, "seq": 30 + s, "time": 30.0 + s, "type": "test", "step": s, "epoch": 0,
+                "loss": 2.0 / s, "accuracy": 1 - 1.0 / s} for s in (10, 20)]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    monitor = monitor_file(tmp_path / "events.jsonl")
+    error = next(f for f in monitor.figures if f.title == "error")
+    ax = PlotFigure().add_subplot(1, 1, 1)
+    draw_figure(ax, error, monitor)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["batch error (mean of 50)", "test error"]
+    test_line = ax.get_lines()[-1]
+    assert test_line.get_xdata().tolist() == [10, 20]
+    np.testing.assert_allclose(test_line.get_ydata(), [0.1, 0.05])
+    assert [p.name for p in plot_run(tmp_path, dpi=30)][1] == "error.png"

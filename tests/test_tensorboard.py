@@ -1,5 +1,6 @@
 """TensorBoard scalar files written by tensorboardX, read back with TensorBoard's own reader."""
 import importlib.util
+import json
 import os
 import re
 import socket
@@ -190,3 +191,10 @@ def test_nnkit_train_tensorboard_flag(tmp_path):
     got = scalars(tmp_path / "run" / "tensorboard")
     assert got["loss/train cost"][-1][0] == 20  # the job's 20 steps
     assert_same(got, expected)
+    # 20 steps of a 63-batch epoch: the test error comes from the test events (test_freq 10)
+    tests = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()
+             if '"type":"test"' in line]
+    assert [s for s, _ in got["error/test error"]] == [10, 20] == [e["step"] for e in tests]
+    np.testing.assert_allclose([v for _, v in got["error/test error"]],
+                               [1 - e["accuracy"] for e in tests], rtol=1e-6)
+    assert [s for s, _ in got["loss/validation loss"]] == [10, 20]

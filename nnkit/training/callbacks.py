@@ -201,7 +201,10 @@ class ProgressBar(Callback):
 
     Shows loss, accuracy, learning rate and images/s, refreshed at most every ``mininterval``
     seconds. When the output is not a terminal (a log file, CI) it prints a plain line every
-    ``log_every`` seconds and at the end of each epoch instead.
+    ``log_every`` seconds and at the end of each epoch instead. Epochs and batches count from 1
+    ("epoch 1", "batch 3/300"); the bar counts to the batches the epoch will run
+    (``Trainer.batches_in_epoch``: fewer than the epoch's when a step target ends it first).
+    Numbers have 4 significant digits, so a diverging loss (1.3e30) stays short.
     """
 
     def __init__(self, mininterval: float = 0.2, log_every: float = 10.0, file: Any = None) -> None:
@@ -230,9 +233,9 @@ class ProgressBar(Callback):
     def _summary(self, logs: Logs) -> dict[str, str]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         means = self.trainer.epoch_means
-        summary = {"loss": f"{means.mean('loss'):.4f}"}
+        summary = {"loss": f"{means.mean('loss'):.4g}"}
         if "accuracy" in logs:
-            summary["acc"] = f"{means.mean('accuracy'):.4f}"
+            summary["acc"] = f"{means.mean('accuracy'):.4g}"
         if "lr" in logs:
             summary["lr"] = f"{logs['lr']:.3g}"
         summary["img/s"] = f"{self.seen / elapsed:.0f}"
@@ -243,6 +246,8 @@ class ProgressBar(Callback):
         n = logs.get("size", 1)
         self.seen += n
         if self.bar is not None:
+            if self.bar.total != self.trainer.batches_in_epoch:  # run_until or set batch_size
+                self.bar.total = self.trainer.batches_in_epoch
             self.bar.update(1)
             if self.bar.n == self.bar.total or time.perf_counter() - self.last_line > self.mininterval:
                 self.bar.set_postfix(self._summary(logs), refresh=False)
@@ -254,7 +259,7 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         logs = logs or {}
-        extra = {k: f"{v:.4f}" for k, v in logs.items() if k.startswith("val_") and v is not None}
+        extra = {k: f"{v:.4g}" for k, v in logs.items() if k.startswith("val_") and v is not None}
         if self.bar is not None:
             self.bar.set_postfix({**self._summary(logs), **extra})
             self.bar.close()

@@ -26,7 +26,6 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from .. import checkpoint
 from .events import EVENTS_FILE
 
 STEP_NAME = "checkpoint-{step}.h5"
@@ -138,6 +137,7 @@ def record_checkpoint(run_dir: str | os.PathLike, path: str | os.PathLike, keep:
     if keep is not None and keep < 1:
         raise ValueError(f"keep_checkpoints must be >= 1 (or None), got {keep}")
     run_dir, path = Path(run_dir), Path(path)
+    from .. import checkpoint  # h5py: imported only by a writer, not by nnkit ctl/watch
     checkpoint.atomic_write(run_dir / LATEST_FILE, path.name + "\n")
     m = _STEP_FILE.fullmatch(path.name)
     if keep is None or m is None:

@@ -29,7 +29,6 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
-from .. import checkpoint
 from .callbacks import Callback
 from .events import EventBus, read_jsonl
 
@@ -395,7 +394,7 @@ class Controller:
                 raise CommandError(f"args must be an object, got {type(args).__name__}")
             result = entry.handler(self, trainer, **entry.check(args))
         # A handler's own failure (a path it cannot write...) is an answer too: the run goes on.
-        except (CommandError, TypeError, ValueError, OSError, checkpoint.CheckpointError) as exc:
+        except (CommandError, TypeError, ValueError, OSError) as exc:  # CheckpointError included
             self.bus.emit("error", id=cid, command=name, message=str(exc))
         else:
             self.bus.emit("ack", id=cid, command=name, step=trainer.global_step, **(result or {}))
@@ -475,6 +474,7 @@ class Controller:
                       batch=trainer.batch_cursor, paused=self.paused, hyper=hyper, layers=layers,
                       target_step=trainer.target_step, target_epoch=trainer.target_epoch)
         if snapshot:
+            from .. import checkpoint  # h5py, only here: nnkit ctl reads this table without it
             folder = self.run_dir if self.run_dir is not None else Path.cwd()
             path = folder / f"snapshot-{trainer.global_step}.h5"
             params = {p.full_name: p.data for p in model.params}
@@ -516,6 +516,7 @@ class Controller:
         if not target.parent.is_dir():
             raise CommandError(f"checkpoint: folder {target.parent} does not exist")
         if target.exists() or target.is_symlink():
+            from .. import checkpoint  # h5py, only here: nnkit ctl reads this table without it
             try:
                 kind = checkpoint.read_kind(target) if target.is_file() else None
             except checkpoint.CheckpointError:

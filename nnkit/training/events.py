@@ -21,6 +21,23 @@ Every event is a flat JSON object::
 |             | ``checkpoint`` (of the last good state), ``rewound``, ``message``            |
 | ``ack``     | ``id``, ``command``, ``step`` (the batch count when it took effect), result |
 | ``error``   | ``message``, and ``id``/``command`` when a command caused it                |
+
+Counters, the same in every event, in ``metrics.json`` and in checkpoints:
+
+- ``step``: batches done since training began (the Trainer's ``global_step``; the updater's
+  step). It goes on across resumes: a resumed run's ``started`` status names the step of its
+  checkpoint.
+- ``epoch``: the index, counted from 0, of the epoch in progress (``Trainer.current_epoch``):
+  0 during the first epoch; once an epoch ends it is the next one's, so between epochs it is
+  the number of epochs done (what ``metrics.json`` says at the end). An ``epoch`` event names
+  the epoch that ended: its first is ``epoch: 0``.
+- ``batch``: in a ``loss`` event the index (from 0) in its epoch of the reported batch; in a
+  ``state`` event the batches done in the epoch in progress.
+
+What people read counts from 1: the progress bar, ``nnkit watch``, ``nnkit plot``, the notebook
+view, ``nnkit show`` and the console say "epoch 1" for ``epoch: 0`` and "epoch 1 done" for its
+``epoch`` event, and count the batches done in an epoch from 1 ("batch 3/300" after three);
+:func:`nnkit.views.epoch_label` and :func:`nnkit.views.epoch_text` make these labels.
 """
 from __future__ import annotations
 

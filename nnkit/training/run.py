@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .callbacks import Callback
 from .control import COMMANDS, UNSET, Command, Controller, EventReporter, make_command
 from .events import COMMANDS_FILE, EVENTS_FILE, SETTLED, Event, EventBus, JsonlWriter, poll_answer
 
@@ -70,6 +71,17 @@ def live_runs() -> list["RunHandle"]:
     caller forgot (a test suite shuts them down after every test).
     """
     return [run for run in list(_HANDLES) if not run._ended.is_set()]
+
+
+class _AnnounceStart(Callback):
+    """Calls ``announce()`` from the fit's ``on_train_begin``: after a resume has loaded the
+    checkpoint, so that the ``started`` status names the run's real step, not 0."""
+
+    def __init__(self, announce: Callable[[], None]) -> None:
+        self.announce = announce
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.announce()
 
 
 class RunHandle:
@@ -200,8 +212,10 @@ class TrainingRun(RunHandle):
         self.trainer = model.trainer_for_fit()
         self.bus, self.controller, self._closers = attach_channel(self.trainer, run_dir, bus)
         self._fit_kwargs = dict(fit_kwargs)
-        self._fit_kwargs["callbacks"] = [*fit_kwargs.get("callbacks", ()),
+        self._fit_kwargs["callbacks"] = [_AnnounceStart(self._announce_start),
+                                         *fit_kwargs.get("callbacks", ()),
                                          EventReporter(self.bus, self.controller)]
+        self._started = False  # whether the started status went out
         self._init_handle(self.bus)
         self.exception: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="nnkit-training", daemon=True)
@@ -227,14 +241,20 @@ class TrainingRun(RunHandle):
     def _set_status(self, state: str, **fields: Any) -> None:
         self.bus.emit("status", state=state, step=self.trainer.global_step, **fields)
 
+    def _announce_start(self) -> None:
+        """The ``started`` status, once: at the first fit's start, when ``trainer.global_step``
+        is the checkpoint's on a resume (a lingering run's later fits are ``resumed``)."""
+        if not self._started:
+            self._started = True
+            self._set_status("started")
+
     def _main(self) -> None:
         trainer = self.trainer
         kwargs = self._fit_kwargs
         self._heartbeat = Heartbeat(self.bus, lambda: {"status": self.status, "step": trainer.global_step,
                                                        "epoch": trainer.current_epoch})
         try:
-            self._set_status("started")
-            while True:
+            while True:  # the first fit says "started" from its on_train_begin (_AnnounceStart)
                 self.model.fit(**kwargs)
                 if trainer.requested in ("shutdown", "interrupt") or not trainer.finished():
                     self._set_status("stopped")

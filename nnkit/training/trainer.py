@@ -85,6 +85,9 @@ class Trainer:
         example_cursor: examples already done in the current epoch (the data-order cursor;
             kept in examples so that the batch size may change mid-epoch).
         global_step: batches done since training began (the updater's step).
+        batches_in_epoch: the batches the current epoch will have run when this fit leaves it:
+            all of them, or fewer when the fit's step target comes first (what a progress
+            bar counts to).
         history: the :class:`History` of epoch logs (continued across fit calls and resumes).
         on_nonfinite: the policy for a batch that goes non-finite, ``'stop'`` or ``'pause'``
             (``'pause'`` needs a controller: a run with a command channel).
@@ -237,8 +240,11 @@ class Trainer:
                 idx = order[self.example_cursor:self.example_cursor + self.batch_size]
                 batch = self.batch_cursor
                 cbs.on_batch_begin(batch, {"batch": batch, "size": len(idx)})
+                # The non-finite check reports an overflow (lr=1e300); numpy's RuntimeWarnings
+                # would only print the same news first, from deep inside.
                 try:
-                    logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
                 except NonFiniteLossError as exc:
                     if self._nonfinite(exc, batch, len(idx)):  # went back to a checkpoint
                         epoch_open = False
@@ -439,7 +445,10 @@ class Trainer:
             self.controller.safe_point(self)
 
     def _count_batches(self, n: int) -> None:
-        self.batches_in_epoch = self.batch_cursor + math.ceil((n - self.example_cursor) / self.batch_size)
+        left = math.ceil((n - self.example_cursor) / self.batch_size)
+        if self.target_step is not None:  # run.steps=300 of a 938-batch epoch runs 300 of them
+            left = max(0, min(left, self.target_step - self.global_step))
+        self.batches_in_epoch = self.batch_cursor + left
 
     def _epoch_order(self, n: int, shuffle: bool) -> np.ndarray:
         """The example order of the current epoch, rebuilt identically when resuming mid-epoch."""

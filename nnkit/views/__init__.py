@@ -5,6 +5,8 @@
 PNG plots; ``tensorboard`` TensorBoard scalar files. The notebook, report and TensorBoard
 modules need optional extras and are imported only when used.
 """
-from .channels import DEFAULT_FIGURES, Channel, Figure, Monitor, RunStatus, Series, monitor_file
+from .channels import (DEFAULT_FIGURES, Channel, Figure, Monitor, RunStatus, Series, epoch_label,
+                       epoch_text, monitor_file)
 
-__all__ = ["Channel", "Figure", "Monitor", "Series", "RunStatus", "DEFAULT_FIGURES", "monitor_file"]
+__all__ = ["Channel", "Figure", "Monitor", "Series", "RunStatus", "DEFAULT_FIGURES", "monitor_file",
+           "epoch_label", "epoch_text"]

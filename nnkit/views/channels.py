@@ -28,13 +28,23 @@ A user layout, each channel with its own moving-average window (in points)::
                      "speed": [Channel("images/s", source="loss.images_per_s", window=10)]})
 
 A channel's ``source`` is ``"TYPE.FIELD"`` (an event type and one of its fields, see the
-schema in :mod:`nnkit.training.events`) or a function ``event -> number or None`` called
-for every event. Points are placed at the event's ``step`` (batches since training began).
-Besides the events' own fields, the monitor derives:
+schema in :mod:`nnkit.training.events`), a tuple of them (one series fed by several event
+types), or a function ``event -> number or None`` called for every event. Points are placed
+at the event's ``step`` (batches since training began). A channel with several sources keeps
+one point per step: the test pass that ends an epoch is reported by both the ``epoch`` event
+and a ``test`` event, at the same step. Besides the events' own fields, the monitor derives:
 
 - ``loss.example_time``: seconds per example, ``1 / images_per_s``;
-- ``loss.error``: ``1 - accuracy`` of the reported batch;
+- ``loss.error``, ``test.error``: ``1 - accuracy`` of the reported batch or test pass;
 - ``epoch.epoch_time``: wall seconds the epoch trained, pauses and idle time left out.
+
+The default layout's "test error" and "validation loss" channels take both the epoch ends'
+``test_error``/``val_loss`` and the ``test`` events of ``nnkit train`` (every
+``run.test_freq`` steps and the final test), so a run shorter than an epoch shows them too.
+
+Epochs: events count them from 0 (``epoch`` is the index of the epoch in progress, see
+:mod:`nnkit.training.events`), and so does :class:`RunStatus`; what people read counts from
+1 (:func:`epoch_label`, :attr:`RunStatus.epoch_text`), like the progress bar's "epoch 1".
 
 Callbacks given to :meth:`Monitor.on_point` see every new point (the TensorBoard writer uses
 this). A Monitor is thread-safe: a bus may feed it from the training thread while a view
@@ -53,10 +63,27 @@ import numpy as np
 
 from ..training.events import RUNNING_STATES, SETTLED, Event, read_jsonl, register
 
-Source = str | Callable[[Event], Any]
+Source = str | tuple[str, ...] | Callable[[Event], Any]
 PointCallback = Callable[[str, str, int, float, float], None]
 """``callback(figure_title, channel_name, step, value, wall_time)``."""
 
+
+
+def epoch_label(index: int) -> str:
+    """``"epoch 1"`` for the epoch of index 0: events count epochs from 0, people from 1."""
+    return f"epoch {index + 1}"
+
+
+def epoch_text(epoch: int, batches_done: int) -> str:
+    """Where a run is, in epochs, for people: ``epoch`` is the index (from 0) of the epoch in
+    progress and ``batches_done`` the batches done in it.
+
+    ``"epoch 3"`` while it runs; ``"epoch 2 done"`` between two epochs (the next one has no
+    batch done yet); ``"epoch 1"`` before the first batch.
+    """
+    if epoch > 0 and batches_done == 0:
+        return f"{epoch_label(epoch - 1)} done"
+    return epoch_label(epoch)
 
 
 def _number(value: Any) -> float | None:
@@ -74,8 +101,9 @@ def _number(value: Any) -> float | None:
 class Channel:
     """One named series: where its values come from and its moving-average window (points).
 
-    ``source``: ``"TYPE.FIELD"`` (e.g. ``"loss.loss"``, ``"epoch.val_loss"``) or a function
-    ``event -> number or None`` called with every event (None: no point).
+    ``source``: ``"TYPE.FIELD"`` (e.g. ``"loss.loss"``, ``"epoch.val_loss"``), a tuple of
+    them (e.g. ``("epoch.test_error", "test.error")``: one point per step from whichever
+    comes), or a function ``event -> number or None`` called with every event (None: no point).
     """
 
     name: str
@@ -85,24 +113,39 @@ class Channel:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a channel needs a name")
-        if isinstance(self.source, str):
-            kind, dot, key = self.source.partition(".")
-            if not dot or not kind or not key:
-                raise ValueError(f"channel {self.name!r}: source must be 'TYPE.FIELD' "
-                                 f"(e.g. 'loss.loss'), got {self.source!r}")
+        if isinstance(self.source, list):
+            object.__setattr__(self, "source", tuple(self.source))
+        if isinstance(self.source, str) or (isinstance(self.source, tuple) and self.source):
+            for source in self._sources():
+                kind, dot, key = source.partition(".") if isinstance(source, str) else ("", "", "")
+                if not dot or not kind or not key:
+                    raise ValueError(f"channel {self.name!r}: source must be 'TYPE.FIELD' "
+                                     f"(e.g. 'loss.loss'), got {source!r}")
         elif not callable(self.source):
-            raise TypeError(f"channel {self.name!r}: source must be 'TYPE.FIELD' or a function, "
-                            f"got {type(self.source).__name__}")
+            raise TypeError(f"channel {self.name!r}: source must be 'TYPE.FIELD', a tuple of "
+                            f"them or a function, got {type(self.source).__name__}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"channel {self.name!r}: window must be a whole number >= 1, "
                              f"got {self.window!r}")
 
+    def _sources(self) -> tuple[Any, ...]:
+        """The ``"TYPE.FIELD"`` sources as a tuple (not for a function source)."""
+        return (self.source,) if isinstance(self.source, str) else self.source
+
+    @property
+    def merged(self) -> bool:
+        """True for a channel fed by several ``TYPE.FIELD`` sources (one point per step)."""
+        return isinstance(self.source, tuple) and len(self.source) > 1
+
     def value(self, event: Event) -> float | None:
         """This channel's value in ``event``, or None if the event does not feed it."""
-        if isinstance(self.source, str):
-            kind, _, key = self.source.partition(".")
-            return _number(event.get(key)) if event.get("type") == kind else None
-        return _number(self.source(event))
+        if callable(self.source):
+            return _number(self.source(event))
+        for source in self._sources():
+            kind, _, key = source.partition(".")
+            if event.get("type") == kind:
+                return _number(event.get(key))
+        return None
 
 
 @dataclass(frozen=True)
@@ -125,16 +168,20 @@ class Figure:
 DEFAULT_FIGURES: tuple[Figure, ...] = (
     Figure("loss", (Channel("train cost", "loss.loss", window=50),
                     Channel("train loss", "epoch.loss"),
-                    Channel("validation loss", "epoch.val_loss")), ylabel="loss"),
+                    Channel("validation loss", ("epoch.val_loss", "test.loss"))), ylabel="loss"),
     Figure("error", (Channel("batch error", "loss.error", window=50),
                      Channel("train error", "epoch.train_error"),
-                     Channel("test error", "epoch.test_error")), ylabel="error rate"),
+                     Channel("test error", ("epoch.test_error", "test.error"))),
+           ylabel="error rate"),
     Figure("learning rate", (Channel("learning rate", "loss.lr"),), ylabel="lr"),
     Figure("per-example time", (Channel("per-example time", "loss.example_time", window=20),),
            ylabel="seconds per example"),
     Figure("epoch time", (Channel("epoch time", "epoch.epoch_time"),), ylabel="seconds"),
 )
-"""The default layout: loss, error, learning rate, per-example time, epoch time."""
+"""The default layout: loss, error, learning rate, per-example time, epoch time.
+
+"validation loss" and "test error" are the held-out set's (``nnkit train``: the test set), from
+the epoch ends and from ``test`` events."""
 
 
 class Series:
@@ -153,13 +200,17 @@ class Series:
         self._averages: list[float] = []
         self._window: collections.deque[float] = collections.deque(maxlen=channel.window)
 
-    def _add(self, step: int, time: float, value: float) -> None:
+    def _add(self, step: int, time: float, value: float) -> bool:
+        """Appends a point; False (nothing added) for a merged channel's second point at a step."""
+        if self.channel.merged and self._steps and self._steps[-1] == step:
+            return False  # the same evaluation, reported by a second event type
         self._window.append(value)
         self._steps.append(step)
         self._times.append(time)
         self._values.append(value)
         # Summed afresh (the window is short): a NaN leaves the average after `window` points.
         self._averages.append(sum(self._window) / len(self._window))
+        return True
 
     @property
     def name(self) -> str:
@@ -218,21 +269,38 @@ class Series:
 
 @dataclass
 class RunStatus:
-    """The latest of everything a status line shows; None where no event said it yet."""
+    """The latest of everything a status line shows; None where no event said it yet.
+
+    Counters are the events' own: ``epoch`` and ``last_epoch`` count from 0, ``batch`` is an
+    index in the epoch. Show them with :attr:`epoch_text` and :attr:`batches_done`, which
+    count from 1 as people do.
+    """
 
     run: str | None = None
     state: str = "waiting"            # before the first status event
     step: int = 0
-    epoch: int = 0
+    epoch: int = 0                    # index (from 0) of the epoch in progress
     batch: int | None = None          # index in the epoch of the last reported batch
     loss: float | None = None         # of the last reported batch
     lr: float | None = None
     images_per_s: float | None = None
     train_error: float | None = None  # of the last finished epoch
-    test_error: float | None = None
-    last_epoch: int | None = None     # the last finished epoch
+    test_error: float | None = None   # of the latest test pass (an epoch end or a test event)
+    test_step: int | None = None      # the step of that test pass
+    last_epoch: int | None = None     # index of the last finished epoch
+    epoch_end_step: int | None = None  # the step at which it ended
     last_time: float | None = None    # wall time of the latest event of any type
     errors: list[str] = field(default_factory=list)  # error messages, latest last
+
+    @property
+    def batches_done(self) -> int:
+        """Batches done in the epoch in progress, as far as the events told (0 before one)."""
+        return 0 if self.batch is None else self.batch + 1
+
+    @property
+    def epoch_text(self) -> str:
+        """``"epoch 3"`` (counted from 1) or ``"epoch 2 done"`` between epochs: :func:`epoch_text`."""
+        return epoch_text(self.epoch, self.batches_done)
 
     @property
     def ended(self) -> bool:
@@ -371,8 +439,7 @@ class Monitor:
                 wall = float(event.get("time") or 0.0)
                 for series in self._series.values():
                     value = series.channel.value(event)
-                    if value is not None:
-                        series._add(step, wall, value)
+                    if value is not None and series._add(step, wall, value):
                         points.append((series.figure, series.name, step, value, wall))
             self.version += 1
             listeners = list(self._listeners)
@@ -384,7 +451,7 @@ class Monitor:
     # ------------------------------------------------------------------ derived fields
     def _derive(self, event: Event) -> Event:
         kind, wall = event.get("type"), event.get("time")
-        if kind == "loss":
+        if kind in ("loss", "test"):
             extra = {}
             rate = _number(event.get("images_per_s"))
             if rate:
@@ -423,25 +490,39 @@ class Monitor:
             s.step = event["step"]
         if kind == "status":
             s.state = event.get("state", s.state)
+            if s.state == "started":  # a new run, or one resumed from any checkpoint
+                s.epoch_end_step = None
         elif kind == "loss":
-            s.epoch = event.get("epoch", s.epoch)
-            s.batch = event.get("batch", s.batch)
+            step, ended = event.get("step"), s.epoch_end_step
+            # The last batch of a run is reported at its end, after its epoch's end: that
+            # epoch stays "done" rather than "in progress with all its batches".
+            if not (isinstance(step, int) and ended is not None and step <= ended):
+                s.epoch = event.get("epoch", s.epoch)
+                s.batch = event.get("batch", s.batch)
             s.loss = _number(event.get("loss"))
             s.lr = _number(event.get("lr"))
             s.images_per_s = _number(event.get("images_per_s"))
         elif kind == "epoch":
             s.last_epoch = event.get("epoch")
+            s.epoch_end_step = event.get("step") if isinstance(event.get("step"), int) else None
             if isinstance(s.last_epoch, int):
                 s.epoch = s.last_epoch + 1
                 s.batch = None  # the next epoch has not reported a batch yet
             s.train_error = _number(event.get("train_error"))
-            s.test_error = _number(event.get("test_error"))
+            self._test_result(_number(event.get("test_error")), event.get("step"))
             s.lr = _number(event.get("lr")) if event.get("lr") is not None else s.lr
+        elif kind == "test":  # nnkit train's test passes (every test_freq steps, the final one)
+            self._test_result(_number(event.get("error")), event.get("step"))
         elif kind == "heartbeat":
             s.epoch = event.get("epoch", s.epoch)
         elif kind == "error":
             s.errors.append(str(event.get("message", "")))
             del s.errors[:-100]  # keep the latest hundred
+
+    def _test_result(self, error: float | None, step: Any) -> None:
+        if error is not None:
+            self.status.test_error = error
+            self.status.test_step = step if isinstance(step, int) else None
 
     def __repr__(self) -> str:
         return (f"Monitor({len(self.figures)} figures, {len(self._series)} channels, "

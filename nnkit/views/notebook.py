@@ -5,7 +5,8 @@ run-until field, a status line (status, epoch, batch, loss, lr, images/s), a lin
 answer to the last command, and a live plot of the loss and the train/test error. The plot
 data come from a :class:`~nnkit.training.Monitor` (named channels with moving averages,
 grouped into figures; pass ``figures=`` for another layout). Needs the ``notebook`` extra:
-``pip install 'nnkit[notebook]'`` (ipywidgets, matplotlib).
+``pip install 'nnkit[notebook]'`` (ipywidgets, matplotlib; and ipykernel and JupyterLab,
+to run ``examples/interactive.ipynb``).
 
 Where the refreshing happens, and why never in the training thread:
 
@@ -224,9 +225,10 @@ class TrainingView:
 
     def _show_status(self) -> None:
         s = self.monitor.status
-        parts = ["training" if s.state in RUNNING_STATES else s.state, f"epoch {s.epoch}", f"batch {s.step}"]
+        # Epochs counted from 1 as in every view ("epoch 2 done" between two); batch: the step.
+        parts = ["training" if s.state in RUNNING_STATES else s.state, s.epoch_text, f"batch {s.step}"]
         if s.loss is not None:
-            parts.append(f"loss {s.loss:.4f}")
+            parts.append(f"loss {s.loss:.4g}")  # any magnitude: a diverging run's 1.3e30 too
         if s.lr is not None:
             parts.append(f"lr {s.lr:.4g}")
         if s.images_per_s is not None and s.state in RUNNING_STATES:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..checkpoint import atomic_write
 from ..training.events import EVENTS_FILE
-from .channels import Figure, Monitor, monitor_file
+from .channels import Figure, Monitor, RunStatus, monitor_file
 
 PLOTS_DIR = "plots"
 
@@ -83,9 +83,15 @@ def file_name(title: str) -> str:
     return (re.sub(r"[^A-Za-z0-9._-]+", "_", title).strip("_") or "figure") + ".png"
 
 
+def caption(status: RunStatus) -> str:
+    """A plot's subtitle: ``run 3f2a9c1b7e4d: finished at step 1876, epoch 2 done`` (epochs
+    counted from 1, as in every view)."""
+    return f"run {status.run or '?'}: {status.state} at step {status.step}, {status.epoch_text}"
+
+
 def render_png(figure: Figure, monitor: Monitor, size: tuple[float, float] = (8, 4.5),
                dpi: int = 100) -> bytes:
-    """The PNG bytes of one figure, with the run id, status and step in a subtitle."""
+    """The PNG bytes of one figure, with the run id, status, step and epoch in a subtitle."""
     require_matplotlib()
     import io
 
@@ -96,9 +102,8 @@ def render_png(figure: Figure, monitor: Monitor, size: tuple[float, float] = (8,
     FigureCanvasAgg(plot)
     ax = plot.add_subplot(1, 1, 1)
     draw_figure(ax, figure, monitor)
-    s = monitor.status
-    plot.text(0.99, 0.01, f"run {s.run or '?'}: {s.state} at step {s.step}", ha="right",
-              va="bottom", fontsize="x-small", color="gray")
+    plot.text(0.99, 0.01, caption(monitor.status), ha="right", va="bottom", fontsize="x-small",
+              color="gray")
     plot.tight_layout()
     buffer = io.BytesIO()
     plot.savefig(buffer, format="png")

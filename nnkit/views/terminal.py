@@ -5,7 +5,8 @@
 ``ctl`` calls never interleave) after checking the command and its argument names and types
 against the command table the run checks against too
 (:data:`nnkit.training.control.COMMANDS`), then by default waits for the matching ``ack`` or
-``error`` in ``RUN_DIR/events.jsonl``.
+``error`` in ``RUN_DIR/events.jsonl`` and prints it, with what the command reported before its
+answer (``tell_state``: the ``state`` event, readable).
 
 ``nnkit watch RUN_DIR`` follows ``events.jsonl``: on a terminal it keeps a status block of a
 few lines redrawn in place (ANSI escapes) under a scrolling log of status changes, epoch
@@ -27,7 +28,7 @@ from typing import Any, TextIO
 from ..training.control import COMMANDS, CommandError, find_command, make_command
 from ..training.events import (COMMANDS_FILE, EVENTS_FILE, RUNNING_STATES, Event, answer_fields,
                                jsonl_reader, poll_answer, read_jsonl)
-from .channels import Channel, Monitor, monitor_file
+from .channels import Channel, Monitor, epoch_label, epoch_text, monitor_file
 
 
 class CommandLineError(ValueError):
@@ -162,9 +163,79 @@ def describe_answer(event: Event) -> str:
     return f"{command} acknowledged at step {event.get('step')}" + (f": {extra}" if extra else "")
 
 
+def command_events(run_dir: str | os.PathLike, answer: Event, offset: int = 0) -> list[Event]:
+    """The ``state`` and ``snapshot`` events the command answered by ``answer`` made (tell_state).
+
+    The run applies one command at a time and emits what it reports just before the answer,
+    so they are those after the previous answer in ``events.jsonl`` (read from byte ``offset``,
+    where :func:`send_command` found the file's end).
+    """
+    found: list[Event] = []
+    for _, event in read_jsonl(Path(run_dir) / EVENTS_FILE, offset)[0]:
+        if not isinstance(event, dict):
+            continue
+        if event.get("seq") == answer.get("seq") and event.get("run") == answer.get("run"):
+            return found
+        if event.get("type") in ("ack", "error"):
+            found = []  # an earlier command's answer: what came before it was that command's
+        elif event.get("type") in ("state", "snapshot"):
+            found.append(event)
+    return found
+
+
+def describe_state(event: Event) -> list[str]:
+    """A ``state`` event for people: where the run is, then its hyperparameters, then one line
+    per layer with the norms of its parameters and gradients."""
+    step, epoch, batch = event.get("step"), event.get("epoch"), event.get("batch") or 0
+    where = f"state at step {step}"
+    if isinstance(epoch, int):
+        where += f" ({epoch_text(epoch, batch)}" + (f", batch {batch}" if batch else "") + ")"
+    if event.get("paused"):
+        where += ", paused"
+    if event.get("target_step") is not None:
+        where += f"; training until step {event['target_step']}"
+    elif event.get("target_epoch") is not None:
+        where += f"; training until {event['target_epoch']} epochs are done"
+    hyper = dict(event.get("hyper") or {})
+    if hyper.pop("lr_override", None) is not None:
+        hyper["lr"] = f"{_fmt(hyper.get('lr'))} (set by hand)"
+    lines = [where, "  ".join(f"{k} {_fmt(v)}" for k, v in hyper.items() if v is not None)]
+    for layer, params in (event.get("layers") or {}).items():
+        lines.append(f"{layer}: " + "; ".join(
+            f"{name} norm {_fmt(p.get('norm'))} grad {_fmt(p.get('grad_norm'))} "
+            f"{'x'.join(map(str, p.get('shape') or []))}" for name, p in params.items()))
+    return lines
+
+
+def describe_command_events(events: list[Event]) -> list[str]:
+    """The lines ``nnkit ctl`` prints for what a command reported (:func:`command_events`)."""
+    lines: list[str] = []
+    for event in events:
+        if event.get("type") == "state":
+            lines += describe_state(event)
+        else:
+            lines.append(f"snapshot at step {event.get('step')}: {event.get('path')}")
+    return lines
+
+
 # ================================================================================== watch
-def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: Any, spec: str | None = None) -> str:
+    """A number for people, in ``spec``; by default a float with 4 significant digits, since
+    losses span any magnitude (a diverging run's 1.3e30 stays short), a whole number as it is.
+    "-" for None; anything else as it is."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if spec is None:
+        spec = "d" if isinstance(value, int) else ".4g"
+    return format(value, spec)
+
+
+def _numbers(fields: Any) -> str:
+    """``loss 0.1234  accuracy 0.9561`` for the numeric ``(key, value)`` pairs of ``fields``."""
+    return "  ".join(f"{k} {_fmt(v)}" for k, v in fields
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _age(seconds: float) -> str:
@@ -181,20 +252,28 @@ def _clock(event: Event) -> str:
 
 
 def log_line(event: Event) -> str | None:
-    """The log line of a notable event (status, epoch end, ack, error, state, snapshot,
-    nonfinite), else None."""
+    """The log line of a notable event (status, epoch end, test, ack, error, state, snapshot,
+    nonfinite), else None.
+
+    Epochs are counted from 1 here (the events' ``epoch`` from 0): "epoch 1 done".
+    """
     kind = event.get("type")
     head = f"[{_clock(event)}]"
     if kind == "status":
         reason = f" ({event['reason']})" if event.get("reason") else ""
         return f"{head} {event.get('state')} at step {event.get('step')}{reason}"
     if kind == "epoch":
-        parts = [f"{k} {_fmt(v)}" for k, v in event.items()
-                 if k in ("loss", "train_error", "test_error") or k.startswith("val_")
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        parts = _numbers((k, v) for k, v in event.items()
+                         if k in ("loss", "train_error", "test_error") or k.startswith("val_"))
         took = event.get("epoch_time")
-        return (f"{head} epoch {event.get('epoch')} done at step {event.get('step')}: "
-                + "  ".join(parts) + (f"  ({took:.2f} s)" if took is not None else ""))
+        epoch = event.get("epoch")
+        label = epoch_label(epoch) if isinstance(epoch, int) else "an epoch"
+        return (f"{head} {label} done at step {event.get('step')}: "
+                + parts + (f"  ({took:.2f} s)" if took is not None else ""))
+    if kind == "test":
+        stamp = ("schema", "run", "seq", "time", "type", "step", "epoch")
+        return (f"{head} test at step {event.get('step')}: "
+                + _numbers((k, v) for k, v in event.items() if k not in stamp))
     if kind in ("ack", "error") and event.get("id") is not None:
         return f"{head} {describe_answer(event)}"
     if kind == "error":
@@ -205,9 +284,7 @@ def log_line(event: Event) -> str | None:
         return (f"{head} non-finite batch: {event.get('message')}. Paused: `resume` retries the "
                 "batch (after `set lr=...`), `skip` drops it")
     if kind == "state":
-        hyper = event.get("hyper") or {}
-        return (f"{head} state at step {event.get('step')}: "
-                + "  ".join(f"{k} {v}" for k, v in hyper.items() if v is not None))
+        return f"{head} " + ": ".join(describe_state(event)[:2])
     return None
 
 
@@ -258,12 +335,16 @@ class Watcher:
         if state == "running" and age > self.STALE:
             alive = f"no event for {_age(age)}: is the run still alive?"
         loss = self.monitor.series("loss")
+        # Counted from 1, like the progress bar: "epoch 1  batch 3" after the first 3 batches.
+        batch = "" if s.batch is None else f"  batch {s.batches_done}"
         lines = [f"run {s.run} ({self.run_dir}): {state}, {alive}",
-                 f"epoch {s.epoch}  batch {'-' if s.batch is None else s.batch}  step {s.step}",
+                 f"{s.epoch_text}{batch}  step {s.step}",
                  (f"loss {_fmt(s.loss)}  avg({loss.channel.window}) {_fmt(loss.last_average)}  "
                   f"lr {_fmt(s.lr, '.6g')}  images/s {_fmt(s.images_per_s, '.0f')}"),
-                 f"train error {_fmt(s.train_error)}  test error {_fmt(s.test_error)}"
-                 + ("" if s.last_epoch is None else f"  (epoch {s.last_epoch})")]
+                 f"train error {_fmt(s.train_error)}"
+                 + ("" if s.last_epoch is None else f" ({epoch_label(s.last_epoch)})")
+                 + f"  test error {_fmt(s.test_error)}"
+                 + ("" if s.test_step is None else f" (step {s.test_step})")]
         if s.errors:
             lines.append(f"last error: {s.errors[-1]}")
         return lines
