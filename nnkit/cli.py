@@ -68,10 +68,12 @@ class UsageError(Exception):
 
 # ==================================================================================== helpers
 def _is_config_error(error: BaseException) -> bool:
-    """True for the config's ConfigError; without importing the config (if no command loaded
+    """True for bad input: the config's ConfigError, or a CheckpointError (a damaged checkpoint,
+    or one that does not fit its model); without importing either module (if no command loaded
     it, none was raised)."""
-    text = sys.modules.get("nnkit.config.text")
-    return text is not None and isinstance(error, text.ConfigError)
+    text, stored = sys.modules.get("nnkit.config.text"), sys.modules.get("nnkit.checkpoint")
+    return ((text is not None and isinstance(error, text.ConfigError))
+            or (stored is not None and isinstance(error, stored.CheckpointError)))
 
 
 def _is_checkpoint(path: str) -> bool:

@@ -314,3 +314,15 @@ def test_epoch_events_of_a_trained_job_carry_the_test_error(job_file, tmp_path):
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert all(0 <= e["test_error"] <= 1 and e["test_error"] == pytest.approx(1 - e["val_accuracy"])
                for e in epochs)
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_exits_2_naming_the_parameter(tmp_path):
+    model = Sequential([Dense(3)], input_shape=(4,), seed=0)
+    model.compile()
+    model.save(tmp_path / "good.h5")
+    tree = nnkit.checkpoint.load_tree(tmp_path / "good.h5")
+    tree["model"]["params"]["dense_1/weight"] = np.zeros((2, 2), np.float32)  # mis-shaped
+    nnkit.checkpoint.save_tree(tmp_path / "bad.h5", tree)
+    done = nnkit_cli("show", tmp_path / "bad.h5", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "dense_1/weight" in done.stderr and "(2, 2)" in done.stderr and "Traceback" not in done.stderr
