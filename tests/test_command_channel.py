@@ -179,3 +179,16 @@ def test_live_runs_lists_a_lingering_run_until_it_ends(tmp_path: Path):
     assert run in live_runs()  # finished, but lingering for run_until or shutdown
     run.shutdown()
     assert run.join(WAIT) and run not in live_runs()
+
+
+def test_a_handle_that_started_nothing_is_not_a_live_run():
+    from nnkit.training import EventBus, RunHandle, live_runs
+
+    class Idle(RunHandle):
+        def __init__(self) -> None:
+            self._init_handle(EventBus())
+
+        def _send(self, command) -> None:
+            pass
+    idle = Idle()
+    assert idle not in live_runs()  # the suite's teardown would otherwise wait on it for nothing
