@@ -91,7 +91,7 @@ class ProcessRun(RunHandle):
         self.process = context.Process(target=target, args=(child_conn, self.bus.run_id, *args),
                                        name="nnkit-child", daemon=True)
         self.process.start()
-        self._started = True
+        self._launched = True
         child_conn.close()
         threading.Thread(target=self._receive, name="nnkit-events", daemon=True).start()
 

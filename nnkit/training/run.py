@@ -70,7 +70,7 @@ def live_runs() -> list["RunHandle"]:
     A background run lingers after its plan until ``shutdown``; this finds the ones a
     caller forgot (a test suite shuts them down after every test).
     """
-    return [run for run in list(_HANDLES) if run._started and not run._ended.is_set()]
+    return [run for run in list(_HANDLES) if run._launched and not run._ended.is_set()]
 
 
 class _AnnounceStart(Callback):
@@ -96,7 +96,7 @@ class RunHandle:
     def _init_handle(self, bus: EventBus) -> None:
         """Sets up status tracking from the run's own status, ack and error events."""
         _HANDLES.add(self)
-        self._started = False  # a handle that never started a run is not a live run
+        self._launched = False  # a handle that never started a run is not a live run
         self.bus = bus
         self.status = "starting"
         self._cond = threading.Condition()
@@ -224,7 +224,7 @@ class TrainingRun(RunHandle):
 
     def start(self) -> "TrainingRun":
         """Starts training in a background thread; returns at once."""
-        self._started = True
+        self._launched = True
         self._thread.start()
         return self
 
@@ -234,7 +234,7 @@ class TrainingRun(RunHandle):
         Lingers after the plan (waiting for run_until or shutdown) only if built with
         ``linger=True`` and called by a child process; a plain foreground fit returns.
         """
-        self._started = True
+        self._launched = True
         self._main()
         if self.exception is not None:
             raise self.exception
