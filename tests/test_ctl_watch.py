@@ -302,7 +302,7 @@ def test_nnkit_train_echoes_steering_and_ctl_prints_the_state(tmp_path):
     assert state.returncode == 0, state.stderr
     lines = state.stdout.splitlines()
     assert re.fullmatch(r"nnkit ctl: tell_state acknowledged at step \d+", lines[0])
-    assert re.fullmatch(r"  state at step \d+ \(epoch \d+(, batch \d+)?\), paused; "
+    assert re.fullmatch(r"  state at step \d+ \(epoch \d+( done|, batch \d+)?\), paused; "
                         r"training until step 10000000", lines[1]), lines
     assert lines[2].startswith("  lr 0.05 (set by hand)  base_lr 0.1") and "momentum 0.9" in lines[2]
     assert "batch_size 32" in lines[2]
