@@ -8,6 +8,7 @@
     nnkit ctl RUN_DIR COMMAND [key=value ...] [--wait SECONDS | --no-wait]
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
+    nnkit export CKPT|RUN_DIR OUT.onnx
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
 traceback), 1 for a failure during the run (``--debug``, before or after the command, adds
@@ -561,6 +562,33 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``nnkit export``: a checkpoint's model as an ONNX file that computes what ``predict`` does."""
+    from . import onnx_export
+    from .config import load_tree_model
+    try:
+        onnx_export.require_onnx()  # before any work: the install hint first
+    except onnx_export.MissingOnnxError as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.output)
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory; name the .onnx file to write")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: the folder {out.parent} does not exist")
+    path = _checkpoint_arg(args.checkpoint)
+    tree = _read_checkpoint(path)
+    model = load_tree_model(tree, path)
+    try:
+        model.to_onnx(out)
+    except onnx_export.ExportError as e:
+        raise UsageError(f"{path}: {e}") from None
+    shapes = model.shapes()
+    print(f"wrote {out}: ONNX opset {onnx_export.OPSET}, input {onnx_export.INPUT!r} "
+          f"(batch, {', '.join(map(str, shapes[0][0]))}), output {onnx_export.OUTPUT!r} "
+          f"(batch, {', '.join(map(str, shapes[-1][1]))}), from {path}")
+    return EXIT_OK
+
+
 # ===================================================================================== parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each has --help)."""
@@ -691,6 +719,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
     p.add_argument("--dpi", type=int, default=100, help="resolution (default 100)")
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("export", help="write a checkpoint's model as ONNX",
+                       description="Write the model of a checkpoint as an ONNX file (opset "
+                       "22) that computes what predict does: input 'input' (batch, C, H, W) "
+                       "or (batch, features) float32, output 'output'. Dropout is the identity, "
+                       "batch normalization uses its running statistics. A layer ONNX cannot "
+                       "express exactly is refused (exit 2). Needs the onnx extra (pip install "
+                       "'nnkit[onnx]').")
+    p.add_argument("checkpoint", metavar="CKPT|RUN_DIR", help="a checkpoint, or a run "
+                   "directory (its latest checkpoint)")
+    p.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write (replaced "
+                   "atomically if it exists)")
+    p.set_defaults(func=cmd_export)
     for command in sub.choices.values():  # --debug after the command too: nnkit show x --debug
         # SUPPRESS: without the flag here, the value before the command stays.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -601,6 +601,26 @@ class Sequential:
         except ValueError:  # e.g. a user-defined layer class: the dict config still describes it
             return None
 
+    def to_onnx(self, path: str | os.PathLike) -> None:
+        """Writes the model as an ONNX file (atomically) computing what :meth:`predict` does.
+
+        The graph's input ``input`` takes the batches ``predict`` takes, as float32
+        ``(batch, C, H, W)`` images or ``(batch, features)`` rows; its output ``output`` is
+        ``predict``'s. Evaluation mode: Dropout is the identity, BatchNormalization uses its
+        running statistics. Opset and layer rules: :mod:`nnkit.onnx_export`. Needs the onnx
+        extra (``pip install 'nnkit[onnx]'``).
+
+        Raises:
+            nnkit.onnx_export.ExportError: a layer that cannot be exported exactly (the
+                message names it and says why); nothing is written then.
+            nnkit.onnx_export.MissingOnnxError: the onnx package is missing (an ImportError).
+        """
+        from . import onnx_export  # imported on use: onnx is an optional dependency
+        if not self.built:
+            self.build()
+        proto = onnx_export.to_model(self.layers, self.name)
+        checkpoint.atomic_write(path, proto.SerializeToString())
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Every layer's non-trainable arrays (``Layer.state``) by full name, ``layer/name``."""
         return {f"{layer.name}/{key}": array for layer in self.layers for key, array in layer.state.items()}
