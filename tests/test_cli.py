@@ -67,7 +67,7 @@ def read_log(run_dir: Path) -> list[dict]:
     return [{**e, "event": e["type"]} for e in events if e["type"] in ("train", "test")]
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["show"], ["time"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["show"], ["time"], ["export"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])
