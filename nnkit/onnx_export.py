@@ -11,7 +11,8 @@ Opset 22 (``ai.onnx``): the first whose MaxPool and AveragePool definitions stat
 ceil-mode rule nnkit's pooling follows, "sliding windows that would start in the right
 padded region are ignored" (ONNX Operators.md); the other operators used (Conv, Gemm,
 Flatten, LRN, BatchNormalization, Softmax with one axis since opset 13, Pad, Slice) have the
-same semantics there as in earlier opsets. onnxruntime 1.18 and later run it.
+same semantics there as in earlier opsets. Opset 22 came with ONNX 1.17; the tests run the
+exported files in onnxruntime (1.32).
 
 Exactness, layer by layer (a layer that cannot be written exactly is refused with an
 :class:`ExportError` naming it and why, never approximated):
@@ -36,7 +37,6 @@ refused; matching is by exact type, since a subclass may compute something else.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 #: The ``ai.onnx`` opset of exported models (see the module docstring for why).
 OPSET = 22
-#: The ONNX IR version of exported models: 10 is the one released with opset 22 (ONNX 1.16).
+#: The ONNX IR version of exported models: 10, the one released with opset 22 (ONNX 1.17).
 IR_VERSION = 10
 #: The names of the graph's input and output.
 INPUT, OUTPUT = "input", "output"
@@ -130,16 +130,6 @@ def _convolution(g: _Graph, layer: Convolution2D, x: str) -> str:
                   strides=list(layer.stride), pads=[ph, pw, ph, pw])
 
 
-def _onnx_pooled_size(size: int, k: int, stride: int, pad_begin: int, pad_end: int,
-                      ceil_mode: bool) -> int:
-    """ONNX's pooling output size (opset 22, explicit pads) along one axis."""
-    span = size + pad_begin + pad_end - k
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and pad_end and (out - 1) * stride >= size + pad_begin:
-        out -= 1  # a window starting in the right padded region is ignored
-    return out
-
-
 def _pool_attrs(layer: Any, pads: Sequence[int]) -> dict[str, Any]:
     ph, pw = pads
     return {"kernel_shape": list(layer.pool_size), "strides": list(layer.stride),
@@ -165,13 +155,14 @@ def _avg_pooling(g: _Graph, layer: AvgPooling2D, x: str) -> str:
     # A ceil-mode window reaches past the padding, where the spec leaves the divisor open:
     # pad explicitly, pool without padding (the divisor is then the cells inside the padded
     # image, nnkit's), and drop the windows starting in the right padding, which nnkit drops.
-    (ph, pw) = layer.pad
+    ph, pw = layer.pad
     pads = g.constant(f"{layer.name}/pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64))
     x = g.node("Pad", [x, pads], layer, "/pad", mode="constant")
     y = g.node("AveragePool", [x], layer, "/pool", count_include_pad=0,
                **_pool_attrs(layer, (0, 0)))
-    kept = [_onnx_pooled_size(size + 2 * p, k, s, 0, 0, layer.ceil_mode)
-            for size, k, s, p, _ in axes]
+    # ONNX's output size without pads: floor or ceil of (padded size - k) / stride, plus 1.
+    spans = [(size + 2 * p - k, s) for size, k, s, p, _ in axes]
+    kept = [(-(-span // s) if layer.ceil_mode else span // s) + 1 for span, s in spans]
     if kept == list(out):
         return y
     starts = g.constant(f"{layer.name}/starts", np.array([0, 0], np.int64))
@@ -290,7 +281,3 @@ def to_model(layers: Sequence[Layer], name: str = "nnkit") -> "onnx.ModelProto":
     onnx.checker.check_model(model, full_check=True)
     return model
 
-
-def parameter_count(model: "onnx.ModelProto") -> int:
-    """The number of values in a model's initializers (its weights, for a summary line)."""
-    return sum(math.prod(t.dims) for t in model.graph.initializer)

@@ -236,6 +236,21 @@ def test_import_nnkit_does_not_load_the_exporter():
 
 
 # ----------------------------------------------------------------------------------------- CLI
+def test_cli_export_writes_what_predict_computes(tmp_path, capsys):
+    model = Sequential([Convolution2D(3, 3, pad=1), BatchNormalization(), Activation("relu"),
+                        AvgPooling2D(3, 2, pad=1), Dense(4)], input_shape=(2, 9, 9), seed=0)
+    model.build()
+    randomize(model)
+    model.save(tmp_path / "small.h5")
+    out = tmp_path / "small.onnx"
+    assert main(["export", str(tmp_path / "small.h5"), str(out)]) == 0
+    assert "ONNX opset 22, input 'input' (batch, 2, 9, 9), output 'output' (batch, 4)" in \
+        capsys.readouterr().out
+    x = np.random.default_rng(2).standard_normal((3, 2, 9, 9)).astype(np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(got - nnkit.load(tmp_path / "small.h5").predict(x)).max() < TOLERANCE
+
+
 def test_cli_export_errors_exit_2(tmp_path, capsys):
     not_h5 = tmp_path / "job.conf"
     not_h5.write_text("name: 'x'\n")
