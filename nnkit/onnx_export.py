@@ -30,6 +30,8 @@ Exactness, layer by layer (a layer that cannot be written exactly is refused wit
   where the spec does not say what is counted. Such a layer is written as an explicit zero
   ``Pad``, an unpadded ``AveragePool`` (``count_include_pad=0``: the cells inside the padded
   image, nnkit's divisor) and a ``Slice`` dropping the windows ONNX keeps that nnkit drops.
+  (onnxruntime agrees with nnkit on every case; onnx 1.23's reference evaluator does not
+  in ceil mode, even on its output sizes, so it is no judge there.)
 - ``Activation('stanh')`` is ``1.7159 * Tanh(2/3 * x)``; ``softmax`` normalizes axis 1.
 
 Layer kinds beyond those of :data:`EXPORTED` (a user's own ``Layer`` subclass, say) are
@@ -45,7 +47,6 @@ from ._version import __version__
 from .layers import (LRN2D, Activation, AvgPooling2D, BatchNormalization, Convolution2D, Dense,
                      Dropout, Dummy, ImageInput, Layer, MaxPooling2D)
 from .layers.activation import STANH_A, STANH_B
-from .layers.pooling import pooled_size
 
 if TYPE_CHECKING:
     import onnx
