@@ -290,6 +290,28 @@ def _train_export_compare(conf: str, steps: int, tmp_path: Path,
     return diff, scale
 
 
+@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no MNIST in {DATA}")
+def test_every_layer_kind_in_one_net_trained_on_mnist_exports_exactly(tmp_path):
+    """Trained weights and running statistics (not a fresh init) of every exported kind."""
+    from nnkit.datasets import load_mnist
+    images, labels = (a[:1280] for a in load_mnist(str(DATA), "train"))
+    x = images[:, None].astype(np.float32) / 255
+    init = "glorot_uniform"  # the default U(-0.05, 0.05) learns too slowly for 20 steps
+    model = Sequential([Convolution2D(8, 5, pad=2, init=init), BatchNormalization(),
+                        Activation("relu"), MaxPooling2D(3, 2), LRN2D(5, alpha=1e-3),
+                        Convolution2D(8, 3, stride=2, init=init), Activation("tanh"),
+                        AvgPooling2D(3, 2, pad=1), Dropout(0.3), Dense(32, init=init),
+                        Activation("stanh"), Dense(10, init=init)],
+                       input_shape=(1, 28, 28), seed=0)
+    model.compile(nnkit.SGD(lr=0.05, momentum=0.9))
+    model.fit(x, labels, batch_size=64, epochs=1, verbose=0)
+    assert np.abs(model.layers[2].state["moving_mean"]).max() > 1e-3  # the statistics moved
+    expected = model.predict(x[:300])
+    got = onnx_outputs(model, x[:300], tmp_path / "all.onnx")
+    assert np.abs(got - expected).max() < TOLERANCE
+    assert (got.argmax(axis=1) == labels[:300]).mean() > 0.5  # it learned: real weights
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no MNIST in {DATA}")
 def test_the_mnist_mlp_example_trained_exports_exactly(tmp_path):
