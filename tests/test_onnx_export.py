@@ -308,7 +308,10 @@ def test_every_layer_kind_in_one_net_trained_on_mnist_exports_exactly(tmp_path):
     assert np.abs(model.layers[2].state["moving_mean"]).max() > 1e-3  # the statistics moved
     expected = model.predict(x[:300])
     got = onnx_outputs(model, x[:300], tmp_path / "all.onnx")
-    assert np.abs(got - expected).max() < TOLERANCE
+    diff = float(np.abs(got - expected).max())
+    print(f"every kind, 20 steps on MNIST: max abs diff {diff:.3g} (outputs up to "
+          f"{np.abs(expected).max():.3g})")
+    assert diff < TOLERANCE
     assert (got.argmax(axis=1) == labels[:300]).mean() > 0.5  # it learned: real weights
 
 
