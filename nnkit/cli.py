@@ -101,6 +101,8 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
         raise UsageError(str(e)) from None
     if "model" not in tree:
         raise UsageError(f"{path}: not a model checkpoint")
+    from .training.trainer import Trainer
+    Trainer.check_state(tree.get("trainer"), path)  # a bad trainer section: exit 2 naming the field
     return tree
 
 
@@ -285,8 +287,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = _resume_point(args)
     model = job.build_model()
     if resume is not None:  # a checkpoint of another model is a bad argument: fail before anything
+        tree = _read_checkpoint(str(resume))
         try:
-            model.restore_tree(_read_checkpoint(str(resume))["model"], str(resume))
+            model.restore_tree(tree["model"], str(resume))
         except (ValueError, KeyError) as e:
             raise UsageError(f"--resume {resume}: does not fit the job's model: {e}") from None
     x, y = job.load_data("train")  # missing data: a ConfigError naming file:line, before any file is made

@@ -17,7 +17,7 @@ from google.protobuf import text_format
 
 from .. import checkpoint
 from ..model import Sequential
-from ..training import EventBus, ProcessRun, TrainingRun
+from ..training import EventBus, ProcessRun, Trainer, TrainingRun
 from ..training.process import serve_child
 from .job import Job, job_from_text
 from .schema import model_from_proto
@@ -52,9 +52,11 @@ def load(path: str | os.PathLike) -> Sequential:
     if "model" not in tree:
         raise checkpoint.CheckpointError(
             f"{path}: not a model checkpoint (it has {', '.join(sorted(tree)) or 'nothing'})")
-    with checkpoint.restoring(os.fspath(path)):  # a damaged stored config or state: one error type
-        model = load_tree_model(tree, os.fspath(path))
-        model.trainer_for_fit().load_state_dict(tree.get("trainer") or {})
+    source = os.fspath(path)
+    Trainer.check_state(tree.get("trainer"), source)  # names the bad field, before any building
+    with checkpoint.restoring(source):  # a damaged stored config or state: one error type
+        model = load_tree_model(tree, source)
+        model.trainer_for_fit().load_state_dict(tree.get("trainer"), source)
     return model
 
 
