@@ -5,7 +5,8 @@ import copy
 
 import numpy as np
 import pytest
-from test_cli import nnkit_cli
+from helpers import DATA
+from test_cli import SMALL_JOB, nnkit_cli
 from test_model import mlp, toy_data
 
 import nnkit
@@ -60,6 +61,7 @@ BAD = {
     "history a list": ("history", [1], "'epoch'"),
     "history without epochs": ("history", {"history": {}}, "'epoch'"),
     "history a metric not a list": ("history", {"epoch": [0], "history": {"loss": 1.0}}, "'epoch'"),
+    "history a value a dict": ("history", {"epoch": [0], "history": {"loss": [{"a": 1}]}}, "numbers"),
     "interactive a dict": ("interactive", {"a": 1}, "rows"),
     "interactive a short row": ("interactive", [[0, 0.5]], "rows"),
     "interactive a string error": ("interactive", [[0, "x", None]], "rows"),
@@ -133,3 +135,17 @@ def test_a_real_nnkit_show_process_exits_2(good, tmp_path):
     done = nnkit_cli("show", path, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert f"{path}: trainer/interactive" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no MNIST in {DATA}")
+def test_nnkit_train_resume_refuses_it_before_making_anything(tmp_path, capsys):
+    job = tmp_path / "small.conf"
+    job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
+    model = nnkit.load_job(job).build_model()  # the job's own model: only the trainer section is bad
+    tree = {"model": model.checkpoint_tree(), "trainer": {"global_step": "7"}}
+    path = tmp_path / "bad.h5"
+    checkpoint.save_tree(path, tree)
+    assert main(["train", str(job), "--resume", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"nnkit train: error: {path}: trainer/current_epoch: missing" in err, err
+    assert not (tmp_path / "run").exists()

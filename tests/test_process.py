@@ -74,6 +74,8 @@ def test_a_child_pauses_on_a_non_finite_batch_and_takes_skip_and_resume(tmp_path
     model.build()
     with pytest.raises(ValueError, match="on_nonfinite must be one of"):
         model.fit(x, y, background="process", on_nonfinite="ignore")  # refused here, not in the child
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        nnkit.start("model { layer { dense { output_dim: 3 } } }", on_nonfinite="ignore")
     run_dir = tmp_path / "run"
     # on_nonfinite: 'pause' is the default of a background run, a child process's too.
     run = model.fit(x, y, batch_size=16, epochs=1, background="process", run_dir=run_dir)

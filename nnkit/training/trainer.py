@@ -384,8 +384,11 @@ class Trainer:
                 or not all(_is_int(e) for e in history["epoch"])
                 or not isinstance(history.get("history"), dict)
                 or not all(isinstance(k, str) and isinstance(v, list)
+                           and all(item is None or isinstance(item, str) or _is_number(item)
+                                   for item in v)
                            for k, v in history["history"].items())):
-            raise bad("history", "expected {'epoch': [int, ...], 'history': {metric: [...]}}")
+            raise bad("history", "expected {'epoch': [int, ...], 'history': {metric: [value, ...]}} "
+                      "with numbers (or None, or text) as values")
         rows = state["interactive"]
         if not isinstance(rows, list) or not all(
                 isinstance(row, list) and len(row) == 3 and _is_int(row[0])
