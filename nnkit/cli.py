@@ -101,8 +101,8 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
         raise UsageError(str(e)) from None
     if "model" not in tree:
         raise UsageError(f"{path}: not a model checkpoint")
-    from .training.trainer import Trainer
-    Trainer.check_state(tree.get("trainer"), path)  # a bad trainer section: exit 2 naming the field
+    from .training.trainer_state import check_trainer_state
+    check_trainer_state(tree.get("trainer"), path)  # a bad trainer section: exit 2 naming the field
     return tree
 
 

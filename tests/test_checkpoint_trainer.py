@@ -13,7 +13,7 @@ import nnkit
 from nnkit import checkpoint
 from nnkit.checkpoint import CheckpointError
 from nnkit.cli import main
-from nnkit.training import Trainer
+from nnkit.training.trainer_state import check_trainer_state
 
 FIELDS = ("current_epoch", "batch_cursor", "example_cursor", "global_step", "shuffle_rng",
           "epoch_rng", "epoch_sums", "history", "interactive")
@@ -87,7 +87,7 @@ def test_the_good_checkpoint_loads_and_every_field_is_checked(good):
     assert set(tree["trainer"]) == set(FIELDS)
     assert nnkit.load(path).trainer.global_step == 10
     assert {BAD[name][0] for name in BAD} == set(FIELDS)  # every field has a bad case
-    assert Trainer.check_state({}) == {} and Trainer.check_state(None) == {}  # a fresh trainer
+    assert check_trainer_state({}) == {} and check_trainer_state(None) == {}  # a fresh trainer
 
 
 @pytest.mark.parametrize("name", list(BAD))

@@ -17,9 +17,10 @@ from google.protobuf import text_format
 
 from .. import checkpoint
 from ..model import Sequential
-from ..training import EventBus, ProcessRun, Trainer, TrainingRun
+from ..training import EventBus, ProcessRun, TrainingRun
 from ..training.process import serve_child
 from ..training.trainer import check_policy
+from ..training.trainer_state import check_checkpoint_tree
 from .job import Job, job_from_text
 from .schema import model_from_proto
 
@@ -49,12 +50,9 @@ def load(path: str | os.PathLike) -> Sequential:
     ``nnkit.load(path).fit(x, y, ...)`` continues where the saved run stopped, and
     ``nnkit.load(path).trainer`` is the Trainer positioned where it stopped.
     """
-    tree = checkpoint.load_tree(path)
-    if "model" not in tree:
-        raise checkpoint.CheckpointError(
-            f"{path}: not a model checkpoint (it has {', '.join(sorted(tree)) or 'nothing'})")
     source = os.fspath(path)
-    Trainer.check_state(tree.get("trainer"), source)  # names the bad field, before any building
+    tree = checkpoint.load_tree(path)
+    check_checkpoint_tree(tree, source)  # names a bad trainer field, before any building
     with checkpoint.restoring(source):  # a damaged stored config or state: one error type
         model = load_tree_model(tree, source)
         model.trainer_for_fit().load_state_dict(tree.get("trainer"), source)

@@ -37,6 +37,7 @@ from .. import checkpoint
 from ..means import RunningMeans
 from . import checkpoints
 from .callbacks import Callback, CallbackList, History, NonFiniteLossError, ProgressBar, TerminateOnNaN
+from .trainer_state import check_checkpoint_tree, check_trainer_state
 
 #: The run directory's checkpoint as the end of ``fit`` and the ``checkpoint`` command name it;
 #: :meth:`Trainer.save_checkpoint` writes it as ``checkpoint-<step>.h5`` when rotating.
@@ -50,30 +51,6 @@ REQUESTS = ("stop", "shutdown", "interrupt")
 
 #: What a run does with a batch that went non-finite: end with the error, or pause for commands.
 NONFINITE_POLICIES = ("stop", "pause")
-
-
-#: The fields of a trainer's ``state_dict`` (a checkpoint's ``trainer`` section).
-_STATE_FIELDS = ("current_epoch", "batch_cursor", "example_cursor", "global_step", "shuffle_rng",
-                 "epoch_rng", "epoch_sums", "history", "interactive")
-_MAX_COUNT = 2**63 - 1  # counters beyond int64 overflow the schedules and the kernels' steps
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, (float, np.floating))
-
-
-def _count(value: Any, bad: Any) -> int:
-    """``value`` as an int in [0, 2**63); else raises ``bad(problem)``."""
-    if not _is_int(value):
-        raise bad(f"expected a whole number >= 0, got {type(value).__name__} {value!r:.40}")
-    if not 0 <= value <= _MAX_COUNT:
-        shown = value if int(value).bit_length() < 80 else f"a {int(value).bit_length()}-bit number"
-        raise bad(f"must be in [0, 2**63), got {shown}")
-    return int(value)
 
 
 def check_policy(on_nonfinite: str) -> str:
@@ -320,10 +297,11 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any], source: str = "trainer state") -> None:
         """Restores what ``state_dict`` returned (an empty dict: a fresh trainer).
 
-        Everything is checked first (:meth:`check_state`), so a bad state changes nothing and
-        raises :class:`~nnkit.checkpoint.CheckpointError` naming ``source`` and the field.
+        Everything is checked first (:func:`~nnkit.training.trainer_state.check_trainer_state`),
+        so a bad state changes nothing and raises :class:`~nnkit.checkpoint.CheckpointError`
+        naming ``source`` and the field.
         """
-        state = self.check_state(state, source, type(self._shuffle_rng.bit_generator))
+        state = check_trainer_state(state, source, type(self._shuffle_rng.bit_generator))
         if not state:
             return
         self.current_epoch = state["current_epoch"]
@@ -336,65 +314,6 @@ class Trainer:
         self.epoch_means.load_state_dict(state["epoch_sums"])
         self.history.load_state_dict(state["history"])
         self._interactive = [tuple(row) for row in state["interactive"]]
-
-    @staticmethod
-    def check_state(state: Any, source: str = "trainer state",
-                    bit_generator: type = np.random.PCG64) -> dict[str, Any]:
-        """``state`` (a checkpoint's ``trainer`` section) checked field by field; returns it
-        with its counters as ints. None or ``{}`` (a model saved before it trained) is a fresh
-        trainer; anything else must have every field :meth:`state_dict` writes, of its type.
-
-        Raises :class:`~nnkit.checkpoint.CheckpointError` naming ``source`` and the field
-        (``trainer/global_step``) for a missing field, a wrong type or a value out of range.
-        ``bit_generator`` is the class the RNG states must restore (tried on a fresh one).
-        """
-        if state is None or (isinstance(state, dict) and not state):
-            return {}
-
-        def bad(field: str | None, problem: str) -> checkpoint.CheckpointError:
-            where = "trainer" + (f"/{field}" if field else "")
-            return checkpoint.CheckpointError(f"{source}: {where}: {problem}")
-
-        if not isinstance(state, dict):
-            raise bad(None, f"expected a dict of trainer state, got {type(state).__name__}")
-        missing = [k for k in _STATE_FIELDS if k not in state]
-        if missing:
-            raise bad(missing[0], f"missing (the trainer state has {', '.join(map(str, state))})")
-        out = dict(state)
-        for key in ("current_epoch", "batch_cursor", "example_cursor", "global_step"):
-            out[key] = _count(state[key], lambda problem, key=key: bad(key, problem))
-        if out["batch_cursor"] > out["example_cursor"]:
-            raise bad("batch_cursor", f"{out['batch_cursor']} batches done in the epoch but only "
-                      f"{out['example_cursor']} examples (example_cursor): every batch has one")
-        for key in ("shuffle_rng", "epoch_rng"):
-            if key == "epoch_rng" and state[key] is None:
-                continue
-            try:
-                bit_generator().state = state[key]  # a fresh one: nothing of ours is touched
-            except Exception as e:  # noqa: BLE001  (numpy raises several types for bad states)
-                raise bad(key, f"not a {bit_generator.__name__} state ({type(e).__name__}: {e})") from None
-        sums = state["epoch_sums"]
-        if not isinstance(sums, dict) or not all(isinstance(k, str) and _is_number(v)
-                                                 for k, v in sums.items()):
-            raise bad("epoch_sums", "expected a dict of numbers by metric name")
-        if sums:
-            _count(sums.get("_count"), lambda problem: bad("epoch_sums/_count", problem))
-        history = state["history"]
-        if (not isinstance(history, dict) or not isinstance(history.get("epoch"), list)
-                or not all(_is_int(e) for e in history["epoch"])
-                or not isinstance(history.get("history"), dict)
-                or not all(isinstance(k, str) and isinstance(v, list)
-                           and all(item is None or isinstance(item, str) or _is_number(item)
-                                   for item in v)
-                           for k, v in history["history"].items())):
-            raise bad("history", "expected {'epoch': [int, ...], 'history': {metric: [value, ...]}} "
-                      "with numbers (or None, or text) as values")
-        rows = state["interactive"]
-        if not isinstance(rows, list) or not all(
-                isinstance(row, list) and len(row) == 3 and _is_int(row[0])
-                and all(v is None or _is_number(v) for v in row[1:]) for row in rows):
-            raise bad("interactive", "expected a list of [epoch, train_error, test_error] rows")
-        return out
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Writes model and trainer state to ``path`` atomically; returns the path written.
@@ -437,10 +356,7 @@ class Trainer:
         file is a CheckpointError naming it."""
         source = os.fspath(path)
         tree = checkpoint.load_tree(path)
-        if "model" not in tree:
-            raise checkpoint.CheckpointError(f"{source}: not a model checkpoint (it has "
-                                             f"{', '.join(sorted(tree)) or 'nothing'})")
-        state = self.check_state(tree.get("trainer"), source, type(self._shuffle_rng.bit_generator))
+        state = check_checkpoint_tree(tree, source, type(self._shuffle_rng.bit_generator))
         with checkpoint.restoring(source):
             self.model.restore_tree(tree["model"], source)
             self.load_state_dict(state, source)
