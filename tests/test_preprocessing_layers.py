@@ -230,8 +230,13 @@ def test_show_lists_the_preprocessing(tmp_path, capsys):
     assert main(["show", str(path)]) == 0
     out = capsys.readouterr().out
     assert "rescaling_1 (Rescaling)" in out and "norm (Normalization)" in out
-    assert ("Preprocessing in the model (it takes the raw data): rescaling_1: x * 0.00392157 + 0; "
+    assert ("Preprocessing in the model (it takes the raw data): rescaling_1: x * 0.00392157; "
             "norm: (x - mean) / std, mean 2 values (0.4 .. 0.6), std 2 values (0.25 .. 0.3)") in out
+    conf = tmp_path / "job.conf"  # a job config too
+    conf.write_text(CONF)
+    assert main(["show", str(conf)]) == 0
+    assert ("Preprocessing in the model (it takes the raw data): rescaling_1: x * 0.5 - 1; "
+            "norm: (x - mean) / std, mean 2 values (-0.5 .. 0.25), std 2") in capsys.readouterr().out
 
 
 @needs_mnist
@@ -256,5 +261,5 @@ def test_nnkit_eval_of_a_python_model_trained_on_raw_mnist_gives_the_training_ac
     assert result["examples"] == 10000
     assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
     assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
-    assert "the model does its own preprocessing (rescaling_1: x * 0.00392157 + 0; " in done.stderr
+    assert "the model does its own preprocessing (rescaling_1: x * 0.00392157; " in done.stderr
     assert "stores no preprocessing" not in done.stderr

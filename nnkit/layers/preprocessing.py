@@ -72,8 +72,11 @@ class Rescaling(_Preprocessing):
         return {"scale": self.scale, "offset": self.offset, "name": self.name}
 
     def describe_transform(self) -> str:
-        """``x * 0.00392157 + 0``."""
-        return f"x * {self.scale:.6g} + {self.offset:.6g}"
+        """``x * 0.00392157``, ``x * 0.00784314 - 1``."""
+        text = f"x * {self.scale:.6g}"
+        if self.offset:
+            text += f" {'-' if self.offset < 0 else '+'} {abs(self.offset):.6g}"
+        return text
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``x * scale + offset`` in the layer's dtype."""
