@@ -102,6 +102,8 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
         raise UsageError(str(e)) from None
     if "model" not in tree:
         raise UsageError(f"{path}: not a model checkpoint")
+    from .training.trainer_state import check_trainer_state
+    check_trainer_state(tree.get("trainer"), path)  # a bad trainer section: exit 2 naming the field
     return tree
 
 
@@ -286,8 +288,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = _resume_point(args)
     model = job.build_model()
     if resume is not None:  # a checkpoint of another model is a bad argument: fail before anything
+        tree = _read_checkpoint(str(resume))
         try:
-            model.restore_tree(_read_checkpoint(str(resume))["model"], str(resume))
+            model.restore_tree(tree["model"], str(resume))
         except (ValueError, KeyError) as e:
             raise UsageError(f"--resume {resume}: does not fit the job's model: {e}") from None
     x, y = job.load_data("train")  # missing data: a ConfigError naming file:line, before any file is made
@@ -350,12 +353,20 @@ def _checkpoint_arg(path: str) -> str:
         raise UsageError(str(e)) from None
 
 
-def _eval_job(tree: dict[str, Any], path: str, args: argparse.Namespace) -> Job:
+def _preprocessing(model: Sequential) -> str:
+    """What the model's preprocessing layers (Rescaling, Normalization) do, or ""."""
+    from .layers.preprocessing import _Preprocessing
+    return "; ".join(f"{layer.name}: {layer.describe_transform()}" for layer in model.layers
+                     if isinstance(layer, _Preprocessing))
+
+
+def _eval_job(tree: dict[str, Any], path: str, args: argparse.Namespace, model: Sequential) -> Job:
     """The job whose test data ``nnkit eval`` uses: the stored one, with ``--dataset``/``--scale``.
 
     A checkpoint of ``fit`` from Python stores a job without a data section (its arrays came
-    already scaled): ``--dataset`` names the data then, and a note says the pixels are scaled
-    only by ``--scale``.
+    already scaled, or raw to a model that scales them itself): ``--dataset`` names the data
+    then, and a note says what is done to the raw pixels (``model``'s preprocessing layers,
+    ``--scale``).
     """
     from . import datasets
     stored = _stored_job(tree, path)
@@ -376,11 +387,19 @@ def _eval_job(tree: dict[str, Any], path: str, args: argparse.Namespace) -> Job:
     job = _stored_job(tree, path, [*extra, *args.set], _absolute(args.data_dir))
     if not stored.proto.HasField("data"):
         scale = job.proto.data.scale if job.proto.data.HasField("scale") else None
-        print(f"nnkit eval: note: {path} stores no preprocessing (trained from Python on arrays "
-              "scaled there); the test images are the raw pixel values "
-              + (f"times {scale:g} (--scale)" if scale is not None else
-                 "unscaled; give --scale 0.00392156862745098 if training used x / 255"),
-              file=sys.stderr)
+        inside = _preprocessing(model)
+        if inside:
+            print(f"nnkit eval: note: the model does its own preprocessing ({inside}); the test "
+                  "images go in as the raw pixel values"
+                  + (f" times {scale:g} (--scale, before the model's own)" if scale is not None else ""),
+                  file=sys.stderr)
+        else:
+            print(f"nnkit eval: note: {path} stores no preprocessing (trained from Python on arrays "
+                  "scaled there); the test images are the raw pixel values "
+                  + (f"times {scale:g} (--scale)" if scale is not None else
+                     "unscaled; give --scale 0.00392156862745098 if training used x / 255, or "
+                     "train with a Rescaling or Normalization layer"),
+                  file=sys.stderr)
     return job
 
 
@@ -390,9 +409,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .config import load_tree_model
     path = _checkpoint_arg(args.checkpoint)
     tree = _read_checkpoint(path)
-    job = _eval_job(tree, path, args)
-    job.validate(check_data=True)
     model = load_tree_model(tree, path)
+    job = _eval_job(tree, path, args, model)
+    job.validate(check_data=True)
     x, y = job.load_data("test", model.input_shape)
     metrics = model.evaluate(x, y, batch_size=args.batch_size or job.batch_size("test"))
     step = (tree.get("trainer") or {}).get("global_step")
@@ -434,6 +453,9 @@ def _show_model(model: Sequential, job: Job | None, stored: bool = False) -> Non
     if not model.built and job is not None and job.input_shape() is not None:
         model.build(job.input_shape())
     model.summary()
+    inside = _preprocessing(model)
+    if inside:
+        print(f"Preprocessing in the model (it takes the raw data): {inside}")
     if model.loss_layer is not None:
         metrics = ", ".join(name for name, _ in model.metrics) or "none"
         print(f"Loss: {model.loss_layer.lossname}   Metrics: {metrics}")

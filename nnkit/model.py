@@ -20,6 +20,7 @@ from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, name_l
 from .layers.base import LAYER_CLASSES, Param
 from .layers.input import _InputLayer
 from .training import Callback, History, NonFiniteLossError, ProcessRun, Trainer, TrainingRun
+from .training.trainer import check_policy
 
 # A stream of the model seed that no layer uses: the data order.
 _SHUFFLE_STREAM = 0x5EED
@@ -519,23 +520,22 @@ class Sequential:
         ``on_nonfinite``: what a batch that goes non-finite does (the model is left as before
         it, and a run directory gets a checkpoint of that state): ``'stop'`` raises
         :class:`~nnkit.training.NonFiniteLossError`; ``'pause'`` pauses the run with a
-        ``nonfinite`` event until ``resume`` (retry the batch) or ``skip``. By default
-        ``'pause'`` for ``background=True``, else ``'stop'`` (a child process always stops).
+        ``nonfinite`` event until ``resume`` (retry the batch) or ``skip``, sent through the
+        handle (or ``nnkit ctl``). By default ``'pause'`` for a background run (a thread or a
+        child process), else ``'stop'``.
         """
         if seed is not None and self.seed is None and not self.built:
             self.seed = seed
         self._ensure_ready(x)
         if on_nonfinite is None:
-            on_nonfinite = "pause" if background is True else "stop"
+            on_nonfinite = "pause" if background else "stop"
         if background == "process":
-            if on_nonfinite != "stop":
-                raise ValueError("fit(background='process'): the child process stops on a "
-                                 "non-finite batch; on_nonfinite='pause' needs a thread run")
+            check_policy(on_nonfinite)  # here, not as a failed child
             if validation_split is not None or resume is not None or callbacks:
                 raise ValueError("fit(background='process'): validation_split, resume and callbacks "
                                  "cannot cross to the child process; use validation_data")
             return _config_bridge().start_process(self, x, y, validation_data, run_dir, epochs,
-                                                  steps, batch_size)
+                                                  steps, batch_size, on_nonfinite)
         trainer = self.trainer_for_fit()
         trainer.user_callbacks = list(callbacks)
         trainer.verbose = verbose

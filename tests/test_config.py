@@ -14,7 +14,8 @@ from google.protobuf import text_format
 
 import nnkit
 from nnkit import (LRN2D, SGD, Accuracy, Activation, AvgPooling2D, Convolution2D, Dense, Dropout,
-                   ImageInput, MaxPooling2D, Sequential, initializers, schedules, updaters)
+                   ImageInput, MaxPooling2D, Normalization, Rescaling, Sequential, initializers,
+                   schedules, updaters)
 from nnkit.config import ConfigError, job_from_text, load_job, model_from_proto
 from nnkit.config.restore import load_tree_model
 from nnkit.config.text import _field_lines
@@ -79,6 +80,8 @@ def every_option_model(seed=3) -> Sequential:
     """A model using every layer type and non-default values of (nearly) every argument."""
     layers = [
         ImageInput(12, 10, 2, name="data", dtype="float64"),
+        Rescaling(1 / 255, offset=-0.5),
+        Normalization(mean=[0.1, -0.2], std=[2.0, 0.5], name="norm"),
         Convolution2D(4, (3, 2), stride=(1, 2), pad=(1, 0), init="gaussian", bias=True,
                       w_std=0.02, w_mean=0.001, w_lr=0.5, w_wd=2.0, b_value=0.1, b_lr=2.0, b_wd=0.0),
         MaxPooling2D(pool_size=(3, 2), stride=1, pad=(1, 0), ceil_mode=False),

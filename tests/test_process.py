@@ -65,3 +65,43 @@ def test_start_a_job_config_on_real_mnist(tmp_path):
     assert run.join(30)
     assert (tmp_path / "events.jsonl").is_file() and (tmp_path / "checkpoint.h5").is_file()
     assert nnkit.load(tmp_path / "checkpoint.h5").trainer.global_step == 4
+
+
+def test_a_child_pauses_on_a_non_finite_batch_and_takes_skip_and_resume(tmp_path):
+    x, y = toy_data(4096)
+    model = mlp()
+    model.compile(nnkit.SGD(lr=0.0, momentum=0.9))
+    model.build()
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        model.fit(x, y, background="process", on_nonfinite="ignore")  # refused here, not in the child
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        nnkit.start("model { layer { dense { output_dim: 3 } } }", on_nonfinite="ignore")
+    run_dir = tmp_path / "run"
+    # on_nonfinite: 'pause' is the default of a background run, a child process's too.
+    run = model.fit(x, y, batch_size=16, epochs=1, background="process", run_dir=run_dir)
+    try:
+        good = run.wait_for(run.pause(), timeout=60)["step"]
+        run.wait_for(run.set(lr=1e300), timeout=60)  # passes the checks; the next batch overflows
+        run.resume()
+        wait_until(lambda: run.events("nonfinite"), timeout=120)
+        event = run.events("nonfinite")[0]
+        assert (event["what"], event["step"], event["last_good_step"]) == ("parameter", good + 1, good)
+        assert event["checkpoint"] == str(run_dir / "checkpoint.h5")
+        wait_until(lambda: run.status == "paused", timeout=60)
+        assert run.process.is_alive()  # waiting for a command, not stopped
+        assert nnkit.load(run_dir / "checkpoint.h5").trainer.global_step == good
+        skipped = run.wait_for(run.skip(), timeout=60)
+        assert skipped["type"] == "ack" and skipped["skipped"]["step"] == good + 1
+        wait_until(lambda: len(run.events("nonfinite")) == 2, timeout=120)  # still 1e300
+        assert run.events("nonfinite")[1]["step"] == good + 1  # the skip counted no step
+        wait_until(lambda: run.status == "paused", timeout=60)
+        run.wait_for(run.set(lr=0.01), timeout=60)
+        assert run.wait_for(run.resume(), timeout=60)["type"] == "ack"  # retries the batch
+        assert run.wait(120) == "finished"
+        assert run.global_step == 256 - 1  # one batch dropped
+        losses = [e["loss"] for e in run.events("loss")]
+        assert losses and np.isfinite(losses).all()
+    finally:
+        run.shutdown()
+        assert run.join(60)
+    assert run.process.exitcode == 0 and run.status == "stopped"

@@ -19,6 +19,8 @@ from .. import checkpoint
 from ..model import Sequential
 from ..training import EventBus, ProcessRun, TrainingRun
 from ..training.process import serve_child
+from ..training.trainer import check_policy
+from ..training.trainer_state import check_checkpoint_tree
 from .job import Job, job_from_text
 from .schema import model_from_proto
 
@@ -48,13 +50,12 @@ def load(path: str | os.PathLike) -> Sequential:
     ``nnkit.load(path).fit(x, y, ...)`` continues where the saved run stopped, and
     ``nnkit.load(path).trainer`` is the Trainer positioned where it stopped.
     """
+    source = os.fspath(path)
     tree = checkpoint.load_tree(path)
-    if "model" not in tree:
-        raise checkpoint.CheckpointError(
-            f"{path}: not a model checkpoint (it has {', '.join(sorted(tree)) or 'nothing'})")
-    with checkpoint.restoring(os.fspath(path)):  # a damaged stored config or state: one error type
-        model = load_tree_model(tree, os.fspath(path))
-        model.trainer_for_fit().load_state_dict(tree.get("trainer") or {})
+    check_checkpoint_tree(tree, source)  # names a bad trainer field, before any building
+    with checkpoint.restoring(source):  # a damaged stored config or state: one error type
+        model = load_tree_model(tree, source)
+        model.trainer_for_fit().load_state_dict(tree.get("trainer"), source)
     return model
 
 
@@ -83,7 +84,8 @@ def child_main(conn: Any, run_id: str, job_text: str, source: str, options: dict
         fit_kwargs = dict(x=x, y=y, batch_size=options.get("batch_size") or job.batch_size("train"),
                           epochs=options.get("epochs", run.epochs if run.HasField("epochs") else None),
                           steps=options.get("steps", run.steps if run.HasField("steps") else None),
-                          validation_data=validation, verbose=0, run_dir=options.get("run_dir"))
+                          validation_data=validation, verbose=0, run_dir=options.get("run_dir"),
+                          on_nonfinite=options.get("on_nonfinite", "stop"))
         return TrainingRun(model, fit_kwargs, options.get("run_dir"), linger=True, bus=bus)
 
     serve_child(conn, run_id, make_run)
@@ -91,20 +93,24 @@ def child_main(conn: Any, run_id: str, job_text: str, source: str, options: dict
 
 def _process_run(job_text: str, source: str, run_dir: str | os.PathLike | None = None,
                  data_dir: str | None = None, arrays: str | None = None, epochs: int | None = None,
-                 steps: int | None = None, batch_size: int | None = None) -> ProcessRun:
+                 steps: int | None = None, batch_size: int | None = None,
+                 on_nonfinite: str = "stop") -> ProcessRun:
     options = {"data_dir": data_dir, "arrays": arrays, "batch_size": batch_size,
-               "run_dir": None if run_dir is None else os.fspath(run_dir)}
+               "run_dir": None if run_dir is None else os.fspath(run_dir),
+               "on_nonfinite": check_policy(on_nonfinite)}
     if epochs is not None or steps is not None:
         options.update(epochs=epochs, steps=steps)
     return ProcessRun(child_main, (job_text, source, options), cleanup=arrays)
 
 
 def start(job: Job | str | os.PathLike, run_dir: str | os.PathLike | None = None,
-          data_dir: str | None = None, epochs: int | None = None, steps: int | None = None
-          ) -> ProcessRun:
+          data_dir: str | None = None, epochs: int | None = None, steps: int | None = None,
+          on_nonfinite: str = "stop") -> ProcessRun:
     """Runs a job (a :class:`~nnkit.config.Job`, a config path, or config text) in a child process.
 
-    Call it under ``if __name__ == "__main__":`` in a script: the child is started with the
+    ``on_nonfinite``: a batch that goes non-finite ends the run (``'stop'``, the default, so
+    that nothing waits on a job nobody watches) or pauses it for ``resume``/``skip``
+    (``'pause'``), as in :meth:`~nnkit.Sequential.fit`. Call it under ``if __name__ == "__main__":`` in a script: the child is started with the
     ``spawn`` method, which imports the calling module again.
     """
     if isinstance(job, Job):
@@ -113,16 +119,19 @@ def start(job: Job | str | os.PathLike, run_dir: str | os.PathLike | None = None
         text, source = Path(job).read_text(), os.fspath(job)
     else:
         text, source = str(job), "<job>"
-    return _process_run(text, source, run_dir=run_dir, data_dir=data_dir, epochs=epochs, steps=steps)
+    return _process_run(text, source, run_dir=run_dir, data_dir=data_dir, epochs=epochs, steps=steps,
+                        on_nonfinite=on_nonfinite)
 
 
 def start_arrays(model: Sequential, x: np.ndarray, y: np.ndarray, validation_data: Any = None,
                  run_dir: str | os.PathLike | None = None, epochs: int | None = None,
-                 steps: int | None = None, batch_size: int = 32) -> ProcessRun:
+                 steps: int | None = None, batch_size: int = 32, on_nonfinite: str = "stop"
+                 ) -> ProcessRun:
     """``fit(background='process')``: the model as a job proto, the arrays through an .npz file.
 
     The child starts from the model's current parameters and layer state (also in the .npz);
-    the updater's slots and the training counters start fresh there.
+    the updater's slots and the training counters start fresh there. ``on_nonfinite`` is the
+    child's policy (``'pause'``: it waits for ``resume`` or ``skip`` from this handle).
     """
     job = model.to_proto()
     fd, path = tempfile.mkstemp(prefix="nnkit-arrays-", suffix=".npz")
@@ -135,4 +144,5 @@ def start_arrays(model: Sequential, x: np.ndarray, y: np.ndarray, validation_dat
             arrays.update(xv=validation_data[0], yv=validation_data[1])
         np.savez(f, **arrays)
     return _process_run(text_format.MessageToString(job), f"<{model.name}>", run_dir=run_dir,
-                        arrays=path, epochs=epochs, steps=steps, batch_size=batch_size)
+                        arrays=path, epochs=epochs, steps=steps, batch_size=batch_size,
+                        on_nonfinite=on_nonfinite)

@@ -6,6 +6,7 @@ from .pooling import MaxPooling2D, AvgPooling2D
 from .normalization import LRN2D, BatchNormalization
 from .activation import Activation
 from .dropout import Dropout
+from .preprocessing import Normalization, Rescaling
 from .loss import Loss, Accuracy
 from .base import Layer, Param, name_layers, set_seed
 
@@ -21,6 +22,8 @@ __all__ = [
     "BatchNormalization",
     "Activation",
     "Dropout",
+    "Rescaling",
+    "Normalization",
     "Loss",
     "Accuracy",
     "Layer",

@@ -5,8 +5,9 @@ needs no protoc; ``tests/test_config.py`` fails when it is stale against the sch
 """
 from .nnkit_pb2 import (ActivationConf, BatchNormConf, ConvolutionConf, DataConf, DenseConf, DropoutConf,
                         DummyConf, ImageInputConf, JobConf, LayerConf, LRNConf, ModelConf,
-                        ParamConf, PoolingConf, RunConf, Schedule, SourceConf, UpdaterConf)
+                        NormalizationConf, ParamConf, PoolingConf, RescalingConf, RunConf, Schedule,
+                        SourceConf, UpdaterConf)
 
 __all__ = ["JobConf", "ModelConf", "LayerConf", "ParamConf", "ImageInputConf", "DummyConf",
            "DenseConf", "ConvolutionConf", "PoolingConf", "LRNConf", "ActivationConf",
-           "DropoutConf", "BatchNormConf", "UpdaterConf", "Schedule", "DataConf", "SourceConf", "RunConf"]
+           "DropoutConf", "BatchNormConf", "RescalingConf", "NormalizationConf", "UpdaterConf", "Schedule", "DataConf", "SourceConf", "RunConf"]

@@ -37,6 +37,7 @@ from .. import checkpoint
 from ..means import RunningMeans
 from . import checkpoints
 from .callbacks import Callback, CallbackList, History, NonFiniteLossError, ProgressBar, TerminateOnNaN
+from .trainer_state import check_checkpoint_tree, check_trainer_state
 
 #: The run directory's checkpoint as the end of ``fit`` and the ``checkpoint`` command name it;
 #: :meth:`Trainer.save_checkpoint` writes it as ``checkpoint-<step>.h5`` when rotating.
@@ -293,18 +294,26 @@ class Trainer:
             "interactive": [list(row) for row in self._interactive],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what ``state_dict`` returned."""
-        self.current_epoch = int(state.get("current_epoch", 0))
-        self.batch_cursor = int(state.get("batch_cursor", 0))
-        self.example_cursor = int(state.get("example_cursor", 0))
-        self.global_step = int(state.get("global_step", 0))
-        if state.get("shuffle_rng") is not None:
+    def load_state_dict(self, state: dict[str, Any], source: str = "trainer state") -> None:
+        """Restores what ``state_dict`` returned (an empty dict: a fresh trainer).
+
+        Everything is checked first (:func:`~nnkit.training.trainer_state.check_trainer_state`),
+        so a bad state changes nothing and raises :class:`~nnkit.checkpoint.CheckpointError`
+        naming ``source`` and the field.
+        """
+        state = check_trainer_state(state, source, type(self._shuffle_rng.bit_generator))
+        if not state:
+            return
+        self.current_epoch = state["current_epoch"]
+        self.batch_cursor = state["batch_cursor"]
+        self.example_cursor = state["example_cursor"]
+        self.global_step = state["global_step"]
+        if state["shuffle_rng"] is not None:
             self._shuffle_rng.bit_generator.state = state["shuffle_rng"]
-        self._epoch_rng_state = state.get("epoch_rng")
-        self.epoch_means.load_state_dict(state.get("epoch_sums") or {})
-        self.history.load_state_dict(state.get("history") or {})
-        self._interactive = [tuple(row) for row in state.get("interactive") or []]
+        self._epoch_rng_state = state["epoch_rng"]
+        self.epoch_means.load_state_dict(state["epoch_sums"])
+        self.history.load_state_dict(state["history"])
+        self._interactive = [tuple(row) for row in state["interactive"]]
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Writes model and trainer state to ``path`` atomically; returns the path written.
@@ -341,10 +350,16 @@ class Trainer:
         return checkpoints.check_run_dir(self.run_dir, resume)
 
     def _load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Loads model and trainer state from a checkpoint (``fit(resume=...)``, a rewind)."""
+        """Loads model and trainer state from a checkpoint (``fit(resume=...)``, a rewind).
+
+        The trainer section is checked before the model is touched; anything wrong in the
+        file is a CheckpointError naming it."""
+        source = os.fspath(path)
         tree = checkpoint.load_tree(path)
-        self.model.restore_tree(tree["model"], os.fspath(path))
-        self.load_state_dict(tree.get("trainer", {}))
+        state = check_checkpoint_tree(tree, source, type(self._shuffle_rng.bit_generator))
+        with checkpoint.restoring(source):
+            self.model.restore_tree(tree["model"], source)
+            self.load_state_dict(state, source)
         self.last_checkpoint = (Path(path), self.global_step)
 
     # ------------------------------------------------------------------ non-finite batches and failures
