@@ -33,6 +33,9 @@ Exactness, layer by layer (a layer that cannot be written exactly is refused wit
   (onnxruntime agrees with nnkit on every case; onnx 1.23's reference evaluator does not
   in ceil mode, even on its output sizes, so it is no judge there.)
 - ``Activation('stanh')`` is ``1.7159 * Tanh(2/3 * x)``; ``softmax`` normalizes axis 1.
+- ``Rescaling`` is ``Mul`` (and ``Add`` for an offset), ``Normalization`` ``Sub`` then ``Div``
+  with its mean and std as the layer broadcasts them: a graph of a model that preprocesses
+  inside takes the raw values, as its ``predict`` does.
 
 Layer kinds beyond those of :data:`EXPORTED` (a user's own ``Layer`` subclass, say) are
 refused; matching is by exact type, since a subclass may compute something else.
@@ -45,7 +48,7 @@ import numpy as np
 
 from ._version import __version__
 from .layers import (LRN2D, Activation, AvgPooling2D, BatchNormalization, Convolution2D, Dense,
-                     Dropout, Dummy, ImageInput, Layer, MaxPooling2D)
+                     Dropout, Dummy, ImageInput, Layer, MaxPooling2D, Normalization, Rescaling)
 from .layers.activation import STANH_A, STANH_B
 
 if TYPE_CHECKING:
@@ -219,6 +222,23 @@ def _dropout(g: _Graph, layer: Dropout, x: str) -> str:
     return g.node("Identity", [x], layer)  # inverted dropout: evaluation needs no rescaling
 
 
+def _rescaling(g: _Graph, layer: Rescaling, x: str) -> str:
+    dtype = layer.dtype
+    y = g.node("Mul", [x, g.constant(f"{layer.name}/scale", np.array(layer.scale, dtype))], layer,
+               "/scaled" if layer.offset else "")
+    if not layer.offset:  # as the layer computes: no addition of 0
+        return y
+    return g.node("Add", [y, g.constant(f"{layer.name}/offset", np.array(layer.offset, dtype))],
+                  layer)
+
+
+def _normalization(g: _Graph, layer: Normalization, x: str) -> str:
+    # Subtract, then divide (not multiply by 1 / std): the layer's own two roundings.
+    mean, std = layer.broadcast_stats()
+    centred = g.node("Sub", [x, g.constant(f"{layer.name}/mean", mean)], layer, "/centred")
+    return g.node("Div", [centred, g.constant(f"{layer.name}/std", std)], layer)
+
+
 #: The layer kinds exported, each with its converter ``(graph, layer, input name) -> output``.
 EXPORTED: dict[type, Callable[[_Graph, Any, str], str]] = {
     Dense: _dense,
@@ -229,6 +249,8 @@ EXPORTED: dict[type, Callable[[_Graph, Any, str], str]] = {
     BatchNormalization: _batch_norm,
     Activation: _activation,
     Dropout: _dropout,
+    Rescaling: _rescaling,
+    Normalization: _normalization,
 }
 
 

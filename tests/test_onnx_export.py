@@ -116,6 +116,23 @@ def test_batch_normalization_uses_the_running_statistics(shape, tmp_path):
     assert np.abs(bn.forward(x) - got).max() > 1e-2
 
 
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: nnkit.Rescaling(1 / 255), (3, 4, 4)),
+    (lambda: nnkit.Rescaling(1 / 127.5, offset=-1), (12,)),
+    (lambda: nnkit.Normalization(mean=[120.0, 110.0, 100.0], std=[60.0, 55.0, 50.0]), (3, 4, 4)),
+    (lambda: nnkit.Normalization(mean=np.arange(48.0).reshape(3, 4, 4), std=64.0), (3, 4, 4)),
+    (lambda: nnkit.Normalization(mean=33.0, std=np.linspace(1, 2, 12)), (12,)),
+], ids=["rescaling", "rescaling-offset", "normalization-per-channel",
+        "normalization-mean-image", "normalization-per-feature"])
+def test_preprocessing_layers_take_the_raw_values(layer, shape, tmp_path):
+    model = Sequential([layer(), Dense(5)], input_shape=shape, seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (4, *shape)).astype(np.float32)  # raw pixels
+    expected = model.predict(x)
+    got = onnx_outputs(model, x, tmp_path / "m.onnx")
+    assert np.abs(got - expected).max() < TOLERANCE
+    assert np.abs(expected).max() > 0.05  # the Dense layer sees the transformed values
+
+
 @pytest.mark.parametrize("size, alpha, beta, k", [(1, 0.5, 0.75, 1.0), (3, 2.0, 0.75, 1.0),
                                                   (5, 1.0, 0.5, 2.0), (7, 3.0, 1.5, 0.5)])
 def test_lrn_across_channels(size, alpha, beta, k, tmp_path):

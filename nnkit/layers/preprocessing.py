@@ -180,6 +180,13 @@ class Normalization(_Preprocessing):
         self._mean_b = self.mean.reshape(self._layout(self.mean, "mean", input_shape)).astype(dtype)
         self._std_b = self.std.reshape(self._layout(self.std, "std", input_shape)).astype(dtype)
 
+    def broadcast_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` as the built layer applies them: in its dtype, shaped to broadcast
+        against a batch (``()``, ``(C, 1, 1)`` or the per-example shape)."""
+        if self._mean_b is None:
+            raise self.error("the layer is not built yet", RuntimeError)
+        return self._mean_b, self._std_b
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``(x - mean) / std`` in the layer's dtype."""
         y = self.buffer("y", x.shape)
