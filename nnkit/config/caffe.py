@@ -522,9 +522,11 @@ class _Converter:
         t = layer.transform_param
         legacy = block if layer.type in ("Data", "ImageData") else None
         for field_name in ("crop_size", "mirror"):
-            if getattr(t, field_name) or (legacy is not None and getattr(legacy, field_name)):
-                raise at.error(f"{name}: random {field_name.split('_')[0]}s have no nnkit "
-                               "equivalent (nnkit does not augment data)", "transform_param")
+            for holder, key in ((t, "transform_param"), (legacy, _DATA_PARAMS[layer.type])):
+                if holder is not None and getattr(holder, field_name):
+                    raise at.child(key).error(f"{name}: random {field_name.split('_')[0]}s have no "
+                                              "nnkit equivalent (nnkit does not augment data)",
+                                              field_name)
         if layer.type == "ImageData" and (block.new_height or block.new_width):
             raise at.error(f"{name}: resizing images has no nnkit equivalent", "image_data_param")
         scale = _f32(t.scale) if t.HasField("scale") else (
@@ -725,7 +727,7 @@ class _Converter:
         elif name == "adam":
             u.beta1, u.beta2 = momentum, _f32(sp.momentum2)
             self.note("Adam: Caffe adds delta to sqrt(v) before the bias correction, nnkit after "
-                      "it; the steps differ by less than delta relative to sqrt(v)")
+                      "it; the steps differ by about delta / sqrt(v), relatively")
         self._schedule(sp, where, u)
 
     def _schedule(self, sp: Message, where: Where, u: Message) -> None:
