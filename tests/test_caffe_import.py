@@ -1,6 +1,6 @@
 """Caffe nets in (``nnkit import-caffe``, ``nnkit.config.from_caffe``).
 
-The nets and solvers are written here (and in ``tests/fixtures/caffe/``) in Caffe's prototxt
+The nets and solvers are written here (and in ``examples/caffe/``) in Caffe's prototxt
 format; the reference formulas for the solvers and layers are Caffe's, as its sources
 (BVLC/caffe ``src/caffe/solvers/*.cpp``, ``layers/pooling_layer.cpp``, ``lrn_layer.cpp``,
 ``include/caffe/filler.hpp``) compute them.
@@ -23,7 +23,7 @@ from nnkit.layers import Dense
 from nnkit.proto import caffe_import_pb2 as caffe_pb
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "caffe"
+FIXTURES = ROOT / "examples" / "caffe"
 DATA = ROOT.parent / "shared" / "data"
 LENET, LENET_SOLVER = FIXTURES / "lenet_like.prototxt", FIXTURES / "lenet_like_solver.prototxt"
 CIFAR, CIFAR_SOLVER = FIXTURES / "cifar_quick_like.prototxt", FIXTURES / "cifar_quick_like_solver.prototxt"

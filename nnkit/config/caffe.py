@@ -330,6 +330,7 @@ class _Converter:
                 raise self.at(i).error(f"{self.label(i)}: Caffe layer type {layer.type!r} has no "
                                        f"nnkit equivalent; supported: {', '.join(SUPPORTED_LAYERS)}",
                                        "type")
+        self._note_ignored_fields()
         for phase in _PHASES:
             self.chains[phase] = self._chain([i for i, p in enumerate(phases) if phase in p], phase)
         train, test = self.chains["TRAIN"], self.chains["TEST"]
@@ -348,6 +349,21 @@ class _Converter:
             conf.name = net.layer[i].name or f"{net.layer[i].type.lower()}_{i}"
             shape = _LAYERS[net.layer[i].type](self, i, conf, shape)
         self._criteria()
+
+    def _note_ignored_fields(self) -> None:
+        """Notes for the net's fields that change nothing for nnkit on the CPU."""
+        net = self.net
+        for name in ("force_backward", "debug_info"):
+            if net.HasField(name):
+                self.note(f"net {name} ignored: no effect on nnkit's training")
+        for i, layer in enumerate(net.layer):
+            if layer.propagate_down:
+                self.note(f"{self.label(i)}: propagate_down ignored: nnkit backpropagates through "
+                          "every layer")
+            for fd, block in layer.ListFields():
+                if fd.message_type is not None and "engine" in fd.message_type.fields_by_name \
+                        and block.HasField("engine"):
+                    self.note(f"{self.label(i)}: engine ignored: nnkit has one CPU implementation")
 
     def _phases(self, i: int) -> set[str]:
         """The phases whose net holds layer ``i``, by its include / exclude rules."""
