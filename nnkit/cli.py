@@ -567,8 +567,10 @@ def cmd_import_caffe(args: argparse.Namespace) -> int:
     """``nnkit import-caffe``: a Caffe net (and solver) -> a job config (and a checkpoint)."""
     from . import checkpoint
     from .config.caffe import from_caffe
-    result = from_caffe(args.net, args.solver, dataset=args.dataset, weights=args.weights)
     output = Path(args.output)
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
+    result = from_caffe(args.net, args.solver, dataset=args.dataset, weights=args.weights)
     checkpoint.atomic_write(output, result.to_text())
     print(f"nnkit import-caffe: wrote {output}", file=sys.stderr)
     if args.weights is not None:

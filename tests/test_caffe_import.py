@@ -438,9 +438,27 @@ def test_the_cli_exits_2_on_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{v1}:3:" in err and "upgrade_net_proto_text" in err and not out.exists()
     assert cli.main(["import-caffe", str(tmp_path / "missing.prototxt"), "-o", str(out)]) == 2
+    assert cli.main(["import-caffe", str(v1), "-o", str(tmp_path / "no" / "job.conf")]) == 2
     with pytest.raises(SystemExit) as info:
         cli.main(["import-caffe", str(v1), "-o", str(out), "--dataset", "imagenet"])
     assert info.value.code == 2
+
+
+def test_rectangular_kernels_strides_and_pads(tmp_path):
+    net = INPUT + """
+    layer { name: "c" type: "Convolution" bottom: "x" top: "c"
+            convolution_param { num_output: 2 kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 1 pad_h: 1 } }
+    layer { name: "p" type: "Pooling" bottom: "c" top: "p"
+            pooling_param { pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 } }
+    """ + IP.replace('"x"', '"p"')
+    result = convert(tmp_path, net)
+    conv, pool = result.job.model.layer[0].convolution, result.job.model.layer[1].max_pooling
+    assert (list(conv.kernel), list(conv.stride), list(conv.pad)) == ([3, 1], [2, 1], [1, 0])
+    assert (list(pool.pool_size), list(pool.stride)) == ([2, 3], [1, 2])
+    # conv: (9 + 2 - 3) // 2 + 1 = 5 rows, 9 columns; pool: ceil(3 / 1) + 1 = 4, ceil(6 / 2) + 1 = 4
+    assert result.build_model().shapes()[2][1] == (2, 4, 4)
+    e = error_of(tmp_path, net.replace("kernel_w: 1 ", ""))
+    assert "give both kernel_h and kernel_w" in str(e)
 
 
 # ============================================================================ weights

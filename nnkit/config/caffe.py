@@ -469,6 +469,8 @@ class _Converter:
             if dims is None:
                 raise self.where.error("the input shape is unknown: give the net an Input layer or "
                                        "input_shape, or name a dataset with --dataset")
+            self.note("no dataset named: the job has no data section (name one with --dataset "
+                      "to train or evaluate it)")
             self.job.model.input_shape[:] = dims
             return dims
         key = dataset.lower()
@@ -842,7 +844,8 @@ def _pair(block: Message, name: str, h: str, w: str, default: int | None, at: Wh
     if block.HasField(h) or block.HasField(w):
         if given:
             raise at.error(f"{what}: give {name} or {h} and {w}, not both", h)
-        if not (block.HasField(h) and block.HasField(w)):
+        if name != "pad" and not (block.HasField(h) and block.HasField(w)):
+            # Caffe too: pad_h and pad_w default to 0, kernel and stride sides do not
             raise at.error(f"{what}: give both {h} and {w}", h if not block.HasField(h) else w)
         return getattr(block, h), getattr(block, w)
     if not given:
