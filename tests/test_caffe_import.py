@@ -431,6 +431,23 @@ def test_bad_solvers_are_refused_with_file_and_line(tmp_path, case):
     assert message in str(e)
 
 
+def test_what_nnkit_refuses_in_the_converted_job_is_blamed_on_the_caffe_line(tmp_path):
+    net = write(tmp_path, "net.prototxt", INPUT + IP.replace("num_output: 10", "num_output: 7"))
+    with pytest.raises(ConfigError) as info:
+        from_caffe(net, dataset="cifar10", echo=None)  # 1x9x9 inputs: not CIFAR's
+    assert str(info.value).startswith(f"{net}:")
+    net = write(tmp_path, "net.prototxt", INPUT.replace("dim: 2 dim: 1 dim: 9 dim: 9",
+                                                        "dim: 2 dim: 3 dim: 32 dim: 32") + IP.replace("10", "7"))
+    with pytest.raises(ConfigError) as info:
+        from_caffe(net, dataset="cifar10", echo=None)
+    assert str(info.value).startswith(f"{net}:{line_of(net, 'InnerProduct')}: ")
+    assert "outputs 7 scores but cifar10 has 10 classes" in str(info.value)
+    solver = write(tmp_path, "solver.prototxt", SOLVER + "momentum: 1.5\n")
+    with pytest.raises(ConfigError) as info:
+        from_caffe(write(tmp_path, "net.prototxt", INPUT + IP), solver, echo=None)
+    assert str(info.value).startswith(f"{solver}:{line_of(solver, 'momentum')}: ")
+
+
 def test_the_cli_exits_2_on_bad_input(tmp_path, capsys):
     v1 = write(tmp_path, "v1.prototxt", BAD_NETS["v1"][0])
     out = tmp_path / "job.conf"

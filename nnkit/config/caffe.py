@@ -71,10 +71,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from google.protobuf import text_format
@@ -103,6 +104,13 @@ SUPPORTED_LAYERS = (*_DATA_PARAMS, *_COMPUTE, *_CRITERIA, "Softmax")
 
 _UPDATER_OF = {"SGD": "sgd", "Nesterov": "nesterov", "AdaGrad": "adagrad", "RMSProp": "rmsprop",
                "AdaDelta": "adadelta", "Adam": "adam"}
+#: The solver field behind each updater and run field (for errors found in the converted job).
+_SOLVER_FIELD_OF = {"lr": "base_lr", "decay": "weight_decay", "momentum": "momentum",
+                    "rho": "rms_decay", "epsilon": "delta", "beta1": "momentum",
+                    "beta2": "momentum2", "gamma": "gamma", "power": "power",
+                    "step": "stepvalue", "step_lr": "base_lr", "steps": "max_iter",
+                    "test_freq": "test_interval", "display_freq": "display",
+                    "checkpoint_freq": "snapshot"}
 #: Longest list a ``step`` policy may unroll into (max_iter / stepsize changes).
 MAX_STEP_CHANGES = 10000
 _PHASES = ("TRAIN", "TEST")
@@ -261,6 +269,7 @@ def from_caffe(net: str | os.PathLike, solver: str | os.PathLike | None = None, 
     if solver is not None:
         solver_msg = caffe_pb.SolverParameter()
         swhere = _read_prototxt(solver, solver_msg, "Caffe solver")
+        converter.solver_where = swhere
         converter.convert_solver(solver_msg, swhere)
     else:
         converter.note("no solver given: the job trains with nnkit's default updater (SGD, "
@@ -268,8 +277,8 @@ def from_caffe(net: str | os.PathLike, solver: str | os.PathLike | None = None, 
     result = CaffeImport(converter.job, converter.notes, source=sources)
     try:
         result.load()
-    except ConfigError as e:  # a bug of this module, or a net whose sizes do not fit its data
-        raise ConfigError(nwhere.origins.source, "", f"the converted job is not valid: {e}") from None
+    except ConfigError as e:  # e.g. a net whose output does not fit its dataset's classes
+        raise converter.blame(e) from None
     if weights is not None:
         result.weights = converter.import_weights(read_caffemodel(weights), os.fspath(weights))
     return result
@@ -304,6 +313,19 @@ class _Converter:
         self.notes: list[str] = []
         self.learnable: dict[str, _Learnable] = {}  # by Caffe layer name
         self.chains: dict[str, _Chain] = {}
+        self.solver_where: Where | None = None
+
+    def blame(self, error: ConfigError) -> ConfigError:
+        """An error of the converted job, put at the Caffe layer or solver field it came from."""
+        layer = re.match(r"model\.layer\[(\d+)\]", error.field)
+        section = error.field.partition(".")[0]
+        if layer is not None:
+            i = self.chains["TRAIN"].compute[int(layer.group(1))]
+            return self.at(i).error(f"{self.label(i)}: {error.problem}")
+        if section in ("updater", "run") and self.solver_where is not None:
+            name = _SOLVER_FIELD_OF.get(error.field.rpartition(".")[2])
+            return self.solver_where.error(error.problem, name)
+        return self.where.error(f"the converted job is not valid: {error}")
 
     def note(self, text: str) -> None:
         if text in self.notes:  # the TRAIN and TEST data layers say the same
