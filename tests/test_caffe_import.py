@@ -333,6 +333,47 @@ def test_accuracy_top_k_and_a_final_softmax(tmp_path):
     assert len(deploy.job.model.layer) == 1 and any("Softmax" in n for n in deploy.notes)
 
 
+def test_input_dims_in_every_caffe_spelling_and_the_dataset_they_imply(tmp_path):
+    for inputs in ('input: "x" input_shape { dim: 1 dim: 3 dim: 32 dim: 32 }',
+                   'input: "x" input_dim: 1 input_dim: 3 input_dim: 32 input_dim: 32',
+                   'layer { name: "m" type: "MemoryData" top: "x" top: "label"\n'
+                   '  memory_data_param { batch_size: 8 channels: 3 height: 32 width: 32 } }'):
+        result = convert(tmp_path, inputs + IP)
+        assert tuple(result.job.model.input_shape) == (3, 32, 32)
+        assert result.job.data.dataset == "cifar10"  # the one dataset of 3x32x32 images
+        assert any("inferred" in n for n in result.notes)
+    assert convert(tmp_path, 'input: "x" input_dim: 1 input_dim: 3 input_dim: 32 input_dim: 32' + IP
+                   ).build_model().shapes()[-1][1] == (10,)
+
+
+def test_phase_rules_pick_each_phases_data_layer(tmp_path):
+    net = """
+    layer { name: "tr" type: "Data" top: "x" top: "y" exclude { phase: TEST }
+            data_param { source: "a" batch_size: 16 } }
+    layer { name: "te" type: "Data" top: "x" top: "y" include { phase: TEST }
+            data_param { source: "b" batch_size: 50 } }
+    """ + IP + """
+    layer { name: "acc" type: "Accuracy" bottom: "y" bottom: "y_" top: "acc" include { phase: TRAIN } }
+    """
+    e = error_of(tmp_path, net, dataset="mnist")  # the Accuracy reads a blob that is no label
+    assert "not a chain" in str(e) and f":{line_of(tmp_path / 'net.prototxt', 'Accuracy')}:" in str(e)
+    job = convert(tmp_path, net.replace('"y_"', '"y"'), dataset="mnist").job
+    assert (job.data.train.batch_size, job.data.test.batch_size) == (16, 50)
+    mixed = net.replace('data_param { source: "b"', 'transform_param { scale: 0.5 } data_param { source: "b"')
+    e = error_of(tmp_path, mixed.replace('"y_"', '"y"'), dataset="mnist")
+    te_line = line_of(tmp_path / "net.prototxt", 'name: "te"')
+    assert "normalizes differently" in str(e) and f":{te_line}:" in str(e)
+
+
+def test_solver_without_lr_policy_or_max_iter_is_refused_and_adam_is_noted(tmp_path):
+    e = error_of(tmp_path, INPUT + IP, "base_lr: 0.1\nmax_iter: 5\n")
+    assert "lr_policy" in str(e) and str(e).startswith(f"{tmp_path / 'solver.prototxt'}:")
+    e = error_of(tmp_path, INPUT + IP, 'base_lr: 0.1\nlr_policy: "fixed"\n')
+    assert "max_iter" in str(e)
+    notes = convert(tmp_path, INPUT + IP, SOLVER + 'type: "Adam"\n').notes
+    assert any("Adam" in n and "delta" in n for n in notes)
+
+
 # ============================================================================ errors at file:line
 BAD_NETS = {
     "v1": ("""
