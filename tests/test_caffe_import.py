@@ -604,6 +604,25 @@ def test_imported_weights_predict_what_caffes_forward_pass_computes(tmp_path):
     assert nnkit.load_job(conf).build_model().layers[1].name == "conv"
 
 
+def test_within_channel_lrn_computes_what_caffes_does(tmp_path):
+    """Caffe's WITHIN_CHANNEL LRN: x * (1 + alpha * AVE-pool(x^2, size, pad (size-1)/2))^-beta."""
+    net = write(tmp_path, "net.prototxt", """
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 2 dim: 5 dim: 5 } } }
+    layer { name: "n" type: "LRN" bottom: "x" top: "x"
+            lrn_param { local_size: 3 alpha: 0.7 beta: 0.75 k: 4 norm_region: WITHIN_CHANNEL } }
+    layer { name: "id" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 50 } }
+    """)
+    model_file = tmp_path / "id.caffemodel"
+    write_caffemodel(model_file, {"id": [np.eye(50, dtype=np.float32), np.zeros(50, np.float32)]})
+    model = from_caffe(net, weights=model_file, echo=None).build_model()
+    x = np.random.default_rng(1).normal(size=(3, 2, 5, 5)) * 2
+    padded = np.pad(x ** 2, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    mean = sum(padded[:, :, i:i + 5, j:j + 5] for i in range(3) for j in range(3)) / 9
+    expected = x * (1 + 0.7 * mean) ** -0.75  # k: 4 has no effect in Caffe here
+    np.testing.assert_allclose(model.predict(x.astype(np.float32)), expected.reshape(3, -1),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_weights_that_do_not_fit_the_net_are_refused(tmp_path):
     net = write(tmp_path, "net.prototxt", WEIGHTED)
     model_file = tmp_path / "bad.caffemodel"
