@@ -61,6 +61,9 @@ limit) go to the run. Caffe's first update is iteration 0, nnkit's is step 1, so
 | poly        | base_lr (1 - i / max_iter)^power   | poly, final_step = max_iter + 1,                     |
 |             |                                    | lr = base_lr ((max_iter + 1) / max_iter)^power       |
 
+A ``step`` policy is unrolled up to ``max_iter``: a run extended past it (``nnkit ctl
+run_until``) keeps the last rate, where Caffe would go on dividing it.
+
 Weights. ``weights=`` reads a binary ``.caffemodel`` (a NetParameter with blobs); its blobs are
 matched to the net's layers by name and copied as they are (Caffe's convolution weights are
 ``(F, C, kh, kw)`` and InnerProduct weights ``(out, in)``, nnkit's layouts; a ``transpose``
