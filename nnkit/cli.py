@@ -9,6 +9,8 @@
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
     nnkit export CKPT|RUN_DIR OUT.onnx
+    nnkit import-caffe NET.prototxt [SOLVER.prototxt] -o JOB.conf [--weights NET.caffemodel]
+                       [--dataset NAME]
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
 traceback), 1 for a failure during the run (``--debug``, before or after the command, adds
@@ -611,6 +613,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_caffe(args: argparse.Namespace) -> int:
+    """``nnkit import-caffe``: a Caffe net (and solver) -> a job config (and a checkpoint)."""
+    from . import checkpoint
+    from .config.caffe import from_caffe
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
+    result = from_caffe(args.net, args.solver, dataset=args.dataset, weights=args.weights)
+    checkpoint.atomic_write(output, result.to_text())
+    print(f"nnkit import-caffe: wrote {output}", file=sys.stderr)
+    if args.weights is not None:
+        weights = output.with_suffix(".h5")
+        result.save_checkpoint(weights)
+        print(f"nnkit import-caffe: wrote {weights} (the Caffe weights; nnkit eval, "
+              "nnkit train --resume, nnkit.load read it)", file=sys.stderr)
+    return EXIT_OK
+
+
 # ===================================================================================== parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each has --help)."""
@@ -753,6 +773,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write (replaced "
                    "atomically if it exists)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-caffe", help="convert a Caffe net into a job",
+                       description="Convert a Caffe net (and solver) in prototxt text format into "
+                       "an nnkit job config; with --weights, also write the trained Caffe weights "
+                       "as an nnkit checkpoint beside it (JOB.h5). What has no exact nnkit "
+                       "equivalent is an error naming file:line (exit 2); what changes nothing on "
+                       "the CPU is ignored with a note on stderr.")
+    p.add_argument("net", metavar="NET.prototxt", help="the net (NetParameter, text format)")
+    p.add_argument("solver", nargs="?", metavar="SOLVER.prototxt",
+                   help="the solver (SolverParameter, text format)")
+    p.add_argument("-o", "--output", required=True, metavar="JOB.conf", help="the job config to write")
+    p.add_argument("--weights", metavar="NET.caffemodel", help="trained weights (binary NetParameter)")
+    p.add_argument("--dataset", choices=list(datasets.DATASETS), help="the nnkit dataset standing "
+                   "for the net's data layers (default: inferred from the input dims if only one fits)")
+    p.set_defaults(func=cmd_import_caffe)
     for command in sub.choices.values():  # --debug after the command too: nnkit show x --debug
         # SUPPRESS: without the flag here, the value before the command stays.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

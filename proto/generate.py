@@ -1,7 +1,11 @@
-"""Regenerates nnkit/proto/nnkit_pb2.py from proto/nnkit.proto, or checks that it is current.
+"""Regenerates the committed protobuf modules of nnkit/proto/ from proto/*.proto, or checks them.
 
-    python proto/generate.py           # rewrite the committed module
-    python proto/generate.py --check   # exit 1 if the committed module is stale
+    python proto/generate.py           # rewrite the committed modules
+    python proto/generate.py --check   # exit 1 if a committed module is stale
+
+Two schemas: ``proto/nnkit.proto`` (jobs, -> ``nnkit/proto/nnkit_pb2.py``) and
+``proto/caffe_import.proto`` (the Caffe subset ``nnkit import-caffe`` reads, ->
+``nnkit/proto/caffe_import_pb2.py``).
 
 The module is committed so that ``pip install .`` needs no protoc; protoc comes from
 ``grpcio-tools`` (``pip install grpcio-tools``), used only here and in the staleness test.
@@ -22,6 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto" / "nnkit.proto"
 MODULE = ROOT / "nnkit" / "proto" / "nnkit_pb2.py"
+CAFFE_PROTO = ROOT / "proto" / "caffe_import.proto"
+CAFFE_MODULE = ROOT / "nnkit" / "proto" / "caffe_import_pb2.py"
+#: Every schema and the module generated from it.
+SCHEMAS = ((PROTO, MODULE), (CAFFE_PROTO, CAFFE_MODULE))
 
 
 def run_protoc(out_dir: Path, proto: Path = PROTO) -> Path:
@@ -55,25 +63,27 @@ def schema_of(module_path: Path) -> bytes:
 
 
 def is_current() -> tuple[bool, str]:
-    """(True, "") if the committed module matches the schema, else (False, why)."""
-    if not MODULE.exists():
-        return False, f"{MODULE} does not exist"
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = run_protoc(Path(tmp))
-        if schema_of(fresh) != schema_of(MODULE):
-            return False, (f"{MODULE.relative_to(ROOT)} is stale against "
-                           f"{PROTO.relative_to(ROOT)}: run python proto/generate.py")
+    """(True, "") if every committed module matches its schema, else (False, why)."""
+    for proto, module in SCHEMAS:
+        if not module.exists():
+            return False, f"{module} does not exist"
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = run_protoc(Path(tmp), proto)
+            if schema_of(fresh) != schema_of(module):
+                return False, (f"{module.relative_to(ROOT)} is stale against "
+                               f"{proto.relative_to(ROOT)}: run python proto/generate.py")
     return True, ""
 
 
 def generate() -> None:
-    """Writes the generated module in place (atomically)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = run_protoc(Path(tmp))
-        MODULE.parent.mkdir(parents=True, exist_ok=True)
-        staged = MODULE.with_suffix(".py.tmp")
-        staged.write_bytes(fresh.read_bytes())
-        os.replace(staged, MODULE)
+    """Writes every generated module in place (each atomically)."""
+    for proto, module in SCHEMAS:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = run_protoc(Path(tmp), proto)
+            module.parent.mkdir(parents=True, exist_ok=True)
+            staged = module.with_suffix(".py.tmp")
+            staged.write_bytes(fresh.read_bytes())
+            os.replace(staged, module)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print("up to date" if ok else why, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     generate()
-    print(f"wrote {MODULE.relative_to(ROOT)}")
+    print("wrote " + ", ".join(str(module.relative_to(ROOT)) for _, module in SCHEMAS))
     return 0
 
 

@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "nnkit"
 #: Generated code, not ours to structure (protoc writes it).
-GENERATED = {PACKAGE / "proto" / "nnkit_pb2.py"}
+GENERATED = {PACKAGE / "proto" / "nnkit_pb2.py", PACKAGE / "proto" / "caffe_import_pb2.py"}
 MIN_REPEATED_LINES = 6
 
 

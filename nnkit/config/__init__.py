@@ -13,7 +13,8 @@ returns a :class:`Job`, which builds the model, the updater and the data::
 
 One concern per module: ``text`` (parsing, locations, :class:`ConfigError`), ``overrides``
 (``--set``), ``schema`` (proto <-> layers, updaters, models), ``job`` (validate and build
-once, data), ``restore`` (``nnkit.load``, child-process runs). Importing this package
+once, data), ``restore`` (``nnkit.load``, child-process runs), ``caffe`` (Caffe nets in:
+:func:`from_caffe`, loaded on first use with its schema). Importing this package
 registers the schema with :mod:`nnkit.model` (``Sequential.to_proto`` and
 ``fit(background='process')``), which cannot import it: it sits below.
 """
@@ -26,6 +27,14 @@ from .text import ConfigError, parse_job
 
 _model.register_config_bridge(_model.ConfigBridge(to_proto=model_to_proto, start_process=start_arrays))
 
-__all__ = ["ConfigError", "Job", "load_job", "job_from_text", "parse_job", "model_from_proto",
+__all__ = ["from_caffe", "CaffeImport", "ConfigError", "Job", "load_job", "job_from_text", "parse_job", "model_from_proto",
            "model_to_proto", "apply_override", "load", "load_tree_model", "start", "start_arrays",
            "DEFAULT_BATCH_SIZE"]
+
+
+def __getattr__(name: str) -> object:
+    """``from_caffe`` and ``CaffeImport`` on first use: a job needs no Caffe schema loaded."""
+    if name in ("from_caffe", "CaffeImport"):
+        from . import caffe
+        return getattr(caffe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
