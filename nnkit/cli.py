@@ -8,6 +8,7 @@
     nnkit ctl RUN_DIR COMMAND [key=value ...] [--wait SECONDS | --no-wait]
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
+    nnkit ui [--store PATH] [--host 127.0.0.1] [--port N] [--token TOKEN]
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
 traceback), 1 for a failure during the run (``--debug``, before or after the command, adds
@@ -509,18 +510,16 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
-    from .views.terminal import (CommandLineError, check_command, command_events, describe_answer,
-                                 describe_command_events, describe_silence, parse_assignments,
-                                 send_command, wait_for_answer)
+    from .views.terminal import (CommandLineError, command_events, describe_answer,
+                                 describe_command_events, describe_silence, parse_assignments, steer)
     try:
-        command, offset = send_command(args.run_dir, args.name,
-                                       check_command(args.name, parse_assignments(args.args)))
+        command, answer, offset = steer(args.run_dir, args.name, parse_assignments(args.args),
+                                        args.wait)
     except CommandLineError as e:
         raise UsageError(str(e)) from None
     if args.wait is None:
         print(json.dumps(command) if args.json else command["id"])
         return EXIT_OK
-    answer = wait_for_answer(args.run_dir, command["id"], args.wait, offset)
     if answer is None:
         print(f"nnkit ctl: no answer to {args.name} (id {command['id']}) within {args.wait:g} s; "
               f"{describe_silence(args.run_dir)}. Is the run alive? The command stays queued "
@@ -558,6 +557,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     for path in paths:
         print(path)
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``nnkit ui``: serves the web dashboard over an experiment store until Ctrl-C."""
+    try:
+        import starlette  # noqa: F401  (the ui extra: checked before anything starts)
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"the web dashboard needs {e.name}: pip install 'nnkit[ui]'") from None
+    from .experiments import Store
+    from .ui.server import serve
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in [0, 65535], got {args.port}")
+    try:
+        serve(Store(args.store), host=args.host, port=args.port, token=args.token)
+    except OSError as e:  # the port is taken, the address is not this machine's
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     return EXIT_OK
 
 
@@ -691,6 +708,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
     p.add_argument("--dpi", type=int, default=100, help="resolution (default 100)")
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("ui", help="the web dashboard", description="Serve the web dashboard: "
+                       "the experiments recorded in the store, each one's live figures, "
+                       "configuration and events log, steering controls (the commands of nnkit "
+                       "ctl), and runs compared. Prints its address; Ctrl-C stops it. Listening on "
+                       "an address other than 127.0.0.1/localhost requires the printed token. "
+                       "Needs the ui extra (pip install 'nnkit[ui]').")
+    p.add_argument("--store", metavar="PATH", help="the experiment store (default "
+                   "$NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default "
+                   "127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8600, help="the port (default 8600; 0: a free one)")
+    p.add_argument("--token", help="the token that commands (and, off localhost, every request) "
+                   "need (default: a fresh random one)")
+    p.set_defaults(func=cmd_ui)
     for command in sub.choices.values():  # --debug after the command too: nnkit show x --debug
         # SUPPRESS: without the flag here, the value before the command stays.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -247,6 +247,12 @@ def read_jsonl(path: str | os.PathLike, offset: int = 0) -> tuple[list[tuple[int
             data = f.read()
     except FileNotFoundError:
         return [], offset
+    return parse_jsonl(data, offset)
+
+
+def parse_jsonl(data: bytes, offset: int = 0) -> tuple[list[tuple[int, Any]], int]:
+    """The complete lines of ``data``, bytes read from a JSON-lines file at byte ``offset``:
+    :func:`read_jsonl`'s result for them (a reader that bounds or checks its reads itself)."""
     items: list[tuple[int, Any]] = []
     position = offset
     for raw in data.split(b"\n")[:-1]:  # the last piece is empty or a partial line

@@ -184,6 +184,24 @@ DEFAULT_FIGURES: tuple[Figure, ...] = (
 the epoch ends and from ``test`` events."""
 
 
+def moving_average(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """The trailing mean of the last ``window`` values at each point: what :class:`Series`
+    keeps as ``averages`` for a channel of that window, computed at once for any window (the
+    web dashboard's user-chosen smoothing). The first points average the values so far; a
+    non-finite value spoils the ``window`` averages that include it, as in the Series."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a whole number >= 1, got {window!r}")
+    v = np.asarray(values, dtype=np.float64)
+    out = np.empty(len(v))
+    head = min(window - 1, len(v))
+    for k in range(head):  # the first points: fewer than `window` values so far
+        out[k] = v[:k + 1].sum() / (k + 1)
+    if len(v) >= window:
+        # Each window summed on its own (no running sum: a diverged 1e30 would swamp it).
+        out[window - 1:] = np.lib.stride_tricks.sliding_window_view(v, window).sum(axis=1) / window
+    return out
+
+
 class Series:
     """The points of one channel: step, wall time, value and trailing moving average.
 
