@@ -256,7 +256,7 @@
     const logBox = el("ol", {class: "log", id: "log"});
     const config = el("pre", {class: "config", id: "config"});
     const metrics = el("table", {class: "kv", id: "metrics"});
-    MAIN.append(head, steer, figs, settings,
+    MAIN.append(el("div", {class: "top"}, head, steer), figs, settings,
       el("div", {class: "two"}, section("Events", logBox), section("Configuration", config, metrics)));
 
     // Steering: each control sends exactly what `nnkit ctl RUN_DIR COMMAND key=value...` sends.
@@ -416,7 +416,7 @@
       };
     }
     function showError(e) { head.append(el("p", {class: "message error", text: e.message})); }
-    loadDetail().then(loadSeries).catch(showError);
+    loadDetail().then(() => { if (!detail.files_error) return loadSeries(); }).catch(showError);
     setInterval(() => { if (detail) api(`/api/runs/${encodeURIComponent(run)}`).then((d) => { detail = d; }).catch(() => {}); }, 5000);
   }
 
