@@ -8,6 +8,10 @@
     nnkit ctl RUN_DIR COMMAND [key=value ...] [--wait SECONDS | --no-wait]
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
+    nnkit runs list|show|compare|tag|untag|note|rm|export|reindex ... [--store PATH]
+
+Every run is recorded in the experiment store (``nnkit train --store PATH --owner O --name N
+--tag T``); ``nnkit runs`` lists, compares and edits the records (:mod:`nnkit.experiments.cli`).
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
 traceback), 1 for a failure during the run (``--debug``, before or after the command, adds
@@ -305,6 +309,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .views.tensorboard import TensorBoard
         callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
     model.trainer_for_fit().keep_checkpoints = args.keep_checkpoints
+    from . import experiments  # records the run (and says how): the store, owner, name, tags
+    experiments.configure(store=_absolute(args.store), owner=args.owner, name=args.name, tags=args.tag)
     origin = ("" if resume is None else f", continuing from {resume}") + (
         "; no checkpoint there, starting afresh" if args.resume == "auto" and resume is None else "")
     print(f"nnkit train: job {job.name!r}, run directory {run_dir}{origin}", file=sys.stderr)
@@ -562,6 +568,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 # ===================================================================================== parser
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``nnkit runs ...``: the experiment store (:mod:`nnkit.experiments.cli`)."""
+    from .experiments import cli as runs_cli
+    try:
+        return runs_cli.main(args)
+    except runs_cli.BadInput as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each has --help)."""
     from .training import checkpoints
@@ -608,6 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last good state is checkpointed; then pause (default: wait for "
                         "`nnkit ctl RUN_DIR resume` to retry it, e.g. after `set lr=...`, or `skip`) "
                         "or stop (exit 1)")
+    p.add_argument("--store", metavar="PATH", help="record the run in this experiment store "
+                   "(default $NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
+    p.add_argument("--owner", help="the run's owner in the store (default: your user name)")
+    p.add_argument("--name", help="the run's name in the store (default: the run directory's name)")
+    p.add_argument("--tag", action="append", default=[], help="tag the run in the store (repeatable)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",
@@ -691,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
     p.add_argument("--dpi", type=int, default=100, help="resolution (default 100)")
     p.set_defaults(func=cmd_plot)
+
+    from .experiments.cli import add_parser as add_runs_parser
+    add_runs_parser(sub).set_defaults(func=cmd_runs)
     for command in sub.choices.values():  # --debug after the command too: nnkit show x --debug
         # SUPPRESS: without the flag here, the value before the command stays.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
