@@ -9,6 +9,10 @@
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
     nnkit ui [--store PATH] [--host 127.0.0.1] [--port N] [--token TOKEN]
+    nnkit runs list|show|compare|tag|untag|note|rm|export|reindex ... [--store PATH]
+
+Every run is recorded in the experiment store (``nnkit train --store PATH --owner O --name N
+--tag T``); ``nnkit runs`` lists, compares and edits the records (:mod:`nnkit.experiments.cli`).
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
 traceback), 1 for a failure during the run (``--debug``, before or after the command, adds
@@ -306,6 +310,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .views.tensorboard import TensorBoard
         callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
     model.trainer_for_fit().keep_checkpoints = args.keep_checkpoints
+    from . import experiments  # records the run (and says how): the store, owner, name, tags
+    experiments.configure(store=_absolute(args.store), owner=args.owner, name=args.name, tags=args.tag)
     origin = ("" if resume is None else f", continuing from {resume}") + (
         "; no checkpoint there, starting afresh" if args.resume == "auto" and resume is None else "")
     print(f"nnkit train: job {job.name!r}, run directory {run_dir}{origin}", file=sys.stderr)
@@ -578,6 +584,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``nnkit runs ...``: the experiment store (:mod:`nnkit.experiments.cli`)."""
+    from .experiments import cli as runs_cli
+    try:
+        return runs_cli.main(args)
+    except runs_cli.BadInput as e:
+        raise UsageError(str(e)) from None
+
+
 # ===================================================================================== parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each has --help)."""
@@ -625,6 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last good state is checkpointed; then pause (default: wait for "
                         "`nnkit ctl RUN_DIR resume` to retry it, e.g. after `set lr=...`, or `skip`) "
                         "or stop (exit 1)")
+    p.add_argument("--store", metavar="PATH", help="record the run in this experiment store "
+                   "(default $NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
+    p.add_argument("--owner", help="the run's owner in the store (default: your user name)")
+    p.add_argument("--name", help="the run's name in the store (default: the run directory's name)")
+    p.add_argument("--tag", action="append", default=[], help="tag the run in the store (repeatable)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",
@@ -722,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="the token that commands (and, off localhost, every request) "
                    "need (default: a fresh random one)")
     p.set_defaults(func=cmd_ui)
+
+    from .experiments.cli import add_parser as add_runs_parser
+    add_runs_parser(sub).set_defaults(func=cmd_runs)
     for command in sub.choices.values():  # --debug after the command too: nnkit show x --debug
         # SUPPRESS: without the flag here, the value before the command stays.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
