@@ -390,7 +390,6 @@ def test_the_stream_sends_new_points_and_log_lines_as_they_are_written(runs):
 
 
 def test_nnkit_ui_serves_on_a_free_port_and_prints_its_address(tmp_path):
-    pytest.importorskip("nnkit.experiments")  # the store: its branch lands beside this one
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NNKIT_HOME": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "nnkit.cli", "ui", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

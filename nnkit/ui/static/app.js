@@ -61,6 +61,13 @@
   }
   function badge(state) { return el("span", {class: `badge state-${String(state).replace(/[^a-z]/g, "")}`, text: state}); }
   function section(title, ...children) { return el("section", {class: "card"}, el("h2", {text: title}), ...children); }
+  function replaceIfChanged(node, items, make) {
+    const key = JSON.stringify(items);
+    if (node.dataset.key === key) return false;  // unchanged: keep the nodes (focus, selection, clicks)
+    node.dataset.key = key;
+    node.replaceChildren(...items.map(make));
+    return true;
+  }
   function liveState(state) { return state === "started" || state === "resumed" ? "running" : state; }
 
   // ------------------------------------------------------------------ the chart
@@ -69,6 +76,11 @@
     const power = Math.pow(10, Math.floor(Math.log10(raw)));
     const f = raw / power;
     return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * power;
+  }
+  function tickText(v) {  // short: 0.25, 1500, 3.5e-4, 2e+6
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    return a >= 1e5 || a < 1e-2 ? Number(v.toPrecision(3)).toExponential() : String(Number(v.toPrecision(4)));
   }
   function ticks(lo, hi, count) {
     if (!(hi > lo)) return [lo];
@@ -97,7 +109,7 @@
     }
     draw() {
       const W = Math.max(this.node.clientWidth || 520, 280), H = 240;
-      const m = {l: 58, r: 14, t: 10, b: 30};
+      const m = {l: 64, r: 14, t: 10, b: 30};
       const s = this.svg;
       s.replaceChildren();
       s.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -132,12 +144,12 @@
       const yt = this.logy ? ticks(Math.floor(y0), Math.ceil(y1), 5).filter((t) => Number.isInteger(t) && t >= y0 && t <= y1) : ticks(y0, y1, 5);
       for (const t of (yt.length ? yt : ticks(y0, y1, 5))) {
         grid.append(svg("line", {x1: m.l, x2: W - m.r, y1: Y(t), y2: Y(t)}));
-        grid.append(svg("text", {x: m.l - 6, y: Y(t) + 4, "text-anchor": "end", text: num(this.logy ? Math.pow(10, t) : t, 3)}));
+        grid.append(svg("text", {x: m.l - 6, y: Y(t) + 4, "text-anchor": "end", text: tickText(this.logy ? Math.pow(10, t) : t)}));
       }
       for (const t of ticks(x0, x1, Math.max(2, Math.floor((W - m.l) / 90)))) {
         if (t < x0 || t > x1) continue;
         grid.append(svg("line", {x1: X(t), x2: X(t), y1: m.t, y2: H - m.b, class: "v"}));
-        grid.append(svg("text", {x: X(t), y: H - m.b + 16, "text-anchor": "middle", text: num(t, 4)}));
+        grid.append(svg("text", {x: X(t), y: H - m.b + 16, "text-anchor": "middle", text: Number.isInteger(t) ? String(t) : tickText(t)}));
       }
       s.append(grid);
       s.append(svg("text", {x: W - m.r, y: H - 2, "text-anchor": "end", class: "axis-label", text: "step"}));
@@ -203,7 +215,7 @@
         const data = await api("/api/runs?" + q);
         message.textContent = "";
         message.className = "message";
-        tbody.replaceChildren(...data.runs.map(runRow));
+        if (!replaceIfChanged(tbody, data.runs, runRow)) return;
         if (!data.runs.length) tbody.append(el("tr", {}, el("td", {colspan: 9, class: "empty", text: "no runs recorded" + (data.total ? " on this page" : " that match")})));
         const last = Math.min(data.offset + data.runs.length, data.total);
         pager.replaceChildren(
@@ -262,7 +274,7 @@
     // Steering: each control sends exactly what `nnkit ctl RUN_DIR COMMAND key=value...` sends.
     const answers = el("ol", {class: "answers", id: "answers"});
     async function send(command, args) {
-      const item = el("li", {class: "pending", text: `${command}: sent, waiting for the answer…`});
+      const item = el("li", {class: "pending", "data-command": command, text: `${command}: sent, waiting for the answer…`});
       answers.prepend(item);
       try {
         const body = await api(`/api/runs/${encodeURIComponent(run)}/command`, {method: "POST",
@@ -274,7 +286,6 @@
         item.className = "error";
         item.textContent = `${command}: ${e.message}`;
       }
-      item.dataset.command = command;
     }
     const button = (command, label, args) => el("button", {"data-command": command, on: {click: () => send(command, args || {})}}, label);
     const field = (name, placeholder) => el("input", {name, placeholder, size: 9, autocomplete: "off"});
@@ -290,24 +301,32 @@
         untilBatches, untilEpochs, el("button", {type: "submit", id: "until-button"}, "Run until")),
       answers);
 
+    // The head is built once and then updated in place (it changes with every live message).
+    let headParts = null;
     function showHead(detail, live) {
       const s = live || {};
       const state = live ? liveState(s.state) : detail.status;
-      head.replaceChildren(...[
-        el("h1", {}, el("span", {class: "run-name", id: "run-name", text: detail.name || detail.id}), " ",
-          el("span", {id: "status", "data-state": state}, badge(state))),
-        el("div", {class: "facts"},
-          fact("run", detail.id), fact("owner", detail.owner), fact("step", s.step ?? detail.step),
-          fact("epoch", s.epoch), fact("loss", num(s.loss)), fact("lr", num(s.lr)),
-          fact("test error", num(s.test_error)), fact("images/s", num(s.images_per_s, 3)),
-          fact("duration", duration(detail.duration)), fact("last event", s.last_time ? clock(s.last_time) : "–")),
-        (detail.tags || []).length ? el("div", {}, detail.tags.map((t) => el("span", {class: "tag", text: t}))) : null,
-        detail.notes ? el("p", {class: "notes", text: detail.notes}) : null,
-        s.last_error ? el("p", {class: "message error", text: "last error: " + s.last_error}) : null,
-        detail.files_error ? el("p", {class: "message error", text: detail.files_error}) : null].filter(Boolean));
+      const facts = [["run", detail.id], ["owner", detail.owner], ["step", s.step ?? detail.step], ["epoch", s.epoch],
+        ["loss", num(s.loss)], ["lr", num(s.lr)], ["test error", num(s.test_error)], ["images/s", num(s.images_per_s, 3)],
+        ["duration", duration(detail.duration)], ["last event", s.last_time ? clock(s.last_time) : "–"]];
+      const notes = [detail.notes ? ["notes", detail.notes] : null,
+        s.last_error ? ["message error", "last error: " + s.last_error] : null,
+        detail.files_error ? ["message error", detail.files_error] : null].filter(Boolean);
+      if (!headParts) {
+        headParts = {status: el("span", {id: "status"}), facts: el("div", {class: "facts"}), tags: el("div"), notes: el("div")};
+        head.replaceChildren(el("h1", {}, el("span", {class: "run-name", id: "run-name", text: detail.name || detail.id}), " ",
+          headParts.status), headParts.facts, headParts.tags, headParts.notes);
+      }
+      const p = headParts;
+      if (p.status.dataset.state !== state) { p.status.dataset.state = state; p.status.replaceChildren(badge(state)); }
+      facts.forEach(([label, value], i) => {
+        let node = p.facts.children[i];
+        if (!node) { node = el("span", {class: "fact"}, el("b", {text: label}), " ", el("span")); p.facts.append(node); }
+        node.lastChild.textContent = String(value ?? "–");
+      });
+      replaceIfChanged(p.tags, detail.tags || [], (t) => el("span", {class: "tag", text: t}));
+      replaceIfChanged(p.notes, notes, ([cls, text]) => el("p", {class: cls, text}));
     }
-    function fact(label, value) { return el("span", {class: "fact"}, el("b", {text: label}), " ", String(value ?? "–")); }
-
     let detail = null;
     async function loadDetail() {
       detail = await api(`/api/runs/${encodeURIComponent(run)}`);
