@@ -414,3 +414,20 @@ def test_nnkit_ui_without_the_extra_exits_2_naming_it():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "nnkit ui: error: the web dashboard needs starlette: pip install 'nnkit[ui]'" in done.stderr
+
+
+def test_a_long_file_is_read_over_several_requests_each_saying_how_far(client, runs, tmp_path, monkeypatch):
+    monkeypatch.setattr("nnkit.ui.server.LOAD_BUDGET", 64 << 10)
+    monkeypatch.setattr("nnkit.ui.runs.LOAD_BUDGET", 64 << 10)
+    monkeypatch.setattr("nnkit.ui.runs.CHUNK", 16 << 10)
+    long = tmp_path / "long"
+    write_events(long, loss_events(5000))
+    runs.records.append(Record("1009abcdef00", "long", str(long)))
+    seen = []
+    for _ in range(100):
+        status = client.get("/api/runs/1009abcdef00/series").json()["status"]
+        seen.append(status["loaded"])
+        if status["loaded"] == 1:
+            break
+    assert len(seen) > 3 and seen == sorted(seen) and seen[-1] == 1 and 0 < seen[0] < 1
+    assert status["events"] == 5001 and status["size"] == (long / "events.jsonl").stat().st_size

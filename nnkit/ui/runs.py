@@ -38,6 +38,9 @@ RUN_FILES = (EVENTS_FILE, JOB_FILE, METRICS_FILE)
 SMALL_FILE_LIMIT = 1 << 20
 #: The most bytes of events.jsonl parsed in one go (a huge file is read in chunks).
 CHUNK = 16 << 20
+#: The most bytes of events.jsonl one request reads: a long run's file is read over several
+#: requests (the page shows how far), so no request waits for all of it.
+LOAD_BUDGET = 24 << 20
 #: The notable events (status changes, epoch ends, answers...) kept per run for the log.
 LOG_KEEP = 2000
 #: The most points of a series sent to the browser by default, and at most.
@@ -154,13 +157,14 @@ class RunView:
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_KEEP))
     logged: int = 0       # notable events seen in all (the log keeps the last LOG_KEEP)
     events: int = 0       # events read
+    size: int = 0         # the file's size when last looked at
     bad_lines: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
-    def refresh(self) -> int:
-        """Reads what was appended to ``events.jsonl`` since the last call (all of it at first);
-        returns how many events. A file replaced or truncated (a run started over with
-        ``--overwrite``) is read afresh."""
+    def refresh(self, budget: int | None = None) -> int:
+        """Reads what was appended to ``events.jsonl`` since the last call (all of it at first,
+        or at most ``budget`` bytes: see :attr:`loaded`); returns how many events. A file
+        replaced or truncated (a run started over with ``--overwrite``) is read afresh."""
         with self.lock:
             path = self.run_dir / EVENTS_FILE
             try:
@@ -173,8 +177,9 @@ class RunView:
                 info = os.fstat(f.fileno())
                 if (info.st_dev, info.st_ino) != self.identity or info.st_size < self.offset:
                     self._reset((info.st_dev, info.st_ino))
-                count = 0
-                while self.offset < info.st_size:
+                count, self.size = 0, info.st_size
+                end = info.st_size if budget is None else min(info.st_size, self.offset + budget)
+                while self.offset < end:
                     f.seek(self.offset)
                     data = f.read(min(CHUNK, info.st_size - self.offset))
                     items, offset = parse_jsonl(data, self.offset)
@@ -186,6 +191,11 @@ class RunView:
                     self.offset = offset
                     count += self._feed(items)
                 return count
+
+    @property
+    def loaded(self) -> float:
+        """How much of the file has been read, 0..1 (1 once caught up with its end)."""
+        return 1.0 if self.offset >= self.size else self.offset / self.size
 
     def _reset(self, identity: tuple[int, int]) -> None:
         self.monitor = Monitor(self.monitor.figures)
@@ -220,6 +230,7 @@ class RunView:
                     "lr": _finite(s.lr), "images_per_s": _finite(s.images_per_s),
                     "train_error": _finite(s.train_error), "test_error": _finite(s.test_error),
                     "last_time": s.last_time, "events": self.events, "bad_lines": self.bad_lines,
+                    "loaded": self.loaded, "size": self.size,
                     "last_error": s.errors[-1] if s.errors else None}
 
     def log_since(self, logged: int = 0, limit: int = LOG_KEEP) -> tuple[list[dict[str, Any]], int]:
@@ -292,14 +303,15 @@ class RunCache:
         self._lock = threading.Lock()
 
     def view(self, run_dir: str | os.PathLike | None) -> RunView:
-        """The refreshed view of a recorded run directory; UnsafeRunDir if it is not one."""
+        """The view of a recorded run directory, refreshed by up to :data:`LOAD_BUDGET` bytes;
+        UnsafeRunDir if it is not one."""
         real = checked_run_dir(run_dir)
         with self._lock:
             view = self._views.pop(real, None) or RunView(real)
             self._views[real] = view
             while len(self._views) > self.size:
                 self._views.popitem(last=False)
-        view.refresh()
+        view.refresh(LOAD_BUDGET)
         return view
 
 

@@ -48,7 +48,8 @@ from starlette.routing import Route
 from ..views.channels import DEFAULT_FIGURES
 from ..views.terminal import (CommandLineError, command_events, describe_answer,
                               describe_command_events, describe_silence, steer)
-from .runs import DEFAULT_POINTS, MAX_POINTS, MAX_WINDOW, RunCache, UnsafeRunDir, config_differences, read_run_file, checked_run_dir
+from .runs import (DEFAULT_POINTS, LOAD_BUDGET, MAX_POINTS, MAX_WINDOW, RunCache, UnsafeRunDir,
+                   checked_run_dir, config_differences, read_run_file)
 
 #: Seconds a command waits for the run's answer (``nnkit ctl``'s default).
 COMMAND_WAIT = 10.0
@@ -299,7 +300,7 @@ class Dashboard:
             quiet_since = time.monotonic()
             yield "retry: 2000\n\n"
             while True:
-                fresh = await run_in_threadpool(view.refresh)
+                fresh = await run_in_threadpool(view.refresh, LOAD_BUDGET)
                 if fresh or logged == 0 and view.logged:
                     points = await run_in_threadpool(view.points_since, counts, windows)
                     entries, logged = view.log_since(logged)

@@ -137,6 +137,15 @@ class Channel:
         """True for a channel fed by several ``TYPE.FIELD`` sources (one point per step)."""
         return isinstance(self.source, tuple) and len(self.source) > 1
 
+    def field_for(self, kind: str) -> str | None:
+        """The field this channel reads from events of type ``kind`` (its first source of that
+        type), or None if it reads none; not for a function source."""
+        for source in self._sources():
+            source_kind, _, key = source.partition(".")
+            if source_kind == kind:
+                return key
+        return None
+
     def value(self, event: Event) -> float | None:
         """This channel's value in ``event``, or None if the event does not feed it."""
         if callable(self.source):
@@ -366,6 +375,9 @@ class Monitor:
         self._clock_since: float | None = None  # when the epoch clock last started (wall time)
         self._clock_spent = 0.0                 # active seconds of the epoch before that
         self._clock_valid = False               # False until a status event starts the clock
+        # Per event type, the series it may feed and the field each reads (None: a function
+        # source, called with every event): a long file is read without asking every channel.
+        self._plans: dict[str, list[tuple[Series, str | None]]] = {}
 
     # ------------------------------------------------------------------ access
     def series(self, name: str) -> Series:
@@ -455,8 +467,8 @@ class Monitor:
             points = []
             if isinstance(step, int):
                 wall = float(event.get("time") or 0.0)
-                for series in self._series.values():
-                    value = series.channel.value(event)
+                for series, key in self._plan(event.get("type")):
+                    value = series.channel.value(event) if key is None else _number(event.get(key))
                     if value is not None and series._add(step, wall, value):
                         points.append((series.figure, series.name, step, value, wall))
             self.version += 1
@@ -465,6 +477,20 @@ class Monitor:
             for listener in listeners:
                 listener(*point)
         return event
+
+    def _plan(self, kind: Any) -> list[tuple[Series, str | None]]:
+        """The series events of type ``kind`` may feed, in layout order, with their fields."""
+        plan = self._plans.get(kind) if isinstance(kind, str) else None
+        if plan is None:
+            plan = []
+            for series in self._series.values():
+                if callable(series.channel.source):
+                    plan.append((series, None))
+                elif isinstance(kind, str) and series.channel.field_for(kind) is not None:
+                    plan.append((series, series.channel.field_for(kind)))
+            if isinstance(kind, str):
+                self._plans[kind] = plan
+        return plan
 
     # ------------------------------------------------------------------ derived fields
     def _derive(self, event: Event) -> Event:

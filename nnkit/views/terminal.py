@@ -266,6 +266,10 @@ def _clock(event: Event) -> str:
     return datetime.fromtimestamp(wall).strftime("%H:%M:%S") if isinstance(wall, (int, float)) else "--:--:--"
 
 
+#: The event types that may have a log line (:func:`log_line`).
+_LOGGED = ("status", "epoch", "test", "ack", "error", "snapshot", "nonfinite", "state")
+
+
 def log_line(event: Event) -> str | None:
     """The log line of a notable event (status, epoch end, test, ack, error, state, snapshot,
     nonfinite), else None.
@@ -273,6 +277,8 @@ def log_line(event: Event) -> str | None:
     Epochs are counted from 1 here (the events' ``epoch`` from 0): "epoch 1 done".
     """
     kind = event.get("type")
+    if kind not in _LOGGED:
+        return None  # most events (loss, heartbeat): no clock formatted for nothing
     head = f"[{_clock(event)}]"
     if kind == "status":
         reason = f" ({event['reason']})" if event.get("reason") else ""

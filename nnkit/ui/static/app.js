@@ -264,11 +264,12 @@
     const head = el("section", {class: "card head"});
     const steer = el("section", {class: "card steer"}, el("h2", {text: "Steer"}));
     const figs = el("div", {class: "figures", id: "figures"});
+    const progress = el("div", {class: "message", id: "progress"});
     const settings = el("details", {class: "card settings"}, el("summary", {text: "Channels and smoothing"}));
     const logBox = el("ol", {class: "log", id: "log"});
     const config = el("pre", {class: "config", id: "config"});
     const metrics = el("table", {class: "kv", id: "metrics"});
-    MAIN.append(el("div", {class: "top"}, head, steer), figs, settings,
+    MAIN.append(el("div", {class: "top"}, head, steer), progress, figs, settings,
       el("div", {class: "two"}, section("Events", logBox), section("Configuration", config, metrics)));
 
     // Steering: each control sends exactly what `nnkit ctl RUN_DIR COMMAND key=value...` sends.
@@ -346,6 +347,12 @@
       const data = await api(`/api/runs/${encodeURIComponent(run)}/series?` + windowQuery());
       figures = data.figures;
       buildFigures();
+      if (data.status.loaded < 1) {  // a long run's file is read over several requests
+        progress.textContent = `reading events.jsonl: ${Math.floor(data.status.loaded * 100)}% of ${(data.status.size / 2 ** 20).toFixed(0)} MB`;
+        setTimeout(() => loadSeries().catch(showError), 50);
+        return;
+      }
+      progress.textContent = "";
       const log = await api(`/api/runs/${encodeURIComponent(run)}/log`);
       logBox.replaceChildren(...log.entries.map(logItem));
       logCount = log.count;
