@@ -40,7 +40,7 @@ SMALL_FILE_LIMIT = 1 << 20
 CHUNK = 16 << 20
 #: The most bytes of events.jsonl one request reads: a long run's file is read over several
 #: requests (the page shows how far), so no request waits for all of it.
-LOAD_BUDGET = 24 << 20
+LOAD_BUDGET = 8 << 20
 #: The notable events (status changes, epoch ends, answers...) kept per run for the log.
 LOG_KEEP = 2000
 #: The most points of a series sent to the browser by default, and at most.
@@ -160,6 +160,9 @@ class RunView:
     size: int = 0         # the file's size when last looked at
     bad_lines: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: Each channel's points as arrays, extended as points come (a million batches are not
+    #: copied out of the Monitor again for every request).
+    arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def refresh(self, budget: int | None = None) -> int:
         """Reads what was appended to ``events.jsonl`` since the last call (all of it at first,
@@ -201,6 +204,20 @@ class RunView:
         self.monitor = Monitor(self.monitor.figures)
         self.offset, self.identity, self.logged, self.events, self.bad_lines = 0, identity, 0, 0, 0
         self.log.clear()
+        self.arrays.clear()
+
+    def data(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, values, averages)`` of channel ``name``: the Monitor's series as arrays."""
+        with self.lock:
+            old = self.arrays.get(name)
+            start = 0 if old is None else len(old[0])
+            series = self.monitor.series(name)
+            if old is not None and len(series) == start:
+                return old
+            new = series.data(start)
+            arrays = new if old is None else tuple(np.concatenate(pair) for pair in zip(old, new))
+            self.arrays[name] = arrays
+            return arrays
 
     def _feed(self, items: Iterable[tuple[int, Any]]) -> int:
         count = 0
@@ -253,7 +270,7 @@ class RunView:
             for figure in self.monitor.figures:
                 channels = []
                 for channel in figure.channels:
-                    steps, values, averages = self.monitor.series(channel.name).data()
+                    steps, values, averages = self.data(channel.name)
                     window = windows.get(channel.name, channel.window)
                     if window != channel.window:
                         averages = moving_average(values, window)
@@ -279,7 +296,7 @@ class RunView:
                 start = counts.get(name, 0)
                 if len(series) <= start:
                     continue
-                steps, values, averages = series.data()
+                steps, values, averages = self.data(name)
                 window = windows.get(name, series.channel.window)
                 tail = averages[start:]
                 if window != series.channel.window:  # the window before `start` is needed too

@@ -269,10 +269,12 @@ class Series:
         """The trailing mean of the last ``channel.window`` values at each point."""
         return self._array(self._averages)
 
-    def data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(steps, values, averages)`` taken together, so their lengths always agree."""
+    def data(self, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, values, averages)`` taken together, so their lengths always agree; from
+        point ``start`` on (a reader that keeps the earlier ones copies only the new)."""
         with self._lock:
-            return self.steps, self.values, self.averages
+            return (np.array(self._steps[start:], dtype=np.int64), np.array(self._values[start:]),
+                    np.array(self._averages[start:]))
 
     @property
     def last(self) -> float | None:
