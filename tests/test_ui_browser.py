@@ -171,7 +171,8 @@ def test_watch_and_steer_a_live_run_in_the_browser(browser, tmp_path):
             wait(browser, lambda d: loss_points(d) > resumed, message="the run does not go on")
             shot = tmp_path / "experiment-page.png"
             assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-            if os.environ.get("NNKIT_UI_SCREENSHOT"):  # the README's picture: see benchmarks/ui.py
+            # README's picture: NNKIT_UI_SCREENSHOT=docs/experiment-page.png pytest tests/test_ui_browser.py
+            if os.environ.get("NNKIT_UI_SCREENSHOT"):
                 shutil.copy(shot, os.environ["NNKIT_UI_SCREENSHOT"])
 
             click(browser, 'button[data-command="stop"]')

@@ -309,7 +309,8 @@
       const state = live ? liveState(s.state) : detail.status;
       const facts = [["run", detail.id], ["owner", detail.owner], ["step", s.step ?? detail.step], ["epoch", s.epoch],
         ["loss", num(s.loss)], ["lr", num(s.lr)], ["test error", num(s.test_error)], ["images/s", num(s.images_per_s, 3)],
-        ["duration", duration(detail.duration)], ["last event", s.last_time ? clock(s.last_time) : "–"]];
+        ["duration", duration(detail.started && !detail.ended && (state === "running" || state === "paused")
+          ? Date.now() / 1000 - detail.started : detail.duration)], ["last event", s.last_time ? clock(s.last_time) : "–"]];
       const notes = [detail.notes ? ["notes", detail.notes] : null,
         s.last_error ? ["message error", "last error: " + s.last_error] : null,
         detail.files_error ? ["message error", detail.files_error] : null].filter(Boolean);
