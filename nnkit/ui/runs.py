@@ -40,7 +40,7 @@ SMALL_FILE_LIMIT = 1 << 20
 CHUNK = 16 << 20
 #: The most bytes of events.jsonl one request reads: a long run's file is read over several
 #: requests (the page shows how far), so no request waits for all of it.
-LOAD_BUDGET = 8 << 20
+LOAD_BUDGET = 4 << 20
 #: The notable events (status changes, epoch ends, answers...) kept per run for the log.
 LOG_KEEP = 2000
 #: The most points of a series sent to the browser by default, and at most.
