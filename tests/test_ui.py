@@ -12,13 +12,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, wait_until
+from helpers import ROOT
 
 pytest.importorskip("starlette")
 httpx = pytest.importorskip("httpx")
@@ -431,3 +430,34 @@ def test_a_long_file_is_read_over_several_requests_each_saying_how_far(client, r
             break
     assert len(seen) > 3 and seen == sorted(seen) and seen[-1] == 1 and 0 < seen[0] < 1
     assert status["events"] == 5001 and status["size"] == (long / "events.jsonl").stat().st_size
+
+
+def test_every_steering_control_reaches_a_live_run_and_shows_its_answer(runs, tmp_path):
+    from test_model import mlp, toy_data
+    run_dir = tmp_path / "live"
+    x, y = toy_data(512)
+    runs.records.append(Record("11fe00000001", "live", str(run_dir)))
+    run = mlp().fit(x, y, batch_size=16, epochs=10_000, verbose=0, run_dir=run_dir, background=True)
+    client = TestClient(create_app(runs, TOKEN), base_url="http://127.0.0.1:8600")
+
+    def send(command, **args):
+        response = client.post("/api/runs/11fe00000001/command", json={"command": command, "args": args},
+                               headers={"X-NNKit-Token": TOKEN})
+        return response.status_code, response.json()
+    try:
+        status, body = send("tell_state")
+        assert status == 200 and body["ok"] and body["text"].startswith("tell_state acknowledged at step")
+        assert body["lines"][0].startswith("state at step") and "momentum 0.9" in body["lines"][1]
+        status, body = send("run_until", batches="1000000")
+        assert status == 200 and body["answer"]["target_step"] == 1_000_000
+        status, body = send("set", weight_decay="0.001", batch_size="8")
+        assert status == 200 and body["answer"]["values"] == {"weight_decay": 0.001, "batch_size": 8}
+        status, body = send("checkpoint")
+        assert status == 200 and body["answer"]["path"] == str(run_dir.resolve() / "checkpoint.h5")
+        status, body = send("set", lr="-1")  # refused by the run itself: its error is the answer
+        assert status == 422 and not body["ok"] and body["text"] == "set refused: set lr: must be >= 0, got -1"
+        status, body = send("stop")
+        assert status == 200 and body["text"].startswith("stop acknowledged")
+    finally:
+        run.shutdown()
+        run.join(60)

@@ -35,7 +35,6 @@ import socket
 import sys
 import time
 from importlib import resources
-from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode
 
