@@ -194,7 +194,7 @@ def test_runs_filter_where_sort_and_page(store):
     assert [r.id for r in store.runs(where="(owner = bob or test_error < 0.1) and not updater.lr = 0.02")] == \
         [ids[2], ids[1]]
     assert [r.id for r in store.runs(where='updater.type = "sgd"', owner="ann")] == [ids[1], ids[0]]
-    assert [r.id for r in store.runs(sort="test_error", descending=False)] == [ids[1], ids[0], ids[2], ids[3]]
+    assert [r.id for r in store.runs(sort="test_error", descending=False)] == [ids[1], ids[0], ids[2], ids[3]]  # best
     assert [r.id for r in store.runs(sort="duration", limit=2)] == [ids[3], ids[2]]
     assert [r.id for r in store.runs(sort="name", descending=False, limit=2, offset=1)] == [ids[1], ids[2]]
     assert store.count(where="updater.lr>=0.005") == 3 and store.count(since=1002.0) == 2

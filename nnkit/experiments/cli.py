@@ -121,6 +121,8 @@ def add_parser(sub: Any, add_store: Any = None) -> argparse.ArgumentParser:
         p = commands.add_parser(name, help=help, description=help)
         p.add_argument("--store", metavar="PATH", help="the store (default $NNKIT_HOME/experiments.db, "
                                                         "NNKIT_HOME defaulting to ~/.nnkit)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print tracebacks of failures")
         p.set_defaults(runs_func=globals()[f"cmd_{name}"])
         return p
 

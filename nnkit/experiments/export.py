@@ -30,6 +30,10 @@ def _client(uri: str) -> Any:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise ImportError("MLflow is not installed: pip install 'nnkit[mlflow]' (mlflow-skinny)") from None
+    if uri.startswith("file:") or "://" not in uri:
+        # MLflow 3 keeps its file store in maintenance mode behind this switch; naming a file
+        # URI is asking for it (a database store needs the full mlflow, with SQLAlchemy).
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MlflowClient(tracking_uri=uri)
 
 

@@ -6,7 +6,7 @@
 A comparison is ``KEY OP VALUE`` with OP one of ``< <= > >= = == !=``; comparisons combine with
 ``and``, ``or``, ``not`` and parentheses. KEY is a record column (``name``, ``owner``,
 ``status``, ``host``, ``step``, ``config_hash``, ``git_commit``, ``nnkit_version``), ``tag``, a
-metric name (``test_error``) or a flattened job-config field (``updater.lr``,
+metric name (``test_error``: its latest value, as in MLflow's search) or a flattened job-config field (``updater.lr``,
 ``model.layer.1.dense.output_dim``); a metric and a config field of the same name both match.
 VALUE is a number, a quoted string or a bare word. Keys and values become SQL parameters, never
 SQL text: the only text pasted is the operators and column names of the tables above.

@@ -368,8 +368,9 @@ class Store:
         """The recorded runs matching every filter given, sorted, one page of them.
 
         ``sort``: a column (``created`` by default, ``name``, ``status``, ``duration``,
-        ``owner``, ``step``) or a metric name (``test_error``); runs without the value come last.
-        ``where``: see :mod:`nnkit.experiments.query`. Bad filters raise ``ValueError``.
+        ``owner``, ``step``) or a metric name (``test_error``: by its best value); runs without
+        the value come last. ``where``: see :mod:`nnkit.experiments.query` (a metric there is
+        its latest value). Bad filters raise ``ValueError``.
         """
         condition, params = self._filters(owner, status, tags, since, where)
         direction = "DESC" if descending else "ASC"
@@ -380,7 +381,7 @@ class Store:
         elif sort in SORTS or sort in COLUMNS:
             key = f"runs.{sort}"
         else:  # a metric
-            key, order_params = "(SELECT m.value FROM metrics m WHERE m.run_id = runs.id AND m.key = ?)", [sort]
+            key, order_params = "(SELECT m.best FROM metrics m WHERE m.run_id = runs.id AND m.key = ?)", [sort]
         page = ""
         page_params: list[Any] = []
         if limit is not None:
