@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -461,3 +462,15 @@ def test_every_steering_control_reaches_a_live_run_and_shows_its_answer(runs, tm
     finally:
         run.shutdown()
         run.join(60)
+
+
+def test_the_list_marks_runs_whose_process_is_gone(tmp_path):
+    from nnkit.experiments import Store
+    from nnkit.experiments.summary import RunSummary
+    store = Store(tmp_path / "experiments.db")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    store.save(RunSummary(id="dead00000001", name="killed", status="running", created=1e9,
+                          heartbeat=4e9, host=socket.gethostname(), pid=int(dead.stdout)))
+    client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+    assert client.get("/api/runs").json()["runs"][0]["status"] == "interrupted"

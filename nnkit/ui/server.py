@@ -57,6 +57,8 @@ STREAM_POLL = 0.1
 #: Seconds after which a quiet stream sends a comment, so proxies and browsers keep it open.
 STREAM_KEEPALIVE = 10.0
 LIST_LIMIT, MAX_LIST_LIMIT = 100, 10_000
+#: Seconds between two looks for runs whose process died without saying so (``mark_stale``).
+STALE_EVERY = 10.0
 TOKEN_HEADER = "x-nnkit-token"
 _STATIC = ("app.js", "style.css")
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
@@ -168,6 +170,7 @@ class Dashboard:
         self.store = store
         self.token = token
         self.cache = RunCache()
+        self._stale_checked = -math.inf
 
     # ------------------------------------------------------------------ helpers
     def record(self, ref: str) -> Any:
@@ -245,6 +248,9 @@ class Dashboard:
                    "tags": tuple(t for t in q.getlist("tag") if t), "where": q.get("where") or None}
         limit = _whole(q.get("limit"), LIST_LIMIT, "limit", 1, MAX_LIST_LIMIT)
         offset = _whole(q.get("offset"), 0, "offset", 0, None)
+        if time.monotonic() - self._stale_checked > STALE_EVERY and hasattr(self.store, "mark_stale"):
+            self._stale_checked = time.monotonic()
+            self.store.mark_stale()  # a killed run shows as interrupted, not running forever
         try:
             total = self.store.count(**filters)
             records = self.store.runs(**filters, sort=q.get("sort") or None,
