@@ -324,6 +324,12 @@ def test_moving_average_is_the_monitors_for_any_window():
                                    rtol=1e-12, equal_nan=True)
     with pytest.raises(ValueError, match="window must be a whole number >= 1"):
         moving_average(values, 0)
+    # Values of one magnitude (a loss): the running-sum way, the same averages to 1e-9.
+    values = list(1 + 0.1 * rng.standard_normal(20_000))
+    monitor = Monitor({"f": [Channel("c", "loss.loss", window=500)]})
+    for step, v in enumerate(values):
+        monitor.update({"type": "loss", "step": step, "loss": v})
+    np.testing.assert_allclose(moving_average(values, 500), monitor.series("c").averages, rtol=1e-9)
 
 
 def test_series_are_the_monitors_figures_downsampled_with_chosen_windows(client, runs, tmp_path):
@@ -474,3 +480,23 @@ def test_the_list_marks_runs_whose_process_is_gone(tmp_path):
                           heartbeat=4e9, host=socket.gethostname(), pid=int(dead.stdout)))
     client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
     assert client.get("/api/runs").json()["runs"][0]["status"] == "interrupted"
+
+
+def test_parse_jsonl_reads_every_line_as_json_loads_does():
+    """The fast path for object lines gives json.loads' values and its errors, byte for byte."""
+    from nnkit.training.events import parse_jsonl
+    lines = [b'{"a":1}', b'{"a":1} ', b'{"a":1}\r', b'{"a":1}x', b'{"a":', b'', b'  ', b'{"a":1}{"b":2}',
+             b'{"a":"\xff"}', b'{"a":NaN}', b'{"a":1}\x0b', b'[1]', b'{"a":"\xed\xa0\x80"}', b'3',
+             b'\xef\xbb\xbf{"a":1}', b'{\x00"a"', '{"é": "\u2028"}'.encode(), b'{"a": [1, {"b": null}]}']
+    items, end = parse_jsonl(b"\n".join(lines) + b"\npartial", 7)
+    expected, position = [], 7
+    for raw in lines:
+        if raw.strip():
+            try:
+                expected.append((position, json.loads(raw)))
+            except ValueError as e:
+                expected.append((position, f"byte {position}: not valid JSON ({e})"))
+        position += len(raw) + 1
+    assert end == position
+    got = [(o, str(v) if isinstance(v, ValueError) else v) for o, v in items]
+    assert repr(got) == repr(expected)  # repr: NaN == NaN

@@ -184,10 +184,16 @@ class RunView:
                 end = info.st_size if budget is None else min(info.st_size, self.offset + budget)
                 while self.offset < end:
                     f.seek(self.offset)
-                    data = f.read(min(CHUNK, info.st_size - self.offset))
+                    data = f.read(min(CHUNK, end - self.offset))
                     items, offset = parse_jsonl(data, self.offset)
-                    if offset == self.offset:  # no complete line in a whole chunk
-                        if len(data) < CHUNK:
+                    if offset == self.offset and len(data) < CHUNK:
+                        # The budget ends inside a line: a whole chunk, to the line's end, and stop.
+                        f.seek(self.offset)
+                        data = f.read(CHUNK)
+                        items, offset = parse_jsonl(data, self.offset)
+                        end = offset
+                    if offset == self.offset:  # no complete line in what was read
+                        if self.offset + len(data) >= info.st_size:
                             break  # a partial last line: wait for its end
                         offset = self.offset + len(data)  # a monster line: skip it
                         self.bad_lines += 1

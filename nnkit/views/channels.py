@@ -201,12 +201,18 @@ def moving_average(values: Sequence[float] | np.ndarray, window: int) -> np.ndar
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a whole number >= 1, got {window!r}")
     v = np.asarray(values, dtype=np.float64)
-    out = np.empty(len(v))
-    head = min(window - 1, len(v))
-    for k in range(head):  # the first points: fewer than `window` values so far
+    n = len(v)
+    magnitude = np.abs(v)
+    if n and np.all(np.isfinite(v)) and magnitude.max() <= 1e6 * max(magnitude.mean(), 1e-300):
+        # Values of one magnitude: differences of a running sum, in O(n) for any window.
+        total = np.concatenate([[0.0], np.cumsum(v)])
+        counts = np.minimum(np.arange(1, n + 1), window)
+        return (total[1:] - total[np.arange(1, n + 1) - counts]) / counts
+    out = np.empty(n)
+    for k in range(min(window - 1, n)):  # the first points: fewer than `window` values so far
         out[k] = v[:k + 1].sum() / (k + 1)
-    if len(v) >= window:
-        # Each window summed on its own (no running sum: a diverged 1e30 would swamp it).
+    if n >= window:
+        # Each window summed on its own: a diverged 1e30 (or a NaN) would swamp a running sum.
         out[window - 1:] = np.lib.stride_tricks.sliding_window_view(v, window).sum(axis=1) / window
     return out
 
