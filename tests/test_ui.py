@@ -366,6 +366,11 @@ def test_a_run_view_reads_in_bounded_chunks_and_notices_a_rewrite(tmp_path, monk
     with open(run / "events.jsonl", "a") as f:
         f.write('}\nnot json\n')
     assert view.refresh() == 1 and view.bad_lines == 1
+    for _ in range(3):  # the arrays kept for requests grow with the series, equal to it
+        write_events(run, loss_events(700, start=501))
+        view.refresh()
+        for got, want in zip(view.data("train cost"), view.monitor.series("train cost").data()):
+            np.testing.assert_array_equal(got, want)
     (run / "events.jsonl").unlink()
     write_events(run, loss_events(3))  # started over (--overwrite): a new file
     assert view.refresh() == 4 and len(view.monitor.series("train cost")) == 3

@@ -162,7 +162,7 @@ class RunView:
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: Each channel's points as arrays, extended as points come (a million batches are not
     #: copied out of the Monitor again for every request).
-    arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    arrays: dict[str, tuple[tuple[np.ndarray, ...], int]] = field(default_factory=dict)
 
     def refresh(self, budget: int | None = None) -> int:
         """Reads what was appended to ``events.jsonl`` since the last call (all of it at first,
@@ -213,17 +213,27 @@ class RunView:
         self.arrays.clear()
 
     def data(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(steps, values, averages)`` of channel ``name``: the Monitor's series as arrays."""
+        """``(steps, values, averages)`` of channel ``name``: the Monitor's series as arrays
+        (views of buffers that grow by doubling, so a live run's new points cost their own copy)."""
         with self.lock:
-            old = self.arrays.get(name)
-            start = 0 if old is None else len(old[0])
+            buffers, count = self.arrays.get(name, ((), 0))
             series = self.monitor.series(name)
-            if old is not None and len(series) == start:
-                return old
-            new = series.data(start)
-            arrays = new if old is None else tuple(np.concatenate(pair) for pair in zip(old, new))
-            self.arrays[name] = arrays
-            return arrays
+            if len(series) > count:
+                new = series.data(count)
+                total = count + len(new[0])
+                if not buffers or total > len(buffers[0]):
+                    size = max(1024, 2 * total)
+                    grown = tuple(np.empty(size, dtype=a.dtype) for a in new)
+                    for old, buffer in zip(buffers, grown):
+                        buffer[:count] = old[:count]
+                    buffers = grown
+                for buffer, part in zip(buffers, new):
+                    buffer[count:total] = part
+                count = total
+                self.arrays[name] = (buffers, count)
+            if not buffers:
+                return series.data()
+            return tuple(b[:count] for b in buffers)
 
     def _feed(self, items: Iterable[tuple[int, Any]]) -> int:
         count = 0
