@@ -187,10 +187,11 @@ class RunView:
                     data = f.read(min(CHUNK, end - self.offset))
                     items, offset = parse_jsonl(data, self.offset)
                     if offset == self.offset and len(data) < CHUNK:
-                        # The budget ends inside a line: a whole chunk, to the line's end, and stop.
+                        # The budget ends inside a line: read on to its end (within a chunk), and stop.
                         f.seek(self.offset)
                         data = f.read(CHUNK)
-                        items, offset = parse_jsonl(data, self.offset)
+                        newline = data.find(b"\n")
+                        items, offset = parse_jsonl(data if newline < 0 else data[:newline + 1], self.offset)
                         end = offset
                     if offset == self.offset:  # no complete line in what was read
                         if self.offset + len(data) >= info.st_size:
