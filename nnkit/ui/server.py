@@ -496,8 +496,9 @@ def serve(store: Any, host: str = "127.0.0.1", port: int = 0, token: str | None 
     token = token or secrets.token_urlsafe(24)
     app = create_app(store, token, require_token=require)
     sock = bind(host, port)
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "[::]") else host  # all addresses
     print(f"nnkit ui: serving {getattr(store, 'path', 'the store')} at "
-          f"{url_of(sock, host, token if require else None)}", file=out, flush=True)
+          f"{url_of(sock, shown, token if require else None)}", file=out, flush=True)
     make_server(app, sock).run(sockets=[sock])
 
 

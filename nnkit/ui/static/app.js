@@ -289,7 +289,8 @@
       }
     }
     const button = (command, label, args) => el("button", {"data-command": command, on: {click: () => send(command, args || {})}}, label);
-    const field = (name, placeholder) => el("input", {name, placeholder, size: 9, autocomplete: "off"});
+    const field = (name, placeholder) => el("input", {name, placeholder, size: 9, autocomplete: "off",
+      "aria-label": name, title: name});
     const setFields = ["lr", "momentum", "weight_decay", "batch_size"].map((n) => field(n, n));
     const untilBatches = field("batches", "batches"), untilEpochs = field("epochs", "epochs");
     const collect = (inputs) => Object.fromEntries(inputs.filter((i) => i.value.trim() !== "").map((i) => [i.name, i.value.trim()]));
