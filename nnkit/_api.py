@@ -11,6 +11,7 @@ from .layers import __all__ as _layer_names
 from .model import Sequential
 from .config import Job, load, load_job, model_from_proto, start  # also registers the schema with the model
 from .training import Trainer, TrainingRun
+from . import experiments  # registers the recorder: every run with a run directory is recorded
 from .updaters import SGD, AdaDelta, AdaGrad, Adam, Nesterov, RMSProp, Updater
 
 __all__ = [*_layer_names, "Updater", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam",

@@ -11,6 +11,11 @@
     nnkit export CKPT|RUN_DIR OUT.onnx
     nnkit import-caffe NET.prototxt [SOLVER.prototxt] -o JOB.conf [--weights NET.caffemodel]
                        [--dataset NAME]
+    nnkit ui [--store PATH] [--host 127.0.0.1] [--port N] [--token TOKEN]
+    nnkit runs list|show|compare|tag|untag|note|rm|export|reindex ... [--store PATH]
+
+Every run is recorded in the experiment store (``nnkit train --store PATH --owner O --name N
+--tag T``); ``nnkit runs`` lists, compares and edits the records (:mod:`nnkit.experiments.cli`).
 
 Exit status: 0 on success, 2 for a bad config or bad arguments (the message on stderr, no
 traceback), 1 for a failure during the run (``--debug``, before or after the command, adds
@@ -311,6 +316,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .views.tensorboard import TensorBoard
         callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
     model.trainer_for_fit().keep_checkpoints = args.keep_checkpoints
+    from . import experiments  # records the run (and says how): the store, owner, name, tags
+    experiments.configure(store=_absolute(args.store), owner=args.owner, name=args.name, tags=args.tag)
     origin = ("" if resume is None else f", continuing from {resume}") + (
         "; no checkpoint there, starting afresh" if args.resume == "auto" and resume is None else "")
     print(f"nnkit train: job {job.name!r}, run directory {run_dir}{origin}", file=sys.stderr)
@@ -534,18 +541,16 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
-    from .views.terminal import (CommandLineError, check_command, command_events, describe_answer,
-                                 describe_command_events, describe_silence, parse_assignments,
-                                 send_command, wait_for_answer)
+    from .views.terminal import (CommandLineError, command_events, describe_answer,
+                                 describe_command_events, describe_silence, parse_assignments, steer)
     try:
-        command, offset = send_command(args.run_dir, args.name,
-                                       check_command(args.name, parse_assignments(args.args)))
+        command, answer, offset = steer(args.run_dir, args.name, parse_assignments(args.args),
+                                        args.wait)
     except CommandLineError as e:
         raise UsageError(str(e)) from None
     if args.wait is None:
         print(json.dumps(command) if args.json else command["id"])
         return EXIT_OK
-    answer = wait_for_answer(args.run_dir, command["id"], args.wait, offset)
     if answer is None:
         print(f"nnkit ctl: no answer to {args.name} (id {command['id']}) within {args.wait:g} s; "
               f"{describe_silence(args.run_dir)}. Is the run alive? The command stays queued "
@@ -631,6 +636,33 @@ def cmd_import_caffe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``nnkit ui``: serves the web dashboard over an experiment store until Ctrl-C."""
+    try:
+        import starlette  # noqa: F401  (the ui extra: checked before anything starts)
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"the web dashboard needs {e.name}: pip install 'nnkit[ui]'") from None
+    from .experiments import Store
+    from .ui.server import serve
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in [0, 65535], got {args.port}")
+    try:
+        serve(Store(args.store), host=args.host, port=args.port, token=args.token)
+    except OSError as e:  # the port is taken, the address is not this machine's
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``nnkit runs ...``: the experiment store (:mod:`nnkit.experiments.cli`)."""
+    from .experiments import cli as runs_cli
+    try:
+        return runs_cli.main(args)
+    except runs_cli.BadInput as e:
+        raise UsageError(str(e)) from None
+
+
 # ===================================================================================== parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each has --help)."""
@@ -678,6 +710,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last good state is checkpointed; then pause (default: wait for "
                         "`nnkit ctl RUN_DIR resume` to retry it, e.g. after `set lr=...`, or `skip`) "
                         "or stop (exit 1)")
+    p.add_argument("--store", metavar="PATH", help="record the run in this experiment store "
+                   "(default $NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
+    p.add_argument("--owner", help="the run's owner in the store (default: your user name)")
+    p.add_argument("--name", help="the run's name in the store (default: the run directory's name)")
+    p.add_argument("--tag", action="append", default=[], help="tag the run in the store (repeatable)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",
@@ -788,6 +825,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=list(datasets.DATASETS), help="the nnkit dataset standing "
                    "for the net's data layers (default: inferred from the input dims if only one fits)")
     p.set_defaults(func=cmd_import_caffe)
+
+    p = sub.add_parser("ui", help="the web dashboard", description="Serve the web dashboard: "
+                       "the experiments recorded in the store, each one's live figures, "
+                       "configuration and events log, steering controls (the commands of nnkit "
+                       "ctl), and runs compared. Prints its address; Ctrl-C stops it. Listening on "
+                       "an address other than 127.0.0.1/localhost requires the printed token. "
+                       "Needs the ui extra (pip install 'nnkit[ui]').")
+    p.add_argument("--store", metavar="PATH", help="the experiment store (default "
+                   "$NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default "
+                   "127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8600, help="the port (default 8600; 0: a free one)")
+    p.add_argument("--token", help="the token that commands (and, off localhost, every request) "
+                   "need (default: a fresh random one)")
+    p.set_defaults(func=cmd_ui)
+
+    from .experiments.cli import add_parser as add_runs_parser
+    add_runs_parser(sub).set_defaults(func=cmd_runs)
     for command in sub.choices.values():  # --debug after the command too: nnkit show x --debug
         # SUPPRESS: without the flag here, the value before the command stays.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

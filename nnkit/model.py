@@ -540,7 +540,7 @@ class Sequential:
         trainer.user_callbacks = list(callbacks)
         trainer.verbose = verbose
         trainer.run_dir = None if run_dir is None else Path(run_dir)
-        if background or (run_dir is not None and trainer.controller is None):
+        if background or ((run_dir is not None or trainer.observers) and trainer.controller is None):
             # The run re-enters fit with its channel attached (trainer.controller set).
             kwargs = dict(x=x, y=y, batch_size=batch_size, epochs=epochs, steps=steps,
                           validation_data=validation_data, validation_split=validation_split,

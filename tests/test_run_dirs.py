@@ -249,7 +249,8 @@ def test_an_example_refuses_a_used_run_dir_unless_resume_auto_or_overwrite(tmp_p
     base = ("--data-dir", DATA, "--batch-size", "8", "--fit", "--run-dir", tmp_path / "run")
     done = example(*base, "--steps", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert names(tmp_path / "run") == ["checkpoint-2.h5", "events.jsonl", "latest"]
+    # run.json: what the experiment store recorded of the run (nnkit.experiments.rundir)
+    assert names(tmp_path / "run") == ["checkpoint-2.h5", "events.jsonl", "latest", "run.json"]
     done = example(*base, "--steps", "2", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "holds the checkpoints of an earlier run (checkpoint-2.h5)" in done.stderr

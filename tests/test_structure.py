@@ -349,7 +349,8 @@ def test_no_repeated_blocks():
 
 #: Views whose optional dependencies may be missing (they import without them today, but the
 #: installed-wheel check tolerates a missing third-party module there).
-OPTIONAL_MODULES = {"nnkit.views.notebook", "nnkit.views.report", "nnkit.views.tensorboard"}
+OPTIONAL_MODULES = {"nnkit.views.notebook", "nnkit.views.report", "nnkit.views.tensorboard",
+                    "nnkit.ui.server"}
 
 _IMPORT_ALL = textwrap.dedent("""
     import importlib, json, pkgutil, sys

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from .control import make_command
 from .events import SETTLED, Event, EventBus
-from .run import RunHandle
+from .run import RunHandle, add_run_observer, run_observers
 
 
 def serve_child(conn: Any, run_id: str | None, make_run: Callable[[EventBus], Any]) -> None:
@@ -62,6 +63,22 @@ def serve_child(conn: Any, run_id: str | None, make_run: Callable[[EventBus], An
         conn.close()
 
 
+def _child_entry(conn: Any, run_id: str, observers: list[Any], target: Callable[..., None], *args: Any) -> None:
+    """A child process's first step: the parent's run observers are registered here too (so a
+    recorded parent records its children), then ``target`` runs."""
+    for observer in observers:
+        add_run_observer(observer)
+    target(conn, run_id, *args)
+
+
+def _portable(observer: Any) -> bool:
+    try:
+        pickle.dumps(observer)
+        return True
+    except Exception:  # noqa: BLE001  (a lambda, a closure: it stays in this process)
+        return False
+
+
 class ProcessRun(RunHandle):
     """A handle on a job training in a child process; same commands as a thread run.
 
@@ -88,7 +105,9 @@ class ProcessRun(RunHandle):
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe(duplex=True)
         self._lock = threading.Lock()  # one sender at a time on the pipe
-        self.process = context.Process(target=target, args=(child_conn, self.bus.run_id, *args),
+        observers = [observer for observer in run_observers() if _portable(observer)]
+        self.process = context.Process(target=_child_entry,
+                                       args=(child_conn, self.bus.run_id, observers, target, *args),
                                        name="nnkit-child", daemon=True)
         self.process.start()
         self._launched = True

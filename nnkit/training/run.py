@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import textwrap
 import threading
 import weakref
@@ -17,7 +18,44 @@ from typing import Any, Callable
 
 from .callbacks import Callback
 from .control import COMMANDS, UNSET, Command, Controller, EventReporter, make_command
-from .events import COMMANDS_FILE, EVENTS_FILE, SETTLED, Event, EventBus, JsonlWriter, poll_answer
+from .events import COMMANDS_FILE, EVENTS_FILE, SETTLED, Event, EventBus, JsonlWriter, poll_answer, register
+
+
+#: ``observer(trainer, run_dir, bus) -> closer or None``: told of each run as its channel opens.
+RunObserver = Callable[[Any, "Path | None", EventBus], "Callable[[], None] | None"]
+_OBSERVERS: list[RunObserver] = []
+_OBSERVERS_LOCK = threading.RLock()
+
+
+def add_run_observer(observer: RunObserver) -> Callable[[], None]:
+    """Registers ``observer``, called by :func:`attach_channel` for every run with a run
+    directory (``observer(trainer, run_dir, bus)``; it may subscribe to the bus and return a
+    closer, called when the run ends). Returns the function that unregisters it.
+
+    This is how a layer above training follows runs without training importing it: the
+    experiment store registers its recorder here when imported. Observers that pickle (a
+    module-level function, a dataclass instance) are registered in child processes too. An
+    observer with an ``observer_key`` attribute replaces the one registered with the same key.
+    """
+    key = getattr(observer, "observer_key", None)
+    with _OBSERVERS_LOCK:
+        if key is not None:
+            _OBSERVERS[:] = [o for o in _OBSERVERS if getattr(o, "observer_key", None) != key]
+        return register(_OBSERVERS_LOCK, _OBSERVERS, observer)
+
+
+def run_observers() -> list[RunObserver]:
+    """The registered run-directory observers, in order."""
+    with _OBSERVERS_LOCK:
+        return list(_OBSERVERS)
+
+
+def _observe(observer: RunObserver, trainer: Any, run_dir: Path | None, bus: EventBus) -> Callable | None:
+    try:
+        return observer(trainer, run_dir, bus)
+    except Exception as exc:  # noqa: BLE001  (an observer's failure must not stop the run)
+        print(f"nnkit: a run observer failed and was skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
 
 
 def attach_channel(trainer: Any, run_dir: str | os.PathLike | None = None,
@@ -25,8 +63,9 @@ def attach_channel(trainer: Any, run_dir: str | os.PathLike | None = None,
     """Gives a Trainer an event bus and a controller; with ``run_dir``, also the files.
 
     In a run directory, events go to ``events.jsonl`` and commands are read from
-    ``commands.jsonl`` (what ``nnkit ctl`` appends to). Returns the bus, the controller and
-    the closers to call when the run ends.
+    ``commands.jsonl`` (what ``nnkit ctl`` appends to). The trainer's own ``observers`` and,
+    with a run directory, the registered ones (:func:`add_run_observer`) are told of the run.
+    Returns the bus, the controller and the closers to call when the run ends.
     """
     bus = bus or EventBus()
     closers: list[Callable] = []
@@ -38,6 +77,11 @@ def attach_channel(trainer: Any, run_dir: str | os.PathLike | None = None,
         command_file = run_dir / COMMANDS_FILE
     controller = Controller(bus, command_file=command_file, run_dir=run_dir)
     trainer.controller = controller
+    observers = list(getattr(trainer, "observers", ())) + (run_observers() if run_dir is not None else [])
+    for observer in observers:
+        closer = _observe(observer, trainer, run_dir, bus)
+        if closer is not None:
+            closers.append(closer)
     return bus, controller, closers
 
 

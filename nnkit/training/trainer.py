@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -117,6 +117,8 @@ class Trainer:
         self.target_epoch: int | None = None  # the current fit's plan; commands may move it
         self.target_step: int | None = None
         self.controller: Any = None  # acts at every safe point (see nnkit.training.control)
+        # Told of each run of this trainer as its channel opens (nnkit.experiments.record).
+        self.observers: list[Callable[..., Any]] = []
         self.history = History()
         self._interactive: list[tuple[int, float | None, float | None]] = []
         self._requested: str | None = None

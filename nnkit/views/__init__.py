@@ -6,7 +6,7 @@ PNG plots; ``tensorboard`` TensorBoard scalar files. The notebook, report and Te
 modules need optional extras and are imported only when used.
 """
 from .channels import (DEFAULT_FIGURES, Channel, Figure, Monitor, RunStatus, Series, epoch_label,
-                       epoch_text, monitor_file)
+                       epoch_text, monitor_file, moving_average)
 
 __all__ = ["Channel", "Figure", "Monitor", "Series", "RunStatus", "DEFAULT_FIGURES", "monitor_file",
-           "epoch_label", "epoch_text"]
+           "epoch_label", "epoch_text", "moving_average"]

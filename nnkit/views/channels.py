@@ -137,6 +137,15 @@ class Channel:
         """True for a channel fed by several ``TYPE.FIELD`` sources (one point per step)."""
         return isinstance(self.source, tuple) and len(self.source) > 1
 
+    def field_for(self, kind: str) -> str | None:
+        """The field this channel reads from events of type ``kind`` (its first source of that
+        type), or None if it reads none; not for a function source."""
+        for source in self._sources():
+            source_kind, _, key = source.partition(".")
+            if source_kind == kind:
+                return key
+        return None
+
     def value(self, event: Event) -> float | None:
         """This channel's value in ``event``, or None if the event does not feed it."""
         if callable(self.source):
@@ -182,6 +191,30 @@ DEFAULT_FIGURES: tuple[Figure, ...] = (
 
 "validation loss" and "test error" are the held-out set's (``nnkit train``: the test set), from
 the epoch ends and from ``test`` events."""
+
+
+def moving_average(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """The trailing mean of the last ``window`` values at each point: what :class:`Series`
+    keeps as ``averages`` for a channel of that window, computed at once for any window (the
+    web dashboard's user-chosen smoothing). The first points average the values so far; a
+    non-finite value spoils the ``window`` averages that include it, as in the Series."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a whole number >= 1, got {window!r}")
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    magnitude = np.abs(v)
+    if n and np.all(np.isfinite(v)) and magnitude.max() <= 1e6 * max(magnitude.mean(), 1e-300):
+        # Values of one magnitude: differences of a running sum, in O(n) for any window.
+        total = np.concatenate([[0.0], np.cumsum(v)])
+        counts = np.minimum(np.arange(1, n + 1), window)
+        return (total[1:] - total[np.arange(1, n + 1) - counts]) / counts
+    out = np.empty(n)
+    for k in range(min(window - 1, n)):  # the first points: fewer than `window` values so far
+        out[k] = v[:k + 1].sum() / (k + 1)
+    if n >= window:
+        # Each window summed on its own: a diverged 1e30 (or a NaN) would swamp a running sum.
+        out[window - 1:] = np.lib.stride_tricks.sliding_window_view(v, window).sum(axis=1) / window
+    return out
 
 
 class Series:
@@ -242,10 +275,12 @@ class Series:
         """The trailing mean of the last ``channel.window`` values at each point."""
         return self._array(self._averages)
 
-    def data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(steps, values, averages)`` taken together, so their lengths always agree."""
+    def data(self, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, values, averages)`` taken together, so their lengths always agree; from
+        point ``start`` on (a reader that keeps the earlier ones copies only the new)."""
         with self._lock:
-            return self.steps, self.values, self.averages
+            return (np.array(self._steps[start:], dtype=np.int64), np.array(self._values[start:]),
+                    np.array(self._averages[start:]))
 
     @property
     def last(self) -> float | None:
@@ -348,6 +383,9 @@ class Monitor:
         self._clock_since: float | None = None  # when the epoch clock last started (wall time)
         self._clock_spent = 0.0                 # active seconds of the epoch before that
         self._clock_valid = False               # False until a status event starts the clock
+        # Per event type, the series it may feed and the field each reads (None: a function
+        # source, called with every event): a long file is read without asking every channel.
+        self._plans: dict[str, list[tuple[Series, str | None]]] = {}
 
     # ------------------------------------------------------------------ access
     def series(self, name: str) -> Series:
@@ -437,8 +475,8 @@ class Monitor:
             points = []
             if isinstance(step, int):
                 wall = float(event.get("time") or 0.0)
-                for series in self._series.values():
-                    value = series.channel.value(event)
+                for series, key in self._plan(event.get("type")):
+                    value = series.channel.value(event) if key is None else _number(event.get(key))
                     if value is not None and series._add(step, wall, value):
                         points.append((series.figure, series.name, step, value, wall))
             self.version += 1
@@ -447,6 +485,20 @@ class Monitor:
             for listener in listeners:
                 listener(*point)
         return event
+
+    def _plan(self, kind: Any) -> list[tuple[Series, str | None]]:
+        """The series events of type ``kind`` may feed, in layout order, with their fields."""
+        plan = self._plans.get(kind) if isinstance(kind, str) else None
+        if plan is None:
+            plan = []
+            for series in self._series.values():
+                if callable(series.channel.source):
+                    plan.append((series, None))
+                elif isinstance(kind, str) and series.channel.field_for(kind) is not None:
+                    plan.append((series, series.channel.field_for(kind)))
+            if isinstance(kind, str):
+                self._plans[kind] = plan
+        return plan
 
     # ------------------------------------------------------------------ derived fields
     def _derive(self, event: Event) -> Event:

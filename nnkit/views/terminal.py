@@ -102,7 +102,8 @@ def append_line(path: Path, line: str) -> None:
     on its own line (reported and skipped by the run) and this line stays intact.
     """
     data = line.encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # O_NOFOLLOW: a command file that is a symlink is refused, never written through.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         size = os.fstat(fd).st_size
         if size:
@@ -131,6 +132,20 @@ def send_command(run_dir: str | os.PathLike, name: str, args: dict[str, Any]) ->
     command = make_command(name, **args)
     append_line(run_dir / COMMANDS_FILE, json.dumps(command, separators=(",", ":")) + "\n")
     return command, offset
+
+
+def steer(run_dir: str | os.PathLike, name: str, raw: dict[str, str], wait: float | None
+          ) -> tuple[dict[str, Any], Event | None, int]:
+    """``nnkit ctl``'s one path (also the web dashboard's): checks the command ``name`` and its
+    ``key=value`` texts ``raw`` (:func:`check_command`), appends it to the run directory
+    (:func:`send_command`) and, unless ``wait`` is None, waits that many seconds for its answer.
+
+    Returns the command, the answer (None if none came or none was awaited) and the size of
+    ``events.jsonl`` before sending. CommandLineError for a bad command or a missing directory.
+    """
+    command, offset = send_command(run_dir, name, check_command(name, raw))
+    answer = None if wait is None else wait_for_answer(run_dir, command["id"], wait, offset)
+    return command, answer, offset
 
 
 def wait_for_answer(run_dir: str | os.PathLike, command_id: str, timeout: float, offset: int = 0,
@@ -251,6 +266,10 @@ def _clock(event: Event) -> str:
     return datetime.fromtimestamp(wall).strftime("%H:%M:%S") if isinstance(wall, (int, float)) else "--:--:--"
 
 
+#: The event types that may have a log line (:func:`log_line`).
+_LOGGED = ("status", "epoch", "test", "ack", "error", "snapshot", "nonfinite", "state")
+
+
 def log_line(event: Event) -> str | None:
     """The log line of a notable event (status, epoch end, test, ack, error, state, snapshot,
     nonfinite), else None.
@@ -258,6 +277,8 @@ def log_line(event: Event) -> str | None:
     Epochs are counted from 1 here (the events' ``epoch`` from 0): "epoch 1 done".
     """
     kind = event.get("type")
+    if kind not in _LOGGED:
+        return None  # most events (loss, heartbeat): no clock formatted for nothing
     head = f"[{_clock(event)}]"
     if kind == "status":
         reason = f" ({event['reason']})" if event.get("reason") else ""

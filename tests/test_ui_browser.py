@@ -1,0 +1,187 @@
+"""The web dashboard in a real headless browser (Debian's chromium and chromium-driver through
+Selenium) against a real server and a real training run (``nnkit train`` on a small MNIST job,
+recorded in a real store): the experiments page lists it, its page shows the loss figure
+growing, Pause and Set reach the run and show its answers, and user text stays text.
+
+Without the browser the tests skip, except under CI (``CI`` set), where they fail: .ci/run
+installs it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import DATA, ROOT, wait_until
+
+pytest.importorskip("starlette")
+from nnkit.ui.server import ThreadedServer, create_app  # noqa: E402
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+XSS = "<script>alert(1)</script>"
+needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+
+LONG_JOB = """name: "small"
+seed: 1
+model {{
+  layer {{ image_input {{ height: 28 width: 28 }} }}
+  layer {{ dense {{ output_dim: 32 w {{ init: glorot_uniform }} }} }}
+  layer {{ activation {{ type: relu }} }}
+  layer {{ dense {{ output_dim: 10 }} }}
+}}
+updater {{ lr: 0.05 momentum: 0.9 }}
+data {{
+  dataset: "mnist"
+  dir: "{data}"
+  scale: 0.00392156862745098
+  train {{ batch_size: 32 limit: 2000 }}
+  test {{ batch_size: 250 limit: 500 }}
+}}
+run {{ steps: {steps} display_freq: 20 test_freq: 200 checkpoint_freq: 0 run_dir: "{runs}" }}
+"""
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (it is in the test extra)"
+    if not Path(CHROMEDRIVER).exists() or not shutil.which("chromium"):
+        return "no chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    why = browser_missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: CI must run the browser tests (.ci/run installs them)")
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1100", "--no-first-run", "--disable-extensions"):
+        options.add_argument(arg)
+    # The driver is given explicitly: Selenium Manager never tries to download one.
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, condition, timeout: float = 60, message: str = ""):
+    """``condition(driver)``'s first true value, polled; the pages redraw as the run goes on,
+    so an element found a moment ago may be gone (stale): look again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=[StaleElementReferenceException]).until(condition, message)
+
+
+def click(driver, css: str) -> None:
+    """Clicks the element ``css`` names, looking it up again if it was redrawn meanwhile."""
+    from selenium.webdriver.common.by import By
+    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True, message=f"cannot click {css}")
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+            if line.endswith("}")]
+
+
+def train(tmp_path: Path, name: str, steps: int, store: Path) -> tuple[subprocess.Popen, Path]:
+    """``nnkit train`` of a small MNIST job of ``steps`` batches, named ``name`` in ``store``."""
+    job = tmp_path / f"job{len(list(tmp_path.glob('job*.conf')))}.conf"
+    job.write_text(LONG_JOB.format(data=DATA, runs=tmp_path / "runs", steps=steps))
+    run_dir = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "nnkit.cli", "train", str(job), "--run-dir",
+                             str(run_dir), "--store", str(store), "--name", name], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, run_dir
+
+
+@needs_mnist
+def test_watch_and_steer_a_live_run_in_the_browser(browser, tmp_path):
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    from nnkit.experiments import Store
+    path = tmp_path / "experiments.db"
+    # A finished run named like a script, then the live one.
+    done, _ = train(tmp_path, XSS, 20, path)
+    assert done.wait(300) == 0, done.stderr.read()
+    live, run_dir = train(tmp_path, "mnist-live", 1_000_000, path)
+    store = Store(path)
+    try:
+        wait_until(lambda: any(r.run_dir and Path(r.run_dir) == run_dir.resolve()
+                               for r in store.runs()), timeout=120)
+        record = next(r for r in store.runs() if Path(r.run_dir or "/") == run_dir.resolve())
+        store.tag(record.id, "<b>bold</b>")
+        with ThreadedServer(create_app(store)) as server:
+            browser.get(server.url)
+            row = f'tr[data-run="{record.id}"]'
+            wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, row), message="the live run is not listed")
+            # Shown as text, not run: the name of the other run, the tag of this one.
+            wait(browser, lambda d: XSS in [a.text for a in d.find_elements(By.CSS_SELECTOR, "td.name a")])
+            wait(browser, lambda d: "<b>bold</b>" in [t.text for t in d.find_elements(By.CSS_SELECTOR, f"{row} .tag")])
+            with pytest.raises(NoAlertPresentException):
+                browser.switch_to.alert.text  # noqa: B018
+            click(browser, f"{row} td.name a")
+
+            def loss_points(d):
+                return int(d.find_element(By.CSS_SELECTOR, '[data-figure="loss"] .chart').get_attribute("data-points") or 0)
+            wait(browser, lambda d: loss_points(d) > 0, message="no loss points drawn")
+            first = loss_points(browser)
+            wait(browser, lambda d: loss_points(d) > first + 5, message="the loss figure does not grow")
+
+            click(browser, 'button[data-command="pause"]')
+            wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "paused",
+                 message="the status does not become paused")
+            answer = wait(browser, lambda d: next((li for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")
+                                                   if "pause acknowledged at step" in li.text), False))
+            assert answer.get_attribute("data-command") == "pause"
+
+            browser.find_element(By.CSS_SELECTOR, '#set-form input[name="lr"]').send_keys("0.0123")
+            click(browser, "#set-button")
+            answer = wait(browser, lambda d: next((li for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")
+                                                   if "set acknowledged" in li.text), False))
+            assert '"lr": 0.0123' in answer.text
+            acks = [e for e in events(run_dir) if e["type"] == "ack" and e["command"] == "set"]
+            assert [a["values"] for a in acks] == [{"lr": 0.0123}]
+
+            browser.find_element(By.CSS_SELECTOR, '#set-form input[name="lr"]').clear()
+            browser.find_element(By.CSS_SELECTOR, '#set-form input[name="momentum"]').send_keys("1.5")
+            click(browser, "#set-button")
+            refused = wait(browser, lambda d: next((li for li in d.find_elements(By.CSS_SELECTOR, "#answers li.error")
+                                                    if "refused" in li.text), False))
+            assert refused.text == "set refused: set momentum: must be in [0, 1), got 1.5"
+
+            click(browser, 'button[data-command="resume"]')
+            wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "running")
+            resumed = loss_points(browser)
+            wait(browser, lambda d: loss_points(d) > resumed, message="the run does not go on")
+            shot = tmp_path / "experiment-page.png"
+            assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+            # README's picture: NNKIT_UI_SCREENSHOT=docs/experiment-page.png pytest tests/test_ui_browser.py
+            if os.environ.get("NNKIT_UI_SCREENSHOT"):
+                shutil.copy(shot, os.environ["NNKIT_UI_SCREENSHOT"])
+
+            click(browser, 'button[data-command="stop"]')
+            wait(browser, lambda d: any("stop acknowledged" in li.text
+                                        for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")))
+            assert live.wait(120) == 0
+            wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "stopped")
+            browser.get("about:blank")  # closes the page's stream before the server stops
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait(30)
