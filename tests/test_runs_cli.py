@@ -218,3 +218,27 @@ def test_every_runs_command_has_help_and_takes_store(command, capsys):
         main(["runs", command, "--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0 and f"usage: nnkit runs {command}" in out and "--store PATH" in out
+
+
+def test_ctrl_c_records_interrupted_and_a_resume_runs_on_in_the_same_record(tmp_path):
+    job = tmp_path / "tiny.conf"
+    job.write_text(JOB.format(data=DATA, runs=tmp_path / "runs"))
+    store = Store(tmp_path / "s.db")
+    args = ["-m", "nnkit.cli", "train", str(job), "--store", str(store.path), "--run-dir", str(tmp_path / "r")]
+    proc = subprocess.Popen([sys.executable, *args, "--set", "run.steps=10000000"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: store.count(status="running") == 1 and store.runs()[0].step > 0, 120)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    [stopped] = store.runs()
+    assert stopped.status == "interrupted" and stopped.ended is not None
+    train(job, "--store", store.path, "--run-dir", tmp_path / "r", "--resume", "auto",
+          "--set", f"run.steps={stopped.step + 5}", cwd=tmp_path)
+    [resumed] = store.runs()
+    assert (resumed.id, resumed.status, resumed.step) == (stopped.id, "finished", stopped.step + 5)
