@@ -242,3 +242,20 @@ def test_ctrl_c_records_interrupted_and_a_resume_runs_on_in_the_same_record(tmp_
           "--set", f"run.steps={stopped.step + 5}", cwd=tmp_path)
     [resumed] = store.runs()
     assert (resumed.id, resumed.status, resumed.step) == (stopped.id, "finished", stopped.step + 5)
+
+
+def test_nnkit_start_of_a_job_is_recorded_by_its_child_with_the_whole_job(tmp_path, monkeypatch):
+    import nnkit
+    monkeypatch.setenv("NNKIT_HOME", str(tmp_path / "home"))
+    job = tmp_path / "tiny.conf"
+    job.write_text(JOB.format(data=DATA, runs=tmp_path / "runs"))
+    run = nnkit.start(job, run_dir=tmp_path / "started")
+    assert run.wait(180) == "finished"
+    run.shutdown()
+    run.join(60)
+    store = Store()
+    wait_until(lambda: [r.status for r in store.runs()] == ["finished"], 60)
+    [record] = store.runs()
+    params = store.params(record.id)
+    assert record.pid != os.getpid() and record.step == 10 and record.name == "started"
+    assert params["data.dataset"] == "mnist" and params["run.steps"] == "10" and params["updater.lr"] == "0.1"

@@ -84,6 +84,7 @@ def child_main(conn: Any, run_id: str, job_text: str, source: str, options: dict
                           epochs=options.get("epochs", run.epochs if run.HasField("epochs") else None),
                           steps=options.get("steps", run.steps if run.HasField("steps") else None),
                           validation_data=validation, verbose=0, run_dir=options.get("run_dir"))
+        model.trainer_for_fit().config_text = job_text  # the whole job, data and run included, for the store
         return TrainingRun(model, fit_kwargs, options.get("run_dir"), linger=True, bus=bus)
 
     serve_child(conn, run_id, make_run)

@@ -27,7 +27,6 @@ import re
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Iterable, TextIO
 
 from .store import RunRecord, Store, StoreError

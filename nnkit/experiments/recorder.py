@@ -58,6 +58,9 @@ def _total_steps(trainer: Any) -> int | None:
 
 
 def _model_config_text(trainer: Any) -> str | None:
+    """The job config of the run: the one that made it (``nnkit.start``), else the model's."""
+    if isinstance(getattr(trainer, "config_text", None), str):
+        return trainer.config_text
     describe = getattr(getattr(trainer, "model", None), "_proto_text", None)
     if describe is None:
         return None

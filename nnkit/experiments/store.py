@@ -108,7 +108,7 @@ _DURATION_SQL = "(COALESCE(runs.ended, runs.heartbeat) - runs.started)"
 
 # ============================================================================ schema
 def _v1(db: sqlite3.Connection) -> None:
-    db.execute(f"""CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT, owner TEXT, notes TEXT,
+    db.execute("""CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT, owner TEXT, notes TEXT,
         status TEXT NOT NULL, created REAL, started REAL, ended REAL, heartbeat REAL, host TEXT,
         pid INTEGER, run_dir TEXT, config_text TEXT, config_hash TEXT, nnkit_version TEXT,
         git_commit TEXT, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER)""")
