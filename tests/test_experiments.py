@@ -46,6 +46,7 @@ def store(tmp_path, monkeypatch) -> Store:
 def test_the_suite_never_writes_to_the_users_home():
     assert default_store_path() != Path.home() / ".nnkit" / "experiments.db"
     assert Path(os.environ["NNKIT_HOME"]).name.startswith("nnkit-home")
+    assert ENV["NNKIT_HOME"] == os.environ["NNKIT_HOME"]  # set before test modules copy the environment
 
 
 def test_fit_with_a_run_dir_is_recorded_with_config_metrics_and_process(store, tmp_path):
