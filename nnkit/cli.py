@@ -2,6 +2,7 @@
 
     nnkit train JOB.conf [--set key=value ...] [--run-dir DIR] [--resume CKPT|RUN_DIR|auto]
                          [--overwrite] [--keep-checkpoints N] [--data-dir DIR] [--tensorboard [DIR]]
+                         [--store PATH] [--owner O] [--name N] [--tag T ...]
     nnkit eval CKPT|RUN_DIR [--data-dir DIR] [--dataset NAME] [--scale S] [--json]
     nnkit show JOB.conf|CKPT|RUN_DIR
     nnkit time JOB.conf [--iterations N]

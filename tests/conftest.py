@@ -1,5 +1,7 @@
 """Suite-wide fixtures."""
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -16,14 +18,15 @@ def no_run_outlives_its_test():
         run.join(60)
 
 
+# NNKIT_HOME in a temporary directory, set when this file is imported: before any test module
+# is (several copy os.environ into an ENV for their subprocesses at import), so that every run
+# the suite trains, in this process or a child, is recorded there and never in ~/.nnkit.
+_SESSION_HOME = tempfile.mkdtemp(prefix="nnkit-home-")
+os.environ["NNKIT_HOME"] = _SESSION_HOME
+
+
 @pytest.fixture(autouse=True, scope="session")
-def nnkit_home_of_the_session(tmp_path_factory):
-    """NNKIT_HOME in a temporary directory for the whole session: every run a test records goes
-    to its experiment store, never the user's ~/.nnkit (subprocesses inherit the variable)."""
-    old = os.environ.get("NNKIT_HOME")
-    os.environ["NNKIT_HOME"] = str(tmp_path_factory.mktemp("nnkit-home"))
-    yield os.environ["NNKIT_HOME"]
-    if old is None:
-        os.environ.pop("NNKIT_HOME", None)
-    else:
-        os.environ["NNKIT_HOME"] = old
+def nnkit_home_of_the_session():
+    """The suite's NNKIT_HOME (see above), deleted at the end of the session."""
+    yield _SESSION_HOME
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)

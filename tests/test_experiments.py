@@ -46,6 +46,7 @@ def store(tmp_path, monkeypatch) -> Store:
 def test_the_suite_never_writes_to_the_users_home():
     assert default_store_path() != Path.home() / ".nnkit" / "experiments.db"
     assert Path(os.environ["NNKIT_HOME"]).name.startswith("nnkit-home")
+    assert ENV["NNKIT_HOME"] == os.environ["NNKIT_HOME"]  # set before test modules copy the environment
 
 
 def test_fit_with_a_run_dir_is_recorded_with_config_metrics_and_process(store, tmp_path):
@@ -155,7 +156,7 @@ def test_record_a_background_handle_without_run_dir(store):
     run = tiny_model().fit(x, y, epochs=2, batch_size=32, verbose=0, background=True)
     run_id = record(run, name="handle")
     assert run.wait(60) == "finished"
-    wait_until(lambda: store.get(run_id).status == "finished", 60)
+    wait_until(lambda: [(r.id, r.status) for r in store.runs()] == [(run_id, "finished")], 60)
     run.shutdown()
     run.join(60)
     assert store.get("handle").step == 8
@@ -259,13 +260,15 @@ def test_mark_stale_finds_dead_processes_and_silent_runs(store):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     now = time.time()
     rows = {"dead": dict(pid=int(dead.stdout), heartbeat=now), "silent": dict(pid=None, heartbeat=now - 1000),
-            "alive": dict(pid=os.getpid(), heartbeat=now), "done": dict(pid=int(dead.stdout), heartbeat=now - 1000)}
+            "alive": dict(pid=os.getpid(), heartbeat=now), "done": dict(pid=int(dead.stdout), heartbeat=now - 1000),
+            "waiting": dict(pid=None, heartbeat=None)}
+    status = {"done": "finished", "waiting": "queued"}
     for name, row in rows.items():
-        store.save(RunSummary(id=name, name=name, status="finished" if name == "done" else "running",
+        store.save(RunSummary(id=name, name=name, status=status.get(name, "running"),
                               host=store_module._host(), created=now - 2000, started=now - 2000, **row))
     assert sorted(store.mark_stale(heartbeat_timeout=300)) == ["dead", "silent"]
     assert {r.id: r.status for r in store.runs()} == {"dead": "interrupted", "silent": "interrupted",
-                                                      "alive": "running", "done": "finished"}
+                                                      "alive": "running", "done": "finished", "waiting": "queued"}
     assert store.get("silent").ended == pytest.approx(now - 1000)
 
 
@@ -346,3 +349,51 @@ def test_flatten_config_numbers_repeated_fields_and_names_enums():
     assert flat == {"name": "j", "model.layer.0.dense.output_dim": "4", "model.layer.1.activation.type": "relu",
                     "updater.lr": "0.5", "updater.momentum": "0.9"}
     assert flatten_config("not { a job") == {} and flatten_config(None) == {}
+
+
+def test_a_locked_store_costs_one_warning_and_reindex_records_the_run_later(tmp_path):
+    home = tmp_path / "home"
+    store = Store(home / "experiments.db")
+    store.count()
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holding the write lock for the whole run
+    script = textwrap.dedent(f"""
+        import numpy as np, nnkit
+        x = np.random.default_rng(0).normal(size=(128, 6)).astype("float32"); y = np.arange(128) % 3
+        m = nnkit.Sequential([nnkit.Dense(3)], input_shape=(6,)); m.compile(nnkit.SGD(lr=0.1), "softmaxloss")
+        m.fit(x, y, epochs=5, batch_size=16, verbose=0, run_dir={str(tmp_path / "run")!r})
+        print(m.trainer.global_step)
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env={**ENV, "NNKIT_HOME": str(home)},
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert done.returncode == 0 and done.stdout.split() == ["40"], done.stderr
+    assert done.stderr.count("nnkit: warning: cannot record run") == 1 and "locked" in done.stderr
+    assert f"nnkit runs reindex {tmp_path / 'run'}" in done.stderr
+    assert store.count() == 0
+    [run_id] = store.reindex(tmp_path / "run")
+    assert store.get(run_id).status == "finished" and store.get(run_id).step == 40
+
+
+def test_a_name_wins_over_an_id_prefix_and_a_shared_name_is_ambiguous(store):
+    store.save(RunSummary(id="b0b0b0b0b0b0", name="first", status="finished", created=1.0))
+    store.save(RunSummary(id="c1c1c1c1c1c1", name="b", status="finished", created=2.0))
+    assert store.get("b").id == "c1c1c1c1c1c1" and store.get("b0").id == "b0b0b0b0b0b0"
+    store.save(RunSummary(id="d2d2d2d2d2d2", name="b", status="finished", created=3.0))
+    with pytest.raises(AmbiguousRun, match=r"'b' matches 2 runs: c1c1c1c1c1c1 \(b, None\), d2d2d2d2d2d2"):
+        store.get("b")
+
+
+def test_a_late_subscriber_can_replay_the_kept_events_first():
+    from nnkit.training.events import EventBus
+    bus = EventBus()
+    bus.emit("status", state="started", step=0)
+    bus.emit("loss", step=1, loss=1.0)
+    seen = []
+    bus.subscribe("*", lambda e: seen.append(e["seq"]), replay=True)
+    bus.subscribe("loss", lambda e: seen.append(-e["seq"]), replay=True)
+    bus.emit("loss", step=2, loss=0.5)
+    assert seen == [1, 2, -2, 3, -3]

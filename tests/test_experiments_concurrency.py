@@ -12,12 +12,13 @@ from nnkit.experiments import Store
 from helpers import ROOT
 
 WRITERS = 8
-EPOCHS = 150  # 2 steps each: ~150 epoch events per run, each a write (coalesced by the recorder)
+EPOCHS = 150  # 2 steps each: ~150 epoch events per run, most of them a write (see TRAIN)
 
 TRAIN = textwrap.dedent("""
     import sys, warnings
     warnings.simplefilter("always")  # every warning shows on stderr, which the test reads
     import numpy as np, nnkit
+    nnkit.experiments.recorder.SOON = 0.0  # no coalescing: about a write per epoch event, to stress the lock
     k, run_dir = int(sys.argv[1]), sys.argv[2]
     rng = np.random.default_rng(k)
     x = rng.normal(size=(64, 6)).astype("float32"); y = rng.integers(0, 3, 64)

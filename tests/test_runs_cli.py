@@ -218,3 +218,44 @@ def test_every_runs_command_has_help_and_takes_store(command, capsys):
         main(["runs", command, "--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0 and f"usage: nnkit runs {command}" in out and "--store PATH" in out
+
+
+def test_ctrl_c_records_interrupted_and_a_resume_runs_on_in_the_same_record(tmp_path):
+    job = tmp_path / "tiny.conf"
+    job.write_text(JOB.format(data=DATA, runs=tmp_path / "runs"))
+    store = Store(tmp_path / "s.db")
+    args = ["-m", "nnkit.cli", "train", str(job), "--store", str(store.path), "--run-dir", str(tmp_path / "r")]
+    proc = subprocess.Popen([sys.executable, *args, "--set", "run.steps=10000000"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: store.count(status="running") == 1 and store.runs()[0].step > 0, 120)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    [stopped] = store.runs()
+    assert stopped.status == "interrupted" and stopped.ended is not None
+    train(job, "--store", store.path, "--run-dir", tmp_path / "r", "--resume", "auto",
+          "--set", f"run.steps={stopped.step + 5}", cwd=tmp_path)
+    [resumed] = store.runs()
+    assert (resumed.id, resumed.status, resumed.step) == (stopped.id, "finished", stopped.step + 5)
+
+
+def test_nnkit_start_of_a_job_is_recorded_by_its_child_with_the_whole_job(tmp_path, monkeypatch):
+    import nnkit
+    monkeypatch.setenv("NNKIT_HOME", str(tmp_path / "home"))
+    job = tmp_path / "tiny.conf"
+    job.write_text(JOB.format(data=DATA, runs=tmp_path / "runs"))
+    run = nnkit.start(job, run_dir=tmp_path / "started")
+    assert run.wait(180) == "finished"
+    run.shutdown()
+    run.join(60)
+    store = Store()
+    wait_until(lambda: [r.status for r in store.runs()] == ["finished"], 60)
+    [record] = store.runs()
+    params = store.params(record.id)
+    assert record.pid != os.getpid() and record.step == 10 and record.name == "started"
+    assert params["data.dataset"] == "mnist" and params["run.steps"] == "10" and params["updater.lr"] == "0.1"

@@ -86,6 +86,7 @@ def child_main(conn: Any, run_id: str, job_text: str, source: str, options: dict
                           steps=options.get("steps", run.steps if run.HasField("steps") else None),
                           validation_data=validation, verbose=0, run_dir=options.get("run_dir"),
                           on_nonfinite=options.get("on_nonfinite", "stop"))
+        model.trainer_for_fit().config_text = job_text  # the whole job, data and run included, for the store
         return TrainingRun(model, fit_kwargs, options.get("run_dir"), linger=True, bus=bus)
 
     serve_child(conn, run_id, make_run)

@@ -27,7 +27,6 @@ import re
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Iterable, TextIO
 
 from .store import RunRecord, Store, StoreError
@@ -100,6 +99,15 @@ def parse_since(text: str, now: float | None = None) -> float:
     except ValueError:
         raise BadInput(f"--since {text!r}: expected a date (2026-12-01), a time (2026-12-01T09:30) "
                        "or an age (30m, 12h, 3d, 2w)") from None
+
+
+def _mark_stale(store: Store) -> None:
+    """Marks the runs whose process is gone; a store we may only read is listed as it is."""
+    try:
+        store.mark_stale()
+    except StoreError as e:
+        if "readonly" not in str(e) and "read-only" not in str(e):
+            raise
 
 
 def _get(store: Store, ref: str) -> RunRecord:
@@ -192,7 +200,7 @@ def cmd_list(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         raise BadInput(f"--limit {args.limit} / --page {args.page}: both must be >= 1")
     filters = dict(owner=args.owner, status=args.status, tags=args.tag,
                    since=None if args.since is None else parse_since(args.since), where=args.where)
-    store.mark_stale()
+    _mark_stale(store)
     try:
         total = store.count(**filters)
         runs = store.runs(**filters, sort=args.sort, descending=not args.asc, limit=args.limit,
@@ -226,7 +234,7 @@ def cmd_list(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     """``nnkit runs show RUN``."""
-    store.mark_stale()
+    _mark_stale(store)
     run = _get(store, args.run)
     data = record_dict(store, run, params=True)
     if args.json:

@@ -7,9 +7,10 @@ with a run directory is then recorded, in this process and in the child processe
 directory is recorded when asked: :func:`record`.
 
 Cost to training: the subscriber only folds the event into a summary in memory (a few dict
-operations); a writer thread of its own writes to SQLite, at once after a status, epoch, test,
-snapshot or checkpoint event and at most every :data:`WRITE_EVERY` seconds otherwise (batch
-events and heartbeats). A store that fails (locked, full disk, damaged) costs a warning, once:
+operations); a writer thread of its own writes to SQLite: at once after a status change or an
+error, within :data:`SOON` seconds after an epoch, test, snapshot or checkpoint event (several
+coalesce into one write), and every :data:`WRITE_EVERY` seconds otherwise (batch events and
+heartbeats move the step and the heartbeat). A store that fails (locked, full disk, damaged) costs a warning, once:
 the run trains on, unrecorded.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -30,12 +31,15 @@ from ..training.run import add_run_observer
 from .rundir import (JOB_FILE, RUN_FILE, config_hash, default_owner, flatten_config, git_commit,
                      read_run_info)
 from .store import Store
-from .summary import RunSummary
+from .summary import LATER, NOW, RunSummary
 
 #: Seconds between two writes of a run's progress (step, heartbeat, running means).
 WRITE_EVERY = 5.0
+#: At most this many seconds (and at least as long since the last write) between an epoch,
+#: test or checkpoint event and its write: many short epochs make one write a second.
+SOON = 1.0
 #: How long the end of a run waits for its last write to reach the store.
-CLOSE_TIMEOUT = 15.0
+CLOSE_TIMEOUT = 10.0
 #: How long one write waits for the lock before the recorder gives up on it (and warns).
 RECORDER_PATIENCE = 30.0
 
@@ -54,6 +58,9 @@ def _total_steps(trainer: Any) -> int | None:
 
 
 def _model_config_text(trainer: Any) -> str | None:
+    """The job config of the run: the one that made it (``nnkit.start``), else the model's."""
+    if isinstance(getattr(trainer, "config_text", None), str):
+        return trainer.config_text
     describe = getattr(getattr(trainer, "model", None), "_proto_text", None)
     if describe is None:
         return None
@@ -81,9 +88,13 @@ class Recorder:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pending = True
+        self._now = False  # a status or error is waiting: write without delay
         self._closing = False
         self._warned = False
         self._opened = False
+        self._prepared = False  # the facts gathered and run.json written
+        self._known_id = False  # the id came from run.json (a resume)
+        self._params: dict[str, str] = {}
         self.writes = 0
         self._thread = threading.Thread(target=self._loop, name="nnkit-recorder", daemon=True)
         self._thread.start()
@@ -95,9 +106,11 @@ class Recorder:
 
     def __call__(self, event: dict[str, Any]) -> None:
         with self._lock:
-            urgent = self.summary.apply(event)
+            priority = self.summary.apply(event)
             self._pending = True
-        if urgent:
+            if priority == NOW:
+                self._now = True
+        if priority != LATER:
             self._wake.set()
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -105,49 +118,82 @@ class Recorder:
         self._closing = True
         self._wake.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():  # still waiting for the lock: the run ends without it
+            self._warn(TimeoutError(f"the store stayed locked for {timeout:g} s at the end of the run"))
 
     # ------------------------------------------------------------------ the writer thread
     def _loop(self) -> None:
+        last = 0.0
         while True:
             self._wake.wait(self.write_every)
             self._wake.clear()
+            # An epoch or a test: soon, not at once (more of them coalesce); a status or the end
+            # cuts the wait short.
+            while not self._now and not self._closing and (delay := last + SOON - time.monotonic()) > 0:
+                self._wake.wait(delay)
+                self._wake.clear()
             closing = self._closing
             if not self._opened:
                 self._guard(self._open)
             if self._pending and self._opened:
                 self._guard(self._write)
+            last = time.monotonic()
             if closing:
+                if self.run_dir is not None:  # the plan's length is known by now
+                    self._guard(lambda: self._write_run_info(self._snapshot()))
+                self.store.close()
                 return
 
     def _guard(self, work: Callable[[], None]) -> None:
         try:
             work()
         except Exception as exc:  # noqa: BLE001  (the store must never end or slow a run)
-            if not self._warned:
-                self._warned = True
-                print(f"nnkit: warning: cannot record run {self.summary.id} in the experiment store "
-                      f"{self.store.path} ({type(exc).__name__}: {exc}); training goes on, "
-                      "`nnkit runs reindex` can record it later", file=sys.stderr)
+            self._warn(exc)
+
+    def _warn(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        where = f" {self.run_dir}" if self.run_dir is not None else ""
+        print(f"nnkit: warning: cannot record run {self.summary.id} in the experiment store "
+              f"{self.store.path} ({type(exc).__name__}: {exc}); training goes on"
+              + (f", `nnkit runs reindex{where}` records it later" if where else ""), file=sys.stderr)
 
     def _open(self) -> None:
-        """The first write: who the run is (a resumed run finds its record), its config and
-        the facts about its process, also kept in ``run.json``."""
+        """The first write: the facts about the run (once, into ``run.json`` too, whatever the
+        store does), then its record (a resumed run's is its first session's)."""
+        if not self._prepared:
+            self._prepare()
+            self._prepared = True
+        summary = self.summary
+        if self.run_dir is not None and self.fresh:
+            # Started over (``--overwrite``: the old log is gone): its old record goes with it.
+            while (old := self.store.find_run_dir(self.run_dir)) not in (None, summary.id):
+                self.store.remove(old)
+        elif self.run_dir is not None and not self._known_id:  # a run directory from before run.json
+            known = self.store.find_run_dir(self.run_dir)
+            if known:
+                with self._lock:
+                    summary.id = known
+        self.store.save(self._snapshot(), self._params)
+        self.writes += 1
+        self._opened = True
+
+    def _prepare(self) -> None:
         summary = self.summary
         info: dict[str, Any] = {}
-        if self.run_dir is not None and self.fresh:
-            # Started over (``--overwrite``: the old log is gone): the old record goes with it.
-            while (old := self.store.find_run_dir(self.run_dir)) is not None:
-                self.store.remove(old)
-        elif self.run_dir is not None:  # a resume: the record of the directory's first session
+        if self.run_dir is not None and not self.fresh:  # a resume: the first session's record
             info = read_run_info(self.run_dir)
-            known = info.get("id") if isinstance(info.get("id"), str) else self.store.find_run_dir(self.run_dir)
             old_tags = info.get("tags") if isinstance(info.get("tags"), list) else []
             with self._lock:
-                if known:
-                    summary.id = known
+                if isinstance(info.get("id"), str):
+                    summary.id, self._known_id = info["id"], True
                 summary.tags = tuple(dict.fromkeys([*(t for t in old_tags if isinstance(t, str)), *summary.tags]))
                 if summary.name is None and isinstance(info.get("name"), str):
                     summary.name = info["name"]
+                if isinstance(info.get("created"), (int, float)):
+                    summary.created = info["created"]
         if self.run_dir is not None:
             job_file = self.run_dir / JOB_FILE  # nnkit train's job as run, overrides applied
             if job_file.is_file():
@@ -156,15 +202,9 @@ class Recorder:
                 summary.name = self.run_dir.name
         summary.config_hash = config_hash(summary.config_text)
         summary.git_commit = git_commit()
-        created = info.get("created")
-        summary.created = created if isinstance(created, (int, float)) else summary.created
-        params = flatten_config(summary.config_text)
-        snapshot = self._snapshot()
-        self.store.save(snapshot, params)
-        self.writes += 1
-        self._opened = True
+        self._params = flatten_config(summary.config_text)
         if self.run_dir is not None:
-            self._write_run_info(snapshot)
+            self._write_run_info(self._snapshot())
 
     def _write_run_info(self, summary: RunSummary) -> None:
         import json
@@ -181,7 +221,7 @@ class Recorder:
         with self._lock:
             snapshot = copy.copy(self.summary)
             snapshot.metrics, snapshot.best = dict(self.summary.metrics), dict(self.summary.best)
-            self._pending = False
+            self._pending = self._now = False
         snapshot.total_steps = _total_steps(self.trainer) or snapshot.total_steps
         return snapshot
 
@@ -210,10 +250,7 @@ def start_recording(bus: Any, trainer: Any = None, run_dir: str | os.PathLike | 
         events = Path(run_dir) / EVENTS_FILE
         fresh = not events.is_file() or events.stat().st_size == 0  # nothing logged yet: no resume
     recorder = Recorder(store, summary, trainer, run_dir, fresh=fresh)
-    if replay:
-        for event in bus.events():
-            recorder(event)
-    bus.subscribe("*", recorder)
+    bus.subscribe("*", recorder, replay=replay)
     return recorder
 
 
@@ -246,13 +283,10 @@ class ModelRecorder:
     owner: str | None
     tags: tuple[str, ...] = ()
     notes: str | None = None
-    recorders: list[Recorder] = field(default_factory=list)
 
     def __call__(self, trainer: Any, run_dir: Path | None, bus: Any) -> Callable[[], None]:
-        recorder = start_recording(bus, trainer, run_dir, store=self.store, run_id=self.run_id, name=self.name,
-                                   owner=self.owner, tags=self.tags, notes=self.notes)
-        self.recorders.append(recorder)
-        return recorder.close
+        return start_recording(bus, trainer, run_dir, store=self.store, run_id=self.run_id, name=self.name,
+                               owner=self.owner, tags=self.tags, notes=self.notes).close
 
 
 _registered: dict[str, Any] = {}

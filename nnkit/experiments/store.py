@@ -108,7 +108,7 @@ _DURATION_SQL = "(COALESCE(runs.ended, runs.heartbeat) - runs.started)"
 
 # ============================================================================ schema
 def _v1(db: sqlite3.Connection) -> None:
-    db.execute(f"""CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT, owner TEXT, notes TEXT,
+    db.execute("""CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT, owner TEXT, notes TEXT,
         status TEXT NOT NULL, created REAL, started REAL, ended REAL, heartbeat REAL, host TEXT,
         pid INTEGER, run_dir TEXT, config_text TEXT, config_hash TEXT, nnkit_version TEXT,
         git_commit TEXT, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER)""")
@@ -319,13 +319,12 @@ class Store:
                                [(summary.id, k, v, _number_or_none(v)) for k, v in params.items()])
             if replace:
                 db.execute("DELETE FROM metrics WHERE run_id = ?", (summary.id,))
-            for key, (value, step) in summary.metrics.items():
-                best = summary.best.get(key, value)
-                pick = "MIN" if lower_is_better(key) else "MAX"
-                db.execute(f"""INSERT INTO metrics (run_id, key, value, step, best) VALUES (?, ?, ?, ?, ?)
+            for pick, lower in (("MIN", True), ("MAX", False)):
+                db.executemany(f"""INSERT INTO metrics (run_id, key, value, step, best) VALUES (?, ?, ?, ?, ?)
                     ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, step = excluded.step,
                     best = {pick}(COALESCE(best, excluded.best), excluded.best)""",
-                           (summary.id, key, value, step, best))
+                               [(summary.id, key, value, step, summary.best.get(key, value))
+                                for key, (value, step) in summary.metrics.items() if lower_is_better(key) == lower])
             return summary.id
         return self._write(work)
 
@@ -426,11 +425,13 @@ class Store:
         if not text:
             raise RunNotFound("no run named '' (give an id, id prefix, name or run directory)")
         select = f"SELECT {', '.join(_RECORD_COLUMNS)} FROM runs"
+        # In this order: the id, the run directory, the name, a unique id prefix (a name wins
+        # over a prefix: run "b" is not the one whose id starts with b).
         attempts: list[tuple[str, list[Any]]] = [(f"{select} WHERE id = ?", [text])]
         if isinstance(ref, os.PathLike) or os.sep in text or Path(text).is_dir():
             attempts.append((f"{select} WHERE run_dir = ?", [_resolved(text)]))
-        attempts += [(f"{select} WHERE substr(id, 1, ?) = ?", [len(text), text]),
-                     (f"{select} WHERE name = ?", [text])]
+        attempts += [(f"{select} WHERE name = ?", [text]),
+                     (f"{select} WHERE substr(id, 1, ?) = ?", [len(text), text])]
         for sql, params in attempts:
             rows = self._read(sql + " ORDER BY created", params)
             if len(rows) == 1:
@@ -438,7 +439,7 @@ class Store:
             if len(rows) > 1:
                 listed = ", ".join(f"{row[0]} ({row[1]}, {row[11]})" for row in rows[:10])
                 raise AmbiguousRun(f"{text!r} matches {len(rows)} runs: {listed}"
-                                   + (", ..." if len(rows) > 10 else "") + "; give a longer id prefix")
+                                   + (", ..." if len(rows) > 10 else "") + "; give an id or a longer id prefix")
         raise RunNotFound(f"no recorded run {text!r} in {self.path} (give an id, a unique id prefix, "
                           "a name or a run directory; `nnkit runs list` lists them)")
 
@@ -511,15 +512,18 @@ class Store:
     def mark_stale(self, heartbeat_timeout: float = HEARTBEAT_TIMEOUT) -> list[str]:
         """Marks ``interrupted`` the runs that say they are queued, running or paused but whose
         process is gone (on this host) or whose heartbeat is older than ``heartbeat_timeout``
-        seconds (any host). Returns their ids."""
+        seconds (any host; a queued run that no process has taken, without a pid, waits as long
+        as it takes). Returns their ids."""
         now = time.time()
         host = _host()
         stale = []
-        for run_id, run_host, pid, heartbeat, created in self._read(
-                "SELECT id, host, pid, heartbeat, created FROM runs WHERE status IN ('queued', 'running', 'paused')"):
+        for run_id, status, run_host, pid, heartbeat, created in self._read(
+                "SELECT id, status, host, pid, heartbeat, created FROM runs "
+                "WHERE status IN ('queued', 'running', 'paused')"):
             last = heartbeat if heartbeat is not None else created
             gone = run_host == host and pid is not None and not pid_alive(pid)
-            if gone or (last is not None and now - last > heartbeat_timeout):
+            silent = last is not None and now - last > heartbeat_timeout
+            if gone or (silent and (status != "queued" or pid is not None)):  # a queued job waits quietly
                 stale.append(run_id)
 
         def work(db: sqlite3.Connection) -> None:

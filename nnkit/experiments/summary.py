@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-#: A record's statuses. ``queued``: recorded, not started; ``interrupted``: its process ended
-#: without a final status (a kill, a crash, Ctrl-C), found by :meth:`Store.mark_stale`.
+#: A record's statuses. ``queued``: recorded, not started; ``interrupted``: stopped by Ctrl-C or
+#: SIGTERM, or its process ended without a final status (a kill, a crash: found by
+#: :meth:`Store.mark_stale`); ``stopped``: by a command (``stop``, ``shutdown``).
 STATUSES = ("queued", "running", "paused", "finished", "failed", "stopped", "interrupted")
 ENDED = ("finished", "failed", "stopped", "interrupted")
 
@@ -24,8 +25,11 @@ _STATE = {"started": "running", "resumed": "running", "paused": "paused", "finis
           "stopped": "stopped", "failed": "failed"}
 _NOT_METRICS = {"schema", "run", "seq", "time", "type", "step", "epoch", "batch", "size", "lr",
                 "images_per_s"}
-#: Events worth writing to the store at once (the rest wait for the next throttled write).
-IMPORTANT = ("status", "epoch", "test", "snapshot", "error")
+#: How soon an event should reach the store (what :meth:`RunSummary.apply` returns): a status
+#: change or an error at once, an epoch, a test, a snapshot or a checkpoint soon (coalesced,
+#: see :data:`nnkit.experiments.recorder.SOON`), the rest with the next throttled write.
+LATER, SOON, NOW = 0, 1, 2
+_PRIORITY = {"status": NOW, "error": NOW, "epoch": SOON, "test": SOON, "snapshot": SOON}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -83,8 +87,8 @@ class RunSummary:
     metrics: dict[str, tuple[float, int]] = field(default_factory=dict)  # latest (value, step)
     best: dict[str, float] = field(default_factory=dict)
 
-    def apply(self, event: dict[str, Any]) -> bool:
-        """Folds one event in; True if it is worth writing at once (a status, an epoch...)."""
+    def apply(self, event: dict[str, Any]) -> int:
+        """Folds one event in; returns how soon it should be written (``LATER``, ``SOON``, ``NOW``)."""
         kind = event.get("type")
         when = _number(event.get("time"))
         if when is not None:
@@ -95,9 +99,11 @@ class RunSummary:
         if kind == "status":
             status = _STATE.get(event.get("state", ""))
             if status is None:
-                return False
+                return LATER
             if status == "stopped" and self.status == "finished":
-                return False  # a lingering run shut down after its plan: it finished
+                return LATER  # a lingering run shut down after its plan: it finished
+            if status == "stopped" and event.get("reason") == "interrupt":
+                status = "interrupted"  # Ctrl-C or SIGTERM
             self.status = status
             if status == "running":
                 self.started = self.started if self.started is not None else when
@@ -107,7 +113,9 @@ class RunSummary:
         else:
             for name, value in metric_values(event):
                 self.add_metric(name, value, self.step)
-        return kind in IMPORTANT or (kind == "ack" and event.get("command") == "checkpoint")
+        if kind == "ack" and event.get("command") == "checkpoint":
+            return SOON
+        return _PRIORITY.get(kind, LATER)
 
     def add_metric(self, name: str, value: float, step: int) -> None:
         """Records ``value`` as the latest of ``name`` and keeps its best."""

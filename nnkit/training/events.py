@@ -8,7 +8,8 @@ Every event is a flat JSON object::
 | type        | fields (besides the stamp)                                                  |
 |-------------|------------------------------------------------------------------------------|
 | ``status``  | ``state``: started, paused, resumed, stopped, finished, failed; ``step``;   |
-|             | ``reason``: ``nonfinite`` on a pause for a non-finite batch                  |
+|             | ``reason``: ``nonfinite`` on a pause for a non-finite batch, ``interrupt``   |
+|             | on a stop by Ctrl-C or SIGTERM                                               |
 | ``loss``    | ``step``, ``epoch``, ``batch``, ``loss``, metrics, ``lr``, ``images_per_s`` |
 | ``train``   | ``step``, ``epoch``, ``lr``, means of loss and metrics since the last one    |
 | ``test``    | ``step``, ``epoch``, test loss and metrics (``nnkit train``'s test passes)  |
@@ -175,14 +176,19 @@ class EventBus:
                     print(f"nnkit: an event subscriber failed and was skipped for this event "
                           f"({type(exc).__name__}: {exc})", file=sys.stderr)
 
-    def subscribe(self, topic: str, callback: Callable[[Event], None]) -> Callable[[], None]:
+    def subscribe(self, topic: str, callback: Callable[[Event], None], replay: bool = False) -> Callable[[], None]:
         """Calls ``callback(event)`` for every event of type ``topic`` ('*' for all).
 
-        Returns a function that unsubscribes.
+        ``replay``: first with the kept events of that topic, so that a subscriber joining a
+        run late misses none and sees none twice. Returns a function that unsubscribes.
         """
         if topic != "*" and topic not in EVENT_TYPES:
             raise ValueError(f"unknown topic {topic!r}; expected '*' or one of {', '.join(EVENT_TYPES)}")
-        return register(self._lock, self._subscribers, (topic, callback))
+        with self._lock:  # no event comes between the replay and the subscription
+            if replay:
+                for event in self.events(None if topic == "*" else topic):
+                    callback(event)
+            return register(self._lock, self._subscribers, (topic, callback))
 
     def events(self, type: str | None = None, since: int = 0) -> list[Event]:
         """The kept events (of one ``type`` if given) with ``seq`` greater than ``since``."""

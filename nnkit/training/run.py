@@ -304,7 +304,7 @@ class TrainingRun(RunHandle):
             while True:  # the first fit says "started" from its on_train_begin (_AnnounceStart)
                 self.model.fit(**kwargs)
                 if trainer.requested in ("shutdown", "interrupt") or not trainer.finished():
-                    self._set_status("stopped")
+                    self._set_status("stopped", **({"reason": "interrupt"} if trainer.interrupted else {}))
                     break
                 self._set_status("finished")
                 if not self.linger:

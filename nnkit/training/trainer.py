@@ -119,6 +119,7 @@ class Trainer:
         self.controller: Any = None  # acts at every safe point (see nnkit.training.control)
         # Told of each run of this trainer as its channel opens (nnkit.experiments.record).
         self.observers: list[Callable[..., Any]] = []
+        self.config_text: str | None = None  # the job config this trains, when one made it (for observers)
         self.history = History()
         self._interactive: list[tuple[int, float | None, float | None]] = []
         self._requested: str | None = None
