@@ -308,7 +308,7 @@
     function showHead(detail, live) {
       const s = live || {};
       const state = live ? liveState(s.state) : detail.status;
-      const facts = [["run", detail.id], ["owner", detail.owner], ["step", s.step ?? detail.step], ["epoch", s.epoch],
+      const facts = [["run", detail.id], ["owner", detail.owner], ["step", s.step ?? detail.step], ["epoch", String(s.epoch ?? "–").replace(/^epoch /, "")],
         ["loss", num(s.loss)], ["lr", num(s.lr)], ["test error", num(s.test_error)], ["images/s", num(s.images_per_s, 3)],
         ["duration", duration(detail.started && !detail.ended && (state === "running" || state === "paused")
           ? Date.now() / 1000 - detail.started : detail.duration)], ["last event", s.last_time ? clock(s.last_time) : "–"]];
