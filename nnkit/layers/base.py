@@ -88,9 +88,11 @@ class Layer:
     #: Schema fields whose Python argument has another name: ``{field: argument}``.
     conf_renames: ClassVar[dict[str, str]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
+        # ``register=False``: a compatibility variant (``nnkit.singa``'s ``Dense``) that must
+        # not take over its parent's name in the registry configs rebuild layers from.
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
+        if register and not cls.__name__.startswith("_"):
             LAYER_CLASSES[cls.__name__] = cls  # a later class of the same name replaces it
 
     def __init__(self, name: str | None = None) -> None:
