@@ -229,11 +229,18 @@ def test_train_mnist_style_script_learns_and_parameters_round_trip(tmp_path):
     assert load_model_parameter(path, twin, batchsize=64) == 140
     assert load_model_parameter(tmp_path, twin) == 140  # a folder: its latest step file
     np.testing.assert_array_equal(forward(twin, xs[:50]), forward(nn, xs[:50]))
+    built_elsewhere = [ImageInput(28, 28), Dense(300), Activation('stanh'), Dense(100),
+                       Activation('stanh'), Dense(10)]
+    src = Dummy()  # its second Dense built for 7 inputs
+    src.Feed((1, 7), np.zeros((1, 7)))
+    built_elsewhere[3].ComputeFeature(src)
+    with pytest.raises(ValueError, match=r"built for input \(7,\), but the layer before it gives \(300,\)"):
+        load_model_parameter(path, built_elsewhere)
     wrong = [Dummy(), Dense(300), Dense(10)]
     with pytest.raises(ValueError, match="data_shape"):
         load_model_parameter(path, wrong)
-    with pytest.raises(Exception, match="do not match|shape"):
-        load_model_parameter(path, wrong, data_shape=(64, 784))
+    with pytest.raises(ValueError, match="in the file but in no layer: dense_3/weight"):
+        load_model_parameter(path, wrong, data_shape=(64, 784))  # names go by type and position
 
 
 @needs_cifar
@@ -317,7 +324,10 @@ def test_mnist_mlp_style_script_learns_and_checkpoints(tmp_path, capsys):
     for n, act in ((256, 'tanh'), (64, 'tanh'), (10, 'softmax')):
         again.add(Dense(n, init='uniform', activation=act))
     again.compile(loss='categorical_crossentropy', optimizer=SGD())
-    _, fresh_test = mnist_data(**{**pvalues, 'random_skip': 0})
+    np.save(tmp_path / "mean.npy", np.full(784, 127.5))  # mean_file as an array: the same mean
+    fresh_pvalues = {**pvalues, 'random_skip': 0, 'mean_file': str(tmp_path / "mean.npy")}
+    del fresh_pvalues['mean_value']
+    _, fresh_test = mnist_data(**fresh_pvalues)
     tested = again.evaluate(fresh_test, batch_size=100, test_steps=10,
                             checkpoint_path=m.last_checkpoint_path)
     assert tested[0]['test_acc'] > 0.75
@@ -376,6 +386,10 @@ def test_model_api_errors_name_the_problem(tmp_path):
         Store(path=str(lone), shape=784).examples()
     with pytest.raises(ValueError, match=r"shape \(100,\) does not fit examples of shape \(28, 28\)"):
         Store(path=str(MNIST / "t10k-images-idx3-ubyte.gz"), shape=100).examples()
+    kvfile = tmp_path / "train_data.bin"
+    kvfile.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="not SINGA's kvfile"):
+        Store(path=str(kvfile)).examples()
     with pytest.raises(ValueError, match="checkpoint= .* not supported"):
         Data(load='recordinput', checkpoint=["a"])
     m = Sequential('m', [])

@@ -512,6 +512,9 @@ def load_model_parameter(fin: str | os.PathLike, neuralnet: Sequence[Any], batch
                              "(ImageInput, Dummy)")
         if not layer.built:
             layer.build(shape, layer.dtype or np.float32)
+        elif layer.input_shape != shape:
+            raise ValueError(f"load_model_parameter: {layer.describe()} was built for input "
+                             f"{layer.input_shape}, but the layer before it gives {shape}")
         shape = layer.output_shape(layer.input_shape)
     hidden = _hidden(neuralnet)
     return checkpoint.load_model_parameter(_latest(Path(fin)), hidden)

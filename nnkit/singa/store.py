@@ -40,8 +40,12 @@ def read_examples(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
                                         f"both files, path=[images, labels]")
             paths = [paths[0], labels]
         return datasets.read_files("mnist", [str(p) for p in paths])
-    parts = [datasets.read_cifar_bin(p) if ".bin" in p.suffixes else datasets.read_cifar_py(p)
-             for p in paths]
+    try:
+        parts = [datasets.read_cifar_bin(p) if ".bin" in p.suffixes else datasets.read_cifar_py(p)
+                 for p in paths]
+    except datasets.DatasetError as e:
+        raise datasets.DatasetError(f"{e} (Store reads IDX files and CIFAR-10 batches, not "
+                                    f"SINGA's kvfile or text stores)") from e
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -107,7 +111,8 @@ class Store:
             return np.load(paths[0], allow_pickle=False)
         key = (what, *(p.resolve() for p in paths))
         if key not in _STATISTICS:  # a train and a test store often name the same files
-            x = read_examples(paths)[0].reshape(-1, *(self.shape or (-1,)))
+            x = read_examples(paths)[0]
+            x = x.reshape(len(x), -1)  # Normalization matches its values to features by count
             _STATISTICS[key] = datasets.mean_image(x) if what == "mean" else x.std(axis=0)
         return _STATISTICS[key]
 
