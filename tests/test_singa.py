@@ -137,6 +137,14 @@ def test_initializer_defaults_are_singas():
     layer.ComputeFeature(src)
     w, b = layer.GetParams()
     assert 0.5 < np.abs(w).max() <= 1 and np.all(b == 0.5) and layer.params[0].lr_mult == 3
+    # One Parameter shared by layers, as SINGA's cifar10_cnn_parameter.py: the layer's b_lr is
+    # written into it (set_param_field), and update() changes what later layers get.
+    parw, parb = Parameter(init='gaussian', std=0.0001), Parameter(init='constant')
+    first = Convolution2D(4, 3, w_param=parw, b_param=parb, b_lr=2)
+    parw.update(std=0.01)
+    second = Convolution2D(4, 3, w_param=parw, b_param=parb)
+    assert first._w_spec[0].value("std") == 0.0001 and second._w_spec[0].value("std") == 0.01
+    assert first._b_spec[1] == second._b_spec[1] == 2
     with pytest.raises(ValueError, match="Dense: w_param: .*uniform.*std"):
         Dense(3, init='uniform', w_std=0.1)
 

@@ -23,6 +23,9 @@ nnkit's own layers:
   over ``size`` (odd) neighbouring channels (lrn.cc); nnkit's ``LRN2D`` defaults alpha to 1e-4.
 * ``Activation`` defaults to ``'stanh'``. ``ImageInput(width, height, nb_channel)`` lays images
   out as SINGA does, ``(nb_channel, width, height)``.
+* A ``Parameter`` given as ``w_param=``/``b_param=`` takes the layer's ``w_``/``b_`` values, as
+  SINGA's ``set_param_field`` writes them into it: a later layer given the same object starts
+  from them.
 * ``activation=`` on ``Dense``/``Convolution2D`` is kept as ``layer.mask`` and applied by the
   model API (:mod:`nnkit.singa.model`); a layer driven by hand computes without it, as in
   SINGA, and warns once.
@@ -46,7 +49,7 @@ from .store import Store
 
 __all__ = ["Dummy", "ImageInput", "LabelInput", "Data", "Convolution2D", "MaxPooling2D",
            "AvgPooling2D", "LRN2D", "Loss", "Activation", "Dropout", "Accuracy", "Dense",
-           "is_data_layer"]
+           "Parameter", "is_data_layer"]
 
 Dummy = layers.Dummy            # Feed(shape, data, aux_data), as SINGA's
 LabelInput = layers.LabelInput  # Feed(labels) of shape (batch, 1) or (batch,)
@@ -75,13 +78,17 @@ def _param_arguments(owner: str, init: str | None, w_param: Parameter | None,
             spec = param.spec(**own)
         except ValueError as e:
             raise ValueError(f"{owner}: {prefix}_param: {e}") from None
+        # As SINGA's set_param_field, the layer's values are written into the Parameter: a
+        # later layer given the same object starts from them (cifar10_cnn_parameter.py).
+        param.values.update(own)
+        param.lr_scale = param.lr_scale if lr is None else float(lr)
+        param.wd_scale = param.wd_scale if wd is None else float(wd)
         if prefix == "w":
             out["init"] = spec.kind
         # Every value explicit: nnkit then infers the bias's kind from them, and get_config
         # rebuilds the same init with nnkit's own layer.
         out.update({f"{prefix}_{key}": spec.value(key) for key in get_init_values(spec.kind)})
-        out[f"{prefix}_lr"] = param.lr_scale if lr is None else lr
-        out[f"{prefix}_wd"] = param.wd_scale if wd is None else wd
+        out[f"{prefix}_lr"], out[f"{prefix}_wd"] = param.lr_scale, param.wd_scale
     return out
 
 
