@@ -428,6 +428,26 @@ def test_singa_layers_do_not_replace_nnkits_in_the_registry():
     assert rebuilt.layers[2].activation == 'stanh'
 
 
+def test_a_model_of_singa_layers_saves_and_loads_as_nnkit_layers(tmp_path):
+    """The job schema describes a SINGA layer as the nnkit layer it extends, SINGA's
+    settings written out (floor pooling, its init), so nnkit.save/nnkit.load need no code."""
+    import nnkit
+    model = nnkit.Sequential([Convolution2D(4, 3), MaxPooling2D(3, 2), LRN2D(3), Activation(),
+                              Dense(10, init='uniform')], input_shape=(3, 9, 9), seed=0)
+    model.compile(SGD(lr=0.1, lr_type='step'), loss='softmaxloss')
+    model.build()
+    model.save(tmp_path / "m.h5")
+    loaded = nnkit.load(tmp_path / "m.h5")
+    assert [type(layer) for layer in loaded.layers[1:]] == [
+        nnkit_layers.Convolution2D, nnkit_layers.MaxPooling2D, nnkit_layers.LRN2D,
+        nnkit_layers.Activation, nnkit_layers.Dense]
+    assert loaded.layers[2].ceil_mode is False and loaded.layers[2].stride == (2, 2)
+    assert loaded.layers[3].alpha == 1 and loaded.layers[4].activation == 'stanh'
+    assert loaded.layers[5].params[1].spec == model.layers[5].params[1].spec  # uniform bias
+    x = np.random.default_rng(0).normal(size=(2, 3, 9, 9)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
 def test_import_nnkit_does_not_import_singa():
     code = ("import sys, nnkit; nnkit.Sequential; from nnkit import *; "
             "assert not any(m.startswith('nnkit.singa') for m in sys.modules), sorted(sys.modules)")
