@@ -145,7 +145,7 @@ def _is_default(fd: FieldDescriptor, value: Any, default: Any) -> bool:
 # ============================================================================ layers <-> proto
 def _layer_to_conf(layer: Layer) -> LayerConf:
     """The LayerConf of a layer; ValueError if the schema cannot describe it."""
-    cls = type(layer)
+    cls = type(layer).config_class or type(layer)  # a register=False variant: as its parent
     kind_name = cls.conf_field
     if kind_name is None or _layer_types().get(kind_name) is not cls:
         raise ValueError(f"{layer.describe()}: the job schema has no layer type for class "
@@ -155,7 +155,7 @@ def _layer_to_conf(layer: Layer) -> LayerConf:
         conf.name = layer.name
     block = getattr(conf, kind_name)
     block.SetInParent()  # a layer with all defaults still needs its (empty) block
-    defaults = _defaults(type(layer).__init__)
+    defaults = _defaults(cls.__init__)
     for arg, value in layer.get_config().items():
         if arg == "name" or value is None:
             continue

@@ -88,10 +88,19 @@ class Layer:
     #: Schema fields whose Python argument has another name: ``{field: argument}``.
     conf_renames: ClassVar[dict[str, str]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    #: The registered class configs describe this one as: itself, or for a class declared
+    #: ``register=False`` (a compatibility variant such as ``nnkit.singa``'s ``Dense``, whose
+    #: ``get_config`` gives its parent's arguments) the registered layer it extends.
+    config_class: ClassVar[type["Layer"] | None] = None
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
+        if not register:  # keeps its parent's name in the registry configs rebuild layers from
+            cls.config_class = next((base for base in cls.__mro__[1:]
+                                     if LAYER_CLASSES.get(base.__name__) is base), None)
+        elif not cls.__name__.startswith("_"):
             LAYER_CLASSES[cls.__name__] = cls  # a later class of the same name replaces it
+            cls.config_class = cls
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name if name is not None else _snake(type(self).__name__)
