@@ -74,9 +74,22 @@ class Activation(Layer):
             raise self.error(f"unknown activation {activation!r}; expected one of "
                              f"{', '.join(ACTIVATIONS)}")
         self.activation = activation
+        self.folded_into: Layer | None = None  # the loss that read this softmax's input
 
     def get_config(self) -> dict[str, Any]:
         return {"activation": self.activation, "name": self.name}
+
+    def ComputeFeature(self, *srcs: Layer) -> np.ndarray:
+        """Computes ``data``; a loss may then fold this softmax in (``folded_into``)."""
+        self.folded_into = None
+        return super().ComputeFeature(*srcs)
+
+    def ComputeGradient(self) -> None:
+        """The base class's, except after a loss folded this softmax in: that loss already
+        gave the gradient with respect to the logits to this layer's source."""
+        if self.folded_into is not None and self.grad is None:
+            return
+        super().ComputeGradient()
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.activation == "softmax" and len(input_shape) < 1:

@@ -4,6 +4,16 @@
 gradient with respect to the predictions, and keeps running means for ``display()``.
 ``Accuracy`` computes a top-k accuracy and sends no gradient.
 
+A final softmax is folded into the criterion: given an ``Activation('softmax')`` over
+``(N, K)`` scores as the prediction layer, ``Loss`` (softmax cross-entropy) and ``Accuracy``
+read the softmax's *input*, so softmax and cross-entropy are computed once, from the logits,
+with the log-sum-exp trick, instead of a second softmax over probabilities (which squashes the
+gradient and trained at chance level). The loss then sends its gradient straight to the
+softmax's source, and the softmax layer's ``ComputeGradient`` passes (nothing is left for it
+to do); its ``data`` still holds the probabilities that ``predict`` returns.
+
+Labels are class indices ``(N,)`` or ``(N, 1)``, or one-hot rows ``(N, K)``.
+
 Top-k convention (the one of ``tf.math.in_top_k`` and Keras ``top_k_categorical_accuracy``):
 a row is a hit when fewer than ``k`` scores are strictly greater than the label's score, so
 ties at the boundary count in the label's favour. With ``k = 1`` this is "the label's score
@@ -18,7 +28,9 @@ import numpy as np
 
 from .._kernels import softmax as kernels
 from ..means import RunningMeans
+from .activation import Activation
 from .base import Layer
+from .input import one_hot_indices
 
 LOSSES = ("softmaxloss", "euclideanloss")
 
@@ -34,8 +46,27 @@ class _Criterion(Layer):
         """A criterion reduces the whole batch to one number: its ``data`` is 0-d."""
         return ()
 
+    def folds(self, layer: Layer, input_shape: tuple[int, ...] | None = None) -> bool:
+        """Whether this criterion reads ``layer``'s input instead of its output: ``layer`` is
+        a softmax over the classes of ``(N, K)`` scores (per-example ``input_shape`` (K,),
+        by default the one ``layer`` was built for) and the criterion takes logits."""
+        shape = layer.input_shape if input_shape is None else input_shape
+        return (isinstance(layer, Activation) and layer.activation == "softmax"
+                and shape is not None and len(shape) == 1 and self._takes_logits())
+
+    def _takes_logits(self) -> bool:
+        return True
+
     def _scores(self, prediction_layer: Layer, label_layer: Layer | None) -> np.ndarray:
-        """Checks both sources, records them as ``srcs``; returns the predictions as (N, D)."""
+        """Checks both sources, records them as ``srcs``; returns the predictions as (N, D).
+
+        For a folded softmax (:meth:`folds`) the source recorded, and read, is the softmax's
+        own source: the logits.
+        """
+        if (isinstance(prediction_layer, Layer) and prediction_layer.srcs
+                and self.folds(prediction_layer)):
+            prediction_layer.folded_into = self
+            prediction_layer = prediction_layer.srcs[0]
         if label_layer is None:
             raise self.error("ComputeFeature takes two sources, the prediction layer and the "
                              "label layer; the label layer is missing", TypeError)
@@ -61,6 +92,12 @@ class _Criterion(Layer):
         raw = np.asarray(label_layer.data)
         n, k = scores.shape
         where = f"predictions of shape {self.srcs[0].data.shape} ({n} rows of {k} classes)"
+        classes = getattr(label_layer, "classes", None)  # a LabelInput fed one-hot rows
+        if raw.ndim == 2 and raw.shape[1] > 1:  # one-hot rows fed to a plain layer
+            classes, raw = raw.shape[1], one_hot_indices(raw, self.describe())
+        if classes is not None and classes != k:
+            raise self.error(f"one-hot labels from {label_layer.describe()} have {classes} "
+                             f"columns, for {where}")
         if raw.size != n:
             raise self.error(f"got {raw.size} labels (shape {raw.shape}) from "
                              f"{label_layer.describe()} for {where}")
@@ -96,7 +133,8 @@ class Loss(_Criterion):
     """A loss over a batch: ``ComputeFeature(prediction_layer, label_layer)``.
 
     ``lossname`` is ``'softmaxloss'`` (softmax cross-entropy; labels are class indices in
-    ``[0, K)``) or ``'euclideanloss'`` (Caffe's ``1/(2N) * sum((p - t)^2)``; the target ``t``
+    ``[0, K)`` or one-hot rows; a prediction layer that is itself a softmax is folded in, see
+    the module docstring) or ``'euclideanloss'`` (Caffe's ``1/(2N) * sum((p - t)^2)``; the target ``t``
     is the label layer's data as floats, with as many values per row as the predictions).
     Predictions are ``(N, K)``; 4-D ``(N, C, H, W)`` ones are flattened to ``(N, C*H*W)``.
 
@@ -117,6 +155,9 @@ class Loss(_Criterion):
 
     def get_config(self) -> dict[str, Any]:
         return {"lossname": self.lossname, "name": self.name}
+
+    def _takes_logits(self) -> bool:
+        return self.lossname == "softmaxloss"  # the Euclidean loss compares the probabilities
 
     def _reset_running(self) -> None:
         self._running = RunningMeans()  # loss and accuracy since the last display
