@@ -4,9 +4,9 @@
 indices) are nnkit's ``softmaxloss``: softmax cross-entropy on the scores, with a final
 ``Activation('softmax')`` folded in (:mod:`nnkit.layers.loss`), so it is computed once from
 the logits; Keras computes it from the probabilities, the same value up to rounding.
-``mean_squared_error``/``mse`` is nnkit's ``euclideanloss``, which Caffe defines as
-``sum((p - t)^2) / (2N)``: its values (and gradients) are ``K/2`` times Keras's per-output
-mean for ``K`` outputs. The functions here are names for ``compile(loss=...)``.
+``mean_squared_error``/``mse`` is nnkit's ``mse`` loss, Keras's mean of the squared errors
+(not Caffe's ``euclideanloss``, half their sum per example). The functions here are names for
+``compile(loss=...)``.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ mse = mean_squared_error
 
 #: Keras loss name -> nnkit ``Loss`` name.
 _NNKIT = {"categorical_crossentropy": "softmaxloss", "sparse_categorical_crossentropy": "softmaxloss",
-          "mean_squared_error": "euclideanloss", "mse": "euclideanloss"}
+          "mean_squared_error": "mse", "mse": "mse"}
 
 
 def get(identifier: Any) -> str:

@@ -1,6 +1,7 @@
 """Loss and metric layers: they read two sources, the predictions and the labels.
 
-``Loss`` computes a batch-mean loss (softmax cross-entropy or Caffe's Euclidean loss), its
+``Loss`` computes a batch-mean loss (softmax cross-entropy, Caffe's Euclidean loss or Keras's
+mean squared error), its
 gradient with respect to the predictions, and keeps running means for ``display()``.
 ``Accuracy`` computes a top-k accuracy and sends no gradient.
 
@@ -32,7 +33,7 @@ from .activation import Activation
 from .base import Layer
 from .input import one_hot_indices
 
-LOSSES = ("softmaxloss", "euclideanloss")
+LOSSES = ("softmaxloss", "euclideanloss", "mse")
 
 
 class _Criterion(Layer):
@@ -135,13 +136,15 @@ class Loss(_Criterion):
     ``lossname`` is ``'softmaxloss'`` (softmax cross-entropy; labels are class indices in
     ``[0, K)`` or one-hot rows; a prediction layer that is itself a softmax is folded in, see
     the module docstring) or ``'euclideanloss'`` (Caffe's ``1/(2N) * sum((p - t)^2)``; the target ``t``
-    is the label layer's data as floats, with as many values per row as the predictions).
+    is the label layer's data as floats, with as many values per row as the predictions) or
+    ``'mse'`` (Keras's mean squared error, ``sum((p - t)^2) / (N*D)`` for ``D`` values per row,
+    the same targets).
     Predictions are ``(N, K)``; 4-D ``(N, C, H, W)`` ones are flattened to ``(N, C*H*W)``.
 
     After ``ComputeFeature``: ``loss`` (float, batch mean), ``accuracy`` (top-1 float, None
     for the Euclidean loss) and ``data`` (the loss as a 0-d array). ``ComputeGradient()`` sets
-    ``prediction_layer.grad`` (shaped like its data): ``(softmax(p) - onehot) / N`` or
-    ``(p - t) / N``. ``display()`` prints and returns the running means since the last call.
+    ``prediction_layer.grad`` (shaped like its data): ``(softmax(p) - onehot) / N``, ``(p - t) / N``
+    or ``2 (p - t) / (N*D)``. ``display()`` prints and returns the running means since the last call.
     """
 
     def __init__(self, lossname: str = "softmaxloss", name: str | None = None) -> None:
@@ -157,7 +160,7 @@ class Loss(_Criterion):
         return {"lossname": self.lossname, "name": self.name}
 
     def _takes_logits(self) -> bool:
-        return self.lossname == "softmaxloss"  # the Euclidean loss compares the probabilities
+        return self.lossname == "softmaxloss"  # squared errors compare the probabilities
 
     def _reset_running(self) -> None:
         self._running = RunningMeans()  # loss and accuracy since the last display
@@ -176,7 +179,10 @@ class Loss(_Criterion):
         else:
             self._diff = self.buffer("diff", scores.shape)
             np.subtract(scores, self._targets(label_layer, scores), out=self._diff)
-            loss_sum = 0.5 * float(np.vdot(self._diff, self._diff))
+            # Caffe's Euclidean loss halves the sum of squares; Keras's mse averages it over
+            # the values of a row as well (its gradient is twice the mean difference).
+            squares = float(np.vdot(self._diff, self._diff))
+            loss_sum = 0.5 * squares if self.lossname == "euclideanloss" else squares / scores.shape[1]
             self.accuracy = None
         self.loss = loss_sum / n
         self._running.add({"loss": self.loss, "accuracy": self.accuracy}, n)
@@ -211,6 +217,8 @@ class Loss(_Criterion):
         if self.lossname == "softmaxloss":
             kernels.softmax_loss_backward(self._probs, self._labels, scale, dx2)
         else:
+            if self.lossname == "mse":
+                scale *= 2.0 / dx2.shape[1]
             np.multiply(self._diff, scale, out=dx2)
         prediction_layer.grad = dx
 
@@ -218,7 +226,7 @@ class Loss(_Criterion):
         """Prints ``loss = ..., accuracy = ...``, the means since the last display weighted
         by batch size, returns them as ``(loss, accuracy)`` and resets them.
 
-        The accuracy is None for the Euclidean loss (and only the loss is printed). With no
+        The accuracy is None for the Euclidean and mse losses (only the loss is printed). With no
         batch since the last display, prints so and returns ``(None, None)``.
         """
         if self._running.count == 0:

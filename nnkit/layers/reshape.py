@@ -3,8 +3,7 @@
 Neither has parameters. ``ZeroPadding2D`` takes a different amount on each side, which the
 convolution's own symmetric ``pad`` cannot express: it is what TensorFlow's (and Keras's)
 ``padding='same'`` needs when the total padding is odd (an even kernel, or a stride above 1).
-Neither has a field in the job schema yet: a model that uses them is described by its dict
-config (``get_config``), which checkpoints keep too.
+Job configs name them ``flatten {}`` and ``zero_padding { padding: [top, bottom, left, right] }``.
 """
 from __future__ import annotations
 
@@ -17,6 +16,8 @@ from .base import Layer
 
 class Flatten(Layer):
     """``(N, C, H, W)`` (or any rank) to ``(N, C*H*W)``, in C order; the gradient is reshaped back."""
+
+    conf_field = "flatten"
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         size = 1
@@ -41,15 +42,19 @@ class ZeroPadding2D(Layer):
     """Adds zero rows and columns around ``(N, C, H, W)`` images.
 
     ``padding`` is an int (every side), ``(ph, pw)`` (top and bottom ``ph``, left and right
-    ``pw``) or ``((top, bottom), (left, right))``, as in Keras's layer of the same name.
+    ``pw``) or ``((top, bottom), (left, right))``, as in Keras's layer of the same name, or
+    the flat ``(top, bottom, left, right)`` of the job schema.
     """
+
+    conf_field = "zero_padding"
 
     def __init__(self, padding: Any = 1, name: str | None = None) -> None:
         super().__init__(name)
         self.padding = _sides(padding, self.describe())
 
     def get_config(self) -> dict[str, Any]:
-        return {"padding": [list(p) for p in self.padding], "name": self.name}
+        (top, bottom), (left, right) = self.padding
+        return {"padding": (top, bottom, left, right), "name": self.name}
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         c, h, w = self.require_images(input_shape)
@@ -84,11 +89,15 @@ def _sides(padding: Any, owner: str) -> tuple[tuple[int, int], tuple[int, int]]:
 
     if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
         padding = (padding, padding)
+    elif isinstance(padding, (tuple, list)) and len(padding) == 4:
+        padding = (tuple(padding[:2]), tuple(padding[2:]))
+    elif isinstance(padding, (tuple, list)) and len(padding) == 1:
+        padding = (padding[0], padding[0])
     try:
         rows, cols = padding
     except (TypeError, ValueError):
         raise ValueError(f"{owner}: padding must be an int, (ph, pw) or ((top, bottom), "
-                         f"(left, right)), got {padding!r}") from None
+                         f"(left, right)) or (top, bottom, left, right), got {padding!r}") from None
     sides = []
     for axis in (rows, cols):
         if isinstance(axis, (tuple, list)):
