@@ -170,3 +170,14 @@ def test_mse_is_keras_mean_squared_error_with_its_gradient():
         return loss.loss
 
     np.testing.assert_allclose(pred.grad, numerical_gradient(value, pred.data), rtol=1e-6, atol=1e-9)
+
+
+def test_nnkit_show_says_the_softmax_is_folded(tmp_path, capsys):
+    from nnkit.cli import main
+
+    _model(True).save(tmp_path / "folded.h5")
+    assert main(["show", str(tmp_path / "folded.h5")]) == 0
+    assert "activation_2: folded into the loss" in capsys.readouterr().out
+    _model(False).save(tmp_path / "plain.h5")
+    assert main(["show", str(tmp_path / "plain.h5")]) == 0
+    assert "folded" not in capsys.readouterr().out
