@@ -455,3 +455,14 @@ def test_datasets_have_keras_shapes_and_dtypes(name, shape, label_shape, monkeyp
         from nnkit.datasets import load_cifar10
         nchw, _ = load_cifar10(DATA, "test")
         np.testing.assert_array_equal(xt[:5], nchw[:5].transpose(0, 2, 3, 1))
+
+
+def test_batch_normalization_axis_and_batch_input_shape():
+    model = Sequential([Dense(4, batch_input_shape=(None, 3)), BatchNormalization(axis=1)])
+    model.build()
+    assert model.nnkit_model.input_shape == (3,)
+    images = Sequential([Conv2D(2, 3, input_shape=(5, 5, 1)), BatchNormalization(axis=3)])
+    images.build()
+    bad = Sequential([Conv2D(2, 3, input_shape=(5, 5, 1)), BatchNormalization(axis=1)])
+    with pytest.raises(ValueError, match="axis=1 .*only the channel axis"):
+        bad.build()

@@ -92,6 +92,9 @@ def _data_format(data_format: str | None, where: str) -> None:
 def _common(kwargs: dict[str, Any], where: str) -> tuple[Sequence[int] | None, int | None, str | None]:
     """Pops the arguments every Keras layer takes (input_shape, input_dim, name); refuses the rest."""
     input_shape = kwargs.pop("input_shape", None)
+    batch_input_shape = kwargs.pop("batch_input_shape", None)
+    if input_shape is None and batch_input_shape is not None:
+        input_shape = tuple(batch_input_shape)[1:]
     input_dim = kwargs.pop("input_dim", None)
     name = kwargs.pop("name", None)
     if kwargs.get("trainable", True) is True:
@@ -210,8 +213,9 @@ def BatchNormalization(axis: int = -1, momentum: float = 0.99, epsilon: float = 
     input_shape, input_dim, name = _common(kwargs, "BatchNormalization")
     defaults = (beta_initializer, gamma_initializer, moving_mean_initializer,
                 moving_variance_initializer) == ("zeros", "ones", "zeros", "ones")
-    if axis not in (-1, 1, 3) or not (center and scale) or not defaults:
-        raise ValueError("BatchNormalization: only the channel axis (-1), center=scale=True "
-                         "and the default initializers are supported")
+    if not (center and scale) or not defaults:
+        raise ValueError("BatchNormalization: only center=scale=True and the default "
+                         "initializers are supported")
     layer = _layers.BatchNormalization(momentum, epsilon, name=name)
+    layer.keras_axis = axis  # the model checks it names the channels (the last axis)
     return _mark(layer, None, input_shape, input_dim)

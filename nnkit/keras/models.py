@@ -141,6 +141,9 @@ class Sequential:
                                      f"{pads} (before, after) per axis; only padding after the "
                                      f"image (ceil mode) is supported")
                 layer.ceil_mode = True  # windows clipped at the edge: TensorFlow's 'same' here
+            elif getattr(layer, "keras_axis", -1) not in (-1, len(shape)):
+                raise ValueError(f"{layer.describe()}: axis={layer.keras_axis} for input {shape} "
+                                 f"(channels last); only the channel axis (-1) is supported")
             elif isinstance(layer, _layers.Dense) and len(shape) != 1:
                 raise ValueError(f"{layer.describe()}: input of shape {shape}; Keras's Dense acts "
                                  f"on the last axis of such an input: add Flatten() before it")
