@@ -62,7 +62,9 @@ class Activation(Layer):
     ``'relu'``, ``'sigmoid'``, ``'tanh'``, ``'stanh'`` (1.7159 * tanh(2x/3), LeCun's scaled
     tanh) and ``'linear'`` (identity, copied into the layer's own buffer) work elementwise on
     any rank. ``'softmax'`` normalizes over axis 1: the classes of ``(N, K)`` scores, the
-    channels of ``(N, C, H, W)`` maps (and axis 1 of any other rank >= 2).
+    channels of ``(N, C, H, W)`` maps (and axis 1 of any other rank >= 2). A softmax over
+    ``(N, K)`` scores read by a softmax loss is folded into it (``folded_into`` names that
+    loss; see :mod:`nnkit.layers.loss`): its ``ComputeGradient`` then has nothing to do.
     """
 
     conf_field = "activation"
