@@ -4,7 +4,8 @@ Same names, arguments and defaults; each returns the nnkit updater with the same
 (:mod:`nnkit.updaters`, which documents the formulas). ``epsilon=None`` is Keras's
 ``K.epsilon()``, 1e-7. Keras's ``decay`` is a learning-rate decay, ``lr / (1 + decay * t)``:
 nnkit's ``inverse_t`` schedule with ``change_freq = 1 / decay`` (nnkit's ``decay`` is weight
-decay, which Keras's optimizers do not have). ``clipnorm``/``clipvalue`` are nnkit's
+decay, which Keras's optimizers do not have); nnkit counts the first update as step 1 where
+Keras counts it as 0, so the decayed rate runs one update ahead. ``clipnorm``/``clipvalue`` are nnkit's
 ``clip_norm``/``clip_value``.
 
 One difference: Keras's Adam adds epsilon to ``sqrt(v)`` before the bias correction, nnkit's
