@@ -317,6 +317,20 @@ class Sequential:
                 print_fn(line)
         print_fn(line)
         print_fn(f"Total params: {sum(l.param_count() for l in self.layers):,}")
+        if self.softmax_folded():
+            print_fn(f"{self.layers[-1].name}: folded into the loss (softmax cross-entropy computed "
+                     f"once, from its input); predict returns its probabilities")
+
+    def softmax_folded(self) -> bool:
+        """Whether the final layer is a softmax the loss folds in (see :mod:`nnkit.layers.loss`):
+        training reads the logits below it, ``predict`` still returns the probabilities."""
+        if self.loss_layer is None or len(self.layers) < 2:
+            return False
+        try:
+            shape = self.shapes()[-1][0]
+        except (TypeError, ValueError):  # no input shape yet, or a layer that does not fit
+            shape = self.layers[-1].input_shape
+        return self.loss_layer.folds(self.layers[-1], shape)
 
     # ------------------------------------------------------------------ computing
     def _set_training(self, mode: bool) -> None:

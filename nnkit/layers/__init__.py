@@ -7,6 +7,7 @@ from .normalization import LRN2D, BatchNormalization
 from .activation import Activation
 from .dropout import Dropout
 from .preprocessing import Normalization, Rescaling
+from .reshape import Flatten, ZeroPadding2D
 from .loss import Loss, Accuracy
 from .base import Layer, Param, name_layers, set_seed
 
@@ -24,6 +25,8 @@ __all__ = [
     "Dropout",
     "Rescaling",
     "Normalization",
+    "Flatten",
+    "ZeroPadding2D",
     "Loss",
     "Accuracy",
     "Layer",

@@ -62,7 +62,9 @@ class Activation(Layer):
     ``'relu'``, ``'sigmoid'``, ``'tanh'``, ``'stanh'`` (1.7159 * tanh(2x/3), LeCun's scaled
     tanh) and ``'linear'`` (identity, copied into the layer's own buffer) work elementwise on
     any rank. ``'softmax'`` normalizes over axis 1: the classes of ``(N, K)`` scores, the
-    channels of ``(N, C, H, W)`` maps (and axis 1 of any other rank >= 2).
+    channels of ``(N, C, H, W)`` maps (and axis 1 of any other rank >= 2). A softmax over
+    ``(N, K)`` scores read by a softmax loss is folded into it (``folded_into`` names that
+    loss; see :mod:`nnkit.layers.loss`): its ``ComputeGradient`` then has nothing to do.
     """
 
     conf_field = "activation"
@@ -74,9 +76,22 @@ class Activation(Layer):
             raise self.error(f"unknown activation {activation!r}; expected one of "
                              f"{', '.join(ACTIVATIONS)}")
         self.activation = activation
+        self.folded_into: Layer | None = None  # the loss that read this softmax's input
 
     def get_config(self) -> dict[str, Any]:
         return {"activation": self.activation, "name": self.name}
+
+    def ComputeFeature(self, *srcs: Layer) -> np.ndarray:
+        """Computes ``data``; a loss may then fold this softmax in (``folded_into``)."""
+        self.folded_into = None
+        return super().ComputeFeature(*srcs)
+
+    def ComputeGradient(self) -> None:
+        """The base class's, except after a loss folded this softmax in: that loss already
+        gave the gradient with respect to the logits to this layer's source."""
+        if self.folded_into is not None and self.grad is None:
+            return
+        super().ComputeGradient()
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.activation == "softmax" and len(input_shape) < 1:

@@ -116,15 +116,25 @@ class LabelInput(_InputLayer):
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__((), np.int64, name)
+        #: K of the last one-hot batch (the loss checks it against its K classes), else None.
+        self.classes: int | None = None
 
     def Feed(self, labels: Any) -> np.ndarray:
-        """Feeds one batch of labels; returns the stored (batch,) int64 array."""
+        """Feeds one batch of labels; returns the stored (batch,) int64 array.
+
+        One-hot rows ``(batch, K)`` with ``K > 1`` (Keras's ``categorical_crossentropy``
+        labels) become class indices; ``classes`` remembers K.
+        """
         labels = np.asarray(labels)
+        self.classes = None
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            self.classes = labels.shape[1]
+            labels = one_hot_indices(labels, self.describe())
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1:
-            raise self.error(f"Feed: expected labels of shape (batch,) or (batch, 1), "
-                             f"got {labels.shape}")
+            raise self.error(f"Feed: expected labels of shape (batch,), (batch, 1) or one-hot "
+                             f"(batch, classes), got {labels.shape}")
         if labels.dtype.kind == "f":
             if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
                 bad = int(np.argmax(~np.isfinite(labels) | (labels != np.round(labels))))
@@ -136,3 +146,23 @@ class LabelInput(_InputLayer):
             bad = int(np.argmin(labels))
             raise self.error(f"Feed: label {labels[bad]} at index {bad} is negative")
         return self._accept(labels)
+
+
+def one_hot_indices(labels: np.ndarray, owner: str) -> np.ndarray:
+    """The class index of each one-hot row of ``labels`` (N, K) as int64 (N,).
+
+    Every row must hold exactly one 1 and zeros elsewhere: soft labels (label smoothing)
+    would silently lose their weights as an argmax, so they are refused, naming ``owner``.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "fiub":
+        raise TypeError(f"{owner}: one-hot labels must be numbers, got dtype {labels.dtype}")
+    ones = labels == 1
+    good = (ones | (labels == 0)).all(axis=1) & (ones.sum(axis=1) == 1)
+    if not good.all():
+        bad = int(np.argmin(good))
+        raise ValueError(f"{owner}: label row {bad} of the (batch, classes) labels of shape "
+                         f"{labels.shape} is not one-hot ({labels[bad].tolist()[:12]}); give class "
+                         f"indices (batch,) or one-hot rows with exactly one 1 (soft labels are "
+                         f"not supported)")
+    return np.argmax(ones, axis=1).astype(np.int64)

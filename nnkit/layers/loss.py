@@ -1,8 +1,19 @@
 """Loss and metric layers: they read two sources, the predictions and the labels.
 
-``Loss`` computes a batch-mean loss (softmax cross-entropy or Caffe's Euclidean loss), its
+``Loss`` computes a batch-mean loss (softmax cross-entropy, Caffe's Euclidean loss or Keras's
+mean squared error), its
 gradient with respect to the predictions, and keeps running means for ``display()``.
 ``Accuracy`` computes a top-k accuracy and sends no gradient.
+
+A final softmax is folded into the criterion: given an ``Activation('softmax')`` over
+``(N, K)`` scores as the prediction layer, ``Loss`` (softmax cross-entropy) and ``Accuracy``
+read the softmax's *input*, so softmax and cross-entropy are computed once, from the logits,
+with the log-sum-exp trick, instead of a second softmax over probabilities (which squashes the
+gradient and trained at chance level). The loss then sends its gradient straight to the
+softmax's source, and the softmax layer's ``ComputeGradient`` passes (nothing is left for it
+to do); its ``data`` still holds the probabilities that ``predict`` returns.
+
+Labels are class indices ``(N,)`` or ``(N, 1)``, or one-hot rows ``(N, K)``.
 
 Top-k convention (the one of ``tf.math.in_top_k`` and Keras ``top_k_categorical_accuracy``):
 a row is a hit when fewer than ``k`` scores are strictly greater than the label's score, so
@@ -18,9 +29,11 @@ import numpy as np
 
 from .._kernels import softmax as kernels
 from ..means import RunningMeans
+from .activation import Activation
 from .base import Layer
+from .input import one_hot_indices
 
-LOSSES = ("softmaxloss", "euclideanloss")
+LOSSES = ("softmaxloss", "euclideanloss", "mse")
 
 
 class _Criterion(Layer):
@@ -34,8 +47,27 @@ class _Criterion(Layer):
         """A criterion reduces the whole batch to one number: its ``data`` is 0-d."""
         return ()
 
+    def folds(self, layer: Layer, input_shape: tuple[int, ...] | None = None) -> bool:
+        """Whether this criterion reads ``layer``'s input instead of its output: ``layer`` is
+        a softmax over the classes of ``(N, K)`` scores (per-example ``input_shape`` (K,),
+        by default the one ``layer`` was built for) and the criterion takes logits."""
+        shape = layer.input_shape if input_shape is None else input_shape
+        return (isinstance(layer, Activation) and layer.activation == "softmax"
+                and shape is not None and len(shape) == 1 and self._takes_logits())
+
+    def _takes_logits(self) -> bool:
+        return True
+
     def _scores(self, prediction_layer: Layer, label_layer: Layer | None) -> np.ndarray:
-        """Checks both sources, records them as ``srcs``; returns the predictions as (N, D)."""
+        """Checks both sources, records them as ``srcs``; returns the predictions as (N, D).
+
+        For a folded softmax (:meth:`folds`) the source recorded, and read, is the softmax's
+        own source: the logits.
+        """
+        if (isinstance(prediction_layer, Layer) and prediction_layer.srcs
+                and self.folds(prediction_layer)):
+            prediction_layer.folded_into = self
+            prediction_layer = prediction_layer.srcs[0]
         if label_layer is None:
             raise self.error("ComputeFeature takes two sources, the prediction layer and the "
                              "label layer; the label layer is missing", TypeError)
@@ -61,6 +93,12 @@ class _Criterion(Layer):
         raw = np.asarray(label_layer.data)
         n, k = scores.shape
         where = f"predictions of shape {self.srcs[0].data.shape} ({n} rows of {k} classes)"
+        classes = getattr(label_layer, "classes", None)  # a LabelInput fed one-hot rows
+        if raw.ndim == 2 and raw.shape[1] > 1:  # one-hot rows fed to a plain layer
+            classes, raw = raw.shape[1], one_hot_indices(raw, self.describe())
+        if classes is not None and classes != k:
+            raise self.error(f"one-hot labels from {label_layer.describe()} have {classes} "
+                             f"columns, for {where}")
         if raw.size != n:
             raise self.error(f"got {raw.size} labels (shape {raw.shape}) from "
                              f"{label_layer.describe()} for {where}")
@@ -96,14 +134,17 @@ class Loss(_Criterion):
     """A loss over a batch: ``ComputeFeature(prediction_layer, label_layer)``.
 
     ``lossname`` is ``'softmaxloss'`` (softmax cross-entropy; labels are class indices in
-    ``[0, K)``) or ``'euclideanloss'`` (Caffe's ``1/(2N) * sum((p - t)^2)``; the target ``t``
-    is the label layer's data as floats, with as many values per row as the predictions).
+    ``[0, K)`` or one-hot rows; a prediction layer that is itself a softmax is folded in, see
+    the module docstring) or ``'euclideanloss'`` (Caffe's ``1/(2N) * sum((p - t)^2)``; the target ``t``
+    is the label layer's data as floats, with as many values per row as the predictions) or
+    ``'mse'`` (Keras's mean squared error, ``sum((p - t)^2) / (N*D)`` for ``D`` values per row,
+    the same targets).
     Predictions are ``(N, K)``; 4-D ``(N, C, H, W)`` ones are flattened to ``(N, C*H*W)``.
 
     After ``ComputeFeature``: ``loss`` (float, batch mean), ``accuracy`` (top-1 float, None
     for the Euclidean loss) and ``data`` (the loss as a 0-d array). ``ComputeGradient()`` sets
-    ``prediction_layer.grad`` (shaped like its data): ``(softmax(p) - onehot) / N`` or
-    ``(p - t) / N``. ``display()`` prints and returns the running means since the last call.
+    ``prediction_layer.grad`` (shaped like its data): ``(softmax(p) - onehot) / N``, ``(p - t) / N``
+    or ``2 (p - t) / (N*D)``. ``display()`` prints and returns the running means since the last call.
     """
 
     def __init__(self, lossname: str = "softmaxloss", name: str | None = None) -> None:
@@ -117,6 +158,9 @@ class Loss(_Criterion):
 
     def get_config(self) -> dict[str, Any]:
         return {"lossname": self.lossname, "name": self.name}
+
+    def _takes_logits(self) -> bool:
+        return self.lossname == "softmaxloss"  # squared errors compare the probabilities
 
     def _reset_running(self) -> None:
         self._running = RunningMeans()  # loss and accuracy since the last display
@@ -135,7 +179,10 @@ class Loss(_Criterion):
         else:
             self._diff = self.buffer("diff", scores.shape)
             np.subtract(scores, self._targets(label_layer, scores), out=self._diff)
-            loss_sum = 0.5 * float(np.vdot(self._diff, self._diff))
+            # Caffe's Euclidean loss halves the sum of squares; Keras's mse averages it over
+            # the values of a row as well (its gradient is twice the mean difference).
+            squares = float(np.vdot(self._diff, self._diff))
+            loss_sum = 0.5 * squares if self.lossname == "euclideanloss" else squares / scores.shape[1]
             self.accuracy = None
         self.loss = loss_sum / n
         self._running.add({"loss": self.loss, "accuracy": self.accuracy}, n)
@@ -170,6 +217,8 @@ class Loss(_Criterion):
         if self.lossname == "softmaxloss":
             kernels.softmax_loss_backward(self._probs, self._labels, scale, dx2)
         else:
+            if self.lossname == "mse":
+                scale *= 2.0 / dx2.shape[1]
             np.multiply(self._diff, scale, out=dx2)
         prediction_layer.grad = dx
 
@@ -177,7 +226,7 @@ class Loss(_Criterion):
         """Prints ``loss = ..., accuracy = ...``, the means since the last display weighted
         by batch size, returns them as ``(loss, accuracy)`` and resets them.
 
-        The accuracy is None for the Euclidean loss (and only the loss is printed). With no
+        The accuracy is None for the Euclidean and mse losses (only the loss is printed). With no
         batch since the last display, prints so and returns ``(None, None)``.
         """
         if self._running.count == 0:

@@ -1,0 +1,42 @@
+"""Keras's loss names (keras/losses.py, 2.2.4) and the nnkit loss each one compiles to.
+
+``categorical_crossentropy`` (one-hot labels) and ``sparse_categorical_crossentropy`` (class
+indices) are nnkit's ``softmaxloss``: softmax cross-entropy on the scores, with a final
+``Activation('softmax')`` folded in (:mod:`nnkit.layers.loss`), so it is computed once from
+the logits; Keras computes it from the probabilities, the same value up to rounding.
+``mean_squared_error``/``mse`` is nnkit's ``mse`` loss, Keras's mean of the squared errors
+(not Caffe's ``euclideanloss``, half their sum per example). The functions here are names for
+``compile(loss=...)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["categorical_crossentropy", "sparse_categorical_crossentropy", "mean_squared_error",
+           "mse", "get"]
+
+
+def _named(name: str) -> Callable[..., Any]:
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        raise TypeError(f"nnkit.keras.losses.{name} names a loss for compile(loss=...); it "
+                        f"is not a tensor function")
+    loss.__name__ = name
+    return loss
+
+
+categorical_crossentropy = _named("categorical_crossentropy")
+sparse_categorical_crossentropy = _named("sparse_categorical_crossentropy")
+mean_squared_error = _named("mean_squared_error")
+mse = mean_squared_error
+
+#: Keras loss name -> nnkit ``Loss`` name.
+_NNKIT = {"categorical_crossentropy": "softmaxloss", "sparse_categorical_crossentropy": "softmaxloss",
+          "mean_squared_error": "mse", "mse": "mse"}
+
+
+def get(identifier: Any) -> str:
+    """The nnkit loss name for a Keras loss name or one of this module's functions."""
+    name = getattr(identifier, "__name__", identifier)
+    if name not in _NNKIT:
+        raise ValueError(f"unsupported loss {identifier!r}; use one of {', '.join(_NNKIT)}")
+    return _NNKIT[name]
