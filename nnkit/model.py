@@ -54,6 +54,39 @@ def _config_bridge() -> ConfigBridge:
     return _bridge
 
 
+class LayerShapeError(ValueError):
+    """A layer of a model does not fit the input the layers below it give it.
+
+    Raised by :meth:`Sequential.shapes` (so by ``build``), from the layer's own error (its
+    ``__cause__``). A ValueError, as that error was.
+
+    Attributes:
+        layer_name: the layer's name.
+        layer_type: its class name.
+        layer_index: its index in ``model.layers`` (0 is the input layer).
+        input_shape: the per-example shape it was given (without the batch axis).
+        reason: what the layer said is wrong.
+    """
+
+    def __init__(self, model_name: str, layer_index: int, layer: Layer,
+                 input_shape: tuple[int, ...], reason: str) -> None:
+        self.layer_name, self.layer_type = layer.name, type(layer).__name__
+        self.layer_index, self.input_shape = layer_index, tuple(input_shape)
+        self.reason = reason.removeprefix(f"{layer.describe()}: ")  # named once, below
+        super().__init__(f"{model_name}: layer {layer_index}, {self.layer}, does not fit its "
+                         f"input of shape {self.batch_shape}: {self.reason}")
+
+    @property
+    def layer(self) -> str:
+        """``Type 'name'``, as layers name themselves in errors."""
+        return f"{self.layer_type} '{self.layer_name}'"
+
+    @property
+    def batch_shape(self) -> str:
+        """The input shape with its batch axis: ``(batch, 1, 28, 28)``."""
+        return f"(batch, {', '.join(map(str, self.input_shape))})"
+
+
 def _class_config(obj: Any) -> dict[str, Any]:
     return {"class_name": type(obj).__name__, "config": obj.get_config()}
 
@@ -235,8 +268,8 @@ class Sequential:
         """``(input shape, output shape)`` per layer, without the batch axis: the one shape walk.
 
         Works before the model is built (nothing is allocated); ``input_shape`` defaults to the
-        model's. A layer that does not fit its input raises its own error naming it, with the
-        layer's index and input shape attached as ``layer_index`` and ``input_shape``.
+        model's. A layer that does not fit its input raises :class:`LayerShapeError` naming
+        the layer, its index and its input shape.
         """
         shape = tuple(input_shape or self.input_shape or ())
         if not shape:
@@ -246,8 +279,7 @@ class Sequential:
             try:
                 out = tuple(layer.output_shape(shape))
             except (TypeError, ValueError) as e:
-                e.layer_index, e.input_shape = i, shape  # for callers that place errors (configs)
-                raise
+                raise LayerShapeError(self.name, i, layer, shape, str(e)) from e
             walk.append((shape, out))
             shape = out
         return walk

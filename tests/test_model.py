@@ -1,11 +1,13 @@
 """Sequential: building, naming, compile/fit/evaluate/predict, weights, config round trips."""
 import io
+import re
 
 import numpy as np
 import pytest
 
 from nnkit import (SGD, Accuracy, Activation, Convolution2D, Dense, Dropout, ImageInput, LabelInput,
                    Loss, MaxPooling2D, Sequential)
+from nnkit.model import LayerShapeError
 
 
 def toy_data(n=256, d=20, classes=4, seed=0):
@@ -55,6 +57,28 @@ def test_names_are_unique_per_model_without_global_counters():
     named = Sequential([Dense(3, name="dense_1"), Dense(3)], input_shape=(4,))
     named.build()
     assert [l.name for l in named.layers[1:]] == ["dense_1", "dense_2"]
+
+
+@pytest.mark.parametrize("layers, input_shape, index, layer, shape, reason", [
+    ([Dense(3), Convolution2D(2, 3, name="conv")], (4,), 2, "Convolution2D 'conv'", (3,),
+     r"expects 4-D input \(batch, channels, height, width\), got 2-D input"),
+    ([ImageInput(4, 4, 1), MaxPooling2D(5, 1, name="pool")], None, 1, "MaxPooling2D 'pool'",
+     (1, 4, 4), "too small"),
+])
+def test_a_layer_that_does_not_fit_its_input_raises_layer_shape_error_naming_it_and_the_shape(
+        layers, input_shape, index, layer, shape, reason):
+    model = Sequential(layers, name="net", input_shape=input_shape)
+    with pytest.raises(LayerShapeError) as info:
+        model.build()
+    e = info.value
+    assert isinstance(e, ValueError)  # what the layer raised: callers catching it keep working
+    text = f"(batch, {', '.join(map(str, shape))})"
+    assert (e.layer_index, e.layer, e.input_shape, e.batch_shape) == (index, layer, shape, text)
+    assert e.layer_name == model.layers[index].name
+    assert str(e).startswith(f"net: layer {index}, {layer}, does not fit its input of shape {text}: ")
+    assert re.search(reason, e.reason) and not e.reason.startswith(layer)  # the layer named once
+    assert isinstance(e.__cause__, ValueError) and str(e.__cause__).startswith(layer)
+    assert not model.built
 
 
 def test_summary_lists_layers_shapes_and_params():
