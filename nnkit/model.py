@@ -122,6 +122,28 @@ def _first_nonfinite_example(data: Any, dtype: np.dtype) -> int | None:
     return int(np.argmax(bad)) if bad.any() else None
 
 
+def _untimed(phase: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Calls ``fn(*args)``: the step's per-layer calls when nobody times them."""
+    return fn(*args)
+
+
+class _LayerTimer:
+    """Calls ``fn(*args)`` and adds its seconds to ``times[phase][name]`` (``profile_step``)."""
+
+    PHASES = ("forward", "backward", "update")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        names = list(names)
+        self.times = {phase: dict.fromkeys(names, 0.0) for phase in self.PHASES}
+
+    def __call__(self, phase: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.times[phase][name] += time.perf_counter() - start
+
+
 def _hand_settings(updater: updaters_module.Updater) -> tuple:
     """What a user or a command may change between batches: the updater object, the lr
     override, weight decay, clipping and the rule's own arguments (momentum...). A schedule's
@@ -369,24 +391,26 @@ class Sequential:
             y = np.asarray(y)
             label.Feed(y.shape if y.ndim > 1 else (len(y), 1), y)
 
-    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+    def _forward(self, x: np.ndarray, training: bool, call: Callable[..., Any] = _untimed) -> np.ndarray:
+        """The forward pass; ``call`` runs each layer's ComputeFeature (a timer may wrap it)."""
         self._set_training(training)
         self._feed(x)
         for below, layer in zip(self.layers, self.layers[1:]):
-            layer.ComputeFeature(below)
+            call("forward", layer.name, layer.ComputeFeature, below)
         return self.layers[-1].data
 
-    def _criteria(self, y: np.ndarray) -> dict[str, Any]:
+    def _criteria(self, y: np.ndarray, call: Callable[..., Any] = _untimed) -> dict[str, Any]:
+        """The loss and the metrics of the last forward pass against ``y``, as logs."""
         label = self.label_layer
         self._feed_labels(y)
-        top = self.layers[-1]
-        self.loss_layer.ComputeFeature(top, label)
-        logs: dict[str, Any] = {"size": int(top.data.shape[0]), "loss": self.loss_layer.loss}
+        top, loss = self.layers[-1], self.loss_layer
+        call("forward", loss.name, loss.ComputeFeature, top, label)
+        logs: dict[str, Any] = {"size": int(top.data.shape[0]), "loss": loss.loss}
         for name, metric in self.metrics:
             if metric is None:
-                logs[name] = self.loss_layer.accuracy
+                logs[name] = loss.accuracy
             else:
-                metric.ComputeFeature(top, label)
+                call("forward", metric.name, metric.ComputeFeature, top, label)
                 logs[name] = metric.accuracy
         return logs
 
@@ -416,6 +440,13 @@ class Sequential:
         the copy if there is one; otherwise :attr:`half_updated` is set: some layers are
         updated and others not.
         """
+        return self._train_step(x, y, step, _untimed)
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray, step: int | None,
+                    call: Callable[..., Any]) -> dict[str, Any]:
+        """The one training step (see :meth:`train_on_batch`): ``call(phase, name, fn, *args)``
+        runs every layer's ComputeFeature, ComputeGradient and Update (``profile_step`` times
+        them), so profiling walks the step exactly as training does, checks included."""
         self._ensure_ready(x)
         if step is None:
             step = (self.updater.last_step or 0) + 1
@@ -424,8 +455,8 @@ class Sequential:
         updating = False
         try:
             try:
-                self._forward(x, training=True)
-                logs = self._criteria(y)
+                self._forward(x, True, call)
+                logs = self._criteria(y, call)
             except ValueError as exc:  # input layers refuse NaN/inf data: a non-finite batch too
                 nonfinite = self._nonfinite_data(x, y, step)
                 if nonfinite is None:
@@ -434,9 +465,9 @@ class Sequential:
             if not math.isfinite(logs["loss"]):
                 raise NonFiniteLossError(f"loss is {logs['loss']} (step {step})", what="loss",
                                          value=logs["loss"], step=step)
-            self.loss_layer.ComputeGradient()
+            call("backward", self.loss_layer.name, self.loss_layer.ComputeGradient)
             for layer in reversed(self.layers[1:]):
-                layer.ComputeGradient()
+                call("backward", layer.name, layer.ComputeGradient)
             bad = _first_nonfinite(self.params, "grad")
             if bad is not None:
                 raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite (step {step})",
@@ -444,7 +475,7 @@ class Sequential:
             updating = True
             self.half_updated = True
             for layer in reversed(self.layers[1:]):
-                self.updater.Update(step, layer)
+                call("update", layer.name, self.updater.Update, step, layer)
             self.half_updated = False
             bad = _first_nonfinite(self.params)
             if bad is not None:
@@ -476,35 +507,20 @@ class Sequential:
 
     def profile_step(self, x: np.ndarray, y: np.ndarray, step: int | None = None
                      ) -> dict[str, dict[str, float]]:
-        """One training step through the per-layer API, timed layer by layer (``nnkit time``).
+        """One training step, timed layer by layer (``nnkit time``): the step of
+        :meth:`train_on_batch`, with its checks in the same order (a non-finite batch raises
+        NonFiniteLossError the same way), with a timer around every layer's call.
 
-        Returns ``{"forward": {layer: s}, "backward": {...}, "update": {...}}`` in seconds; the
-        loss counts as a layer. The step is a real one: parameters are updated.
+        Returns ``{"forward": {layer: s}, "backward": {...}, "update": {...}}`` in seconds;
+        the loss and the metric layers count as layers. The checks are in no layer's time.
+        The step is a real one: parameters are updated.
         """
         self._ensure_ready(x)
-        if step is None:
-            step = (self.updater.last_step or 0) + 1
         names = [layer.name for layer in self.layers[1:]] + [self.loss_layer.name]
-        times = {phase: dict.fromkeys(names, 0.0) for phase in ("forward", "backward", "update")}
-        clock = time.perf_counter
-
-        def timed(phase: str, name: str, fn: Callable[..., Any], *args: Any) -> None:
-            t0 = clock()
-            fn(*args)
-            times[phase][name] += clock() - t0
-
-        self._set_training(True)
-        self._feed(x)
-        for below, layer in zip(self.layers, self.layers[1:]):
-            timed("forward", layer.name, layer.ComputeFeature, below)
-        self._feed_labels(y)
-        loss = self.loss_layer
-        timed("forward", loss.name, loss.ComputeFeature, self.layers[-1], self.label_layer)
-        timed("backward", loss.name, loss.ComputeGradient)
-        for layer in reversed(self.layers[1:]):
-            timed("backward", layer.name, layer.ComputeGradient)
-            timed("update", layer.name, self.updater.Update, step, layer)
-        return times
+        names += [metric.name for _, metric in self.metrics if metric is not None]
+        timer = _LayerTimer(names)
+        self._train_step(x, y, step, timer)
+        return timer.times
 
     def test_on_batch(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """Loss and metrics on one batch in evaluation mode (no update)."""

@@ -207,3 +207,61 @@ def test_config_round_trip_gives_same_config_and_initial_weights():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="unknown layer 'Evil'"):
         Sequential.from_config({**config, "layers": [{"class_name": "Evil", "config": {}}]})
+
+
+def _record_calls(model, monkeypatch):
+    """Logs every ComputeFeature, ComputeGradient and Update of the model's layers, in order."""
+    calls = []
+    for layer in [*model.layers[1:], model.loss_layer]:
+        for method in ("ComputeFeature", "ComputeGradient"):
+            def spy(*args, _layer=layer, _method=method, _real=getattr(layer, method)):
+                calls.append((_method, _layer.name))
+                return _real(*args)
+            monkeypatch.setattr(layer, method, spy)
+    real_update = model.updater.Update
+
+    def update(step, layer):
+        calls.append(("Update", layer.name))
+        return real_update(step, layer)
+    monkeypatch.setattr(model.updater, "Update", update)
+    return calls
+
+
+def test_profile_step_is_the_training_step_timed_layer_by_layer(monkeypatch):
+    x, y = toy_data(32)
+    trained, profiled = mlp(dropout=0.2), mlp(dropout=0.2)
+    trained.compile(SGD(lr=0.05, momentum=0.9), "softmaxloss", ["accuracy", Accuracy(topk=2)])
+    profiled.compile(SGD(lr=0.05, momentum=0.9), "softmaxloss", ["accuracy", Accuracy(topk=2)])
+    for model in (trained, profiled):
+        model.build()
+    trained_calls, profiled_calls = _record_calls(trained, monkeypatch), _record_calls(profiled, monkeypatch)
+    trained.train_on_batch(x, y, step=1)
+    times = profiled.profile_step(x, y, step=1)
+    assert profiled_calls == trained_calls  # the same walk: every gradient, then every update
+    assert trained_calls.index(("Update", "dense_2")) > trained_calls.index(("ComputeGradient", "dense_1"))
+    for a, b in zip(trained.get_weights(), profiled.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    names = ["dense_1", "activation_1", "dropout_1", "dense_2", "loss", "accuracy"]
+    assert {phase: list(t) for phase, t in times.items()} == dict.fromkeys(
+        ("forward", "backward", "update"), names)
+    assert all(times["forward"][n] > 0 for n in names) and times["update"]["dense_1"] > 0
+
+
+def test_profile_step_refuses_a_non_finite_gradient_before_any_update_as_training_does(monkeypatch):
+    from nnkit.training import NonFiniteLossError
+    x, y = toy_data(32)
+    model = mlp()
+    model.profile_step(x, y, step=1)
+    before = model.get_weights()
+    first = model.layers[1]
+    backward = type(first).ComputeGradient
+
+    def poisoned(self):
+        backward(self)
+        self.params[0].grad[0, 0] = np.nan
+    monkeypatch.setattr(first, "ComputeGradient", poisoned.__get__(first))
+    with pytest.raises(NonFiniteLossError, match=rf"the gradient of {first.name}/weight is not finite"):
+        model.profile_step(x, y, step=2)
+    for a, b in zip(model.get_weights(), before):  # dense_2, updated first, is untouched too
+        np.testing.assert_array_equal(a, b)
+    assert model.updater.last_step == 1
