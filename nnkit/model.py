@@ -425,11 +425,12 @@ class Sequential:
 
         * the data (only when an input layer refuses it) and the loss, right after the forward
           pass (free);
-        * every parameter gradient, after the whole backward pass and before any update
-          (every gradient is computed first, then every layer is updated; one read of the
-          gradients);
-        * every parameter, after the update (one read), for an update that overflowed (a huge
-          learning rate). Undoing it needs a copy of the parameters and updater state taken
+        * every parameter gradient, each layer's right after its ComputeGradient (while it is
+          in the cache) and before any update (every gradient is computed first, then every
+          layer is updated);
+        * every parameter, after the update, for an update that overflowed (a huge learning
+          rate): the update kernels check each value as they write it (no second read, see
+          ``Updater.Update``). Undoing it needs a copy of the parameters and updater state taken
           before the update, which is taken only on the model's first batch and when the hand
           settings changed since the last batch (``updater.lr = ...``, a ``set`` command,
           decay, momentum, clipping). Without a copy the error has ``restored=False``: that
@@ -468,20 +469,28 @@ class Sequential:
             call("backward", self.loss_layer.name, self.loss_layer.ComputeGradient)
             for layer in reversed(self.layers[1:]):
                 call("backward", layer.name, layer.ComputeGradient)
-            bad = _first_nonfinite(self.params, "grad")
-            if bad is not None:
-                raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite (step {step})",
-                                         what="gradient", where=bad.full_name, step=step)
+                # Checked while they are still in the cache, and before any update.
+                bad = _first_nonfinite(layer.params, "grad")
+                if bad is not None:
+                    raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite "
+                                             f"(step {step})", what="gradient",
+                                             where=bad.full_name, step=step)
             updating = True
             self.half_updated = True
+            finite = True
             for layer in reversed(self.layers[1:]):
-                call("update", layer.name, self.updater.Update, step, layer)
+                # Update checks every value it writes: no second read of the parameters.
+                wrote_finite = call("update", layer.name, self.updater.Update, step, layer)
+                if wrote_finite is None:  # an Update that does not say (a subclass's)
+                    wrote_finite = _first_nonfinite(layer.params) is None
+                finite = finite and wrote_finite
             self.half_updated = False
-            bad = _first_nonfinite(self.params)
-            if bad is not None:
-                raise NonFiniteLossError(f"{bad.full_name} is not finite after the update (step "
+            if not finite:
+                bad = _first_nonfinite(self.params)
+                where = "a parameter" if bad is None else bad.full_name
+                raise NonFiniteLossError(f"{where} is not finite after the update (step "
                                          f"{step}, lr {self.updater.lr:g})", what="parameter",
-                                         where=bad.full_name, step=step)
+                                         where=where, step=step)
         except BaseException as exc:
             restored = guard.restore(updating)
             if restored:
