@@ -22,9 +22,10 @@ def all_finite(floating[::1] a) -> bool:
     """True if no element of ``a`` is a NaN or an infinity (one read, no temporary)."""
     cdef Py_ssize_t i, n = a.shape[0]
     cdef int bad = 0
+    cdef floating zero = 0  # of the array's type: a double 0.0 would widen every x - x
     with nogil:
         for i in range(n):
-            bad |= (a[i] - a[i]) != 0
+            bad |= (a[i] - a[i]) != zero
     return not bad
 
 
@@ -32,13 +33,13 @@ def sgd(floating[::1] w, floating[::1] g, double lr, double wd) -> bool:
     """Plain SGD: ``w -= lr * (g + wd*w)``."""
     cdef Py_ssize_t i, n = w.shape[0]
     cdef int bad = 0
-    cdef floating wi
+    cdef floating wi, zero = 0  # zero of the array's type: a double 0.0 would widen every x - x
     cdef floating lr_ = <floating>lr, wd_ = <floating>wd
     with nogil:
         for i in range(n):
             wi = w[i] - (lr_ * (g[i] + wd_ * w[i]))
             w[i] = wi
-            bad |= (wi - wi) != 0
+            bad |= (wi - wi) != zero
     return not bad
 
 
@@ -47,7 +48,7 @@ def sgd_momentum(floating[::1] w, floating[::1] g, floating[::1] v,
     """Caffe's momentum: ``v = mu*v + lr*g'; w -= v``."""
     cdef Py_ssize_t i, n = w.shape[0]
     cdef int bad = 0
-    cdef floating wi
+    cdef floating wi, zero = 0  # zero of the array's type: a double 0.0 would widen every x - x
     cdef floating lr_ = <floating>lr, wd_ = <floating>wd, mu_ = <floating>mu, vi
     with nogil:
         for i in range(n):
@@ -55,7 +56,7 @@ def sgd_momentum(floating[::1] w, floating[::1] g, floating[::1] v,
             v[i] = vi
             wi = w[i] - vi
             w[i] = wi
-            bad |= (wi - wi) != 0
+            bad |= (wi - wi) != zero
     return not bad
 
 
@@ -64,7 +65,7 @@ def nesterov(floating[::1] w, floating[::1] g, floating[::1] v,
     """Caffe's Nesterov: ``v_prev = v; v = mu*v + lr*g'; w -= (1+mu)*v - mu*v_prev``."""
     cdef Py_ssize_t i, n = w.shape[0]
     cdef int bad = 0
-    cdef floating wi
+    cdef floating wi, zero = 0  # zero of the array's type: a double 0.0 would widen every x - x
     cdef floating lr_ = <floating>lr, wd_ = <floating>wd, mu_ = <floating>mu
     cdef floating mu1 = <floating>(1.0 + mu), vprev, vi
     with nogil:
@@ -74,7 +75,7 @@ def nesterov(floating[::1] w, floating[::1] g, floating[::1] v,
             v[i] = vi
             wi = w[i] - (mu1 * vi - mu_ * vprev)
             w[i] = wi
-            bad |= (wi - wi) != 0
+            bad |= (wi - wi) != zero
     return not bad
 
 
@@ -83,7 +84,7 @@ def adagrad(floating[::1] w, floating[::1] g, floating[::1] h,
     """AdaGrad: ``h += g'^2; w -= lr * g' / (sqrt(h) + eps)``."""
     cdef Py_ssize_t i, n = w.shape[0]
     cdef int bad = 0
-    cdef floating wi
+    cdef floating wi, zero = 0  # zero of the array's type: a double 0.0 would widen every x - x
     cdef floating lr_ = <floating>lr, wd_ = <floating>wd, eps_ = <floating>eps, gi, hi
     with nogil:
         for i in range(n):
@@ -92,7 +93,7 @@ def adagrad(floating[::1] w, floating[::1] g, floating[::1] h,
             h[i] = hi
             wi = w[i] - (lr_ * gi / (_sqrt(hi) + eps_))
             w[i] = wi
-            bad |= (wi - wi) != 0
+            bad |= (wi - wi) != zero
     return not bad
 
 
@@ -101,7 +102,7 @@ def rmsprop(floating[::1] w, floating[::1] g, floating[::1] h,
     """RMSProp: ``h = rho*h + (1-rho)*g'^2; w -= lr * g' / (sqrt(h) + eps)``."""
     cdef Py_ssize_t i, n = w.shape[0]
     cdef int bad = 0
-    cdef floating wi
+    cdef floating wi, zero = 0  # zero of the array's type: a double 0.0 would widen every x - x
     cdef floating lr_ = <floating>lr, wd_ = <floating>wd, eps_ = <floating>eps
     cdef floating rho_ = <floating>rho, rho1 = <floating>(1.0 - rho), gi, hi
     with nogil:
@@ -111,7 +112,7 @@ def rmsprop(floating[::1] w, floating[::1] g, floating[::1] h,
             h[i] = hi
             wi = w[i] - (lr_ * gi / (_sqrt(hi) + eps_))
             w[i] = wi
-            bad |= (wi - wi) != 0
+            bad |= (wi - wi) != zero
     return not bad
 
 
@@ -121,7 +122,7 @@ def adadelta(floating[::1] w, floating[::1] g, floating[::1] h, floating[::1] u,
     u = rho*u + (1-rho)*d^2; w -= lr*d``."""
     cdef Py_ssize_t i, n = w.shape[0]
     cdef int bad = 0
-    cdef floating wi
+    cdef floating wi, zero = 0  # zero of the array's type: a double 0.0 would widen every x - x
     cdef floating lr_ = <floating>lr, wd_ = <floating>wd, eps_ = <floating>eps
     cdef floating rho_ = <floating>rho, rho1 = <floating>(1.0 - rho), gi, hi, d
     with nogil:
@@ -133,7 +134,7 @@ def adadelta(floating[::1] w, floating[::1] g, floating[::1] h, floating[::1] u,
             u[i] = rho_ * u[i] + rho1 * (d * d)
             wi = w[i] - (lr_ * d)
             w[i] = wi
-            bad |= (wi - wi) != 0
+            bad |= (wi - wi) != zero
     return not bad
 
 
@@ -144,7 +145,7 @@ def adam(floating[::1] w, floating[::1] g, floating[::1] m, floating[::1] v,
     w -= lr * (m/correction1) / (sqrt(v/correction2) + eps)`` with ``correction = 1 - b^t``."""
     cdef Py_ssize_t i, n = w.shape[0]
     cdef int bad = 0
-    cdef floating wi
+    cdef floating wi, zero = 0  # zero of the array's type: a double 0.0 would widen every x - x
     cdef floating lr_ = <floating>lr, wd_ = <floating>wd, eps_ = <floating>eps
     cdef floating b1 = <floating>beta1, b1c = <floating>(1.0 - beta1)
     cdef floating b2 = <floating>beta2, b2c = <floating>(1.0 - beta2)
@@ -158,5 +159,5 @@ def adam(floating[::1] w, floating[::1] g, floating[::1] m, floating[::1] v,
             v[i] = vi
             wi = w[i] - (lr_ * (mi / c1) / (_sqrt(vi / c2) + eps_))
             w[i] = wi
-            bad |= (wi - wi) != 0
+            bad |= (wi - wi) != zero
     return not bad
