@@ -77,12 +77,15 @@ class UsageError(Exception):
 
 # ==================================================================================== helpers
 def _is_config_error(error: BaseException) -> bool:
-    """True for bad input: the config's ConfigError, or a CheckpointError (a damaged checkpoint,
-    or one that does not fit its model); without importing either module (if no command loaded
-    it, none was raised)."""
+    """True for bad input: the config's ConfigError, a CheckpointError (a damaged checkpoint,
+    or one that does not fit its model), or a LayerShapeError (a stored model whose layers do
+    not fit together); without importing their modules (if no command loaded one, none of its
+    errors was raised)."""
     text, stored = sys.modules.get("nnkit.config.text"), sys.modules.get("nnkit.checkpoint")
+    model = sys.modules.get("nnkit.model")
     return ((text is not None and isinstance(error, text.ConfigError))
-            or (stored is not None and isinstance(error, stored.CheckpointError)))
+            or (stored is not None and isinstance(error, stored.CheckpointError))
+            or (model is not None and isinstance(error, model.LayerShapeError)))
 
 
 def _is_checkpoint(path: str) -> bool:

@@ -17,10 +17,13 @@ class RunningMeans:
 
     Args:
         skip: keys that are not averaged (counters and settings such as ``batch`` or ``lr``).
+        keys: the keys of :meth:`add_row`'s values, in order (for callers adding the same
+            keys every batch, such as the loss layer, without building a dict per batch).
     """
 
-    def __init__(self, skip: Iterable[str] = ()) -> None:
+    def __init__(self, skip: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
         self.skip = frozenset(skip)
+        self.keys = tuple(keys)
         self.count = 0
         self.sums: dict[str, float] = {}
 
@@ -28,8 +31,20 @@ class RunningMeans:
         """Adds one batch: every number in ``values`` (None and skipped keys are left out)."""
         self.count += weight
         for key, value in values.items():
-            if key not in self.skip and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+            self._add(key, value, weight)
+
+    def add_row(self, weight: int, *values: Any) -> None:
+        """Adds one batch given as values of :attr:`keys`, in order: the same as
+        ``add(dict(zip(keys, values)), weight)``."""
+        if len(values) != len(self.keys):
+            raise ValueError(f"add_row: got {len(values)} values for the keys {self.keys}")
+        self.count += weight
+        for key, value in zip(self.keys, values):
+            self._add(key, value, weight)
+
+    def _add(self, key: str, value: Any, weight: int) -> None:
+        if key not in self.skip and isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
 
     def means(self) -> dict[str, float]:
         """The weighted mean of each key so far (empty before the first :meth:`add`)."""

@@ -55,6 +55,39 @@ def _config_bridge() -> ConfigBridge:
     return _bridge
 
 
+class LayerShapeError(ValueError):
+    """A layer of a model does not fit the input the layers below it give it.
+
+    Raised by :meth:`Sequential.shapes` (so by ``build``), from the layer's own error (its
+    ``__cause__``). A ValueError, as that error was.
+
+    Attributes:
+        layer_name: the layer's name.
+        layer_type: its class name.
+        layer_index: its index in ``model.layers`` (0 is the input layer).
+        input_shape: the per-example shape it was given (without the batch axis).
+        reason: what the layer said is wrong.
+    """
+
+    def __init__(self, model_name: str, layer_index: int, layer: Layer,
+                 input_shape: tuple[int, ...], reason: str) -> None:
+        self.layer_name, self.layer_type = layer.name, type(layer).__name__
+        self.layer_index, self.input_shape = layer_index, tuple(input_shape)
+        self.reason = reason.removeprefix(f"{layer.describe()}: ")  # named once, below
+        super().__init__(f"{model_name}: layer {layer_index}, {self.layer}, does not fit its "
+                         f"input of shape {self.batch_shape}: {self.reason}")
+
+    @property
+    def layer(self) -> str:
+        """``Type 'name'``, as layers name themselves in errors."""
+        return f"{self.layer_type} '{self.layer_name}'"
+
+    @property
+    def batch_shape(self) -> str:
+        """The input shape with its batch axis: ``(batch, 1, 28, 28)``."""
+        return f"(batch, {', '.join(map(str, self.input_shape))})"
+
+
 def _class_config(obj: Any) -> dict[str, Any]:
     return {"class_name": type(obj).__name__, "config": obj.get_config()}
 
@@ -88,6 +121,28 @@ def _first_nonfinite_example(data: Any, dtype: np.dtype) -> int | None:
         array = np.asarray(data).astype(dtype, copy=False)
     bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     return int(np.argmax(bad)) if bad.any() else None
+
+
+def _untimed(phase: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Calls ``fn(*args)``: the step's per-layer calls when nobody times them."""
+    return fn(*args)
+
+
+class _LayerTimer:
+    """Calls ``fn(*args)`` and adds its seconds to ``times[phase][name]`` (``profile_step``)."""
+
+    PHASES = ("forward", "backward", "update")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        names = list(names)
+        self.times = {phase: dict.fromkeys(names, 0.0) for phase in self.PHASES}
+
+    def __call__(self, phase: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.times[phase][name] += time.perf_counter() - start
 
 
 def _hand_settings(updater: updaters_module.Updater) -> tuple:
@@ -236,8 +291,8 @@ class Sequential:
         """``(input shape, output shape)`` per layer, without the batch axis: the one shape walk.
 
         Works before the model is built (nothing is allocated); ``input_shape`` defaults to the
-        model's. A layer that does not fit its input raises its own error naming it, with the
-        layer's index and input shape attached as ``layer_index`` and ``input_shape``.
+        model's. A layer that does not fit its input raises :class:`LayerShapeError` naming
+        the layer, its index and its input shape.
         """
         shape = tuple(input_shape or self.input_shape or ())
         if not shape:
@@ -247,8 +302,7 @@ class Sequential:
             try:
                 out = tuple(layer.output_shape(shape))
             except (TypeError, ValueError) as e:
-                e.layer_index, e.input_shape = i, shape  # for callers that place errors (configs)
-                raise
+                raise LayerShapeError(self.name, i, layer, shape, str(e)) from e
             walk.append((shape, out))
             shape = out
         return walk
@@ -352,24 +406,26 @@ class Sequential:
             y = np.asarray(y)
             label.Feed(y.shape if y.ndim > 1 else (len(y), 1), y)
 
-    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+    def _forward(self, x: np.ndarray, training: bool, call: Callable[..., Any] = _untimed) -> np.ndarray:
+        """The forward pass; ``call`` runs each layer's ComputeFeature (a timer may wrap it)."""
         self._set_training(training)
         self._feed(x)
         for below, layer in zip(self.layers, self.layers[1:]):
-            layer.ComputeFeature(below)
+            call("forward", layer.name, layer.ComputeFeature, below)
         return self.layers[-1].data
 
-    def _criteria(self, y: np.ndarray) -> dict[str, Any]:
+    def _criteria(self, y: np.ndarray, call: Callable[..., Any] = _untimed) -> dict[str, Any]:
+        """The loss and the metrics of the last forward pass against ``y``, as logs."""
         label = self.label_layer
         self._feed_labels(y)
-        top = self.layers[-1]
-        self.loss_layer.ComputeFeature(top, label)
-        logs: dict[str, Any] = {"size": int(top.data.shape[0]), "loss": self.loss_layer.loss}
+        top, loss = self.layers[-1], self.loss_layer
+        call("forward", loss.name, loss.ComputeFeature, top, label)
+        logs: dict[str, Any] = {"size": int(top.data.shape[0]), "loss": loss.loss}
         for name, metric in self.metrics:
             if metric is None:
-                logs[name] = self.loss_layer.accuracy
+                logs[name] = loss.accuracy
             else:
-                metric.ComputeFeature(top, label)
+                call("forward", metric.name, metric.ComputeFeature, top, label)
                 logs[name] = metric.accuracy
         return logs
 
@@ -384,11 +440,12 @@ class Sequential:
 
         * the data (only when an input layer refuses it) and the loss, right after the forward
           pass (free);
-        * every parameter gradient, after the whole backward pass and before any update
-          (every gradient is computed first, then every layer is updated; one read of the
-          gradients);
-        * every parameter, after the update (one read), for an update that overflowed (a huge
-          learning rate). Undoing it needs a copy of the parameters and updater state taken
+        * every parameter gradient, each layer's right after its ComputeGradient (while it is
+          in the cache) and before any update (every gradient is computed first, then every
+          layer is updated);
+        * every parameter, after the update, for an update that overflowed (a huge learning
+          rate): the update kernels check each value as they write it (no second read, see
+          ``Updater.Update``). Undoing it needs a copy of the parameters and updater state taken
           before the update, which is taken only on the model's first batch and when the hand
           settings changed since the last batch (``updater.lr = ...``, a ``set`` command,
           decay, momentum, clipping). Without a copy the error has ``restored=False``: that
@@ -399,6 +456,13 @@ class Sequential:
         the copy if there is one; otherwise :attr:`half_updated` is set: some layers are
         updated and others not.
         """
+        return self._train_step(x, y, step, _untimed)
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray, step: int | None,
+                    call: Callable[..., Any]) -> dict[str, Any]:
+        """The one training step (see :meth:`train_on_batch`): ``call(phase, name, fn, *args)``
+        runs every layer's ComputeFeature, ComputeGradient and Update (``profile_step`` times
+        them), so profiling walks the step exactly as training does, checks included."""
         self._ensure_ready(x)
         if step is None:
             step = (self.updater.last_step or 0) + 1
@@ -407,8 +471,8 @@ class Sequential:
         updating = False
         try:
             try:
-                self._forward(x, training=True)
-                logs = self._criteria(y)
+                self._forward(x, True, call)
+                logs = self._criteria(y, call)
             except ValueError as exc:  # input layers refuse NaN/inf data: a non-finite batch too
                 nonfinite = self._nonfinite_data(x, y, step)
                 if nonfinite is None:
@@ -417,23 +481,31 @@ class Sequential:
             if not math.isfinite(logs["loss"]):
                 raise NonFiniteLossError(f"loss is {logs['loss']} (step {step})", what="loss",
                                          value=logs["loss"], step=step)
-            self.loss_layer.ComputeGradient()
+            call("backward", self.loss_layer.name, self.loss_layer.ComputeGradient)
             for layer in reversed(self.layers[1:]):
-                layer.ComputeGradient()
-            bad = _first_nonfinite(self.params, "grad")
-            if bad is not None:
-                raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite (step {step})",
-                                         what="gradient", where=bad.full_name, step=step)
+                call("backward", layer.name, layer.ComputeGradient)
+                # Checked while they are still in the cache, and before any update.
+                bad = _first_nonfinite(layer.params, "grad")
+                if bad is not None:
+                    raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite "
+                                             f"(step {step})", what="gradient",
+                                             where=bad.full_name, step=step)
             updating = True
             self.half_updated = True
+            finite = True
             for layer in reversed(self.layers[1:]):
-                self.updater.Update(step, layer)
+                # Update checks every value it writes: no second read of the parameters.
+                wrote_finite = call("update", layer.name, self.updater.Update, step, layer)
+                if wrote_finite is None:  # an Update that does not say (a subclass's)
+                    wrote_finite = _first_nonfinite(layer.params) is None
+                finite = finite and wrote_finite
             self.half_updated = False
-            bad = _first_nonfinite(self.params)
-            if bad is not None:
-                raise NonFiniteLossError(f"{bad.full_name} is not finite after the update (step "
+            if not finite:
+                bad = _first_nonfinite(self.params)
+                where = "a parameter" if bad is None else bad.full_name
+                raise NonFiniteLossError(f"{where} is not finite after the update (step "
                                          f"{step}, lr {self.updater.lr:g})", what="parameter",
-                                         where=bad.full_name, step=step)
+                                         where=where, step=step)
         except BaseException as exc:
             restored = guard.restore(updating)
             if restored:
@@ -459,35 +531,20 @@ class Sequential:
 
     def profile_step(self, x: np.ndarray, y: np.ndarray, step: int | None = None
                      ) -> dict[str, dict[str, float]]:
-        """One training step through the per-layer API, timed layer by layer (``nnkit time``).
+        """One training step, timed layer by layer (``nnkit time``): the step of
+        :meth:`train_on_batch`, with its checks in the same order (a non-finite batch raises
+        NonFiniteLossError the same way), with a timer around every layer's call.
 
-        Returns ``{"forward": {layer: s}, "backward": {...}, "update": {...}}`` in seconds; the
-        loss counts as a layer. The step is a real one: parameters are updated.
+        Returns ``{"forward": {layer: s}, "backward": {...}, "update": {...}}`` in seconds;
+        the loss and the metric layers count as layers. The checks are in no layer's time.
+        The step is a real one: parameters are updated.
         """
         self._ensure_ready(x)
-        if step is None:
-            step = (self.updater.last_step or 0) + 1
         names = [layer.name for layer in self.layers[1:]] + [self.loss_layer.name]
-        times = {phase: dict.fromkeys(names, 0.0) for phase in ("forward", "backward", "update")}
-        clock = time.perf_counter
-
-        def timed(phase: str, name: str, fn: Callable[..., Any], *args: Any) -> None:
-            t0 = clock()
-            fn(*args)
-            times[phase][name] += clock() - t0
-
-        self._set_training(True)
-        self._feed(x)
-        for below, layer in zip(self.layers, self.layers[1:]):
-            timed("forward", layer.name, layer.ComputeFeature, below)
-        self._feed_labels(y)
-        loss = self.loss_layer
-        timed("forward", loss.name, loss.ComputeFeature, self.layers[-1], self.label_layer)
-        timed("backward", loss.name, loss.ComputeGradient)
-        for layer in reversed(self.layers[1:]):
-            timed("backward", layer.name, layer.ComputeGradient)
-            timed("update", layer.name, self.updater.Update, step, layer)
-        return times
+        names += [metric.name for _, metric in self.metrics if metric is not None]
+        timer = _LayerTimer(names)
+        self._train_step(x, y, step, timer)
+        return timer.times
 
     def test_on_batch(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """Loss and metrics on one batch in evaluation mode (no update)."""

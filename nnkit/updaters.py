@@ -143,18 +143,28 @@ class Updater:
         return self.schedule.base_lr
 
     # ----------------------------------------------------------------- the update
-    def Update(self, step: int, layer: HasParams) -> None:
-        """Applies one update, at training step ``step``, to every param of ``layer``."""
+    def Update(self, step: int, layer: HasParams) -> bool:
+        """Applies one update, at training step ``step``, to every param of ``layer``.
+
+        Returns True if every value written is finite, False if the update overflowed (or
+        was fed a NaN or an infinity): the kernels check each value as they write it, so
+        finding a bad step costs no second read of the parameters.
+        """
         # Check every param first, so that an error never leaves the layer half-updated.
         views = [self._flat_views(p) for p in layer.params]
         states = [self._state(p) for p in layer.params]
         self.last_step = int(step)
         base = self.lr
+        finite = True
         for p, (w, g), state in zip(layer.params, views, states):
             state.count += 1
             if self.clip_norm is not None or self.clip_value is not None:
                 g = self._clip(g, state)
-            self._apply(w, g, base * p.lr_mult, self.decay * p.wd_mult, state)
+            wrote_finite = self._apply(w, g, base * p.lr_mult, self.decay * p.wd_mult, state)
+            if wrote_finite is None:  # a rule that does not say (a subclass's): read what it wrote
+                wrote_finite = _kernel.all_finite(w)
+            finite = finite and bool(wrote_finite)
+        return finite
 
     def _flat_views(self, p: Param) -> tuple[np.ndarray, np.ndarray]:
         """1-D views of ``p.data`` (must be a writable view) and ``p.grad``, checked."""
@@ -208,8 +218,12 @@ class Updater:
         return buf
 
     def _apply(self, w: np.ndarray, g: np.ndarray, lr: float, wd: float,
-               state: _ParamState) -> None:
-        """Applies the rule to flat ``w`` in place; ``state.count`` already includes this update."""
+               state: _ParamState) -> bool | None:
+        """Applies the rule to flat ``w`` in place; ``state.count`` already includes this update.
+
+        Returns True if every value written into ``w`` is finite (what the kernels return),
+        or None if the rule does not tell (``Update`` then reads ``w`` to find out).
+        """
         raise NotImplementedError
 
     # ----------------------------------------------------------------- config and state
@@ -297,11 +311,10 @@ class SGD(Updater):
         self.slot_names = ("momentum",) if self.momentum else ()
 
     def _apply(self, w: np.ndarray, g: np.ndarray, lr: float, wd: float,
-               state: _ParamState) -> None:
+               state: _ParamState) -> bool:
         if self.momentum:
-            _kernel.sgd_momentum(w, g, state.flat["momentum"], lr, wd, self.momentum)
-        else:
-            _kernel.sgd(w, g, lr, wd)
+            return _kernel.sgd_momentum(w, g, state.flat["momentum"], lr, wd, self.momentum)
+        return _kernel.sgd(w, g, lr, wd)
 
 
 class Nesterov(Updater):
@@ -319,8 +332,8 @@ class Nesterov(Updater):
         self.momentum = self._check("momentum", momentum, low=0.0, high=1.0)
 
     def _apply(self, w: np.ndarray, g: np.ndarray, lr: float, wd: float,
-               state: _ParamState) -> None:
-        _kernel.nesterov(w, g, state.flat["momentum"], lr, wd, self.momentum)
+               state: _ParamState) -> bool:
+        return _kernel.nesterov(w, g, state.flat["momentum"], lr, wd, self.momentum)
 
 
 class AdaGrad(Updater):
@@ -338,8 +351,8 @@ class AdaGrad(Updater):
         self.epsilon = self._check("epsilon", epsilon, low=0.0, strict=True)
 
     def _apply(self, w: np.ndarray, g: np.ndarray, lr: float, wd: float,
-               state: _ParamState) -> None:
-        _kernel.adagrad(w, g, state.flat["sum_sq_grad"], lr, wd, self.epsilon)
+               state: _ParamState) -> bool:
+        return _kernel.adagrad(w, g, state.flat["sum_sq_grad"], lr, wd, self.epsilon)
 
 
 class RMSProp(Updater):
@@ -358,8 +371,8 @@ class RMSProp(Updater):
         self.epsilon = self._check("epsilon", epsilon, low=0.0, strict=True)
 
     def _apply(self, w: np.ndarray, g: np.ndarray, lr: float, wd: float,
-               state: _ParamState) -> None:
-        _kernel.rmsprop(w, g, state.flat["mean_sq_grad"], lr, wd, self.rho, self.epsilon)
+               state: _ParamState) -> bool:
+        return _kernel.rmsprop(w, g, state.flat["mean_sq_grad"], lr, wd, self.rho, self.epsilon)
 
 
 class AdaDelta(Updater):
@@ -379,8 +392,8 @@ class AdaDelta(Updater):
         self.epsilon = self._check("epsilon", epsilon, low=0.0, strict=True)
 
     def _apply(self, w: np.ndarray, g: np.ndarray, lr: float, wd: float,
-               state: _ParamState) -> None:
-        _kernel.adadelta(w, g, state.flat["mean_sq_grad"], state.flat["mean_sq_delta"],
+               state: _ParamState) -> bool:
+        return _kernel.adadelta(w, g, state.flat["mean_sq_grad"], state.flat["mean_sq_delta"],
                          lr, wd, self.rho, self.epsilon)
 
 
@@ -404,9 +417,9 @@ class Adam(Updater):
         self.epsilon = self._check("epsilon", epsilon, low=0.0, strict=True)
 
     def _apply(self, w: np.ndarray, g: np.ndarray, lr: float, wd: float,
-               state: _ParamState) -> None:
+               state: _ParamState) -> bool:
         t = state.count
-        _kernel.adam(w, g, state.flat["m"], state.flat["v"], lr, wd, self.beta1, self.beta2,
+        return _kernel.adam(w, g, state.flat["m"], state.flat["v"], lr, wd, self.beta1, self.beta2,
                      self.epsilon, 1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t)
 
 

@@ -241,6 +241,20 @@ def test_debug_works_after_the_command_too(job_file, tmp_path, capsys):
     assert "Traceback" in done.stderr and "NonFiniteLossError" in done.stderr
 
 
+def test_a_stored_model_whose_layers_do_not_fit_exits_2_naming_the_layer_and_shapes(tmp_path):
+    model = Sequential([nnkit.ImageInput(8, 8, 1), nnkit.Convolution2D(2, 3, name="conv")], seed=0)
+    model.compile(loss="euclideanloss", metrics=())
+    model.build()
+    tree = {"model": model.checkpoint_tree(), "trainer": {}}
+    tree["model"]["proto"] = None  # rebuilt from the dict config, whose input is now too small
+    tree["model"]["config"]["layers"][0]["config"].update(height=2)
+    nnkit.checkpoint.save_tree(tmp_path / "bad.h5", tree)
+    done = nnkit_cli("show", tmp_path / "bad.h5", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert ("layer 1, Convolution2D 'conv', does not fit its input of shape (batch, 1, 2, 8): "
+            "kernel (3, 3) is larger than the padded input") in done.stderr, done.stderr
+
+
 def test_show_into_a_closed_pipe_exits_quietly(tmp_path):
     model = Sequential([Dense(2)], input_shape=(3,))
     model.compile()

@@ -246,7 +246,8 @@ def test_the_base_config_is_valid():
     ("output_dim: 10", "bias: false", "6", "model.layer[2].dense.output_dim", "missing value"),
     ("layer { activation { type: relu } }", "layer { name: 'a' }", "5", "model.layer[1]",
      "the layer has no type"),
-    ("kernel: 5", "kernel: 31", "4", "model.layer[0]", r"does not fit its input of shape \(batch, 1, 28, 28\)"),
+    ("kernel: 5", "kernel: 31", "4", "model.layer[0]",
+     r"Convolution2D 'convolution2d' does not fit its input of shape \(batch, 1, 28, 28\): kernel \(31, 31\)"),
     ("output_dim: 10", "output_dim: 12", "6", "model.layer[2]", "outputs 12 scores but mnist has 10"),
     ("step_lr: [0.1, 0.01]", "step_lr: [0.1, 0.01, 0.001]", "11", "updater.step_lr",
      "step has 2 entries but step_lr has 3"),
@@ -431,6 +432,27 @@ def test_a_model_needing_more_memory_than_the_limit_is_refused_unallocated(monke
         with pytest.raises(ConfigError, match="must be a number of bytes") as info:
             job_from_text(SANE, "s.conf", check_data=False)
         assert info.value.location == "$NNKIT_MAX_MODEL_BYTES"
+
+
+def test_validate_returns_the_checked_model_and_build_model_makes_a_new_one_each_time():
+    job = load_job(EXAMPLES / "mnist_mlp.conf", check_data=False)
+    checked = job.validate(check_data=False)
+    assert checked.loss_layer is not None and checked.updater is not None  # compiled
+    assert not checked.built and all(p.data is None for p in checked.params)  # nothing allocated
+    first, second = job.build_model(), job.build_model()
+    assert first is not second and first.built and second.built
+    assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
+    first.layers[1].params[0].data[...] = 0  # nothing is shared, nothing is kept by the job
+    assert job.build_model().get_weights()[0].any()
+
+
+def test_build_model_validates_with_the_jobs_memory_limit():
+    text = SANE.replace("nb_filter: 2", "nb_filter: 20000000")  # 2 TB, never allocated here
+    job = job_from_text(text, "s.conf", check_data=False, max_model_bytes=10**13)
+    assert not job.build_model(build=False).built  # the limit given to job_from_text holds
+    job.max_model_bytes = None
+    with pytest.raises(ConfigError, match="would need"):
+        job.build_model(build=False)
 
 
 def test_a_stored_job_too_large_is_refused_before_its_model_is_built(monkeypatch):

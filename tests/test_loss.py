@@ -4,6 +4,7 @@ import pytest
 
 from gradcheck import Source, numerical_gradient
 from nnkit.layers import Accuracy, Loss
+from nnkit.layers.loss import LOSSES
 
 
 class NoGradSource(Source):
@@ -222,3 +223,18 @@ def test_unknown_loss_and_bad_topk():
         Accuracy(0, name="acc")
     with pytest.raises(ValueError, match=r"Accuracy 'acc': topk=5 exceeds the 4 classes"):
         compute(Accuracy(5, name="acc"), SCORES, LABELS)
+
+
+@pytest.mark.parametrize("lossname", LOSSES)
+def test_display_is_exactly_the_batch_size_weighted_mean_of_the_batch_values(lossname, capsys):
+    loss, rng = Loss(lossname), np.random.default_rng(3)
+    loss_sum = acc_sum = 0.0
+    for n in (5, 1, 7, 3):
+        x = rng.standard_normal((n, 4))
+        y = rng.integers(0, 4, n) if lossname == "softmaxloss" else rng.standard_normal((n, 4))
+        loss.ComputeFeature(Source(x), NoGradSource(y))
+        loss_sum += loss.loss * n  # the Keras rule, summed in batch order
+        acc_sum += (loss.accuracy or 0.0) * n
+    mean_loss, mean_acc = loss.display()
+    assert mean_loss == loss_sum / 16  # bitwise: the same sums in the same order
+    assert mean_acc == (acc_sum / 16 if lossname == "softmaxloss" else None)

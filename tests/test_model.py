@@ -1,11 +1,13 @@
 """Sequential: building, naming, compile/fit/evaluate/predict, weights, config round trips."""
 import io
+import re
 
 import numpy as np
 import pytest
 
 from nnkit import (SGD, Accuracy, Activation, Convolution2D, Dense, Dropout, ImageInput, LabelInput,
                    Loss, MaxPooling2D, Sequential)
+from nnkit.model import LayerShapeError
 
 
 def toy_data(n=256, d=20, classes=4, seed=0):
@@ -55,6 +57,28 @@ def test_names_are_unique_per_model_without_global_counters():
     named = Sequential([Dense(3, name="dense_1"), Dense(3)], input_shape=(4,))
     named.build()
     assert [l.name for l in named.layers[1:]] == ["dense_1", "dense_2"]
+
+
+@pytest.mark.parametrize("layers, input_shape, index, layer, shape, reason", [
+    ([Dense(3), Convolution2D(2, 3, name="conv")], (4,), 2, "Convolution2D 'conv'", (3,),
+     r"expects 4-D input \(batch, channels, height, width\), got 2-D input"),
+    ([ImageInput(4, 4, 1), MaxPooling2D(5, 1, name="pool")], None, 1, "MaxPooling2D 'pool'",
+     (1, 4, 4), "too small"),
+])
+def test_a_layer_that_does_not_fit_its_input_raises_layer_shape_error_naming_it_and_the_shape(
+        layers, input_shape, index, layer, shape, reason):
+    model = Sequential(layers, name="net", input_shape=input_shape)
+    with pytest.raises(LayerShapeError) as info:
+        model.build()
+    e = info.value
+    assert isinstance(e, ValueError)  # what the layer raised: callers catching it keep working
+    text = f"(batch, {', '.join(map(str, shape))})"
+    assert (e.layer_index, e.layer, e.input_shape, e.batch_shape) == (index, layer, shape, text)
+    assert e.layer_name == model.layers[index].name
+    assert str(e).startswith(f"net: layer {index}, {layer}, does not fit its input of shape {text}: ")
+    assert re.search(reason, e.reason) and not e.reason.startswith(layer)  # the layer named once
+    assert isinstance(e.__cause__, ValueError) and str(e.__cause__).startswith(layer)
+    assert not model.built
 
 
 def test_summary_lists_layers_shapes_and_params():
@@ -183,3 +207,61 @@ def test_config_round_trip_gives_same_config_and_initial_weights():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="unknown layer 'Evil'"):
         Sequential.from_config({**config, "layers": [{"class_name": "Evil", "config": {}}]})
+
+
+def _record_calls(model, monkeypatch):
+    """Logs every ComputeFeature, ComputeGradient and Update of the model's layers, in order."""
+    calls = []
+    for layer in [*model.layers[1:], model.loss_layer]:
+        for method in ("ComputeFeature", "ComputeGradient"):
+            def spy(*args, _layer=layer, _method=method, _real=getattr(layer, method)):
+                calls.append((_method, _layer.name))
+                return _real(*args)
+            monkeypatch.setattr(layer, method, spy)
+    real_update = model.updater.Update
+
+    def update(step, layer):
+        calls.append(("Update", layer.name))
+        return real_update(step, layer)
+    monkeypatch.setattr(model.updater, "Update", update)
+    return calls
+
+
+def test_profile_step_is_the_training_step_timed_layer_by_layer(monkeypatch):
+    x, y = toy_data(32)
+    trained, profiled = mlp(dropout=0.2), mlp(dropout=0.2)
+    trained.compile(SGD(lr=0.05, momentum=0.9), "softmaxloss", ["accuracy", Accuracy(topk=2)])
+    profiled.compile(SGD(lr=0.05, momentum=0.9), "softmaxloss", ["accuracy", Accuracy(topk=2)])
+    for model in (trained, profiled):
+        model.build()
+    trained_calls, profiled_calls = _record_calls(trained, monkeypatch), _record_calls(profiled, monkeypatch)
+    trained.train_on_batch(x, y, step=1)
+    times = profiled.profile_step(x, y, step=1)
+    assert profiled_calls == trained_calls  # the same walk: every gradient, then every update
+    assert trained_calls.index(("Update", "dense_2")) > trained_calls.index(("ComputeGradient", "dense_1"))
+    for a, b in zip(trained.get_weights(), profiled.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    names = ["dense_1", "activation_1", "dropout_1", "dense_2", "loss", "accuracy"]
+    assert {phase: list(t) for phase, t in times.items()} == dict.fromkeys(
+        ("forward", "backward", "update"), names)
+    assert all(times["forward"][n] > 0 for n in names) and times["update"]["dense_1"] > 0
+
+
+def test_profile_step_refuses_a_non_finite_gradient_before_any_update_as_training_does(monkeypatch):
+    from nnkit.training import NonFiniteLossError
+    x, y = toy_data(32)
+    model = mlp()
+    model.profile_step(x, y, step=1)
+    before = model.get_weights()
+    first = model.layers[1]
+    backward = type(first).ComputeGradient
+
+    def poisoned(self):
+        backward(self)
+        self.params[0].grad[0, 0] = np.nan
+    monkeypatch.setattr(first, "ComputeGradient", poisoned.__get__(first))
+    with pytest.raises(NonFiniteLossError, match=rf"the gradient of {first.name}/weight is not finite"):
+        model.profile_step(x, y, step=2)
+    for a, b in zip(model.get_weights(), before):  # dense_2, updated first, is untouched too
+        np.testing.assert_array_equal(a, b)
+    assert model.updater.last_step == 1

@@ -394,3 +394,18 @@ def test_nnkit_train_pauses_on_a_non_finite_batch_and_ctl_steers_it_out(tmp_path
     assert "non-finite batch: dense_1/weight is not finite after the update" in watched.stdout
     commands = [e["command"] for e in events_of(run_dir) if e["type"] == "ack"]
     assert commands == ["set", "set", "run_until", "resume"]
+
+
+def test_an_update_that_does_not_say_whether_it_stayed_finite_is_checked_by_reading_the_params():
+    class Quiet(SGD):  # a user's updater: its Update returns nothing
+        def Update(self, step, layer):
+            super().Update(step, layer)
+            if step == 3 and layer.params:
+                layer.params[-1].data[-1] = np.nan
+    x, y = toy_data()
+    model = Sequential_three_dense()
+    model.compile(Quiet(lr=0.05, momentum=0.9), "softmaxloss", ["accuracy"])
+    model.fit(x, y, batch_size=BATCH, steps=2, verbose=0)
+    with pytest.raises(NonFiniteLossError, match=r"/bias is not finite after the update \(step 3") as failure:
+        model.train_on_batch(x[:BATCH], y[:BATCH], step=3)
+    assert failure.value.what == "parameter" and failure.value.restored is False

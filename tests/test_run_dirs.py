@@ -18,28 +18,15 @@ from nnkit.datasets import load_mnist
 from nnkit.training import ModelCheckpoint
 from nnkit.training.checkpoints import (RunDirectoryInUse, clear_run_dir, latest_checkpoint,
                                         resolve_checkpoint, run_checkpoints, step_checkpoints)
+from test_cli import SMALL_JOB
 from test_model import mlp, toy_data
 
 needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
 
-JOB = """name: "small"
-seed: 1
-model {{
-  layer {{ image_input {{ height: 28 width: 28 }} }}
-  layer {{ dense {{ output_dim: 16 }} }}
-  layer {{ activation {{ type: relu }} }}
-  layer {{ dense {{ output_dim: 10 }} }}
-}}
-updater {{ lr: 0.1 momentum: 0.9 }}
-data {{
-  dataset: "mnist"
-  dir: "{data}"
-  scale: 0.00392156862745098
-  train {{ batch_size: 32 limit: 640 }}
-  test {{ batch_size: 250 limit: 250 }}
-}}
-run {{ steps: {steps} display_freq: 5 checkpoint_freq: 5 run_dir: "{runs}" }}
-"""
+# test_cli's SMALL_JOB with this module's sizes: 640 train examples (20 batches of 32 per
+# epoch), steps and checkpoints every 5 (run.steps=10 by default; a later --set wins).
+SMALL = ("--set", "data.train.limit=640", "--set", "data.test.limit=250", "--set", "run.test_freq=0",
+         "--set", "run.checkpoint_freq=5", "--set", "run.steps=10")
 
 
 def names(run_dir: Path) -> list[str]:
@@ -53,10 +40,15 @@ def cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=300)
 
 
+def train(job_file: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+    """``nnkit train JOB_FILE`` with this module's sizes (:data:`SMALL`), then ``args``."""
+    return cli("train", job_file, *SMALL, *args, cwd=cwd)
+
+
 @pytest.fixture
 def job_file(tmp_path: Path) -> Path:
     path = tmp_path / "small.conf"
-    path.write_text(JOB.format(data=DATA, runs=tmp_path / "runs", steps=10))
+    path.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
     return path
 
 
@@ -152,58 +144,58 @@ def test_fit_from_python_refuses_another_runs_directory_and_resume_auto_continue
 @needs_mnist
 def test_nnkit_train_refuses_a_used_run_dir_and_resume_auto_or_overwrite_proceed(job_file, tmp_path):
     run_dir = tmp_path / "run"
-    done = cli("train", job_file, "--run-dir", run_dir, cwd=tmp_path)
+    done = train(job_file, "--run-dir", run_dir, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert [s for s, _ in step_checkpoints(run_dir)] == [5, 10]
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
 
-    done = cli("train", job_file, "--run-dir", run_dir, "--set", "run.steps=15", cwd=tmp_path)
+    done = train(job_file, "--run-dir", run_dir, "--set", "run.steps=15", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "holds the checkpoints of an earlier run (checkpoint-5.h5, checkpoint-10.h5)" in done.stderr
     assert "--resume auto" in done.stderr and "--overwrite" in done.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # untouched
 
     # The same command again after a crash (or with more steps) just continues.
-    command = ("train", job_file, "--run-dir", run_dir, "--set", "run.steps=20", "--resume", "auto")
-    done = cli(*command, cwd=tmp_path)
+    done = train(job_file, "--run-dir", run_dir, "--set", "run.steps=20", "--resume", "auto", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"continuing from {run_dir / 'checkpoint-10.h5'}" in done.stderr
     assert [s for s, _ in step_checkpoints(run_dir)] == [10, 15, 20]
-    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 20
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["step"], metrics["epoch"]) == (20, 1)  # 20 batches of 32: one whole epoch
 
     done = cli("eval", run_dir, "--json", cwd=tmp_path)  # a run directory means its latest
     assert done.returncode == 0 and json.loads(done.stdout)["step"] == 20, done.stderr
     done = cli("show", run_dir, cwd=tmp_path)
     assert done.returncode == 0 and f"checkpoint {run_dir / 'checkpoint-20.h5'}: step 20" in done.stdout
 
-    done = cli("train", job_file, "--run-dir", run_dir, "--overwrite", "--set", "run.steps=5", cwd=tmp_path)
+    done = train(job_file, "--run-dir", run_dir, "--overwrite", "--set", "run.steps=5", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert [s for s, _ in step_checkpoints(run_dir)] == [5]
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert len({e["run"] for e in events}) == 1  # the old run's log went with its checkpoints
 
     fresh = tmp_path / "fresh"
-    done = cli("train", job_file, "--run-dir", fresh, "--resume", "auto", cwd=tmp_path)
+    done = train(job_file, "--run-dir", fresh, "--resume", "auto", cwd=tmp_path)
     assert done.returncode == 0 and "no checkpoint there, starting afresh" in done.stderr, done.stderr
     for args, message in [(("--resume", "auto"), "--resume auto .* give --run-dir"),
                           (("--run-dir", run_dir, "--resume", "auto", "--overwrite"), "give one of them"),
                           (("--run-dir", run_dir, "--keep-checkpoints", "0"), "must be >= 1"),
                           (("--resume", tmp_path), "a directory without checkpoints")]:
-        done = cli("train", job_file, *args, cwd=tmp_path)
+        done = train(job_file, *args, cwd=tmp_path)
         assert done.returncode == 2 and re.search(message, done.stderr), (args, done.stderr)
 
 
 @needs_mnist
 def test_an_old_run_directory_with_checkpoint_h5_still_resumes(job_file, tmp_path):
     run_dir = tmp_path / "old"
-    assert cli("train", job_file, "--run-dir", run_dir, cwd=tmp_path).returncode == 0
+    assert train(job_file, "--run-dir", run_dir, cwd=tmp_path).returncode == 0
     # What a run before step names left: one checkpoint.h5, no latest.
     (run_dir / "checkpoint-10.h5").rename(run_dir / "checkpoint.h5")
     (run_dir / "checkpoint-5.h5").unlink()
     (run_dir / "latest").unlink()
-    done = cli("train", job_file, "--run-dir", run_dir, cwd=tmp_path)
+    done = train(job_file, "--run-dir", run_dir, cwd=tmp_path)
     assert done.returncode == 2 and "checkpoint.h5" in done.stderr
-    done = cli("train", job_file, "--resume", run_dir / "checkpoint.h5", "--set", "run.steps=15",
+    done = train(job_file, "--resume", run_dir / "checkpoint.h5", "--set", "run.steps=15",
                cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert latest_checkpoint(run_dir) == run_dir / "checkpoint-15.h5"
@@ -215,7 +207,7 @@ def test_an_old_run_directory_with_checkpoint_h5_still_resumes(job_file, tmp_pat
 # ================================================================== data checked when loaded
 def test_a_job_parses_and_validates_without_its_data(tmp_path):
     path = tmp_path / "j.conf"
-    path.write_text(JOB.format(data="/no/such/folder", runs=tmp_path / "runs", steps=10))
+    path.write_text(SMALL_JOB.format(data="/no/such/folder", runs=tmp_path / "runs"))
     job = load_job(path)  # no data needed to read, check and build the job
     assert job.build_model().params  # built, parameters allocated
     with pytest.raises(ConfigError, match="data folder /no/such/folder does not exist") as info:

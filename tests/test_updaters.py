@@ -465,3 +465,55 @@ def test_torch_parity(make, name, kwargs) -> None:
         opt.step()
     for p, t in zip(layer.params, tparams):
         np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------- the finiteness checks
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_finite_matches_numpy(dtype) -> None:
+    from nnkit._kernels.update import all_finite
+    rng = np.random.default_rng(7)
+    big = np.finfo(dtype).max
+    assert all_finite(np.empty(0, dtype))
+    for n in (1, 2, 7, 8, 15, 16, 17, 63, 64, 65, 1001):  # around any vector width
+        a = rng.standard_normal(n).astype(dtype)
+        a[rng.integers(0, n)] = big  # finite: a dot product of this overflows, the check must not
+        a[rng.integers(0, n)] = np.finfo(dtype).smallest_subnormal
+        assert all_finite(a) is True
+        for bad in (np.nan, np.inf, -np.inf):
+            for where in {0, n // 2, n - 1}:
+                b = a.copy()
+                b[where] = bad
+                assert all_finite(b) is bool(np.isfinite(b).all()) is False, (n, bad, where)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind, cls, hp", RULES, ids=RULE_IDS)
+def test_update_says_whether_every_value_it_wrote_is_finite(kind, cls, hp, dtype) -> None:
+    layer = make_layer(dtype=dtype)
+    upd = make_updater(cls, hp)
+    set_grads(layer, 0)
+    assert upd.Update(1, layer) is True
+    for where in ((0, 0), (2, 3)):  # a NaN gradient reaches the value written, wherever it is
+        layer.params[0].grad[where] = np.nan
+        assert upd.Update(2, layer) is False
+        assert not np.isfinite(layer.params[0].data).all()
+        assert np.isfinite(layer.params[1].data).all()  # the other param is still updated
+        layer = make_layer(dtype=dtype)
+        set_grads(layer, 0)
+    huge = make_layer(dtype=dtype)
+    for p in huge.params:
+        p.data[...] = np.finfo(dtype).max
+        p.grad[...] = -np.finfo(dtype).max
+    assert make_updater(cls, hp).Update(1, huge) is bool(np.isfinite(huge.params[0].data).all()
+                                                          and np.isfinite(huge.params[1].data).all())
+
+
+def test_a_rule_that_does_not_say_is_read_after_its_update() -> None:
+    class Halving(Updater):  # a user's rule: its _apply returns nothing
+        def _apply(self, w, g, lr, wd, state):
+            w *= 0.5
+            w[-1] = np.inf if lr > 1 else w[-1]
+    layer = make_layer()
+    set_grads(layer, 0)
+    assert Halving(lr=0.1).Update(1, layer) is True
+    assert Halving(lr=2.0).Update(2, layer) is False

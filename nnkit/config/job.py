@@ -31,15 +31,18 @@ class Job:
     Args:
         proto: the JobConf.
         origins: where its fields came from (for error messages); made by :func:`load_job`.
+        max_model_bytes: the memory limit :meth:`validate` and :meth:`build_model` apply
+            (None: the default, see :meth:`validate`).
     """
 
-    def __init__(self, proto: JobConf, origins: Origins | None = None) -> None:
+    def __init__(self, proto: JobConf, origins: Origins | None = None,
+                 max_model_bytes: int | None = None) -> None:
         self.proto = proto
         self.origins = origins or Origins("<job>")
+        self.max_model_bytes = max_model_bytes
         self._where = Where(self.origins)
         self._raw_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._mean: np.ndarray | None = None
-        self._validated_model: Sequential | None = None
 
     # ------------------------------------------------------------------ reading
     @property
@@ -84,9 +87,9 @@ class Job:
 
     # ------------------------------------------------------------------ building
     def build_model(self, build: bool = True) -> Sequential:
-        """A compiled, seeded Sequential (built for the input shape unless ``build=False``)."""
-        model = self._validated_model or build_model_from_job(self.proto, self._where, compile_always=True)
-        self._validated_model = None  # handed out once; later calls build afresh
+        """A new compiled, seeded Sequential on every call, validated as :meth:`validate` does
+        (the data is not checked), and built for the input shape unless ``build=False``."""
+        model = self.validate(check_data=False)
         shape = self.input_shape()
         if build and shape is not None:
             model.build(shape)
@@ -97,22 +100,26 @@ class Job:
         return updater_from_conf(self.proto.updater, self._where.child("updater"))
 
     # ------------------------------------------------------------------ validation
-    def validate(self, check_data: bool = True, max_model_bytes: int | None = None) -> None:
-        """Checks everything that can be checked without training; raises ConfigError.
+    def validate(self, check_data: bool = True, max_model_bytes: int | None = None) -> Sequential:
+        """Checks everything that can be checked without training; returns the checked model,
+        compiled and seeded but not built (no parameter allocated); raises ConfigError.
 
         The model must build and its shapes fit together and fit the data, and it must need
-        at most ``max_model_bytes`` (default: ``$NNKIT_MAX_MODEL_BYTES`` or 4 GiB, see
+        at most ``max_model_bytes`` (default: :attr:`max_model_bytes`, else
+        ``$NNKIT_MAX_MODEL_BYTES`` or 4 GiB, see
         :func:`~nnkit.config.schema.check_model_memory`); the updater and schedule must be
         consistent; with ``check_data`` the data folder and files must exist
-        (:meth:`load_data` checks that anyway, with the same error). Nothing is allocated.
+        (:meth:`load_data` checks that anyway, with the same error).
         """
+        if max_model_bytes is None:
+            max_model_bytes = self.max_model_bytes
         model = build_model_from_job(self.proto, self._where, compile_always=True)
         walk = self._check_shapes(model)
         check_model_memory(model, walk, self._where.child("model"), max_model_bytes)
         if self.proto.HasField("data"):
             self._check_data(check_data)
         self._check_run()
-        self._validated_model = model  # build once: build_model hands this one out first
+        return model
 
     def _check_shapes(self, model: Sequential) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """Runs the input shape through every layer's output_shape (no parameters allocated);
@@ -298,6 +305,6 @@ def job_from_text(text: str, source: str = "<string>", overrides: Iterable[str] 
     if data_dir is not None:
         proto.data.dir = os.fspath(data_dir)
         origins.overrides[(("data", 0), ("dir", 0))] = f"--data-dir {data_dir}"
-    job = Job(proto, origins)
-    job.validate(check_data=check_data, max_model_bytes=max_model_bytes)
+    job = Job(proto, origins, max_model_bytes)
+    job.validate(check_data=check_data)  # its model is dropped: build_model makes new ones
     return job

@@ -21,7 +21,7 @@ from .. import updaters as updaters_module
 from ..layers import Accuracy, Layer
 from ..layers.base import SUPPORTED_DTYPES, conf_layer_types
 from ..layers.input import _InputLayer
-from ..model import Sequential
+from ..model import LayerShapeError, Sequential
 from ..proto import JobConf, LayerConf, ModelConf, ParamConf, UpdaterConf
 from .text import ConfigError, Origins, Where, decode_config, parse_job
 
@@ -426,10 +426,9 @@ def shape_walk(model: Sequential, input_shape: tuple[int, ...], mwhere: Where
     check_input_shape(input_shape, mwhere)
     try:
         walk = model.shapes(tuple(input_shape))
-    except (TypeError, ValueError) as e:
-        at = mwhere.child("layer", e.layer_index)
-        raise at.error(f"does not fit its input of shape (batch, "
-                       f"{', '.join(map(str, e.input_shape))}): {e}") from None
+    except LayerShapeError as e:
+        raise mwhere.child("layer", e.layer_index).error(
+            f"{e.layer} does not fit its input of shape {e.batch_shape}: {e.reason}") from None
     for i, (layer, (shape_in, _)) in enumerate(zip(model.layers, walk)):
         stride, pad = getattr(layer, "stride", None), getattr(layer, "pad", None)
         if stride is None or pad is None or len(shape_in) != 3:

@@ -163,7 +163,7 @@ class Loss(_Criterion):
         return self.lossname == "softmaxloss"  # squared errors compare the probabilities
 
     def _reset_running(self) -> None:
-        self._running = RunningMeans()  # loss and accuracy since the last display
+        self._running = RunningMeans(keys=("loss", "accuracy"))  # since the last display
 
     def ComputeFeature(self, prediction_layer: Layer,  # type: ignore[override]
                        label_layer: Layer | None = None) -> np.ndarray:
@@ -185,7 +185,7 @@ class Loss(_Criterion):
             loss_sum = 0.5 * squares if self.lossname == "euclideanloss" else squares / scores.shape[1]
             self.accuracy = None
         self.loss = loss_sum / n
-        self._running.add({"loss": self.loss, "accuracy": self.accuracy}, n)
+        self._running.add_row(n, self.loss, self.accuracy)
         return self._set_output(self.loss)
 
     def _targets(self, label_layer: Layer, scores: np.ndarray) -> np.ndarray:
