@@ -177,3 +177,16 @@ def test_ctrl_c_on_a_worker_checkpoints_and_requeues_the_run(tmp_path, job):
     _stop_when_past(tmp_path, store, run_id, stopped["step"] + 3, second)
     assert _resumed_step(run.run_dir) == stopped["step"]
     assert store.get(run_id).status == "stopped" and store.count() == 1
+
+
+def test_ctl_by_id_stays_import_light(tmp_path, job):
+    """Looking a run up in the store loads no framework (no h5py, no kernels, no model)."""
+    run_id = queue(tmp_path)
+    code = ("import sys\nfrom nnkit.cli import main\nstatus = main(sys.argv[1:])\n"
+            "loaded = [m for m in sys.modules if m.split('.')[0] == 'h5py' or m.startswith(('nnkit._kernels', "
+            "'nnkit.model', 'nnkit.config', 'nnkit.layers', 'nnkit.checkpoint'))]\n"
+            "print(status, loaded)")
+    done = subprocess.run([sys.executable, "-c", code, "ctl", run_id, "stop", "--store", "s.db"], cwd=tmp_path,
+                          env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "0 []", (done.stdout, done.stderr)
+    assert Store(tmp_path / "s.db").get(run_id).status == "stopped"
