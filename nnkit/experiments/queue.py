@@ -222,6 +222,9 @@ class Worker:
         return _EXIT_INTERRUPTED if self.stopping else 0
 
     def _run(self, taken: Claim) -> None:
+        if self.stopping:  # stopped between the claim and the start: back to the queue at once
+            settle(self.store, taken, _EXIT_INTERRUPTED, requeue=True)
+            return
         run_dir = Path(taken.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         job = run_dir / JOB_FILE
