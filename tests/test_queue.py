@@ -190,3 +190,27 @@ def test_ctl_by_id_stays_import_light(tmp_path, job):
                           env=ENV, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "0 []", (done.stdout, done.stderr)
     assert Store(tmp_path / "s.db").get(run_id).status == "stopped"
+
+
+def test_a_late_word_from_an_old_claim_leaves_the_new_claim_alone(tmp_path):
+    from nnkit.experiments.queue import claim, enqueue, requeue_interrupted, settle
+    store = Store(tmp_path / "s.db")
+    run_id = enqueue(store, 'name: "x"\n', retries=1)
+    first = claim(store, tmp_path / "runs", pid=2**22 + 12345)  # a pid that is no process
+    assert first.attempt == 1 and claim(store, tmp_path / "runs") is None  # taken: nothing left
+    assert requeue_interrupted(store) == [run_id]  # its process is gone: back in the queue
+    second = claim(store, tmp_path / "runs")
+    assert (second.attempt, second.run_dir) == (2, first.run_dir)  # the same run directory, to resume
+    assert settle(store, first, -9, requeue=True) == "running"  # the old claim's worker: ignored
+    assert store.get(run_id).status == "running"
+    assert settle(store, second, 1, requeue=False) == "failed"  # the child died without a word
+    assert requeue_interrupted(store) == [] and store.get(run_id).status == "failed"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_zombie_is_not_alive():
+    """A killed worker's child may stay a zombie until it is reaped: the liveness check sees it dead."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 30)
+    assert not pid_alive(child.pid) and pid_alive(os.getpid())
+    child.wait()
