@@ -135,15 +135,20 @@ def test_a_killed_worker_s_run_is_requeued_and_resumes_exactly(tmp_path, job):
     run_id = queue(tmp_path, "--retries", "1")
     store = Store(tmp_path / "s.db")
     worker = start_worker(tmp_path)
-    wait_until(lambda: store.get(run_id).run_dir is not None
-               and (Path(store.get(run_id).run_dir) / "checkpoint-50.h5").exists(), 120)
+    def checkpointed() -> int:  # the step of the run's latest checkpoint (0: none yet)
+        run_dir = store.get(run_id).run_dir
+        latest = Path(run_dir or tmp_path / "none", "latest")
+        found = re.search(r"\d+", latest.read_text()) if latest.exists() else None
+        return int(found.group()) if found else 0
+
+    wait_until(lambda: checkpointed() >= 50, 120)  # rotated files come and go: read `latest`
     run = store.get(run_id)
     child = run.pid
     assert child != worker.pid and pid_alive(child)  # the child's recorder keeps the record
     worker.send_signal(signal.SIGKILL)
     worker.wait(30)
     wait_until(lambda: not pid_alive(child), 30)  # the child died with its worker
-    latest = int(re.search(r"\d+", (Path(run.run_dir) / "latest").read_text()).group())
+    latest = checkpointed()
     assert store.get(run_id).status == "running"  # until someone looks: the liveness check
     second = start_worker(tmp_path, "--once")
     _stop_when_past(tmp_path, store, run_id, latest + 30, second)
