@@ -6,7 +6,11 @@
     nnkit eval CKPT|RUN_DIR [--data-dir DIR] [--dataset NAME] [--scale S] [--json]
     nnkit show JOB.conf|CKPT|RUN_DIR
     nnkit time JOB.conf [--iterations N]
-    nnkit ctl RUN_DIR COMMAND [key=value ...] [--wait SECONDS | --no-wait]
+                         [--run-id ID]
+    nnkit queue JOB.conf [--set key=value ...] [--name N] [--tag T ...] [--owner O] [--retries N]
+                         [--store PATH]
+    nnkit worker [--store PATH] [--runs-dir DIR] [--max-jobs N] [--once]
+    nnkit ctl RUN_DIR|RUN COMMAND [key=value ...] [--wait SECONDS | --no-wait] [--store PATH]
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
     nnkit export CKPT|RUN_DIR OUT.onnx
@@ -296,6 +300,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     job = load_job(args.job, args.set, data_dir=_absolute(args.data_dir))
     if not job.has_source("train"):
         raise ConfigError(job.source, "data.train", "missing value: the job has no train source")
+    if args.run_id is not None and not args.run_dir:
+        raise UsageError("--run-id records into a queued run's record: give its --run-dir too")
     resume = _resume_point(args)
     model = job.build_model()
     if resume is not None:  # a checkpoint of another model is a bad argument: fail before anything
@@ -321,7 +327,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
     model.trainer_for_fit().keep_checkpoints = args.keep_checkpoints
     from . import experiments  # records the run (and says how): the store, owner, name, tags
-    experiments.configure(store=_absolute(args.store), owner=args.owner, name=args.name, tags=args.tag)
+    experiments.configure(store=_absolute(args.store), owner=args.owner, name=args.name, tags=args.tag,
+                          run_id=args.run_id)
     origin = ("" if resume is None else f", continuing from {resume}") + (
         "; no checkpoint there, starting afresh" if args.resume == "auto" and resume is None else "")
     print(f"nnkit train: job {job.name!r}, run directory {run_dir}{origin}", file=sys.stderr)
@@ -543,10 +550,75 @@ def cmd_time(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    """``nnkit queue``: validates a job and records it as a queued run; prints its id."""
+    from .config import ConfigError, load_job
+    from .experiments import Store
+    from .experiments.queue import enqueue
+    if args.retries < 0:
+        raise UsageError(f"--retries must be >= 0, got {args.retries}")
+    bad = [t for t in args.tag if not t.strip() or any(c.isspace() for c in t) or "," in t]
+    if bad:
+        raise UsageError(f"--tag {bad[0]!r}: a tag is one word (no spaces or commas)")
+    job = load_job(args.job, args.set, data_dir=_absolute(args.data_dir), check_data=True)
+    if not job.has_source("train"):
+        raise ConfigError(job.source, "data.train", "missing value: the job has no train source")
+    data = job.proto.data  # relative paths would be read from the worker's folder: absolute now
+    if data.HasField("dir"):
+        data.dir = os.path.abspath(data.dir)
+    for source in (data.train, data.test):
+        source.file[:] = [os.path.abspath(path) for path in source.file]
+    header = f"# nnkit {__version__}: queued from {job.source}" + "".join(f"\n# --set {s}" for s in args.set)
+    run_id = enqueue(Store(args.store), f"{header}\n{job.to_text()}", name=args.name or job.name,
+                     owner=args.owner, tags=tuple(args.tag), retries=args.retries)
+    print(run_id)
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``nnkit worker``: runs queued runs, one after the other, until stopped."""
+    from .experiments import Store
+    from .experiments.queue import Worker
+    if args.max_jobs is not None and args.max_jobs < 1:
+        raise UsageError(f"--max-jobs must be >= 1, got {args.max_jobs}")
+    if not args.poll > 0:
+        raise UsageError(f"--poll must be > 0, got {args.poll}")
+    return Worker(Store(args.store), os.path.abspath(args.runs_dir), args.max_jobs, args.once, args.poll).run()
+
+
+def _ctl_target(args: argparse.Namespace) -> str | None:
+    """The run directory ``nnkit ctl`` sends to: RUN_DIR itself, or the directory of the
+    recorded run it names. None when it named a queued run and ``stop`` cancelled it."""
+    ref = args.run_dir
+    if os.path.isdir(ref) or os.sep in ref:  # a path: as before (a missing one is reported by steer)
+        return ref
+    from .experiments.queue import cancel
+    from .experiments.store import Store, StoreError
+    store = Store(args.store)
+    try:
+        run = store.get(ref)
+        if run.status == "queued" and args.name == "stop" and cancel(store, run.id):
+            print(f"nnkit ctl: run {run.id} was queued: cancelled (status stopped)")
+            return None
+        run = store.get(run.id)  # a worker may have taken it meanwhile
+    except (LookupError, StoreError) as e:
+        raise UsageError(f"{ref}: not a run directory, and {e.args[0] if e.args else e}") from None
+    if run.status == "queued":
+        raise UsageError(f"run {run.id} is queued: no worker has started it yet, so it takes no "
+                         "command but stop (which cancels it)")
+    if not run.run_dir:
+        raise UsageError(f"run {run.id} has no run directory (an in-memory fit): nothing to send commands to")
+    return run.run_dir
+
+
 def cmd_ctl(args: argparse.Namespace) -> int:
     """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
     from .views.terminal import (CommandLineError, command_events, describe_answer,
                                  describe_command_events, describe_silence, parse_assignments, steer)
+    target = _ctl_target(args)
+    if target is None:
+        return EXIT_OK
+    args.run_dir = target
     try:
         command, answer, offset = steer(args.run_dir, args.name, parse_assignments(args.args),
                                         args.wait)
@@ -681,6 +753,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print tracebacks of failures")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def add_record_options(p: argparse.ArgumentParser, name_help: str) -> None:
+        p.add_argument("--store", metavar="PATH", help="the experiment store (default "
+                       "$NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
+        p.add_argument("--owner", help="the run's owner in the store (default: your user name)")
+        p.add_argument("--name", help=name_help)
+        p.add_argument("--tag", action="append", default=[], help="tag the run in the store (repeatable)")
+
     def add_set(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. run.steps=100, updater.lr=0.1, "
@@ -714,12 +793,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last good state is checkpointed; then pause (default: wait for "
                         "`nnkit ctl RUN_DIR resume` to retry it, e.g. after `set lr=...`, or `skip`) "
                         "or stop (exit 1)")
-    p.add_argument("--store", metavar="PATH", help="record the run in this experiment store "
-                   "(default $NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
-    p.add_argument("--owner", help="the run's owner in the store (default: your user name)")
-    p.add_argument("--name", help="the run's name in the store (default: the run directory's name)")
-    p.add_argument("--tag", action="append", default=[], help="tag the run in the store (repeatable)")
+    add_record_options(p, "the run's name in the store (default: the run directory's name)")
+    p.add_argument("--run-id", metavar="ID", help="record into this existing record (a queued run "
+                   "that `nnkit worker` took) instead of a new one; needs --run-dir")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("queue", help="queue a job for the workers",
+                       description="Validate the job JOB.conf (with the --set overrides applied) and "
+                       "record it in the experiment store as a queued run for `nnkit worker`; prints "
+                       "its id. A bad job queues nothing (exit 2).")
+    p.add_argument("job", metavar="JOB.conf", help="the job config (text format)")
+    add_set(p)
+    p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
+    add_record_options(p, "the run's name in the store (default: the job's name)")
+    p.add_argument("--retries", type=int, default=0, metavar="N", help="when the run is interrupted "
+                   "(its worker killed), requeue it up to N times to resume from its last checkpoint "
+                   "(default 0)")
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("worker", help="run queued jobs",
+                       description="Take the oldest queued run from the experiment store (atomically: "
+                       "many workers share one store), train it in a child process (nnkit train "
+                       "--run-dir RUNS_DIR/<name>-<id> --resume auto), then take the next; requeue "
+                       "interrupted runs that have retries left. Ctrl-C or SIGTERM: the child finishes "
+                       "its batch and checkpoints, the run goes back to the queue, the worker exits 130.")
+    p.add_argument("--store", metavar="PATH", help="the experiment store (default "
+                   "$NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS, metavar="DIR", help="where the run directories "
+                   f"go (default ./{DEFAULT_RUNS})")
+    p.add_argument("--max-jobs", type=int, metavar="N", help="exit after N runs")
+    p.add_argument("--once", action="store_true", help="exit when nothing is queued (default: wait "
+                   "for more)")
+    p.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help="how often an idle "
+                   "worker looks at the queue (default 1)")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint",
                        description="Evaluate a checkpoint on the test data of the job stored in it "
@@ -760,7 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ctl", help="steer a running job",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=textwrap.fill(
-                           "Send a command to the run training in RUN_DIR (appended to "
+                           "Send a command to the run training in RUN_DIR, or to a run of the "
+                           "experiment store by id (queued: `stop` cancels it) (appended to "
                            "RUN_DIR/commands.jsonl; the run applies it between two batches) and "
                            "print its answer. Examples: nnkit ctl RUN_DIR set lr=0.01; nnkit ctl "
                            "RUN_DIR run_until batches=5000; nnkit ctl RUN_DIR tell_state "
@@ -768,8 +876,11 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=ctl_help() + "\n\n" + textwrap.fill(
                            "exit status: 0 acknowledged (or sent, with --no-wait), 1 refused by "
                            "the run or no answer in time, 2 bad command or arguments"))
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR|RUN", help="a run directory, or a run recorded in the "
+                   "store (an id, a unique id prefix or a name): its run directory")
     p.add_argument("name", metavar="COMMAND", help=f"one of {', '.join(COMMANDS)} (see below)")
+    p.add_argument("--store", metavar="PATH", help="the experiment store RUN is looked up in (default "
+                   "$NNKIT_HOME/experiments.db)")
     p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="arguments; values are JSON "
                    "when they parse (0.01, true, null), else text")
     p.add_argument("--wait", type=float, nargs="?", const=10.0, default=10.0, metavar="SECONDS",

@@ -9,6 +9,7 @@ Importing this package registers the recorder with :mod:`nnkit.training.run` (``
 public API, ``nnkit train`` and the child processes of recorded runs import it), so each run
 with a run directory is recorded; :func:`record` records one without. The run directory
 stays the source of truth; :meth:`Store.reindex` rebuilds records from run directories.
+:mod:`nnkit.experiments.queue` is the work queue over the store (``nnkit queue``, ``nnkit worker``).
 """
 from __future__ import annotations
 

@@ -78,9 +78,10 @@ class Recorder:
 
     def __init__(self, store: Store, summary: RunSummary, trainer: Any = None,
                  run_dir: str | os.PathLike | None = None, write_every: float = WRITE_EVERY,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, claimed: bool = False) -> None:
         self.store = store
         self.fresh = fresh  # a new run in its directory (not a resume): a new record
+        self.claimed = claimed  # the record exists already (a queued run a worker took): its id wins
         self.summary = summary
         self.trainer = trainer
         self.run_dir = None if run_dir is None else Path(run_dir)
@@ -187,7 +188,7 @@ class Recorder:
             info = read_run_info(self.run_dir)
             old_tags = info.get("tags") if isinstance(info.get("tags"), list) else []
             with self._lock:
-                if isinstance(info.get("id"), str):
+                if isinstance(info.get("id"), str) and not self.claimed:
                     summary.id, self._known_id = info["id"], True
                 summary.tags = tuple(dict.fromkeys([*(t for t in old_tags if isinstance(t, str)), *summary.tags]))
                 if summary.name is None and isinstance(info.get("name"), str):
@@ -200,6 +201,8 @@ class Recorder:
                 summary.config_text = job_file.read_text(encoding="utf-8", errors="replace")
             if summary.name is None:
                 summary.name = self.run_dir.name
+        if self.claimed:
+            self._known_id = True
         summary.config_hash = config_hash(summary.config_text)
         summary.git_commit = git_commit()
         self._params = flatten_config(summary.config_text)
@@ -233,23 +236,27 @@ class Recorder:
 def start_recording(bus: Any, trainer: Any = None, run_dir: str | os.PathLike | None = None, *,
                     store: Store | str | os.PathLike | None = None, run_id: str | None = None,
                     name: str | None = None, owner: str | None = None, tags: tuple[str, ...] = (),
-                    notes: str | None = None, replay: bool = False) -> Recorder:
+                    notes: str | None = None, replay: bool = False, claimed: bool = False) -> Recorder:
     """Records the run whose events go over ``bus`` (an :class:`~nnkit.training.EventBus`).
 
     ``replay``: fold in the events the bus already kept (a run recorded after it started).
+    ``claimed``: ``run_id`` names a queued record a worker took (``nnkit train --run-id``): the
+    run keeps that record, resumed or not, and says ``running`` from its first write (never
+    ``queued`` again, which another worker would take).
     """
     store = store if isinstance(store, Store) else Store(store, lock_patience=RECORDER_PATIENCE)
     summary = RunSummary(id=run_id or bus.run_id, name=name, owner=owner or default_owner(), tags=tuple(tags),
                          notes=notes, created=time.time(), host=socket.gethostname(), pid=os.getpid(),
                          nnkit_version=__version__, config_text=_model_config_text(trainer),
-                         run_dir=None if run_dir is None else str(Path(run_dir).resolve()))
+                         run_dir=None if run_dir is None else str(Path(run_dir).resolve()),
+                         status="running" if claimed else "queued")
     if summary.name is None and run_dir is None:
         summary.name = getattr(getattr(trainer, "model", None), "name", None)
     fresh = False
     if run_dir is not None:
         events = Path(run_dir) / EVENTS_FILE
         fresh = not events.is_file() or events.stat().st_size == 0  # nothing logged yet: no resume
-    recorder = Recorder(store, summary, trainer, run_dir, fresh=fresh)
+    recorder = Recorder(store, summary, trainer, run_dir, fresh=fresh, claimed=claimed)
     bus.subscribe("*", recorder, replay=replay)
     return recorder
 
@@ -264,13 +271,14 @@ class RunDirRecorder:
     owner: str | None = None
     name: str | None = None
     tags: tuple[str, ...] = ()
+    run_id: str | None = None  # a queued record a worker took (nnkit train --run-id)
     observer_key: ClassVar[str] = "nnkit.experiments"  # one at a time: the newest settings win
 
     def __call__(self, trainer: Any, run_dir: Path | None, bus: Any) -> Callable[[], None] | None:
         if run_dir is None or any(isinstance(o, ModelRecorder) for o in getattr(trainer, "observers", ())):
             return None  # no directory, or recorded by record() already
         return start_recording(bus, trainer, run_dir, store=self.store, name=self.name, owner=self.owner,
-                               tags=self.tags).close
+                               tags=self.tags, run_id=self.run_id, claimed=self.run_id is not None).close
 
 
 @dataclass
@@ -293,14 +301,15 @@ _registered: dict[str, Any] = {}
 
 
 def configure(store: str | os.PathLike | None = None, owner: str | None = None, name: str | None = None,
-              tags: tuple[str, ...] | list[str] = ()) -> None:
+              tags: tuple[str, ...] | list[str] = (), run_id: str | None = None) -> None:
     """Sets how this process (and the child processes it starts) records runs with a run
     directory: the store, the owner, the name and the tags (``nnkit train --store --owner
-    --name --tag``). Without arguments: back to the defaults."""
+    --name --tag``), and ``run_id``, the queued record to record into (``--run-id``, what a
+    worker passes). Without arguments: back to the defaults."""
     remove = _registered.pop("remove", None)
     if remove is not None:
         remove()
-    observer = RunDirRecorder(None if store is None else os.fspath(store), owner, name, tuple(tags))
+    observer = RunDirRecorder(None if store is None else os.fspath(store), owner, name, tuple(tags), run_id)
     _registered.update(observer=observer, remove=add_run_observer(observer))
 
 

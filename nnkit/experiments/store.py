@@ -141,8 +141,15 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX tags_tag ON tags (tag)")
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """The work queue (:mod:`nnkit.experiments.queue`): a run put there by ``nnkit queue``, its
+    retries and how many times a worker took it (each claim counts one, and names the claim)."""
+    db.execute("CREATE TABLE jobs (run_id TEXT PRIMARY KEY, retries INTEGER NOT NULL DEFAULT 0, "
+               "attempts INTEGER NOT NULL DEFAULT 0)")
+
+
 #: Schema version N is made by applying MIGRATIONS[:N] in order to an empty database.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -156,7 +163,8 @@ def _host() -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine."""
+    """Whether a process ``pid`` runs on this machine (a zombie, dead but not yet reaped by
+    its parent, does not: a killed worker's child can stay one for a while)."""
     if pid <= 0:
         return False
     try:
@@ -165,7 +173,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: it exists
         return True
-    return True
+    try:  # Linux: the state letter follows the parenthesised command name
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def _resolved(path: str | os.PathLike) -> str:
@@ -505,7 +517,8 @@ class Store:
                 shutil.rmtree(path)
 
         def work(db: sqlite3.Connection) -> None:
-            for table, column in (("tags", "run_id"), ("params", "run_id"), ("metrics", "run_id"), ("runs", "id")):
+            for table, column in (("tags", "run_id"), ("params", "run_id"), ("metrics", "run_id"), ("jobs", "run_id"),
+                                  ("runs", "id")):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (run_id,))
         self._write(work)
 
