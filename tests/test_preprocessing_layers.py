@@ -139,8 +139,9 @@ def test_bad_arguments_name_the_layer(make, problem):
 
 def test_values_that_fit_no_layout_are_refused_at_build_naming_the_shapes():
     model = nnkit.Sequential([Normalization([1.0, 2.0, 3.0], 1.0), nnkit.Dense(2)], input_shape=(2, 4, 4))
-    with pytest.raises(ValueError, match=r"Normalization 'normalization_1': mean has 3 values, which "
-                       r"fit no layout of the input \(batch, 2, 4, 4\): expected 1, one per channel "
+    # A LayerShapeError (a ValueError): the model names the layer and its input, then the reason.
+    with pytest.raises(ValueError, match=r"layer 1, Normalization 'normalization_1', does not fit its "
+                       r"input of shape \(batch, 2, 4, 4\): mean has 3 values, which fit no layout of the input \(batch, 2, 4, 4\): expected 1, one per channel "
                        r"\(2\) or one per feature \(32\)"):
         model.build()
 
