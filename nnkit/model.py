@@ -98,6 +98,12 @@ def _hand_settings(updater: updaters_module.Updater) -> tuple:
             *(getattr(updater, name) for name in updater.own_args))
 
 
+def _check_loss(logs: dict[str, Any], step: int) -> None:
+    if not math.isfinite(logs["loss"]):
+        raise NonFiniteLossError(f"loss is {logs['loss']} (step {step})", what="loss",
+                                 value=logs["loss"], step=step)
+
+
 class _BatchGuard:
     """What ``train_on_batch`` needs to put the model back as it was before a batch.
 
@@ -160,6 +166,9 @@ class Sequential:
         # updated and others not (and no copy could undo it): such a state must not be saved.
         self.half_updated = False
         self._last_settings: tuple | None = None  # _hand_settings of the last good batch
+        # Called as reduce(params, logs) between backward and update: nnkit.distributed.World
+        # makes the gradients and logs those of the global batch (set by a distributed Trainer).
+        self.gradient_reducer: Any = None
         # The JobConf this model was built from (nnkit.config), if any: to_proto() keeps its
         # data and run sections, so a checkpoint can be evaluated without the config file.
         self.job: Any = None
@@ -414,12 +423,15 @@ class Sequential:
                 if nonfinite is None:
                     raise
                 raise nonfinite from exc
-            if not math.isfinite(logs["loss"]):
-                raise NonFiniteLossError(f"loss is {logs['loss']} (step {step})", what="loss",
-                                         value=logs["loss"], step=step)
+            reducer = self.gradient_reducer
+            if reducer is None:
+                _check_loss(logs, step)
             self.loss_layer.ComputeGradient()
             for layer in reversed(self.layers[1:]):
                 layer.ComputeGradient()
+            if reducer is not None:  # every rank checks the global batch's loss: they agree
+                reducer.reduce(self.params, logs)
+                _check_loss(logs, step)
             bad = _first_nonfinite(self.params, "grad")
             if bad is not None:
                 raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite (step {step})",
@@ -521,7 +533,7 @@ class Sequential:
             validation_split: float | tuple[float, int] | None = None, shuffle: bool = True,
             callbacks: Sequence[Callback] = (), verbose: int = 1, seed: int | None = None,
             run_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-            background: bool | str = False, on_nonfinite: str | None = None
+            background: bool | str = False, on_nonfinite: str | None = None, distributed: bool = False
             ) -> History | TrainingRun | ProcessRun:
         """Trains the model; see :meth:`nnkit.training.Trainer.fit` for ``epochs``/``steps``/``resume``.
 
@@ -537,6 +549,9 @@ class Sequential:
         ``nonfinite`` event until ``resume`` (retry the batch) or ``skip``, sent through the
         handle (or ``nnkit ctl``). By default ``'pause'`` for a background run (a thread or a
         child process), else ``'stop'``.
+        ``distributed=True``: data-parallel over the MPI ranks this process is one of (run the
+        script with ``mpiexec -n N``; see :mod:`nnkit.distributed`). ``batch_size`` is the
+        global batch; rank 0 alone gets the run directory, the callbacks and the output.
         """
         if seed is not None and self.seed is None and not self.built:
             self.seed = seed
@@ -551,6 +566,13 @@ class Sequential:
             return _config_bridge().start_process(self, x, y, validation_data, run_dir, epochs,
                                                   steps, batch_size, on_nonfinite)
         trainer = self.trainer_for_fit()
+        if distributed:
+            if background:
+                raise ValueError("fit: distributed=True runs in the foreground of every rank, not background")
+            from .distributed import world
+            trainer.distributed = world()
+            if trainer.distributed.rank != 0:  # one writer, one reader of commands: rank 0
+                run_dir, callbacks, verbose = None, (), 0
         trainer.user_callbacks = list(callbacks)
         trainer.verbose = verbose
         trainer.run_dir = None if run_dir is None else Path(run_dir)
