@@ -190,3 +190,12 @@ def test_a_killed_rank_ends_every_rank_promptly(tmp_path):
     assert "BAD TERMINATION" in output and "Killed" in output, output
     pid0 = int((tmp_path / "out" / "pid0").read_text())
     assert not Path(f"/proc/{pid0}").exists() or "zombie" in Path(f"/proc/{pid0}/status").read_text()
+
+
+def test_import_nnkit_does_not_import_mpi4py():
+    env = {k: v for k, v in _env().items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")}
+    code = ("import sys, nnkit, nnkit.cli, nnkit.distributed; nnkit.Sequential; "
+            "assert not nnkit.distributed.launched_by_mpi(); "
+            "assert 'mpi4py' not in sys.modules, 'mpi4py imported'")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
