@@ -134,6 +134,22 @@ def test_fit_distributed_from_python_matches_a_local_fit(tmp_path):
     assert not (dist_dir / "out" / "run" / "rank1").exists()
 
 
+def test_the_per_layer_loop_with_world_reduce_matches_one_process(tmp_path):
+    results = []
+    for ranks, mode in ((1, "layers"), (2, "layers-distributed")):
+        where = tmp_path / mode
+        where.mkdir()
+        proc = _start_fit(where, STEPS, ranks, mode)
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, output
+        results.append([_rank_result(where, r) for r in range(ranks)])
+    (local,), (r0, r1) = results
+    assert len(local) == 4
+    for name in local:
+        assert np.array_equal(r0[name], r1[name]), name
+        np.testing.assert_allclose(r0[name], local[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 def _ctl(run_dir: Path, *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "nnkit.cli", "ctl", "--wait", "120", str(run_dir), *args],
                           env=_env(), capture_output=True, text=True, timeout=180)
@@ -155,7 +171,7 @@ def test_steer_a_two_rank_run_with_nnkit_ctl(tmp_path):
         assert "acknowledged" in _ctl(run_dir, "pause")
         pids = [int((tmp_path / "out" / f"pid{r}").read_text()) for r in (0, 1)]
         cpu, wall = [_cpu_seconds(p) for p in pids], time.monotonic()
-        assert "acknowledged" in _ctl(run_dir, "set", "lr=0.05")  # applied while paused
+        assert "acknowledged" in _ctl(run_dir, "set", "lr=0.05", "batch_size=40")  # applied while paused
         assert "acknowledged" in _ctl(run_dir, "tell_state")
         elapsed = time.monotonic() - wall
         for pid, before in zip(pids, cpu):  # paused ranks sleep: no core spent spinning
@@ -170,6 +186,7 @@ def test_steer_a_two_rank_run_with_nnkit_ctl(tmp_path):
     assert proc.returncode == 0, output
     r0, r1 = _rank_result(tmp_path, 0), _rank_result(tmp_path, 1)
     assert float(r0["lr"]) == float(r1["lr"]) == 0.05  # the command reached rank 1 too
+    assert int(r0["batch_size"]) == int(r1["batch_size"]) == 40  # still the global batch
     assert int(r0["step"]) == int(r1["step"]) < 10**6  # both stopped at the same batch
     for name in r0:
         assert np.array_equal(r0[name], r1[name]), name
