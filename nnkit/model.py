@@ -566,6 +566,7 @@ class Sequential:
             return _config_bridge().start_process(self, x, y, validation_data, run_dir, epochs,
                                                   steps, batch_size, on_nonfinite)
         trainer = self.trainer_for_fit()
+        trainer.distributed = None
         if distributed:
             if background:
                 raise ValueError("fit: distributed=True runs in the foreground of every rank, not background")
@@ -581,7 +582,7 @@ class Sequential:
             kwargs = dict(x=x, y=y, batch_size=batch_size, epochs=epochs, steps=steps,
                           validation_data=validation_data, validation_split=validation_split,
                           shuffle=shuffle, callbacks=callbacks, verbose=verbose, run_dir=run_dir,
-                          resume=resume, on_nonfinite=on_nonfinite)
+                          resume=resume, on_nonfinite=on_nonfinite, distributed=distributed)
             run = TrainingRun(self, kwargs, run_dir, linger=bool(background))
             return run.start() if background else run.run()
         return trainer.fit(x, y, batch_size=batch_size, epochs=epochs, steps=steps,

@@ -220,8 +220,9 @@ class Trainer:
             raise ValueError(f"fit: batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
         self.clear_request()
+        if self.distributed is not None or getattr(self.model, "gradient_reducer", None) is not None:
+            self.model.gradient_reducer = self.distributed  # also unset after a distributed fit
         if self.distributed is not None:
-            self.model.gradient_reducer = self.distributed
             self.distributed.start(self)
 
         callbacks = [TerminateOnNaN()] if not any(isinstance(c, TerminateOnNaN) for c in self.user_callbacks) else []
