@@ -302,7 +302,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(job.source, "data.train", "missing value: the job has no train source")
     if args.run_id is not None and not args.run_dir:
         raise UsageError("--run-id records into a queued run's record: give its --run-dir too")
-    resume = _resume_point(args)
+    world = _mpi_world()
+    lead = world is None or world.rank == 0  # rank 0 alone resolves, writes and steers
+    resume = _resume_point(args) if lead else None
+    if world is not None:
+        resume = world.broadcast(resume)
     model = job.build_model()
     if resume is not None:  # a checkpoint of another model is a bad argument: fail before anything
         tree = _read_checkpoint(str(resume))
@@ -312,10 +316,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume {resume}: does not fit the job's model: {e}") from None
     x, y = job.load_data("train")  # missing data: a ConfigError naming file:line, before any file is made
     test = job.load_data("test") if job.has_source("test") else None
+    run = job.proto.run
+    plan = dict(batch_size=job.batch_size("train"), epochs=run.epochs if run.HasField("epochs") else None,
+                steps=run.steps if run.HasField("steps") else None,
+                shuffle=job.proto.data.train.shuffle if job.proto.data.train.HasField("shuffle") else True,
+                resume=resume)
+    if world is not None:
+        # A non-finite batch ends a distributed run: pausing would leave the other ranks waiting.
+        plan.update(distributed=True, on_nonfinite="stop")
+    else:
+        plan.update(on_nonfinite=args.on_nonfinite)
+    if not lead:  # the other ranks train their shards silently
+        _fit_or_abort(model, world, x, y, verbose=0, **plan)
+        return EXIT_INTERRUPTED if model.trainer.interrupted else EXIT_OK
     run_dir = _make_run_dir(args, job, resume)
     header = f"# nnkit {__version__}: job {job.source}" + "".join(f"\n# --set {s}" for s in args.set)
     checkpoint.atomic_write(run_dir / JOB_FILE, f"{header}\n{job.to_text()}")
-    run = job.proto.run
     echo = _echo_function()
     log = RunLog(run.display_freq if run.HasField("display_freq") else 100,
                  test, run.test_freq, job.batch_size("test"), echo)
@@ -332,14 +348,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     origin = ("" if resume is None else f", continuing from {resume}") + (
         "; no checkpoint there, starting afresh" if args.resume == "auto" and resume is None else "")
     print(f"nnkit train: job {job.name!r}, run directory {run_dir}{origin}", file=sys.stderr)
+    if world is not None:
+        print(f"nnkit train: data-parallel over {world.size} MPI ranks, global batch {plan['batch_size']}",
+              file=sys.stderr)
     start = time.perf_counter()
-    shuffle = job.proto.data.train.shuffle if job.proto.data.train.HasField("shuffle") else True
     # validation_data: every epoch event carries the test error, for watch, plot and TensorBoard.
-    model.fit(x, y, batch_size=job.batch_size("train"),
-              epochs=run.epochs if run.HasField("epochs") else None,
-              steps=run.steps if run.HasField("steps") else None, validation_data=test,
-              shuffle=shuffle, callbacks=callbacks, verbose=1, run_dir=run_dir,
-              resume=resume, on_nonfinite=args.on_nonfinite)
+    _fit_or_abort(model, world, x, y, validation_data=test, callbacks=callbacks, verbose=1,
+                  run_dir=run_dir, **plan)
     trainer = model.trainer
     final: dict[str, Any] = {
         "job": job.name, "run_dir": str(run_dir), "step": trainer.global_step,
@@ -356,6 +371,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(f"nnkit train: done, step {trainer.global_step}; {_fmt(final['test'] or final['train'])}")
     return EXIT_OK
+
+
+def _mpi_world() -> Any:
+    """The MPI world when ``nnkit train`` runs under ``mpiexec -n N`` (N > 1), else None."""
+    from .distributed import launched_by_mpi, world
+    if not launched_by_mpi():
+        return None
+    try:
+        return world()
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+
+
+def _fit_or_abort(model: Any, world: Any, x: Any, y: Any, **kwargs: Any) -> None:
+    """``model.fit``; under MPI an error on this rank ends every rank at once (MPI_Abort),
+    so none waits forever for a collective this rank will never join."""
+    try:
+        model.fit(x, y, **kwargs)
+    except Exception:
+        if world is None:
+            raise
+        print(f"nnkit train: rank {world.rank} of {world.size} failed; aborting every rank:",
+              file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        world.abort(EXIT_FAILED)
 
 
 def _echo_function() -> Callable[[str], None]:

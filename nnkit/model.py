@@ -153,6 +153,21 @@ def _hand_settings(updater: updaters_module.Updater) -> tuple:
             *(getattr(updater, name) for name in updater.own_args))
 
 
+def _check_loss(logs: dict[str, Any], step: int) -> None:
+    """Raises NonFiniteLossError when the batch's loss is NaN or infinite."""
+    if not math.isfinite(logs["loss"]):
+        raise NonFiniteLossError(f"loss is {logs['loss']} (step {step})", what="loss",
+                                 value=logs["loss"], step=step)
+
+
+def _check_gradients(params: Iterable[Param], step: int) -> None:
+    """Raises NonFiniteLossError naming the first parameter whose gradient is not finite."""
+    bad = _first_nonfinite(params, "grad")
+    if bad is not None:
+        raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite (step {step})",
+                                 what="gradient", where=bad.full_name, step=step)
+
+
 class _BatchGuard:
     """What ``train_on_batch`` needs to put the model back as it was before a batch.
 
@@ -215,6 +230,9 @@ class Sequential:
         # updated and others not (and no copy could undo it): such a state must not be saved.
         self.half_updated = False
         self._last_settings: tuple | None = None  # _hand_settings of the last good batch
+        # Called as reduce(params, logs) between backward and update: nnkit.distributed.World
+        # makes the gradients and logs those of the global batch (set by a distributed Trainer).
+        self.gradient_reducer: Any = None
         # The JobConf this model was built from (nnkit.config), if any: to_proto() keeps its
         # data and run sections, so a checkpoint can be evaluated without the config file.
         self.job: Any = None
@@ -478,18 +496,18 @@ class Sequential:
                 if nonfinite is None:
                     raise
                 raise nonfinite from exc
-            if not math.isfinite(logs["loss"]):
-                raise NonFiniteLossError(f"loss is {logs['loss']} (step {step})", what="loss",
-                                         value=logs["loss"], step=step)
+            reducer = self.gradient_reducer
+            if reducer is None:
+                _check_loss(logs, step)
             call("backward", self.loss_layer.name, self.loss_layer.ComputeGradient)
             for layer in reversed(self.layers[1:]):
                 call("backward", layer.name, layer.ComputeGradient)
-                # Checked while they are still in the cache, and before any update.
-                bad = _first_nonfinite(layer.params, "grad")
-                if bad is not None:
-                    raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite "
-                                             f"(step {step})", what="gradient",
-                                             where=bad.full_name, step=step)
+                if reducer is None:  # checked while they are still in the cache, before any update
+                    _check_gradients(layer.params, step)
+            if reducer is not None:  # every rank checks the global batch's loss and gradients: they agree
+                reducer.reduce(self.params, logs)
+                _check_loss(logs, step)
+                _check_gradients(self.params, step)
             updating = True
             self.half_updated = True
             finite = True
@@ -578,7 +596,7 @@ class Sequential:
             validation_split: float | tuple[float, int] | None = None, shuffle: bool = True,
             callbacks: Sequence[Callback] = (), verbose: int = 1, seed: int | None = None,
             run_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-            background: bool | str = False, on_nonfinite: str | None = None
+            background: bool | str = False, on_nonfinite: str | None = None, distributed: bool = False
             ) -> History | TrainingRun | ProcessRun:
         """Trains the model; see :meth:`nnkit.training.Trainer.fit` for ``epochs``/``steps``/``resume``.
 
@@ -594,6 +612,9 @@ class Sequential:
         ``nonfinite`` event until ``resume`` (retry the batch) or ``skip``, sent through the
         handle (or ``nnkit ctl``). By default ``'pause'`` for a background run (a thread or a
         child process), else ``'stop'``.
+        ``distributed=True``: data-parallel over the MPI ranks this process is one of (run the
+        script with ``mpiexec -n N``; see :mod:`nnkit.distributed`). ``batch_size`` is the
+        global batch; rank 0 alone gets the run directory, the callbacks and the output.
         """
         if seed is not None and self.seed is None and not self.built:
             self.seed = seed
@@ -608,6 +629,14 @@ class Sequential:
             return _config_bridge().start_process(self, x, y, validation_data, run_dir, epochs,
                                                   steps, batch_size, on_nonfinite)
         trainer = self.trainer_for_fit()
+        trainer.distributed = None
+        if distributed:
+            if background:
+                raise ValueError("fit: distributed=True runs in the foreground of every rank, not background")
+            from .distributed import world
+            trainer.distributed = world()
+            if trainer.distributed.rank != 0:  # one writer, one reader of commands: rank 0
+                run_dir, callbacks, verbose = None, (), 0
         trainer.user_callbacks = list(callbacks)
         trainer.verbose = verbose
         trainer.run_dir = None if run_dir is None else Path(run_dir)
@@ -616,7 +645,7 @@ class Sequential:
             kwargs = dict(x=x, y=y, batch_size=batch_size, epochs=epochs, steps=steps,
                           validation_data=validation_data, validation_split=validation_split,
                           shuffle=shuffle, callbacks=callbacks, verbose=verbose, run_dir=run_dir,
-                          resume=resume, on_nonfinite=on_nonfinite)
+                          resume=resume, on_nonfinite=on_nonfinite, distributed=distributed)
             run = TrainingRun(self, kwargs, run_dir, linger=bool(background))
             return run.start() if background else run.run()
         return trainer.fit(x, y, batch_size=batch_size, epochs=epochs, steps=steps,

@@ -11,7 +11,7 @@ HTML comment right before a block steers it (invisible on the rendered page):
 * ``<!-- readme-test: syntax-only -->`` compiles the block without running it.
 
 Shell blocks are checked, not run: every ``nnkit ...`` command must parse with the real
-argument parser (``<placeholder>`` paths allowed) and every ``python examples/X.py`` flag
+argument parser (``<placeholder>`` paths allowed; also after ``mpiexec -n N``) and every ``python examples/X.py`` flag
 must be one the example's ``--help`` lists. (README's test command is what CI runs itself.)
 """
 from __future__ import annotations
@@ -143,6 +143,9 @@ def test_shell_blocks_use_real_commands_and_flags():
             continue
         for argv in _shell_commands(block):
             where = f"README.md:{block.line}: {' '.join(argv)}"
+            if argv[0] == "mpiexec":  # the launcher's one flag README uses, then a command checked below
+                assert argv[1] == "-n" and argv[2].isdigit(), f"{where}: mpiexec -n N <command>"
+                argv = argv[3:]
             if argv[0] == "nnkit":
                 args = [re.sub(r"<[^>]+>", "X", a) for a in argv[1:]]
                 try:

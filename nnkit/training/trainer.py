@@ -20,7 +20,10 @@ half-updated or holds non-finite parameters.
 
 The Trainer is model-agnostic: it needs ``train_on_batch(x, y, step)``, ``evaluate``,
 ``updater``, ``stop_training`` and ``checkpoint_tree()``/``restore_tree()`` from the model;
-it uses ``half_updated`` and ``nonfinite_param()`` when the model has them.
+it uses ``half_updated`` and ``nonfinite_param()`` when the model has them. A distributed
+trainer (:attr:`Trainer.distributed`, an :class:`nnkit.distributed.World`) gives the model's
+``train_on_batch`` this rank's shard of each global batch and sets the model's
+``gradient_reducer`` to the world, which the model calls between backward and update.
 """
 from __future__ import annotations
 
@@ -117,6 +120,8 @@ class Trainer:
         self.target_epoch: int | None = None  # the current fit's plan; commands may move it
         self.target_step: int | None = None
         self.controller: Any = None  # acts at every safe point (see nnkit.training.control)
+        # An nnkit.distributed.World: each batch is sharded over its ranks (rank 0 steers).
+        self.distributed: Any = None
         # Told of each run of this trainer as its channel opens (nnkit.experiments.record).
         self.observers: list[Callable[..., Any]] = []
         self.config_text: str | None = None  # the job config this trains, when one made it (for observers)
@@ -215,6 +220,10 @@ class Trainer:
             raise ValueError(f"fit: batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
         self.clear_request()
+        if self.distributed is not None or getattr(self.model, "gradient_reducer", None) is not None:
+            self.model.gradient_reducer = self.distributed  # also unset after a distributed fit
+        if self.distributed is not None:
+            self.distributed.start(self)
 
         callbacks = [TerminateOnNaN()] if not any(isinstance(c, TerminateOnNaN) for c in self.user_callbacks) else []
         callbacks += [self.history]
@@ -244,11 +253,12 @@ class Trainer:
                 idx = order[self.example_cursor:self.example_cursor + self.batch_size]
                 batch = self.batch_cursor
                 cbs.on_batch_begin(batch, {"batch": batch, "size": len(idx)})
+                mine = idx if self.distributed is None else self.distributed.shard(idx)
                 # The non-finite check reports an overflow (lr=1e300); numpy's RuntimeWarnings
                 # would only print the same news first, from deep inside.
                 try:
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                        logs = self.model.train_on_batch(x[idx], y[idx], step=self.global_step + 1)
+                        logs = self.model.train_on_batch(x[mine], y[mine], step=self.global_step + 1)
                 except NonFiniteLossError as exc:
                     if self._nonfinite(exc, batch, len(idx)):  # went back to a checkpoint
                         epoch_open = False
@@ -461,6 +471,8 @@ class Trainer:
         """Between two batches: where a controller (commands, pause) may act on the run."""
         if self.controller is not None:
             self.controller.safe_point(self)
+        if self.distributed is not None:  # rank 0's commands reach every rank at this batch
+            self.distributed.sync(self)
 
     def _count_batches(self, n: int) -> None:
         left = math.ceil((n - self.example_cursor) / self.batch_size)

@@ -1,0 +1,218 @@
+"""Data-parallel training over MPI (nnkit.distributed): real ``mpiexec -n 2`` runs on real MNIST.
+
+A tiny MLP, a global batch of 33 (uneven shards: 16 and 17), a few steps. Two ranks must give
+the parameters of one rank with the same global batch (to float32 reduction tolerance), two
+2-rank runs must be bit-identical, and a 2-rank run must be steerable through ``nnkit ctl``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from helpers import DATA, ROOT, wait_until
+from nnkit.training import checkpoints
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"  # the mpich wheel's launcher (the mpi extra)
+STEPS = 6
+JOB = """name: "tiny_mpi"
+seed: 0
+model {
+  layer { image_input { height: 28 width: 28 } }
+  layer { dense { output_dim: 32 } }
+  layer { activation { type: relu } }
+  layer { dense { output_dim: 10 } }
+  loss: softmaxloss
+  metric: "accuracy"
+}
+updater { type: sgd lr: 0.1 momentum: 0.9 lr_type: fixed }
+data {
+  dataset: "mnist"
+  scale: 0.00392156862745098
+  train { batch_size: 33 shuffle: true limit: 2000 }
+  test { batch_size: 500 limit: 1000 }
+}
+run { steps: %d display_freq: 2 test_freq: 0 }
+"""
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _launch(ranks: int, *args: str) -> list[str]:
+    return ([str(MPIEXEC), "-n", str(ranks)] if ranks > 1 else []) + [sys.executable, *args]
+
+
+def _train(tmp_path: Path, name: str, ranks: int, *extra: str, steps: int = STEPS) -> Path:
+    """``[mpiexec -n ranks] nnkit train`` into tmp_path/name; returns the run directory."""
+    job = tmp_path / "job.conf"
+    job.write_text(JOB % steps)
+    run_dir = tmp_path / name
+    done = subprocess.run(_launch(ranks, "-m", "nnkit.cli", "train", str(job), "--data-dir", str(DATA),
+                                  "--run-dir", str(run_dir), *extra),
+                          env=_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return run_dir
+
+
+def _params(run_dir: Path) -> dict[str, np.ndarray]:
+    with h5py.File(checkpoints.latest_checkpoint(run_dir)) as f:
+        group = f["model/params"]
+        return {name: group[name][()] for name in group}
+
+
+def _test_metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())["test"]
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("one"), "r1", 1)
+
+
+def test_two_ranks_give_the_one_rank_result_and_are_bit_identical(one_rank, tmp_path):
+    a, b = _train(tmp_path, "a", 2), _train(tmp_path, "b", 2)
+    ref, pa, pb = _params(one_rank), _params(a), _params(b)
+    assert sorted(ref) == sorted(pa) == sorted(pb) and len(ref) == 4
+    for name in ref:
+        np.testing.assert_allclose(pa[name], ref[name], rtol=1e-4, atol=1e-6, err_msg=name)
+        assert np.array_equal(pa[name], pb[name]), name  # a fixed reduction order: no timing in it
+    for key, value in _test_metrics(one_rank).items():
+        assert _test_metrics(a)[key] == pytest.approx(value, rel=1e-4), key
+    # Rank 0 alone writes; its events describe the global batch (both shards' loss).
+    losses = [json.loads(line) for line in (a / "events.jsonl").read_text().splitlines()]
+    losses = [e for e in losses if e["type"] == "loss"]
+    assert losses and all(e["size"] == 33 for e in losses)
+    ref_losses = [json.loads(line) for line in (one_rank / "events.jsonl").read_text().splitlines()]
+    ref_losses = [e for e in ref_losses if e["type"] == "loss"]
+    assert [e["loss"] for e in losses] == pytest.approx([e["loss"] for e in ref_losses], rel=1e-5)
+
+
+def test_resume_with_another_number_of_ranks_at_the_same_global_batch(one_rank, tmp_path):
+    half = _train(tmp_path, "half", 1, steps=STEPS // 2)
+    _train(tmp_path, "half", 2, "--resume", "auto")  # the job's run.steps is the total
+    ref, resumed = _params(one_rank), _params(half)
+    for name in ref:
+        np.testing.assert_allclose(resumed[name], ref[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def _start_fit(tmp_path: Path, steps: int, ranks: int = 2, mode: str = "distributed") -> subprocess.Popen:
+    (tmp_path / "job.conf").write_text(JOB % steps)
+    out = tmp_path / "out"
+    out.mkdir()
+    return subprocess.Popen(_launch(ranks, str(ROOT / "tests" / "mpi_fit.py"), str(tmp_path / "job.conf"),
+                                    str(DATA), str(out), str(steps), mode),
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _rank_result(tmp_path: Path, rank: int) -> dict[str, np.ndarray]:
+    with np.load(tmp_path / "out" / f"rank{rank}.npz") as f:
+        return dict(f)
+
+
+def test_fit_distributed_from_python_matches_a_local_fit(tmp_path):
+    local_dir, dist_dir = tmp_path / "local", tmp_path / "dist"
+    local_dir.mkdir(), dist_dir.mkdir()
+    for where, ranks, mode in ((local_dir, 1, "local"), (dist_dir, 2, "distributed")):
+        proc = _start_fit(where, STEPS, ranks, mode)
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, output
+    local, r0, r1 = _rank_result(local_dir, 0), _rank_result(dist_dir, 0), _rank_result(dist_dir, 1)
+    assert int(r0["step"]) == int(r1["step"]) == STEPS
+    for name in local:
+        assert np.array_equal(r0[name], r1[name]), name  # every rank applied the same update
+        np.testing.assert_allclose(r0[name], local[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert not (dist_dir / "out" / "run" / "rank1").exists()
+
+
+def test_the_per_layer_loop_with_world_reduce_matches_one_process(tmp_path):
+    results = []
+    for ranks, mode in ((1, "layers"), (2, "layers-distributed")):
+        where = tmp_path / mode
+        where.mkdir()
+        proc = _start_fit(where, STEPS, ranks, mode)
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, output
+        results.append([_rank_result(where, r) for r in range(ranks)])
+    (local,), (r0, r1) = results
+    assert len(local) == 4
+    for name in local:
+        assert np.array_equal(r0[name], r1[name]), name
+        np.testing.assert_allclose(r0[name], local[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def _ctl(run_dir: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "nnkit.cli", "ctl", "--wait", "120", str(run_dir), *args],
+                          env=_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_steer_a_two_rank_run_with_nnkit_ctl(tmp_path):
+    proc = _start_fit(tmp_path, 10**6)
+    run_dir = tmp_path / "out" / "run"
+    try:
+        wait_until(lambda: (tmp_path / "out" / "pid1").exists() and (run_dir / "events.jsonl").exists(),
+                   timeout=120)
+        assert "acknowledged" in _ctl(run_dir, "pause")
+        pids = [int((tmp_path / "out" / f"pid{r}").read_text()) for r in (0, 1)]
+        cpu, wall = [_cpu_seconds(p) for p in pids], time.monotonic()
+        assert "acknowledged" in _ctl(run_dir, "set", "lr=0.05", "batch_size=40")  # applied while paused
+        assert "acknowledged" in _ctl(run_dir, "tell_state")
+        elapsed = time.monotonic() - wall
+        for pid, before in zip(pids, cpu):  # paused ranks sleep: no core spent spinning
+            assert _cpu_seconds(pid) - before < 0.3 * elapsed + 0.05, pid
+        _ctl(run_dir, "resume")
+        _ctl(run_dir, "stop")
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, output
+    r0, r1 = _rank_result(tmp_path, 0), _rank_result(tmp_path, 1)
+    assert float(r0["lr"]) == float(r1["lr"]) == 0.05  # the command reached rank 1 too
+    assert int(r0["batch_size"]) == int(r1["batch_size"]) == 40  # still the global batch
+    assert int(r0["step"]) == int(r1["step"]) < 10**6  # both stopped at the same batch
+    for name in r0:
+        assert np.array_equal(r0[name], r1[name]), name
+
+
+def test_a_killed_rank_ends_every_rank_promptly(tmp_path):
+    proc = _start_fit(tmp_path, 10**6)
+    try:
+        wait_until(lambda: (tmp_path / "out" / "pid1").exists()
+                   and (tmp_path / "out" / "run" / "events.jsonl").exists(), timeout=120)
+        os.kill(int((tmp_path / "out" / "pid1").read_text()), signal.SIGKILL)
+        output, _ = proc.communicate(timeout=60)  # the launcher ends rank 0 rather than let it hang
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "BAD TERMINATION" in output and "Killed" in output, output
+    pid0 = int((tmp_path / "out" / "pid0").read_text())
+    assert not Path(f"/proc/{pid0}").exists() or "zombie" in Path(f"/proc/{pid0}/status").read_text()
+
+
+def test_import_nnkit_does_not_import_mpi4py():
+    env = {k: v for k, v in _env().items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")}
+    code = ("import sys, nnkit, nnkit.cli, nnkit.distributed; nnkit.Sequential; "
+            "assert not nnkit.distributed.launched_by_mpi(); "
+            "assert 'mpi4py' not in sys.modules, 'mpi4py imported'")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
