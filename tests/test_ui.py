@@ -490,13 +490,23 @@ def test_the_list_marks_runs_whose_process_is_gone(tmp_path):
     assert client.get("/api/runs").json()["runs"][0]["status"] == "interrupted"
 
 
-def test_parse_jsonl_reads_every_line_as_json_loads_does():
-    """The fast path for object lines gives json.loads' values and its errors, byte for byte."""
-    from nnkit.training.events import parse_jsonl
-    lines = [b'{"a":1}', b'{"a":1} ', b'{"a":1}\r', b'{"a":1}x', b'{"a":', b'', b'  ', b'{"a":1}{"b":2}',
+ODD_LINES = [b'{"a":1}', b'{"a":1} ', b'{"a":1}\r', b'{"a":1}x', b'{"a":', b'', b'  ', b'{"a":1}{"b":2}',
              b'{"a":"\xff"}', b'{"a":NaN}', b'{"a":1}\x0b', b'[1]', b'{"a":"\xed\xa0\x80"}', b'3',
-             b'\xef\xbb\xbf{"a":1}', b'{\x00"a"', '{"é": "\u2028"}'.encode(), b'{"a": [1, {"b": null}]}']
-    items, end = parse_jsonl(b"\n".join(lines) + b"\npartial", 7)
+             b'\xef\xbb\xbf{"a":1}', b'{\x00"a"', '{"\u00e9": "\u2028"}'.encode(), b'{"a": [1, {"b": null}]}']
+#: Only ASCII (what nnkit writes): parse_jsonl's whole-chunk path, with lines it must hand on.
+ASCII_LINES = [b'{"a":1}', b'{"a":1} ', b'{"a":1}\r', b'{"a":1}x', b'{"a":', b'', b'  ', b'{"a":1}{"b":2}',
+               b'{"a":', b'1}', b' {"a":1}', b'{"a":NaN}', b'{"a":1}\x0b', b'[1]', b'3', b'{', b'}',
+               b'{"a":"\\u00e9\\ud800"}', b'{"a": [1, {"b": null}]}', b'{"a":1e999,"b":-0.0}',
+               b'{"a":"b"', b'\t', b'{"type":"loss","step":1,"loss":0.5,"time":1.5}']
+
+
+@pytest.mark.parametrize("lines", [ODD_LINES, ASCII_LINES], ids=["any bytes", "ascii"])
+def test_parse_jsonl_reads_every_line_as_json_loads_does(lines):
+    """The fast paths for object lines give json.loads' values and its errors, byte for byte."""
+    from nnkit.training.events import parse_jsonl
+    data = b"\n".join(lines) + b"\npartial"
+    assert data.isascii() == (lines is ASCII_LINES)
+    items, end = parse_jsonl(data, 7)
     expected, position = [], 7
     for raw in lines:
         if raw.strip():
@@ -508,3 +518,8 @@ def test_parse_jsonl_reads_every_line_as_json_loads_does():
     assert end == position
     got = [(o, str(v) if isinstance(v, ValueError) else v) for o, v in items]
     assert repr(got) == repr(expected)  # repr: NaN == NaN
+    for cut in (0, 1, len(lines[0]), len(lines[0]) + 1, len(data) - 8):  # any prefix: its whole lines
+        part, part_end = parse_jsonl(data[:cut], 7)
+        assert part_end == 7 + data[:cut].rfind(b"\n") + 1
+        assert repr([(o, str(v) if isinstance(v, ValueError) else v) for o, v in part]) == \
+            repr([g for g in got if g[0] < part_end])
