@@ -369,7 +369,7 @@ def test_a_run_view_reads_in_bounded_chunks_and_notices_a_rewrite(tmp_path, monk
     with open(run / "events.jsonl", "a") as f:
         f.write('}\nnot json\n')
     assert view.refresh() == 1 and view.bad_lines == 1
-    for _ in range(3):  # the arrays kept for requests grow with the series, equal to it
+    for _ in range(3):  # what requests read grows with the series, equal to it
         write_events(run, loss_events(700, start=501))
         view.refresh()
         for got, want in zip(view.data("train cost"), view.monitor.series("train cost").data()):
@@ -523,3 +523,23 @@ def test_parse_jsonl_reads_every_line_as_json_loads_does(lines):
         assert part_end == 7 + data[:cut].rfind(b"\n") + 1
         assert repr([(o, str(v) if isinstance(v, ValueError) else v) for o, v in part]) == \
             repr([g for g in got if g[0] < part_end])
+
+
+@pytest.mark.parametrize("window", [None, 1, 7, 300])
+def test_points_since_are_the_new_points_with_the_whole_series_averages(tmp_path, window):
+    """A live page's new points: the tail of the series, with averages of any window that take
+    the points before the tail into account (only the tail and its window are copied)."""
+    run = tmp_path / "run"
+    write_events(run, loss_events(250))
+    view = RunView(run)
+    view.refresh()
+    series = view.monitor.series("train cost")
+    windows = {} if window is None else {"train cost": window}
+    for start in (0, 1, 100, 249):
+        got = view.points_since({"train cost": start}, windows)["train cost"]
+        averages = series.averages if window is None else moving_average(series.values, window)
+        assert got["count"] == 250
+        assert got["steps"] == series.steps[start:].tolist()
+        assert got["values"] == series.values[start:].tolist()
+        np.testing.assert_allclose(got["averages"], averages[start:], rtol=1e-12)
+    assert "train cost" not in view.points_since({"train cost": 250}, windows)
