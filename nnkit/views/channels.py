@@ -90,6 +90,8 @@ def epoch_text(epoch: int, batches_done: int) -> str:
 
 def _number(value: Any) -> float | None:
     """A float from an event field: numbers, and the strings events use for NaN and infinity."""
+    if type(value) is float:  # the common case, first
+        return value
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
