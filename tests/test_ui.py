@@ -543,3 +543,33 @@ def test_points_since_are_the_new_points_with_the_whole_series_averages(tmp_path
         assert got["values"] == series.values[start:].tolist()
         np.testing.assert_allclose(got["averages"], averages[start:], rtol=1e-12)
     assert "train cost" not in view.points_since({"train cost": 250}, windows)
+
+
+@pytest.mark.parametrize("budget", [None, 50_000, 4_000])
+def test_a_file_read_in_budgets_and_pieces_is_the_monitor_of_the_whole_file(tmp_path, budget):
+    """Read a bounded budget at a time, and parsed a piece at a time within it (lines cut at
+    the edges, bad lines and a blank among them), a run's events make the series, status, log
+    and counts of one Monitor reading the whole file."""
+    from nnkit.ui import runs
+    from nnkit.views import monitor_file
+    run = tmp_path / "run"
+    events = loss_events(3000, spike_at=1234)
+    events[2000:2000] = [{"type": "epoch", "epoch": 0, "step": 2000, "loss": 0.3, "test_error": 0.2},
+                         {"type": "status", "state": "paused", "step": 2000}]
+    write_events(run, events[:1500])
+    with open(run / "events.jsonl", "a") as f:
+        f.write("not json\n\n" + "x" * 70_000 + "\n")
+    write_events(run, events[1500:])
+    assert (run / "events.jsonl").stat().st_size > 3 * runs.PIECE
+    view, reads = RunView(run), 0
+    while reads == 0 or view.loaded < 1:
+        view.refresh(budget)
+        reads += 1
+    assert reads == 1 if budget is None else reads > 10
+    whole = monitor_file(run / "events.jsonl")
+    assert view.events == len(events) == 3003 and view.bad_lines == whole.bad_lines == 2
+    assert view.monitor.status == whole.status
+    for name in whole.channels:
+        for got, want in zip(view.data(name), whole.series(name).data()):
+            np.testing.assert_array_equal(got, want)
+    assert [e["type"] for e in view.log_since()[0]] == ["status", "epoch", "status"]
