@@ -265,3 +265,28 @@ def test_series_arrays_hold_exactly_the_points_of_a_real_run(tmp_path):
             assert type(series.last) is float and type(series.last_average) is float
     assert monitor.series("train cost").steps[-1] == step + 66  # the 2**63 step made no point
     assert monitor.status.step == 2**63
+
+
+def test_read_file_of_a_long_file_fed_a_piece_at_a_time_misses_nothing(tmp_path):
+    """Parsed a piece at a time (lines cut at the pieces' edges), a long file feeds the monitor
+    exactly its lines' events; a bad line is counted, a partial last line waits."""
+    from nnkit.training.events import PIECE
+    lines = [json.dumps(ev("loss", i + 1, float(i), step=i + 1, loss=1 / (1 + i), lr=0.1, accuracy=0.5,
+                           images_per_s=100.0 + i)) for i in range(3000)]
+    lines[1700] = "not json"
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n" + lines[0][:9])
+    assert path.stat().st_size > 3 * PIECE
+    monitor, reference = Monitor(), Monitor()
+    assert monitor.read_file(path) == 2999 and monitor.bad_lines == 1
+    for line in lines[:1700] + lines[1701:]:
+        reference.update(json.loads(line))
+    with open(path, "a") as f:
+        f.write(lines[0][9:] + "\n")
+    assert monitor.read_file(path) == 1 and monitor.read_file(path) == 0
+    reference.update(json.loads(lines[0]))
+    assert monitor.status == reference.status
+    for name in reference.channels:
+        for got, want in zip(monitor.series(name).data(), reference.series(name).data()):
+            np.testing.assert_array_equal(got, want)
+    assert len(monitor.series("train cost")) == 3000

@@ -550,7 +550,7 @@ def test_a_file_read_in_budgets_and_pieces_is_the_monitor_of_the_whole_file(tmp_
     """Read a bounded budget at a time, and parsed a piece at a time within it (lines cut at
     the edges, bad lines and a blank among them), a run's events make the series, status, log
     and counts of one Monitor reading the whole file."""
-    from nnkit.ui import runs
+    from nnkit.training.events import PIECE
     from nnkit.views import monitor_file
     run = tmp_path / "run"
     events = loss_events(3000, spike_at=1234)
@@ -560,7 +560,7 @@ def test_a_file_read_in_budgets_and_pieces_is_the_monitor_of_the_whole_file(tmp_
     with open(run / "events.jsonl", "a") as f:
         f.write("not json\n\n" + "x" * 70_000 + "\n")
     write_events(run, events[1500:])
-    assert (run / "events.jsonl").stat().st_size > 3 * runs.PIECE
+    assert (run / "events.jsonl").stat().st_size > 3 * PIECE
     view, reads = RunView(run), 0
     while reads == 0 or view.loaded < 1:
         view.refresh(budget)

@@ -247,13 +247,44 @@ def read_jsonl(path: str | os.PathLike, offset: int = 0) -> tuple[list[tuple[int
     newline yet) is left for the next call; a complete line that is not valid JSON comes
     back as a ``ValueError`` in place of its value, so callers can report and skip it.
     """
+    return parse_jsonl(_read_from(path, offset), offset)
+
+
+def read_jsonl_pieces(path: str | os.PathLike, offset: int = 0
+                      ) -> Iterator[tuple[list[tuple[int, Any]], int]]:
+    """:func:`read_jsonl`'s result a piece at a time (:func:`parse_jsonl_pieces`), for a reader
+    that uses each piece's events before the next: ``(items, offset after them)``."""
+    return parse_jsonl_pieces(_read_from(path, offset), offset)
+
+
+def _read_from(path: str | os.PathLike, offset: int) -> bytes:
+    """The bytes of a file from ``offset`` on; none for a missing file."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
-        return [], offset
-    return parse_jsonl(data, offset)
+        return b""
+
+
+#: The bytes :func:`parse_jsonl_pieces` parses at a time (some 300 lines of a training run).
+PIECE = 64 << 10
+
+
+def parse_jsonl_pieces(data: bytes, offset: int = 0, piece: int = PIECE
+                       ) -> Iterator[tuple[list[tuple[int, Any]], int]]:
+    """:func:`parse_jsonl`'s result for ``data`` cut at newlines into pieces of about ``piece``
+    bytes: ``(items, offset after them)`` for each, in order (nothing for no data).
+
+    For a reader that uses each piece's events before asking for the next: a long file's
+    events then die young, instead of tens of thousands being held at once and walked over
+    again and again by the garbage collector (a third of the time of reading them)."""
+    start = 0
+    while start < len(data):
+        cut = data.find(b"\n", start + piece)
+        stop = len(data) if cut < 0 else cut + 1
+        yield parse_jsonl(data[start:stop], offset + start)
+        start = stop
 
 
 def parse_jsonl(data: bytes, offset: int = 0) -> tuple[list[tuple[int, Any]], int]:

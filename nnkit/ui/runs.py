@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..training.events import EVENTS_FILE, parse_jsonl
+from ..training.events import EVENTS_FILE, parse_jsonl_pieces
 from ..views.channels import Monitor, moving_average
 from ..views.terminal import log_line
 
@@ -38,8 +38,6 @@ RUN_FILES = (EVENTS_FILE, JOB_FILE, METRICS_FILE)
 SMALL_FILE_LIMIT = 1 << 20
 #: The most bytes of events.jsonl parsed in one go (a huge file is read in chunks).
 CHUNK = 16 << 20
-#: The bytes of events.jsonl parsed and fed at a time (about 500 lines of a training run).
-PIECE = 64 << 10
 #: The most bytes of events.jsonl one request reads: a long run's file is read over several
 #: requests (the page shows how far), so no request waits for all of it.
 LOAD_BUDGET = 4 << 20
@@ -203,17 +201,11 @@ class RunView:
 
     def _parse_feed(self, data: bytes, offset: int) -> tuple[int, int]:
         """Parses the complete lines of ``data`` (read at byte ``offset``) and feeds them, a
-        :data:`PIECE` at a time; returns the offset after the last complete line and how many
-        events were fed. In pieces, each parsed event is fed and dropped while still young:
-        thousands held at once would be traversed by the garbage collector again and again
-        (a third of the time of a first read)."""
-        start, position, count = 0, offset, 0
-        while start < len(data):
-            cut = data.find(b"\n", start + PIECE)
-            stop = len(data) if cut < 0 else cut + 1
-            items, position = parse_jsonl(data[start:stop], offset + start)
+        piece at a time (:func:`~nnkit.training.events.parse_jsonl_pieces`); returns the
+        offset after the last complete line and how many events were fed."""
+        position, count = offset, 0
+        for items, position in parse_jsonl_pieces(data, offset):
             count += self._feed(items)
-            start = stop
         return position, count
 
     @property

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from ..training.events import RUNNING_STATES, SETTLED, Event, read_jsonl, register
+from ..training.events import RUNNING_STATES, SETTLED, Event, read_jsonl_pieces, register
 
 Source = str | tuple[str, ...] | Callable[[Event], Any]
 PointCallback = Callable[[str, str, int, float, float], None]
@@ -464,14 +464,14 @@ class Monitor:
         skipped; a partial last line waits for the next call.
         """
         key = os.fspath(path)
-        items, self._offsets[key] = read_jsonl(path, self._offsets.get(key, 0))
         count = 0
-        for _, value in items:
-            if isinstance(value, dict):
-                self.update(value)
-                count += 1
-            else:
-                self.bad_lines += 1
+        for items, self._offsets[key] in read_jsonl_pieces(path, self._offsets.get(key, 0)):
+            for _, value in items:
+                if isinstance(value, dict):
+                    self.update(value)
+                    count += 1
+                else:
+                    self.bad_lines += 1
         return count
 
     def __call__(self, event: Event) -> None:
