@@ -8,7 +8,8 @@
 2. A run of ``--events`` loss events (a million batches): ``GET /api/runs/RUN/series`` the first
    time (the file parsed into the run's Monitor, over as many requests as the page makes: each
    reads a bounded part and says how far it got), then again (cached; only the downsampling),
-   then with another smoothing window (target: responsive).
+   then with another smoothing window (target: responsive); and how much the process grew
+   (resident memory) while the run was read.
 3. Live lag: an event appended to a run's ``events.jsonl`` until it arrives over the page's
    server-sent events stream (target: under a second).
 
@@ -18,6 +19,7 @@ HTTP on 127.0.0.1 against a real uvicorn server in this process, with the real s
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -41,6 +43,15 @@ def timed(call, repeats: int) -> tuple[float, object]:
         result = call()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def resident_mb() -> float:
+    """This process's resident memory (MB), from /proc (Linux); NaN elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
 
 
 def fill_store(store: Store, runs: int, run_dir: Path) -> None:
@@ -100,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             run = f"{0:012x}"
             # The first look reads the file over several requests (as the page does), each
             # bounded: the longest one is what a user waits for before seeing something.
-            start, requests = time.perf_counter(), []
+            gc.collect()
+            start, requests, resident = time.perf_counter(), [], resident_mb()
             while True:
                 began = time.perf_counter()
                 data = get(f"api/runs/{run}/series")
@@ -108,11 +120,14 @@ def main(argv: list[str] | None = None) -> int:
                 if data["status"]["loaded"] >= 1:
                     break
             cold = time.perf_counter() - start
+            gc.collect()
+            grown = resident_mb() - resident
             cost = data["figures"][0]["channels"][0]
             rows.append((f"series: first load, whole file ({args.events} events)", cold,
                          f"{len(requests)} requests; {cost['count']} points -> {len(cost['steps'])} sent"))
             rows.append(("series: first load, longest single request", max(requests),
-                         f"median request {statistics.median(requests) * 1000:.0f} ms"))
+                         f"median request {statistics.median(requests) * 1000:.0f} ms; "
+                         f"the process grew by {grown:.0f} MB resident"))
             seconds, _ = timed(lambda: get(f"api/runs/{run}/series"), args.repeats)
             rows.append(("series: again (cached)", seconds, "downsampled to 2000 per channel"))
             seconds, _ = timed(lambda: get(f"api/runs/{run}/series", **{"window.train cost": 500}),

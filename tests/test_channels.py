@@ -223,3 +223,70 @@ def test_a_channel_may_take_several_sources():
         Channel("x", ("loss.loss", "test"))
     with pytest.raises(TypeError, match="source"):
         Channel("x", ())
+
+
+def test_series_arrays_hold_exactly_the_points_of_a_real_run(tmp_path):
+    """The compact storage (arrays of machine numbers) against the plain Python lists it
+    replaced, on a real run's event stream plus the values that need care: every point the
+    monitor reports is stored as it was, and each average is the sum of its window's values."""
+    import collections
+    x, y = toy_data()
+    mlp().fit(x, y, batch_size=16, epochs=3, verbose=0, validation_split=0.25, run_dir=tmp_path / "run")
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    step = max(e.get("step", 0) for e in events)
+    events += [ev("loss", 10_000 + i, 2e9 + i, step=step + 1 + i, loss=v, lr=0.1, accuracy=0.5,
+                  images_per_s=r)
+               for i, (v, r) in enumerate([("nan", 0), (1e300, 3.0), ("-inf", 1e-300), (-0.0, 7),
+                                           (2**53 + 1, 0.5), (5e-324, 1e300)] + [(0.1 * i, 9) for i in range(60)])]
+    events.append(ev("loss", 20_000, 3e9, step=2**63, loss=1.0))  # beyond a 64-bit step: no point
+    monitor = Monitor()
+    points = collections.defaultdict(list)
+    monitor.on_point(lambda figure, name, step, value, wall: points[name].append((step, wall, value)))
+    for event in events:
+        monitor.update(event)
+    assert len(points["train cost"]) > 60 and points["test error"] and points["epoch time"]
+    for name in monitor.channels:
+        series, kept = monitor.series(name), points[name]
+        window, averages = collections.deque(maxlen=series.channel.window), []
+        for _, _, value in kept:  # the old Series' own arithmetic, on a list
+            window.append(value)
+            averages.append(sum(window) / len(window))
+        steps = np.array([p[0] for p in kept], dtype=np.int64)
+        assert series.steps.dtype == np.int64 and len(series) == len(kept)
+        np.testing.assert_array_equal(series.steps, steps)
+        np.testing.assert_array_equal(series.times, np.array([p[1] for p in kept]))
+        np.testing.assert_array_equal(series.values, np.array([p[2] for p in kept]))
+        np.testing.assert_array_equal(series.averages, np.array(averages))
+        for start in (0, 1, len(kept) // 2, len(kept), len(kept) + 3):
+            for got, want in zip(series.data(start), (steps, [p[2] for p in kept], averages)):
+                np.testing.assert_array_equal(got, np.asarray(want, dtype=got.dtype)[start:])
+        if kept:
+            assert series.last == kept[-1][2] or math.isnan(series.last)
+            assert type(series.last) is float and type(series.last_average) is float
+    assert monitor.series("train cost").steps[-1] == step + 66  # the 2**63 step made no point
+    assert monitor.status.step == 2**63
+
+
+def test_read_file_of_a_long_file_fed_a_piece_at_a_time_misses_nothing(tmp_path):
+    """Parsed a piece at a time (lines cut at the pieces' edges), a long file feeds the monitor
+    exactly its lines' events; a bad line is counted, a partial last line waits."""
+    from nnkit.training.events import PIECE
+    lines = [json.dumps(ev("loss", i + 1, float(i), step=i + 1, loss=1 / (1 + i), lr=0.1, accuracy=0.5,
+                           images_per_s=100.0 + i)) for i in range(3000)]
+    lines[1700] = "not json"
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n" + lines[0][:9])
+    assert path.stat().st_size > 3 * PIECE
+    monitor, reference = Monitor(), Monitor()
+    assert monitor.read_file(path) == 2999 and monitor.bad_lines == 1
+    for line in lines[:1700] + lines[1701:]:
+        reference.update(json.loads(line))
+    with open(path, "a") as f:
+        f.write(lines[0][9:] + "\n")
+    assert monitor.read_file(path) == 1 and monitor.read_file(path) == 0
+    reference.update(json.loads(lines[0]))
+    assert monitor.status == reference.status
+    for name in reference.channels:
+        for got, want in zip(monitor.series(name).data(), reference.series(name).data()):
+            np.testing.assert_array_equal(got, want)
+    assert len(monitor.series("train cost")) == 3000

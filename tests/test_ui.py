@@ -369,7 +369,7 @@ def test_a_run_view_reads_in_bounded_chunks_and_notices_a_rewrite(tmp_path, monk
     with open(run / "events.jsonl", "a") as f:
         f.write('}\nnot json\n')
     assert view.refresh() == 1 and view.bad_lines == 1
-    for _ in range(3):  # the arrays kept for requests grow with the series, equal to it
+    for _ in range(3):  # what requests read grows with the series, equal to it
         write_events(run, loss_events(700, start=501))
         view.refresh()
         for got, want in zip(view.data("train cost"), view.monitor.series("train cost").data()):
@@ -490,13 +490,23 @@ def test_the_list_marks_runs_whose_process_is_gone(tmp_path):
     assert client.get("/api/runs").json()["runs"][0]["status"] == "interrupted"
 
 
-def test_parse_jsonl_reads_every_line_as_json_loads_does():
-    """The fast path for object lines gives json.loads' values and its errors, byte for byte."""
-    from nnkit.training.events import parse_jsonl
-    lines = [b'{"a":1}', b'{"a":1} ', b'{"a":1}\r', b'{"a":1}x', b'{"a":', b'', b'  ', b'{"a":1}{"b":2}',
+ODD_LINES = [b'{"a":1}', b'{"a":1} ', b'{"a":1}\r', b'{"a":1}x', b'{"a":', b'', b'  ', b'{"a":1}{"b":2}',
              b'{"a":"\xff"}', b'{"a":NaN}', b'{"a":1}\x0b', b'[1]', b'{"a":"\xed\xa0\x80"}', b'3',
-             b'\xef\xbb\xbf{"a":1}', b'{\x00"a"', '{"é": "\u2028"}'.encode(), b'{"a": [1, {"b": null}]}']
-    items, end = parse_jsonl(b"\n".join(lines) + b"\npartial", 7)
+             b'\xef\xbb\xbf{"a":1}', b'{\x00"a"', '{"\u00e9": "\u2028"}'.encode(), b'{"a": [1, {"b": null}]}']
+#: Only ASCII (what nnkit writes): parse_jsonl's whole-chunk path, with lines it must hand on.
+ASCII_LINES = [b'{"a":1}', b'{"a":1} ', b'{"a":1}\r', b'{"a":1}x', b'{"a":', b'', b'  ', b'{"a":1}{"b":2}',
+               b'{"a":', b'1}', b' {"a":1}', b'{"a":NaN}', b'{"a":1}\x0b', b'[1]', b'3', b'{', b'}',
+               b'{"a":"\\u00e9\\ud800"}', b'{"a": [1, {"b": null}]}', b'{"a":1e999,"b":-0.0}',
+               b'{"a":"b"', b'\t', b'{"type":"loss","step":1,"loss":0.5,"time":1.5}']
+
+
+@pytest.mark.parametrize("lines", [ODD_LINES, ASCII_LINES], ids=["any bytes", "ascii"])
+def test_parse_jsonl_reads_every_line_as_json_loads_does(lines):
+    """The fast paths for object lines give json.loads' values and its errors, byte for byte."""
+    from nnkit.training.events import parse_jsonl
+    data = b"\n".join(lines) + b"\npartial"
+    assert data.isascii() == (lines is ASCII_LINES)
+    items, end = parse_jsonl(data, 7)
     expected, position = [], 7
     for raw in lines:
         if raw.strip():
@@ -508,3 +518,58 @@ def test_parse_jsonl_reads_every_line_as_json_loads_does():
     assert end == position
     got = [(o, str(v) if isinstance(v, ValueError) else v) for o, v in items]
     assert repr(got) == repr(expected)  # repr: NaN == NaN
+    for cut in (0, 1, len(lines[0]), len(lines[0]) + 1, len(data) - 8):  # any prefix: its whole lines
+        part, part_end = parse_jsonl(data[:cut], 7)
+        assert part_end == 7 + data[:cut].rfind(b"\n") + 1
+        assert repr([(o, str(v) if isinstance(v, ValueError) else v) for o, v in part]) == \
+            repr([g for g in got if g[0] < part_end])
+
+
+@pytest.mark.parametrize("window", [None, 1, 7, 300])
+def test_points_since_are_the_new_points_with_the_whole_series_averages(tmp_path, window):
+    """A live page's new points: the tail of the series, with averages of any window that take
+    the points before the tail into account (only the tail and its window are copied)."""
+    run = tmp_path / "run"
+    write_events(run, loss_events(250))
+    view = RunView(run)
+    view.refresh()
+    series = view.monitor.series("train cost")
+    windows = {} if window is None else {"train cost": window}
+    for start in (0, 1, 100, 249):
+        got = view.points_since({"train cost": start}, windows)["train cost"]
+        averages = series.averages if window is None else moving_average(series.values, window)
+        assert got["count"] == 250
+        assert got["steps"] == series.steps[start:].tolist()
+        assert got["values"] == series.values[start:].tolist()
+        np.testing.assert_allclose(got["averages"], averages[start:], rtol=1e-12)
+    assert "train cost" not in view.points_since({"train cost": 250}, windows)
+
+
+@pytest.mark.parametrize("budget", [None, 50_000, 4_000])
+def test_a_file_read_in_budgets_and_pieces_is_the_monitor_of_the_whole_file(tmp_path, budget):
+    """Read a bounded budget at a time, and parsed a piece at a time within it (lines cut at
+    the edges, bad lines and a blank among them), a run's events make the series, status, log
+    and counts of one Monitor reading the whole file."""
+    from nnkit.training.events import PIECE
+    from nnkit.views import monitor_file
+    run = tmp_path / "run"
+    events = loss_events(3000, spike_at=1234)
+    events[2000:2000] = [{"type": "epoch", "epoch": 0, "step": 2000, "loss": 0.3, "test_error": 0.2},
+                         {"type": "status", "state": "paused", "step": 2000}]
+    write_events(run, events[:1500])
+    with open(run / "events.jsonl", "a") as f:
+        f.write("not json\n\n" + "x" * 70_000 + "\n")
+    write_events(run, events[1500:])
+    assert (run / "events.jsonl").stat().st_size > 3 * PIECE
+    view, reads = RunView(run), 0
+    while reads == 0 or view.loaded < 1:
+        view.refresh(budget)
+        reads += 1
+    assert reads == 1 if budget is None else reads > 10
+    whole = monitor_file(run / "events.jsonl")
+    assert view.events == len(events) == 3003 and view.bad_lines == whole.bad_lines == 2
+    assert view.monitor.status == whole.status
+    for name in whole.channels:
+        for got, want in zip(view.data(name), whole.series(name).data()):
+            np.testing.assert_array_equal(got, want)
+    assert [e["type"] for e in view.log_since()[0]] == ["status", "epoch", "status"]

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..training.events import EVENTS_FILE, parse_jsonl
+from ..training.events import EVENTS_FILE, parse_jsonl_pieces
 from ..views.channels import Monitor, moving_average
 from ..views.terminal import log_line
 
@@ -160,9 +160,6 @@ class RunView:
     size: int = 0         # the file's size when last looked at
     bad_lines: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
-    #: Each channel's points as arrays, extended as points come (a million batches are not
-    #: copied out of the Monitor again for every request).
-    arrays: dict[str, tuple[tuple[np.ndarray, ...], int]] = field(default_factory=dict)
 
     def refresh(self, budget: int | None = None) -> int:
         """Reads what was appended to ``events.jsonl`` since the last call (all of it at first,
@@ -185,13 +182,13 @@ class RunView:
                 while self.offset < end:
                     f.seek(self.offset)
                     data = f.read(min(CHUNK, end - self.offset))
-                    items, offset = parse_jsonl(data, self.offset)
+                    offset, fed = self._parse_feed(data, self.offset)
                     if offset == self.offset and len(data) < CHUNK:
                         # The budget ends inside a line: read on to its end (within a chunk), and stop.
                         f.seek(self.offset)
                         data = f.read(CHUNK)
                         newline = data.find(b"\n")
-                        items, offset = parse_jsonl(data if newline < 0 else data[:newline + 1], self.offset)
+                        offset, fed = self._parse_feed(data if newline < 0 else data[:newline + 1], self.offset)
                         end = offset
                     if offset == self.offset:  # no complete line in what was read
                         if self.offset + len(data) >= info.st_size:
@@ -199,8 +196,17 @@ class RunView:
                         offset = self.offset + len(data)  # a monster line: skip it
                         self.bad_lines += 1
                     self.offset = offset
-                    count += self._feed(items)
+                    count += fed
                 return count
+
+    def _parse_feed(self, data: bytes, offset: int) -> tuple[int, int]:
+        """Parses the complete lines of ``data`` (read at byte ``offset``) and feeds them, a
+        piece at a time (:func:`~nnkit.training.events.parse_jsonl_pieces`); returns the
+        offset after the last complete line and how many events were fed."""
+        position, count = offset, 0
+        for items, position in parse_jsonl_pieces(data, offset):
+            count += self._feed(items)
+        return position, count
 
     @property
     def loaded(self) -> float:
@@ -211,30 +217,12 @@ class RunView:
         self.monitor = Monitor(self.monitor.figures)
         self.offset, self.identity, self.logged, self.events, self.bad_lines = 0, identity, 0, 0, 0
         self.log.clear()
-        self.arrays.clear()
 
-    def data(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(steps, values, averages)`` of channel ``name``: the Monitor's series as arrays
-        (views of buffers that grow by doubling, so a live run's new points cost their own copy)."""
+    def data(self, name: str, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, values, averages)`` of channel ``name`` from point ``start`` on: copies of
+        the Monitor's series (one memcpy each; no second copy is kept for requests)."""
         with self.lock:
-            buffers, count = self.arrays.get(name, ((), 0))
-            series = self.monitor.series(name)
-            if len(series) > count:
-                new = series.data(count)
-                total = count + len(new[0])
-                if not buffers or total > len(buffers[0]):
-                    size = max(1024, 2 * total)
-                    grown = tuple(np.empty(size, dtype=a.dtype) for a in new)
-                    for old, buffer in zip(buffers, grown):
-                        buffer[:count] = old[:count]
-                    buffers = grown
-                for buffer, part in zip(buffers, new):
-                    buffer[count:total] = part
-                count = total
-                self.arrays[name] = (buffers, count)
-            if not buffers:
-                return series.data()
-            return tuple(b[:count] for b in buffers)
+            return self.monitor.series(name).data(start)
 
     def _feed(self, items: Iterable[tuple[int, Any]]) -> int:
         count = 0
@@ -313,14 +301,16 @@ class RunView:
                 start = counts.get(name, 0)
                 if len(series) <= start:
                     continue
-                steps, values, averages = self.data(name)
                 window = windows.get(name, series.channel.window)
-                tail = averages[start:]
-                if window != series.channel.window:  # the window before `start` is needed too
-                    lo = max(0, start - window + 1)
-                    tail = moving_average(values[lo:], window)[start - lo:]
-                out[name] = {"steps": steps[start:].tolist(), "values": _json_numbers(values[start:]),
-                             "averages": _json_numbers(tail), "count": len(steps)}
+                # Only the new points are copied (and, for another window, the `window - 1`
+                # before them that its first averages need).
+                lo = start if window == series.channel.window else max(0, start - window + 1)
+                steps, values, averages = self.data(name, lo)
+                steps, tail = steps[start - lo:], averages[start - lo:]
+                if window != series.channel.window:
+                    tail = moving_average(values, window)[start - lo:]
+                out[name] = {"steps": steps.tolist(), "values": _json_numbers(values[start - lo:]),
+                             "averages": _json_numbers(tail), "count": lo + len(values)}
         return out
 
 

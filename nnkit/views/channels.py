@@ -52,6 +52,7 @@ reads it from another.
 """
 from __future__ import annotations
 
+import array
 import collections
 import os
 import threading
@@ -61,11 +62,12 @@ from typing import Any
 
 import numpy as np
 
-from ..training.events import RUNNING_STATES, SETTLED, Event, read_jsonl, register
+from ..training.events import RUNNING_STATES, SETTLED, Event, read_jsonl_pieces, register
 
 Source = str | tuple[str, ...] | Callable[[Event], Any]
 PointCallback = Callable[[str, str, int, float, float], None]
 """``callback(figure_title, channel_name, step, value, wall_time)``."""
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 
@@ -88,6 +90,8 @@ def epoch_text(epoch: int, batches_done: int) -> str:
 
 def _number(value: Any) -> float | None:
     """A float from an event field: numbers, and the strings events use for NaN and infinity."""
+    if type(value) is float:  # the common case, first
+        return value
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
@@ -227,16 +231,22 @@ class Series:
         self.channel = channel
         self.figure = figure
         self._lock = lock
-        self._steps: list[int] = []
-        self._times: list[float] = []
-        self._values: list[float] = []
-        self._averages: list[float] = []
+        # Machine numbers in arrays (8 bytes a point each, grown geometrically by append), not
+        # lists of Python ints and floats (about 32): a million-batch run's series stay small.
+        self._steps = array.array("q")
+        self._times = array.array("d")
+        self._values = array.array("d")
+        self._averages = array.array("d")
         self._window: collections.deque[float] = collections.deque(maxlen=channel.window)
+        self._merged = channel.merged  # asked at every point
 
     def _add(self, step: int, time: float, value: float) -> bool:
-        """Appends a point; False (nothing added) for a merged channel's second point at a step."""
-        if self.channel.merged and self._steps and self._steps[-1] == step:
+        """Appends a point; False (nothing added) for a merged channel's second point at a step,
+        or a step beyond 64 bits (no step array could hold it)."""
+        if self._merged and self._steps and self._steps[-1] == step:
             return False  # the same evaluation, reported by a second event type
+        if not _INT64_MIN <= step <= _INT64_MAX:
+            return False
         self._window.append(value)
         self._steps.append(step)
         self._times.append(time)
@@ -250,15 +260,17 @@ class Series:
         """The channel's name."""
         return self.channel.name
 
-    def _array(self, points: list[float], dtype: type = np.float64) -> np.ndarray:
-        """A copy of one of the point lists, taken under the lock (the feeder appends)."""
+    def _array(self, points: array.array, start: int = 0) -> np.ndarray:
+        """A numpy copy of one of the point arrays from point ``start`` on, taken under the
+        lock (the feeder appends; the copy owns its memory, so appending goes on)."""
         with self._lock:
-            return np.array(points, dtype=dtype)
+            dtype = np.int64 if points.typecode == "q" else np.float64
+            return np.frombuffer(points, dtype=dtype)[start:].copy() if points else np.empty(0, dtype)
 
     @property
     def steps(self) -> np.ndarray:
         """The step (batches since training began) of each point."""
-        return self._array(self._steps, np.int64)
+        return self._array(self._steps)
 
     @property
     def times(self) -> np.ndarray:
@@ -279,8 +291,8 @@ class Series:
         """``(steps, values, averages)`` taken together, so their lengths always agree; from
         point ``start`` on (a reader that keeps the earlier ones copies only the new)."""
         with self._lock:
-            return (np.array(self._steps[start:], dtype=np.int64), np.array(self._values[start:]),
-                    np.array(self._averages[start:]))
+            return (self._array(self._steps, start), self._array(self._values, start),
+                    self._array(self._averages, start))
 
     @property
     def last(self) -> float | None:
@@ -452,14 +464,14 @@ class Monitor:
         skipped; a partial last line waits for the next call.
         """
         key = os.fspath(path)
-        items, self._offsets[key] = read_jsonl(path, self._offsets.get(key, 0))
         count = 0
-        for _, value in items:
-            if isinstance(value, dict):
-                self.update(value)
-                count += 1
-            else:
-                self.bad_lines += 1
+        for items, self._offsets[key] in read_jsonl_pieces(path, self._offsets.get(key, 0)):
+            for _, value in items:
+                if isinstance(value, dict):
+                    self.update(value)
+                    count += 1
+                else:
+                    self.bad_lines += 1
         return count
 
     def __call__(self, event: Event) -> None:
@@ -475,12 +487,19 @@ class Monitor:
             points = []
             if isinstance(step, int):
                 wall = float(event.get("time") or 0.0)
+                listeners = list(self._listeners)
                 for series, key in self._plan(event.get("type")):
-                    value = series.channel.value(event) if key is None else _number(event.get(key))
-                    if value is not None and series._add(step, wall, value):
-                        points.append((series.figure, series.name, step, value, wall))
+                    if key is None:
+                        value = series.channel.value(event)
+                    else:
+                        value = event.get(key)
+                        if type(value) is not float:  # a float is its own number: no call
+                            value = _number(value)
+                    if value is not None and series._add(step, wall, value) and listeners:
+                        points.append((series.figure, series.channel.name, step, value, wall))
+            else:
+                listeners = []  # no step: no point
             self.version += 1
-            listeners = list(self._listeners)
         for point in points:  # outside the lock: a slow listener never blocks readers
             for listener in listeners:
                 listener(*point)
