@@ -21,28 +21,16 @@ from helpers import DATA, ROOT, wait_until
 pytest.importorskip("starlette")
 from nnkit.ui.server import ThreadedServer, create_app  # noqa: E402
 
+from test_cli import SMALL_JOB  # noqa: E402
+
 CHROMEDRIVER = "/usr/bin/chromedriver"
 XSS = "<script>alert(1)</script>"
 needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
 
-LONG_JOB = """name: "small"
-seed: 1
-model {{
-  layer {{ image_input {{ height: 28 width: 28 }} }}
-  layer {{ dense {{ output_dim: 32 w {{ init: glorot_uniform }} }} }}
-  layer {{ activation {{ type: relu }} }}
-  layer {{ dense {{ output_dim: 10 }} }}
-}}
-updater {{ lr: 0.05 momentum: 0.9 }}
-data {{
-  dataset: "mnist"
-  dir: "{data}"
-  scale: 0.00392156862745098
-  train {{ batch_size: 32 limit: 2000 }}
-  test {{ batch_size: 250 limit: 500 }}
-}}
-run {{ steps: {steps} display_freq: 20 test_freq: 200 checkpoint_freq: 0 run_dir: "{runs}" }}
-"""
+# test_cli's small MNIST job, slower to learn and long enough to watch: steps given per test.
+LONG_JOB = (SMALL_JOB.replace("lr: 0.1 ", "lr: 0.05 ")
+            .replace("run {{ steps: 20 display_freq: 5 test_freq: 10 checkpoint_freq: 10 ",
+                     "run {{ steps: {steps} display_freq: 20 test_freq: 200 checkpoint_freq: 0 "))
 
 
 def browser_missing() -> str | None:
