@@ -237,6 +237,9 @@ def test_each_solver_type_updates_as_caffe_does(tmp_path, kind):
     layer.build((4,), np.float64)
     p = layer.params[0]
     rng = np.random.default_rng(0)
+    # Fixed weights, not the initializer's draw: with weight decay in the gradient, a draw that
+    # left some gradient near zero would make Adam's delta placement (above) matter.
+    p.data[...] = rng.normal(size=p.data.shape)
     start = p.data.copy()
     grads = [rng.normal(size=p.data.shape) for _ in range(5)]
     for step, g in enumerate(grads, start=1):
