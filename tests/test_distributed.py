@@ -56,10 +56,11 @@ def _launch(ranks: int, *args: str) -> list[str]:
     return ([str(MPIEXEC), "-n", str(ranks)] if ranks > 1 else []) + [sys.executable, *args]
 
 
-def _train(tmp_path: Path, name: str, ranks: int, *extra: str, steps: int = STEPS) -> Path:
+def _train(tmp_path: Path, name: str, ranks: int, *extra: str, steps: int = STEPS, job_text: str | None = None
+           ) -> Path:
     """``[mpiexec -n ranks] nnkit train`` into tmp_path/name; returns the run directory."""
     job = tmp_path / "job.conf"
-    job.write_text(JOB % steps)
+    job.write_text((job_text or JOB) % steps)
     run_dir = tmp_path / name
     done = subprocess.run(_launch(ranks, "-m", "nnkit.cli", "train", str(job), "--data-dir", str(DATA),
                                   "--run-dir", str(run_dir), *extra),
@@ -68,10 +69,11 @@ def _train(tmp_path: Path, name: str, ranks: int, *extra: str, steps: int = STEP
     return run_dir
 
 
-def _params(run_dir: Path) -> dict[str, np.ndarray]:
+def _params(run_dir: Path, state: bool = False) -> dict[str, np.ndarray]:
+    """The latest checkpoint's parameters (and with ``state`` the layer state) by name."""
     with h5py.File(checkpoints.latest_checkpoint(run_dir)) as f:
-        group = f["model/params"]
-        return {name: group[name][()] for name in group}
+        groups = [f["model/params"]] + ([f["model/state"]] if state else [])
+        return {f"{group.name}/{name}": group[name][()] for group in groups for name in group}
 
 
 def _test_metrics(run_dir: Path) -> dict[str, float]:
@@ -177,6 +179,18 @@ def test_dropout_and_batchnorm_do_not_depend_on_the_number_of_ranks(tmp_path, la
     else:  # synchronised statistics over one rank are the plain layer's
         for name in names:
             np.testing.assert_allclose(local[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_a_resumed_two_rank_run_with_dropout_and_batchnorm_continues_exactly(tmp_path):
+    # The masks' key is the layer generator's state, which the checkpoint holds; the step is the trainer's.
+    job = _with(BATCH_NORM, DROPOUT)
+    straight = _train(tmp_path, "straight", 2, job_text=job)
+    half = _train(tmp_path, "half", 2, steps=STEPS // 2, job_text=job)
+    _train(tmp_path, "half", 2, "--resume", "auto", job_text=job)
+    ref, resumed = _params(straight, state=True), _params(half, state=True)
+    assert len(ref) == 8  # 6 parameters, the moving mean and variance
+    for name in ref:
+        assert np.array_equal(resumed[name], ref[name]), name
 
 
 @pytest.mark.parametrize("mode", ["layers-distributed", "layers-updater"])
