@@ -222,10 +222,13 @@ class AllReduceUpdater:
 
     def Update(self, step: int, layer: Any) -> bool:
         """The global batch's gradients of ``layer`` (every rank calls it), then the update."""
-        self.world.reduce(layer.params, {})
+        if layer.params:  # the same on every rank (same model): no collective for an activation
+            self.world.reduce(layer.params, {})
         return self.updater.Update(step, layer)
 
     def __getattr__(self, name: str) -> Any:  # what this class does not have: the updater's
+        if name in self._OWN:  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.updater, name)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -203,6 +203,36 @@ def test_the_per_layer_loop_over_two_ranks_matches_one_process(tmp_path, mode):
         np.testing.assert_allclose(r0[name], local[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+class _RecordingWorld:
+    """Stands in for a World in one process: records what reduce is given, halves the gradients."""
+
+    def __init__(self) -> None:
+        self.reduced: list[list[str]] = []
+
+    def reduce(self, params, logs) -> None:
+        self.reduced.append([p.full_name for p in params])
+        for p in params:
+            p.grad *= 0.5
+
+
+def test_all_reduce_updater_reduces_the_layer_then_is_the_wrapped_updater():
+    from nnkit import SGD, Activation, Dense
+    from nnkit.distributed import AllReduceUpdater
+    world = _RecordingWorld()
+    dense, relu = Dense(3, name="d"), Activation("relu", name="r")
+    dense.build((2,))
+    dense.params[0].grad[...] = 1.0
+    dense.params[1].grad[...] = 1.0
+    before = dense.params[0].data.copy()
+    sgd = AllReduceUpdater(SGD(lr=0.1), world)
+    assert sgd.Update(1, dense) and sgd.Update(1, relu)
+    assert world.reduced == [["d/weight", "d/bias"]]  # a layer without parameters needs no collective
+    np.testing.assert_allclose(dense.params[0].data, before - 0.1 * 0.5, rtol=1e-6)  # the reduced gradient
+    sgd.lr = 0.01  # settings and state are the wrapped updater's
+    assert sgd.updater.lr == sgd.lr == 0.01 and sgd.last_step == 1
+    assert sgd.state_dict() == sgd.updater.state_dict()
+
+
 def _ctl(run_dir: Path, *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "nnkit.cli", "ctl", "--wait", "120", str(run_dir), *args],
                           env=_env(), capture_output=True, text=True, timeout=180)
