@@ -82,7 +82,9 @@ class Dropout(Layer):
         """Fills ``u`` with this batch's draws of the step's stream (see the class docstring)."""
         step, first = self.example_stream
         bits = np.random.Philox(key=self._stream_key(), counter=[0, 0, step, 0])
-        start = first * units  # in float32 draws: one uint32 each, 8 per Philox counter
+        # In float32 draws: one uint32 each, 8 per Philox counter (4 uint64 outputs, each split
+        # in two); advance() moves whole counters. tests/test_dropout.py checks the layout.
+        start = first * units
         bits.advance(start // 8)
         draws = np.random.Generator(bits)
         if start % 8:  # the first example starts inside a counter block: discard its head
