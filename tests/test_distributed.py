@@ -294,7 +294,10 @@ def test_a_killed_rank_ends_every_rank_promptly_and_the_last_checkpoint_resumes(
             proc.communicate()
     assert proc.returncode != 0
     assert took < 15, took
-    assert "BAD TERMINATION" in output and "Killed" in output, output  # which rank, and how it ended
+    # A clear error either way: the launcher's report of which rank was killed, or (when rank 0's
+    # all-reduce notices first, which a loaded machine makes likely) MPI's abort naming the collective.
+    assert ("BAD TERMINATION" in output and "Killed" in output) or \
+        ("rank 0" in output and "Allreduce" in output), output
     pid0 = int((tmp_path / "out" / "pid0").read_text())
     assert not Path(f"/proc/{pid0}").exists() or "zombie" in Path(f"/proc/{pid0}/status").read_text()
     # The last checkpoint is intact: it loads, and training continues from it.
