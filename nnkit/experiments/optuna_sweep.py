@@ -44,6 +44,8 @@ from .sweep import Distribution
 
 #: Seconds between two looks at the runs in flight.
 POLL = 0.5
+#: Seconds between two liveness checks of the runs (:meth:`Store.mark_stale`), for when no worker makes them.
+STALE_EVERY = 10.0
 #: ``--pruner`` names (``threshold=X`` takes a value).
 PRUNERS = ("median", "none", "threshold=X")
 
@@ -121,10 +123,14 @@ class OptunaSweep:
     def run(self) -> int:
         """Asks, queues, follows and tells until ``trials`` trials are told; returns 0, or 130
         after Ctrl-C (the sweep stopped)."""
+        looked = time.monotonic()
         try:
             while self.asked < self.trials or self.out:
                 while self.asked < self.trials and self._room():
                     self._ask()
+                if time.monotonic() - looked > STALE_EVERY:  # a run whose worker died unseen ends interrupted
+                    self.store.mark_stale()
+                    looked = time.monotonic()
                 for run_id in list(self.out):
                     self._follow(run_id)
                 time.sleep(self.poll)
