@@ -206,6 +206,8 @@ def test_a_pruned_trial_s_run_is_stopped(tmp_path, job):
         events = Path(run.run_dir, "events.jsonl").read_text()
         assert '"command":"stop"' in events.replace(" ", "")  # answered through the control channel
     assert "pruned after epoch 1 (test_error" in done.stdout  # displays count epochs from 1
+    status = nnkit("sweep", "--status", sweep_id, "--store", "s.db", cwd=tmp_path)
+    assert "TRIAL" in status.stdout and status.stdout.count(" PRUNED ") == 2 and "2 stopped" in status.stdout
 
 
 def test_ctrl_c_on_the_driver_stops_the_sweep(tmp_path, job):
