@@ -573,3 +573,45 @@ def test_a_file_read_in_budgets_and_pieces_is_the_monitor_of_the_whole_file(tmp_
         for got, want in zip(view.data(name), whole.series(name).data()):
             np.testing.assert_array_equal(got, want)
     assert [e["type"] for e in view.log_since()[0]] == ["status", "epoch", "status"]
+
+
+# ------------------------------------------------------------------------------ the queue
+def test_the_list_shows_the_queue_and_stop_cancels_a_queued_run_as_nnkit_ctl_does(tmp_path):
+    """A real store with queued runs (nnkit queue's records): their places in the queue, the
+    worker and attempts of a claimed one; stop dequeues a queued run, nothing else reaches it."""
+    from nnkit.experiments import Store
+    from nnkit.experiments.queue import claim, enqueue, requeue_interrupted
+    store = Store(tmp_path / "experiments.db")
+    ids = [enqueue(store, f'name: "q{i}"\n', name=f"q{i}", retries=i) for i in range(4)]
+    taken = claim(store, tmp_path / "runs", pid=2**22 + 4321)  # the oldest, by a worker pid that is gone
+    assert taken.run_id == ids[0]
+    client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+    headers = {"X-NNKit-Token": TOKEN}
+    rows = {r["id"]: r for r in client.get("/api/runs", params={"sort": "created", "desc": "0"}).json()["runs"]}
+    assert [rows[i]["job"] for i in ids[1:]] == [{"retries": i, "attempts": 0, "position": i} for i in (1, 2, 3)]
+    # The list's look for dead processes found the claim's worker gone: interrupted, no retry left.
+    assert rows[ids[0]]["status"] == "interrupted"
+    assert rows[ids[0]]["job"] == {"retries": 0, "attempts": 1, "position": None}
+    assert (rows[ids[0]]["host"], rows[ids[0]]["pid"]) == (socket.gethostname(), 2**22 + 4321)
+    queued = client.get("/api/runs", params={"status": "queued"}).json()
+    assert queued["total"] == 3 and {r["id"] for r in queued["runs"]} == set(ids[1:])
+
+    detail = client.get(f"/api/runs/{ids[2]}").json()  # its job, to be read before it runs
+    assert detail["config_text"] == 'name: "q2"\n' and detail["job"]["position"] == 2 and detail["run_dir"] is None
+    refused = client.post(f"/api/runs/{ids[2]}/command", json={"command": "pause"}, headers=headers)
+    assert refused.status_code == 409 and "is queued: no worker has started it yet" in refused.json()["error"]
+    bad = client.post(f"/api/runs/{ids[2]}/command", json={"command": "stop", "args": {"x": 1}}, headers=headers)
+    assert bad.status_code == 400 and store.get(ids[2]).status == "queued"  # checked before it is cancelled
+    done = client.post(f"/api/runs/{ids[2]}/command", json={"command": "stop"}, headers=headers)
+    assert done.status_code == 200 and done.json()["cancelled"] and done.json()["ok"]
+    assert done.json()["text"] == f"run {ids[2]} was queued: cancelled (status stopped)"
+    assert store.get(ids[2]).status == "stopped"
+    assert [r["job"]["position"] for r in client.get("/api/runs", params={"status": "queued", "desc": "0"}).json()["runs"]] == [1, 2]
+    again = client.post(f"/api/runs/{ids[2]}/command", json={"command": "stop"}, headers=headers)
+    assert again.status_code == 409 and "no run directory" in again.json()["error"]  # no second cancel
+    assert claim(store, tmp_path / "runs").run_id == ids[1]  # the workers skip the cancelled run
+    assert claim(store, tmp_path / "runs").run_id == ids[3] and claim(store, tmp_path / "runs") is None
+    # A claimed run whose directory is not (yet) a run directory: the command is refused, nothing written.
+    claimed = client.post(f"/api/runs/{ids[3]}/command", json={"command": "stop"}, headers=headers)
+    assert claimed.status_code == 409 and "no such run directory" in claimed.json()["error"]
+    assert store.get(ids[3]).status == "running" and requeue_interrupted(store) == []

@@ -44,8 +44,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..experiments.queue import NotSteerable, steer_target
 from ..views.channels import DEFAULT_FIGURES
-from ..views.terminal import (CommandLineError, command_events, describe_answer,
+from ..views.terminal import (CommandLineError, check_command, command_events, describe_answer,
                               describe_command_events, describe_silence, steer)
 from .runs import (DEFAULT_POINTS, LOAD_BUDGET, MAX_POINTS, MAX_WINDOW, RunCache, UnsafeRunDir,
                    checked_run_dir, config_differences, read_run_file)
@@ -192,8 +193,13 @@ class Dashboard:
         except UnsafeRunDir as e:
             raise BadRequest(409, f"run {record.id}: {e}") from None
 
-    def row(self, record: Any) -> dict[str, Any]:
-        """A record as the experiments list shows it."""
+    def jobs(self, records: list[Any]) -> dict[str, dict]:
+        """The queue's word on the records ``nnkit queue`` made (retries, attempts, position)."""
+        found = getattr(self.store, "jobs", None)
+        return {} if found is None else found([r.id for r in records])
+
+    def row(self, record: Any, job: dict | None = None) -> dict[str, Any]:
+        """A record as the experiments list shows it; ``job``: its entry of :meth:`jobs`."""
         best = _call(self.store, "best", record.id) or {}
         return {"id": record.id, "name": record.name, "owner": record.owner,
                 "tags": list(record.tags), "notes": record.notes, "status": record.status,
@@ -201,7 +207,7 @@ class Dashboard:
                 "heartbeat": record.heartbeat, "duration": record.duration,
                 "progress": record.progress, "step": record.step, "total_steps": record.total_steps,
                 "best_test_error": _finite(best.get("test_error")), "host": record.host,
-                "run_dir": record.run_dir}
+                "pid": record.pid, "run_dir": record.run_dir, "job": job}
 
     # ------------------------------------------------------------------ pages
     def page(self, request: Request, kind: str, title: str, **data: str) -> HTMLResponse:
@@ -257,12 +263,13 @@ class Dashboard:
                                       descending=q.get("desc", "1") != "0", limit=limit, offset=offset)
         except ValueError as e:  # a bad --where expression or sort key: the store names it
             raise BadRequest(400, str(e)) from None
+        jobs = self.jobs(records)  # one look at the queue per page, not per row
         return JSONResponse({"total": total, "offset": offset, "limit": limit,
-                             "runs": [self.row(r) for r in records]})
+                             "runs": [self.row(r, jobs.get(r.id)) for r in records]})
 
     def run_detail(self, request: Request) -> JSONResponse:
         record = self.record(request.path_params["run"])
-        out = {**self.row(record), "config_text": record.config_text,
+        out = {**self.row(record, self.jobs([record]).get(record.id)), "config_text": record.config_text,
                "config_hash": record.config_hash, "nnkit_version": record.nnkit_version,
                "git_commit": record.git_commit, "pid": record.pid,
                "params": _call(self.store, "params", record.id) or {},
@@ -333,11 +340,25 @@ class Dashboard:
         # The values are nnkit ctl's KEY=VALUE texts (numbers are taken as their JSON text).
         raw = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in args.items()}
         record = await run_in_threadpool(self.record, request.path_params["run"])
-        await run_in_threadpool(self.view, record)  # the directory is checked before any write
         return await run_in_threadpool(self._steer, record, body["command"], raw)
 
     def _steer(self, record: Any, name: str, raw: dict[str, str]) -> JSONResponse:
-        run_dir = checked_run_dir(record.run_dir)
+        try:
+            check_command(name, raw)  # a bad command is refused before anything is touched
+        except CommandLineError as e:
+            raise BadRequest(400, str(e)) from None
+        try:  # nnkit ctl RUN's own rule: stop cancels a queued run, nothing else reaches one
+            target = steer_target(self.store, record, name)
+        except NotSteerable as e:
+            raise BadRequest(409, str(e)) from None
+        if target is None:
+            return JSONResponse({"command": {"command": name, "args": {}}, "answer": None, "ok": True,
+                                 "cancelled": True, "lines": [],
+                                 "text": f"run {record.id} was queued: cancelled (status stopped)"})
+        try:  # the directory is checked before any write
+            run_dir = checked_run_dir(target)
+        except UnsafeRunDir as e:
+            raise BadRequest(409, f"run {record.id}: {e}") from None
         try:
             command, answer, offset = steer(run_dir, name, raw, COMMAND_WAIT)
         except CommandLineError as e:

@@ -69,6 +69,29 @@
     return true;
   }
   function liveState(state) { return state === "started" || state === "resumed" ? "running" : state; }
+  // A queue's run, in the words of its phase: requeued (back in the queue after an attempt),
+  // claimed (a worker took it, training has not started yet); else the store's status.
+  function phase(r) {
+    const j = r.job;
+    if (j && r.status === "queued" && j.attempts > 0) return "requeued";
+    if (j && r.status === "running" && !r.started) return "claimed";
+    return r.status;
+  }
+  function worker(r) { return r.host || r.pid ? `${r.host || "?"}/${r.pid ?? "–"}` : null; }
+  function attempts(j) {
+    if (!j) return "";
+    const of = `of ${1 + j.retries}`;
+    return j.attempts ? `attempt ${j.attempts} ${of}` : `no attempt yet (${j.retries} ${j.retries === 1 ? "retry" : "retries"})`;
+  }
+  // The queue and worker cell of a run: its place in the queue or the worker running it, and its attempts.
+  function queueFacts(r) {
+    const j = r.job;
+    let main = "";
+    if (r.status === "queued") main = j && j.position ? `#${j.position} in queue` : "queued";
+    else if (r.status === "running" || r.status === "paused") main = worker(r) || "";
+    else if (j) main = r.host || "";
+    return [main, attempts(j)];
+  }
 
   // ------------------------------------------------------------------ the chart
   function niceStep(range, count) {
@@ -196,7 +219,7 @@
     const tbody = el("tbody");
     const pager = el("div", {class: "pager"});
     const table = el("table", {class: "runs", id: "runs"},
-      el("thead", {}, el("tr", {}, ["", "name", "status", "progress", "best test error", "duration", "owner", "tags", "created"]
+      el("thead", {}, el("tr", {}, ["", "name", "status", "progress", "queue / worker", "best test error", "duration", "owner", "tags", "created"]
         .map((h) => el("th", {text: h})))), tbody);
     MAIN.append(el("div", {class: "toolbar"}, input("owner", "owner (everyone)", 14), status, input("tag", "tag", 10),
       input("where", "where, e.g. updater.lr<0.01 and test_error<0.05", 40), sort, desc, compare), message, table, pager);
@@ -216,7 +239,7 @@
         message.textContent = "";
         message.className = "message";
         if (!replaceIfChanged(tbody, data.runs, runRow)) return;
-        if (!data.runs.length) tbody.append(el("tr", {}, el("td", {colspan: 9, class: "empty", text: "no runs recorded" + (data.total ? " on this page" : " that match")})));
+        if (!data.runs.length) tbody.append(el("tr", {}, el("td", {colspan: 10, class: "empty", text: "no runs recorded" + (data.total ? " on this page" : " that match")})));
         const last = Math.min(data.offset + data.runs.length, data.total);
         pager.replaceChildren(
           el("button", {disabled: state.offset === 0, on: {click: () => { state.offset = Math.max(0, state.offset - state.limit); refresh(); }}}, "‹ newer"),
@@ -237,9 +260,11 @@
         el("td", {}, box),
         el("td", {class: "name"}, el("a", {href: "/run/" + encodeURIComponent(r.id), text: r.name || r.id}),
           el("div", {class: "sub", text: r.id})),
-        el("td", {}, badge(r.status)),
+        el("td", {class: "status", title: r.status}, badge(phase(r))),
         el("td", {class: "progress"}, el("div", {class: "bar"}, el("i", {style: {width: `${pct === null ? 0 : pct}%`}})),
           el("span", {class: "sub", text: `${r.step}${r.total_steps ? " / " + r.total_steps : ""}${pct === null ? "" : ` (${pct}%)`}`})),
+        el("td", {class: "queue", "data-position": r.job && r.job.position ? r.job.position : null},
+          el("div", {text: queueFacts(r)[0]}), el("div", {class: "sub", text: queueFacts(r)[1]})),
         el("td", {class: "num", text: num(r.best_test_error)}),
         el("td", {class: "num", text: duration(r.duration)}),
         el("td", {text: r.owner || ""}),
@@ -282,6 +307,7 @@
           headers: {"content-type": "application/json", "x-nnkit-token": TOKEN}, body: JSON.stringify({command, args})});
         item.className = body.ok ? "ok" : "error";
         item.textContent = body.text || body.error;
+        if (body.cancelled) poll().catch(showError);
         for (const line of body.lines || []) item.append(el("div", {class: "sub", text: line}));
       } catch (e) {
         item.className = "error";
@@ -294,27 +320,35 @@
     const setFields = ["lr", "momentum", "weight_decay", "batch_size"].map((n) => field(n, n));
     const untilBatches = field("batches", "batches"), untilEpochs = field("epochs", "epochs");
     const collect = (inputs) => Object.fromEntries(inputs.filter((i) => i.value.trim() !== "").map((i) => [i.name, i.value.trim()]));
-    steer.append(
+    // A queued run takes no command but stop, which cancels it (as `nnkit ctl RUN stop` does).
+    const queueText = el("p", {id: "queue-text"});
+    const queueBox = el("div", {class: "queued", id: "queue-box", hidden: true}, queueText,
+      el("div", {class: "row"}, el("button", {id: "cancel", "data-command": "stop", on: {click: () => send("stop", {})}}, "Cancel (dequeue)")));
+    const controls = el("div", {id: "controls"});
+    steer.append(queueBox, controls, answers);
+    controls.append(
       el("div", {class: "row"}, button("pause", "Pause"), button("resume", "Resume"), button("stop", "Stop"),
         button("checkpoint", "Checkpoint"), button("tell_state", "Tell state")),
       el("form", {class: "row", id: "set-form", on: {submit: (e) => { e.preventDefault(); send("set", collect(setFields)); }}},
         ...setFields, el("button", {type: "submit", id: "set-button"}, "Set")),
       el("form", {class: "row", id: "until-form", on: {submit: (e) => { e.preventDefault(); send("run_until", collect([untilBatches, untilEpochs])); }}},
-        untilBatches, untilEpochs, el("button", {type: "submit", id: "until-button"}, "Run until")),
-      answers);
+        untilBatches, untilEpochs, el("button", {type: "submit", id: "until-button"}, "Run until")));
 
     // The head is built once and then updated in place (it changes with every live message).
     let headParts = null;
     function showHead(detail, live) {
       const s = live || {};
-      const state = live ? liveState(s.state) : detail.status;
-      const facts = [["run", detail.id], ["owner", detail.owner], ["step", s.step ?? detail.step], ["epoch", String(s.epoch ?? "–").replace(/^epoch /, "")],
+      const state = live && detail.status !== "queued" ? liveState(s.state) : phase(detail);
+      const queue = detail.job ? [["worker", worker(detail) || "–"], ["attempts", attempts(detail.job)]] : [];
+      const facts = [["run", detail.id], ["owner", detail.owner], ...queue, ["step", s.step ?? detail.step], ["epoch", String(s.epoch ?? "–").replace(/^epoch /, "")],
         ["loss", num(s.loss)], ["lr", num(s.lr)], ["test error", num(s.test_error)], ["images/s", num(s.images_per_s, 3)],
         ["duration", duration(detail.started && !detail.ended && (state === "running" || state === "paused")
           ? Date.now() / 1000 - detail.started : detail.duration)], ["last event", s.last_time ? clock(s.last_time) : "–"]];
       const notes = [detail.notes ? ["notes", detail.notes] : null,
         s.last_error ? ["message error", "last error: " + s.last_error] : null,
-        detail.files_error ? ["message error", detail.files_error] : null].filter(Boolean);
+        detail.files_error && !(detail.job && !detail.run_dir) ? ["message error", detail.files_error] : null,
+        detail.job && !detail.run_dir && detail.status === "stopped" ? ["sub", "cancelled before any worker took it"] : null,
+      ].filter(Boolean);
       if (!headParts) {
         headParts = {status: el("span", {id: "status"}), facts: el("div", {class: "facts"}), tags: el("div"), notes: el("div")};
         head.replaceChildren(el("h1", {}, el("span", {class: "run-name", id: "run-name", text: detail.name || detail.id}), " ",
@@ -444,8 +478,32 @@
       };
     }
     function showError(e) { head.append(el("p", {class: "message error", text: e.message})); }
-    loadDetail().then(() => { if (!detail.files_error) return loadSeries(); }).catch(showError);
-    setInterval(() => { if (detail) api(`/api/runs/${encodeURIComponent(run)}`).then((d) => { detail = d; }).catch(() => {}); }, 5000);
+    // A queued run waits for a worker: its page looks again until one takes it, then goes live.
+    let live = false;
+    function showQueue() {
+      const queued = detail.status === "queued";
+      queueBox.hidden = !queued;
+      controls.hidden = queued || (!!detail.job && !detail.run_dir);
+      if (queued) {
+        const j = detail.job || {};
+        queueText.textContent = `${j.position ? `#${j.position} in the queue` : "Queued"}: no worker has taken it yet` +
+          `${j.attempts ? ` (requeued after attempt ${j.attempts} of ${1 + j.retries})` : ""}. Its job is below; ` +
+          "cancelling takes it out of the queue (status stopped), as nnkit ctl RUN stop does.";
+      }
+    }
+    function goLive() {
+      showQueue();
+      if (!live && !detail.files_error && detail.status !== "queued") { live = true; return loadSeries(); }
+    }
+    async function poll() {
+      detail = await api(`/api/runs/${encodeURIComponent(run)}`);
+      if (!live) showHead(detail, detail.live);
+      const text = detail.config_text || "(no configuration recorded)";
+      if (config.textContent !== text) config.textContent = text;  // keeps a selection
+      await goLive();
+    }
+    loadDetail().then(goLive).catch(showError);
+    setInterval(() => { if (detail) poll().catch(() => {}); }, 2000);
   }
 
   // ------------------------------------------------------------------ compare page
