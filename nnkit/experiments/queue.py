@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .rundir import JOB_FILE, config_hash, default_owner, flatten_config
-from .store import Store
+from .store import Store, join_sweep
 from .summary import RunSummary
 
 #: Seconds a worker waits between two looks at an empty queue.
@@ -59,8 +59,12 @@ class Claim:
 
 
 def enqueue(store: Store, config_text: str, *, name: str | None = None, owner: str | None = None,
-            tags: tuple[str, ...] = (), retries: int = 0) -> str:
-    """Records a run of ``config_text`` (a validated job config) as ``queued``; returns its id."""
+            tags: tuple[str, ...] = (), retries: int = 0, sweep_id: str | None = None,
+            point: dict[str, Any] | None = None) -> str:
+    """Records a run of ``config_text`` (a validated job config) as ``queued``; returns its id.
+
+    ``sweep_id``, ``point``: the run is one of that sweep's, made by the overrides ``point``.
+    """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
     summary = RunSummary(id=uuid.uuid4().hex[:12], name=name, owner=owner or default_owner(),
@@ -68,7 +72,15 @@ def enqueue(store: Store, config_text: str, *, name: str | None = None, owner: s
                          config_hash=config_hash(config_text))
     run_id = store.save(summary, flatten_config(config_text))
     # After the record: a run is claimable once it has its jobs row, never half-made.
-    store._write(lambda db: db.execute("INSERT INTO jobs (run_id, retries) VALUES (?, ?)", (run_id, retries)))
+    def work(db: Any) -> None:
+        if sweep_id is not None:  # in the same transaction: a claimable run already has its sweep
+            join_sweep(db, run_id, sweep_id, point or {})
+        db.execute("INSERT INTO jobs (run_id, retries) VALUES (?, ?)", (run_id, retries))
+    try:
+        store._write(work)
+    except LookupError:  # no such sweep: no queued record that no worker could ever take
+        store.remove(run_id)
+        raise
     return run_id
 
 
