@@ -173,3 +173,86 @@ def test_watch_and_steer_a_live_run_in_the_browser(browser, tmp_path):
         if live.poll() is None:
             live.kill()
             live.wait(30)
+
+
+SWEEP_LRS = (0.2, 0.1, 0.05, 0.02)  # the last one stays queued: the worker runs three
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory):
+    """A store with a real small sweep: test_cli's SMALL_JOB queued with `--set updater.lr=...`
+    for each point (``nnkit queue``), three of the four run by a real ``nnkit worker``."""
+    from nnkit.experiments import Store
+    tmp = tmp_path_factory.mktemp("sweep")
+    (tmp / "job.conf").write_text(SMALL_JOB.format(data=DATA, runs=tmp / "runs"))
+    store = Store(tmp / "experiments.db")
+    sweep = store.create_sweep("grid", {"updater.lr": list(SWEEP_LRS)}, name="lr-grid")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ids = []
+    for lr in SWEEP_LRS:
+        done = subprocess.run([sys.executable, "-m", "nnkit.cli", "queue", "job.conf", "--store", "experiments.db",
+                               "--set", f"updater.lr={lr}", "--name", f"lr-{lr}"], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        ids.append(done.stdout.strip())
+        store.add_to_sweep(ids[-1], sweep, {"updater.lr": lr})
+    worker = subprocess.run([sys.executable, "-m", "nnkit.cli", "worker", "--store", "experiments.db", "--runs-dir",
+                             "runs", "--once", "--max-jobs", "3"], cwd=tmp, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert worker.returncode == 0, worker.stderr
+    assert [store.get(i).status for i in ids] == ["finished"] * 3 + ["queued"]
+    return store, sweep, ids
+
+
+@needs_mnist
+def test_a_sweep_page_shows_each_run_s_point_and_curve_and_cancels_a_queued_run(browser, sweep_store, tmp_path):
+    from selenium.webdriver.common.by import By
+    store, sweep, ids = sweep_store
+    with ThreadedServer(create_app(store)) as server:
+        browser.get(server.url + "sweeps")
+        wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-sweep="{sweep}"] td.name a').text == "lr-grid")
+        click(browser, f'tr[data-sweep="{sweep}"] td.name a')
+        wait(browser, lambda d: d.find_element(By.ID, "sweep-name").text == "lr-grid")
+
+        def rows(d):
+            return {r.get_attribute("data-run"): r for r in d.find_elements(By.CSS_SELECTOR, "#sweep-runs tbody tr")}
+        wait(browser, lambda d: set(rows(d)) == set(ids), message="not every run of the sweep is listed")
+        for run_id, lr in zip(ids, SWEEP_LRS):
+            row = rows(browser)[run_id]
+            assert row.find_element(By.CSS_SELECTOR, 'td.point[data-key="updater.lr"]').text == str(lr)
+            best = row.find_element(By.CSS_SELECTOR, 'td.best[data-metric="test_error"]').text
+            wanted = store.best(run_id)["test_error"]
+            assert best == f"{float(f'{wanted:.4g}'):g}"  # the page's 4 significant digits
+        # One curve per run that trained, each named by its point in the legend.
+        for figure in ("train cost", "test error"):
+            css = f'[data-figure="{figure}"]'
+            wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, css).get_attribute("data-runs") == "3",
+                 message=f"the {figure} figure does not draw the three runs")
+            legend = [k.text for k in browser.find_elements(By.CSS_SELECTOR, f"{css} .legend .key")]
+            assert legend == [f"updater.lr={lr}" for lr in SWEEP_LRS[:3]]
+            assert len(browser.find_elements(By.CSS_SELECTOR, f"{css} svg path")) == 3
+        # Sorting by the point: the largest learning rate last when ascending, first when descending.
+        click(browser, 'th[data-sort="point:updater.lr"]')
+        wait(browser, lambda d: [r.get_attribute("data-run") for r in d.find_elements(By.CSS_SELECTOR, "#sweep-runs tbody tr")]
+             == ids[::-1])
+        click(browser, 'th[data-sort="point:updater.lr"]')
+        wait(browser, lambda d: [r.get_attribute("data-run") for r in d.find_elements(By.CSS_SELECTOR, "#sweep-runs tbody tr")]
+             == ids)
+        shot = tmp_path / "sweep-page.png"
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        # README's picture: NNKIT_UI_SWEEP_SCREENSHOT=docs/sweep-page.png pytest tests/test_ui_browser.py
+        if os.environ.get("NNKIT_UI_SWEEP_SCREENSHOT"):
+            shutil.copy(shot, os.environ["NNKIT_UI_SWEEP_SCREENSHOT"])
+
+        # Cancel the queued run from the page: it is dequeued in the store, and no worker takes it.
+        queued = ids[3]
+        assert [b.get_attribute("data-run") for b in browser.find_elements(By.CSS_SELECTOR, "button.cancel")] == [queued]
+        click(browser, f'button.cancel[data-run="{queued}"]')
+        wait(browser, lambda d: any(li.text == f"run {queued} was queued: cancelled (status stopped)"
+                                    for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")))
+        assert store.get(queued).status == "stopped"
+        wait(browser, lambda d: rows(d)[queued].get_attribute("data-status") == "stopped")
+        assert not browser.find_elements(By.CSS_SELECTOR, "button.cancel")
+        wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "finished",
+             message="the sweep does not read as finished once none of its runs is live")
+        browser.get("about:blank")
