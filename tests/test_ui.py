@@ -615,3 +615,85 @@ def test_the_list_shows_the_queue_and_stop_cancels_a_queued_run_as_nnkit_ctl_doe
     claimed = client.post(f"/api/runs/{ids[3]}/command", json={"command": "stop"}, headers=headers)
     assert claimed.status_code == 409 and "no such run directory" in claimed.json()["error"]
     assert store.get(ids[3]).status == "running" and requeue_interrupted(store) == []
+
+
+# ------------------------------------------------------------------------------ sweeps
+@pytest.fixture
+def sweep_store(tmp_path):
+    """A real store with a sweep of three runs (two with events, one whose record names /etc)
+    and a run of no sweep."""
+    from nnkit.experiments import Store
+    from nnkit.experiments.summary import RunSummary
+    store = Store(tmp_path / "experiments.db")
+    sweep = store.create_sweep("grid", {"updater.lr": [0.1, 0.01, 0.001]}, name=XSS)
+    for i, (lr, error) in enumerate(((0.1, 0.3), (0.01, 0.125), (0.001, None))):
+        run_dir = tmp_path / f"r{i}"
+        write_events(run_dir, loss_events(100 * (i + 1)) + [{"type": "test", "step": 50, "error": 0.5}])
+        metrics = {} if error is None else {"test_error": (error, 100)}
+        store.save(RunSummary(id=f"5eed0000000{i}", name=f"lr-{lr}", status="finished", created=10 + i,
+                              run_dir=str(run_dir) if i < 2 else "/etc", metrics=metrics))
+        store.add_to_sweep(f"5eed0000000{i}", sweep, {"updater.lr": lr, "model": f"m{i % 2}"})
+    store.save(RunSummary(id="a1one0000000", name="alone", status="finished", created=1,
+                          run_dir=str(tmp_path / "r0")))
+    return store, sweep
+
+
+def test_the_sweeps_list_and_a_sweep_s_runs_with_their_points_and_best_metrics(sweep_store):
+    store, sweep = sweep_store
+    client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+    listed = client.get("/api/sweeps").json()
+    assert listed["total"] == 1
+    row = listed["sweeps"][0]
+    assert (row["id"], row["name"], row["kind"], row["status"]) == (sweep, XSS, "grid", "finished")
+    assert (row["runs"], row["live"], row["finished"], row["failed"]) == (3, 0, 3, 0)
+    assert (row["best_run"], row["best_test_error"]) == ("5eed00000001", 0.125)
+    page = client.get(f"/sweep/{sweep}")
+    assert page.status_code == 200 and XSS not in page.text and "&lt;script&gt;" in page.text
+    assert f'data-sweep="{sweep}"' in page.text
+    detail = client.get(f"/api/sweeps/{sweep[:6]}").json()  # an id prefix names it too
+    assert detail["keys"] == ["model", "updater.lr"]
+    assert [(r["id"], r["point"]["updater.lr"], r["best"].get("test_error")) for r in detail["runs"]] == [
+        ("5eed00000000", 0.1, 0.3), ("5eed00000001", 0.01, 0.125), ("5eed00000002", 0.001, None)]
+    assert {r["sweep_id"] for r in detail["runs"]} == {sweep}
+    assert [r["id"] for r in client.get(f"/api/sweeps/{sweep}", params={"limit": 1, "offset": 1}).json()["runs"]] \
+        == ["5eed00000001"]
+    # The experiments list names each run's sweep and point.
+    runs = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert (runs["5eed00000002"]["sweep_name"], runs["5eed00000002"]["point"]) == (XSS, {"updater.lr": 0.001, "model": "m0"})
+    assert (runs["a1one0000000"]["sweep_id"], runs["a1one0000000"]["point"]) == (None, None)
+
+
+def test_a_sweep_s_curves_are_confined_and_bounded_as_compare_s(sweep_store):
+    store, sweep = sweep_store
+    client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+    data = client.get(f"/api/sweeps/{sweep}/compare", params={"channel": "train cost", "points": 50}).json()
+    assert data["total"] == 3 and [r["id"] for r in data["runs"]] == ["5eed00000000", "5eed00000001", "5eed00000002"]
+    counts = [r["series"] and r["series"]["count"] for r in data["runs"]]
+    assert counts == [100, 200, None]  # the record naming /etc: nothing read
+    assert data["runs"][2]["files_error"].endswith("/etc: no events.jsonl there: not a run directory")
+    assert all(len(r["series"]["steps"]) <= 52 for r in data["runs"][:2])  # downsampled
+    assert data["runs"][1]["point"] == {"model": "m1", "updater.lr": 0.01}
+    assert [d["key"] for d in data["differences"]] == []  # no params recorded: nothing differs
+    test = client.get(f"/api/sweeps/{sweep}/compare", params={"channel": "test error", "runs": "5eed00000001"}).json()
+    assert [r["series"]["values"] for r in test["runs"]] == [[0.5]]
+
+    def refused(path, status=400, **params):
+        response = client.get(path, params=params)
+        assert response.status_code == status, (path, params, response.text)
+        return response.json()["error"]
+    assert "not of sweep" in refused(f"/api/sweeps/{sweep}/compare", runs="a1one0000000")
+    assert refused(f"/api/sweeps/{sweep}/compare", runs=",".join(["5eed00000000"] * 21)) == \
+        "runs: give at most 20 run ids, separated by commas"
+    assert "is not one of" in refused(f"/api/sweeps/{sweep}/compare", channel="/etc/passwd")
+    assert refused(f"/api/sweeps/{sweep}", limit=0) == "limit: must be in [1, 10000], got 0"
+    assert refused(f"/api/sweeps/{sweep}", limit=10_001).startswith("limit: must be in")
+    assert refused("/api/sweeps", offset=-1).startswith("offset: must be in")
+    for path in ("/api/sweeps/nope", "/api/sweeps/..%2Fetc", "/sweep/nope", "/api/sweeps/nope/compare"):
+        assert client.get(path).status_code == 404, path
+    assert "no sweep 'nope'" in client.get("/api/sweeps/nope").json()["error"]
+
+
+def test_a_store_without_sweeps_lists_none(client):
+    assert client.get("/api/sweeps").json() == {"total": 0, "offset": 0, "limit": 100, "sweeps": []}
+    assert client.get("/api/sweeps/aaaa").status_code == 404
+    assert client.get("/sweeps").status_code == 200

@@ -181,7 +181,8 @@ SWEEP_LRS = (0.2, 0.1, 0.05, 0.02)  # the last one stays queued: the worker runs
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
     """A store with a real small sweep: test_cli's SMALL_JOB queued with `--set updater.lr=...`
-    for each point (``nnkit queue``), three of the four run by a real ``nnkit worker``."""
+    for each point (``nnkit queue``), then once more outside the sweep; a real ``nnkit worker``
+    runs the first three. Returns the store, the sweep and the five run ids."""
     from nnkit.experiments import Store
     tmp = tmp_path_factory.mktemp("sweep")
     (tmp / "job.conf").write_text(SMALL_JOB.format(data=DATA, runs=tmp / "runs"))
@@ -196,19 +197,42 @@ def sweep_store(tmp_path_factory):
         assert done.returncode == 0, done.stderr
         ids.append(done.stdout.strip())
         store.add_to_sweep(ids[-1], sweep, {"updater.lr": lr})
+    later = subprocess.run([sys.executable, "-m", "nnkit.cli", "queue", "job.conf", "--store", "experiments.db",
+                            "--name", "later", "--retries", "2"], cwd=tmp, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert later.returncode == 0, later.stderr
+    ids.append(later.stdout.strip())
     worker = subprocess.run([sys.executable, "-m", "nnkit.cli", "worker", "--store", "experiments.db", "--runs-dir",
                              "runs", "--once", "--max-jobs", "3"], cwd=tmp, env=env, capture_output=True,
                             text=True, timeout=600)
     assert worker.returncode == 0, worker.stderr
-    assert [store.get(i).status for i in ids] == ["finished"] * 3 + ["queued"]
+    assert [store.get(i).status for i in ids] == ["finished"] * 3 + ["queued"] * 2
     return store, sweep, ids
 
 
 @needs_mnist
 def test_a_sweep_page_shows_each_run_s_point_and_curve_and_cancels_a_queued_run(browser, sweep_store, tmp_path):
     from selenium.webdriver.common.by import By
-    store, sweep, ids = sweep_store
+    store, sweep, all_ids = sweep_store
+    ids, later = all_ids[:4], all_ids[4]
     with ThreadedServer(create_app(store)) as server:
+        # The list: each queued run's place in the queue; a run of the sweep names it.
+        browser.get(server.url)
+        wait(browser, lambda d: [d.find_element(By.CSS_SELECTOR, f'tr[data-run="{i}"] td.queue').get_attribute("data-position")
+                                 for i in (ids[3], later)] == ["1", "2"], message="the queue positions are not shown")
+        assert "sweep lr-grid at updater.lr=0.02" in browser.find_element(By.CSS_SELECTOR, f'tr[data-run="{ids[3]}"] .sweep-of').text
+        # A queued run's page: its job, its place, and Cancel (dequeue) instead of the controls.
+        browser.get(server.url + f"run/{later}")
+        wait(browser, lambda d: d.find_element(By.ID, "queue-text").text.startswith("#2 in the queue: no worker has taken it yet"))
+        assert browser.find_element(By.ID, "config").text.startswith("# nnkit") and \
+            'name: "small"' in browser.find_element(By.ID, "config").text
+        assert not browser.find_element(By.ID, "controls").is_displayed()
+        click(browser, "#cancel")
+        wait(browser, lambda d: any(li.text == f"run {later} was queued: cancelled (status stopped)"
+                                    for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")))
+        wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "stopped")
+        assert store.get(later).status == "stopped" and not browser.find_element(By.ID, "queue-box").is_displayed()
+
         browser.get(server.url + "sweeps")
         wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-sweep="{sweep}"] td.name a').text == "lr-grid")
         click(browser, f'tr[data-sweep="{sweep}"] td.name a')
@@ -221,8 +245,9 @@ def test_a_sweep_page_shows_each_run_s_point_and_curve_and_cancels_a_queued_run(
             row = rows(browser)[run_id]
             assert row.find_element(By.CSS_SELECTOR, 'td.point[data-key="updater.lr"]').text == str(lr)
             best = row.find_element(By.CSS_SELECTOR, 'td.best[data-metric="test_error"]').text
-            wanted = store.best(run_id)["test_error"]
-            assert best == f"{float(f'{wanted:.4g}'):g}"  # the page's 4 significant digits
+            wanted = store.best(run_id).get("test_error")
+            assert (wanted is None) == (run_id == ids[3])  # the queued one has not run
+            assert best == ("–" if wanted is None else f"{float(f'{wanted:.4g}'):g}")  # 4 significant digits
         # One curve per run that trained, each named by its point in the legend.
         for figure in ("train cost", "test error"):
             css = f'[data-figure="{figure}"]'
