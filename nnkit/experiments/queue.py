@@ -180,6 +180,13 @@ def steer_target(store: Store, run: Any, command: str) -> str | None:
     return run.run_dir
 
 
+def will_retry(store: Store, run_id: str) -> bool:
+    """Whether a worker will put run ``run_id`` back in the queue: it is ``interrupted`` with
+    retries left (see :func:`requeue_interrupted`)."""
+    return bool(store._read("SELECT 1 FROM runs JOIN jobs ON jobs.run_id = runs.id WHERE runs.id = ? "
+                            "AND runs.status = 'interrupted' AND jobs.attempts <= jobs.retries", (run_id,)))
+
+
 def _safe(name: str | None) -> str:
     """A record's name as a directory name (no separators or control characters)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in (name or "")).strip(".")[:64]
@@ -279,4 +286,5 @@ class Worker:
                   f"{run_dir / OUTPUT_FILE})")
 
 
-__all__ = ["enqueue", "claim", "settle", "cancel", "steer_target", "NotSteerable", "requeue_interrupted", "Worker", "Claim", "train_command"]
+__all__ = ["enqueue", "claim", "settle", "cancel", "steer_target", "NotSteerable", "requeue_interrupted", "will_retry",
+           "Worker", "Claim", "train_command"]
