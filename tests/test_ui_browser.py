@@ -180,32 +180,26 @@ SWEEP_LRS = (0.2, 0.1, 0.05, 0.02)  # the last one stays queued: the worker runs
 
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
-    """A store with a real small sweep: test_cli's SMALL_JOB queued with `--set updater.lr=...`
-    for each point (``nnkit queue``), then once more outside the sweep; a real ``nnkit worker``
-    runs the first three. Returns the store, the sweep and the five run ids."""
+    """A store with a real small sweep: test_cli's SMALL_JOB swept over updater.lr (``nnkit sweep
+    --grid``: a run queued per point, the point its ``--set`` override), then queued once more
+    outside the sweep (``nnkit queue``); a real ``nnkit worker`` runs the first three. Returns
+    the store, the sweep and the five run ids."""
     from nnkit.experiments import Store
     tmp = tmp_path_factory.mktemp("sweep")
     (tmp / "job.conf").write_text(SMALL_JOB.format(data=DATA, runs=tmp / "runs"))
     store = Store(tmp / "experiments.db")
-    sweep = store.create_sweep("grid", {"updater.lr": list(SWEEP_LRS)}, name="lr-grid")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ids = []
-    for lr in SWEEP_LRS:
-        done = subprocess.run([sys.executable, "-m", "nnkit.cli", "queue", "job.conf", "--store", "experiments.db",
-                               "--set", f"updater.lr={lr}", "--name", f"lr-{lr}"], cwd=tmp, env=env,
-                              capture_output=True, text=True, timeout=120)
+
+    def nnkit(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "nnkit.cli", *args, "--store", "experiments.db"], cwd=tmp,
+                              env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
-        ids.append(done.stdout.strip())
-        store.add_to_sweep(ids[-1], sweep, {"updater.lr": lr})
-    later = subprocess.run([sys.executable, "-m", "nnkit.cli", "queue", "job.conf", "--store", "experiments.db",
-                            "--name", "later", "--retries", "2"], cwd=tmp, env=env, capture_output=True, text=True,
-                           timeout=120)
-    assert later.returncode == 0, later.stderr
-    ids.append(later.stdout.strip())
-    worker = subprocess.run([sys.executable, "-m", "nnkit.cli", "worker", "--store", "experiments.db", "--runs-dir",
-                             "runs", "--once", "--max-jobs", "3"], cwd=tmp, env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert worker.returncode == 0, worker.stderr
+        return done.stdout
+    out = nnkit("sweep", "job.conf", "--grid", "updater.lr=" + ",".join(map(str, SWEEP_LRS)), "--name", "lr-grid").split()
+    sweep, ids = out[0], out[1::2]
+    assert out[2::2] == [f"updater.lr={lr}" for lr in SWEEP_LRS]
+    ids.append(nnkit("queue", "job.conf", "--name", "later", "--retries", "2").strip())
+    nnkit("worker", "--runs-dir", "runs", "--once", "--max-jobs", "3")
     assert [store.get(i).status for i in ids] == ["finished"] * 3 + ["queued"] * 2
     return store, sweep, ids
 
