@@ -337,7 +337,7 @@
     // A queued run takes no command but stop, which cancels it (as `nnkit ctl RUN stop` does).
     const queueText = el("p", {id: "queue-text"});
     const queueBox = el("div", {class: "queued", id: "queue-box", hidden: true}, queueText,
-      el("div", {class: "row"}, el("button", {id: "cancel", "data-command": "stop", on: {click: () => send("stop", {})}}, "Cancel (dequeue)")));
+      el("div", {class: "row"}, el("button", {id: "cancel", on: {click: () => send("stop", {})}}, "Cancel (dequeue)")));
     const controls = el("div", {id: "controls"});
     steer.append(queueBox, controls, answers);
     controls.append(
