@@ -697,3 +697,41 @@ def test_a_store_without_sweeps_lists_none(client):
     assert client.get("/api/sweeps").json() == {"total": 0, "offset": 0, "limit": 100, "sweeps": []}
     assert client.get("/api/sweeps/aaaa").status_code == 404
     assert client.get("/sweeps").status_code == 200
+
+
+def test_a_run_a_worker_took_is_steered_from_its_page_by_its_store_record(tmp_path):
+    """A queued run of a real `nnkit worker`: the page's commands reach the worker's child
+    through the record (as `nnkit ctl RUN`), and its answers come back; stop ends it."""
+    from helpers import DATA, wait_until
+    from test_queue import JOB, LONG, start_worker
+
+    from nnkit.experiments import Store
+    from nnkit.experiments.queue import enqueue
+    store = Store(tmp_path / "s.db")
+    run_id = enqueue(store, JOB.format(data=DATA, steps=LONG), name="long")
+    worker = start_worker(tmp_path, "--once")
+    try:
+        wait_until(lambda: store.get(run_id).status == "running" and store.get(run_id).step > 3, 120)
+        client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+        row = client.get("/api/runs").json()["runs"][0]
+        assert row["job"] == {"retries": 0, "attempts": 1, "position": None} and row["pid"] not in (None, worker.pid)
+
+        def send(command, **args):
+            response = client.post(f"/api/runs/{run_id[:5]}/command", json={"command": command, "args": args},
+                                   headers={"X-NNKit-Token": TOKEN})
+            return response.status_code, response.json()
+        status, body = send("pause")
+        assert status == 200 and body["text"].startswith("pause acknowledged at step")
+        wait_until(lambda: store.get(run_id).status == "paused", 60)
+        status, body = send("set", lr="0.0125")
+        assert status == 200 and body["answer"]["values"] == {"lr": 0.0125}
+        status, body = send("resume")
+        assert status == 200 and body["ok"]
+        status, body = send("stop")  # a running run: the command, not a cancel
+        assert status == 200 and body["text"].startswith("stop acknowledged") and "cancelled" not in body
+        assert worker.wait(120) == 0
+        assert store.get(run_id).status == "stopped"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
