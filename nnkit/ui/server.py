@@ -182,7 +182,9 @@ class Dashboard:
     def __init__(self, store: Any, token: str) -> None:
         self.store = store
         self.token = token
-        self.cache = RunCache()
+        # Room for one compare's runs and a few pages more: a sweep page's curves every few
+        # seconds are then read incrementally, not each file again from its start.
+        self.cache = RunCache(size=MAX_COMPARE + 8)
         self._stale_checked = -math.inf
 
     # ------------------------------------------------------------------ helpers

@@ -590,7 +590,7 @@
     }
     async function refresh() {
       try {
-        const data = await api("/api/sweeps?limit=200");
+        const data = await api("/api/sweeps?limit=100");
         message.textContent = data.total > data.sweeps.length ? `the newest ${data.sweeps.length} of ${data.total} sweeps` : "";
         message.className = "message";
         if (replaceIfChanged(tbody, data.sweeps, sweepRow) && !data.sweeps.length) {
@@ -599,7 +599,7 @@
       } catch (e) { message.textContent = e.message; message.className = "message error"; }
     }
     refresh();
-    setInterval(refresh, 3000);
+    setInterval(refresh, 5000);
   }
 
   // ------------------------------------------------------------------ sweep page
@@ -726,7 +726,13 @@
     function showError(e) { message.textContent = e.message; message.className = "message error"; }
     load().catch(showError);
     setInterval(() => load().catch(showError), 3000);
-    setInterval(() => { if (data) loadCurves().catch(showError); }, 5000);
+    // The curves again only when a drawn run moved on (a step, a status): a finished sweep is read once.
+    let drawnKey = null;
+    setInterval(() => {
+      if (!data) return;
+      const key = JSON.stringify(data.runs.filter((r) => shown.has(r.id)).map((r) => [r.id, r.step, r.status]));
+      if (key !== drawnKey) { drawnKey = key; loadCurves().catch(showError); }
+    }, 5000);
   }
 
   const pages = {experiments: experimentsPage, experiment: experimentPage, compare: comparePage, sweeps: sweepsPage, sweep: sweepPage};
