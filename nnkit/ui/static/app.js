@@ -616,7 +616,7 @@
     });
     const figs = el("div", {class: "figures", id: "figures"}, charts.map((c) => c.node));
     const spec = el("pre", {class: "config", id: "spec"});
-    MAIN.append(head, message, figs, el("section", {class: "card"}, el("h2", {text: "Runs"}), table, answers),
+    MAIN.append(head, message, figs, el("section", {class: "card"}, el("h2", {text: "Runs"}), el("div", {class: "table-wrap"}, table), answers),
       el("details", {class: "card settings"}, el("summary", {text: "Sweep specification"}), spec));
 
     let data = null;
@@ -640,7 +640,8 @@
       return sort.desc ? -order : order;
     }
     function columns() {
-      return [["", null], ["run", "name"], ...data.keys.map((k) => [k, "point:" + k]), ["status", "status"], ["progress", "progress"],
+      // A field path may break after its dots (a zero-width space), never inside a name.
+      return [["", null], ["run", "name"], ...data.keys.map((k) => [k.replace(/\./g, ".\u200b"), "point:" + k]), ["status", "status"], ["progress", "progress"],
         ["queue / worker", null], ...METRICS.map(([k, label]) => [label, "best:" + k]), ["duration", "duration"], ["", null]];
     }
     function header() {
