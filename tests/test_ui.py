@@ -649,6 +649,10 @@ def test_the_sweeps_list_and_a_sweep_s_runs_with_their_points_and_best_metrics(s
     assert (row["best_run"], row["best_test_error"]) == ("5eed00000001", 0.125)
     page = client.get(f"/sweep/{sweep}")
     assert page.status_code == 200 and XSS not in page.text and "&lt;script&gt;" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    remote = TestClient(create_app(store, TOKEN, require_token=True), base_url="http://10.0.0.5:8600")
+    assert [remote.get(path).status_code for path in ("/sweeps", f"/sweep/{sweep}", "/api/sweeps",
+                                                      f"/api/sweeps/{sweep}/compare")] == [401] * 4
     assert f'data-sweep="{sweep}"' in page.text
     detail = client.get(f"/api/sweeps/{sweep[:6]}").json()  # an id prefix names it too
     assert detail["keys"] == ["model", "updater.lr"]
