@@ -263,6 +263,13 @@ def test_a_sweep_page_shows_each_run_s_point_and_curve_and_cancels_a_queued_run(
         if os.environ.get("NNKIT_UI_SWEEP_SCREENSHOT"):
             shutil.copy(shot, os.environ["NNKIT_UI_SWEEP_SCREENSHOT"])
 
+        # The status filter: the queued run alone, then all again.
+        from selenium.webdriver.support.ui import Select
+        status = Select(browser.find_element(By.CSS_SELECTOR, 'select[name="status"]'))
+        status.select_by_value("queued")
+        wait(browser, lambda d: list(rows(d)) == [ids[3]])
+        status.select_by_value("")
+        wait(browser, lambda d: set(rows(d)) == set(ids))
         # Cancel the queued run from the page: it is dequeued in the store, and no worker takes it.
         queued = ids[3]
         assert [b.get_attribute("data-run") for b in browser.find_elements(By.CSS_SELECTOR, "button.cancel")] == [queued]

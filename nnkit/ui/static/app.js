@@ -616,7 +616,11 @@
     });
     const figs = el("div", {class: "figures", id: "figures"}, charts.map((c) => c.node));
     const spec = el("pre", {class: "config", id: "spec"});
-    MAIN.append(head, message, figs, el("section", {class: "card"}, el("h2", {text: "Runs"}), el("div", {class: "table-wrap"}, table), answers),
+    let only = "";  // the status the table shows ("": any)
+    const statusFilter = el("select", {name: "status", "aria-label": "status", on: {change: (e) => { only = e.target.value; draw(); }}},
+      el("option", {value: "", text: "any status"}), STATUSES.map((s) => el("option", {value: s, text: s})));
+    MAIN.append(head, message, figs, el("section", {class: "card"}, el("div", {class: "fig-head"}, el("h2", {text: "Runs"}), statusFilter),
+        el("div", {class: "table-wrap"}, table), answers),
       el("details", {class: "card settings"}, el("summary", {text: "Sweep specification"}), spec));
 
     let data = null;
@@ -686,7 +690,7 @@
     }
     function draw() {
       header();
-      const rows = [...data.runs].sort(compare);
+      const rows = data.runs.filter((r) => !only || r.status === only).sort(compare);
       tbody.replaceChildren(...rows.map(runRow));
     }
     function showHead(w) {
