@@ -38,12 +38,14 @@ from typing import Any, Callable
 
 from ..training.events import EVENTS_FILE, read_jsonl
 from .queue import cancel, enqueue, will_retry
-from .store import Store
+from .store import Store, SweepRecord
 from .summary import ENDED, metric_values
 from .sweep import Distribution
 
 #: Seconds between two looks at the runs in flight.
 POLL = 0.5
+#: Seconds between two liveness checks of the runs (:meth:`Store.mark_stale`): no worker may be left to make them.
+STALE_EVERY = 10.0
 #: ``--pruner`` names (``threshold=X`` takes a value).
 PRUNERS = ("median", "none", "threshold=X")
 
@@ -56,6 +58,20 @@ def default_study_storage(store: Store) -> str:
 def optuna_study_name(sweep_id: str) -> str:
     """The name of sweep ``sweep_id``'s study in its storage (the spec's ``storage``)."""
     return f"nnkit-sweep-{sweep_id}"
+
+
+def study_trials(sweep: SweepRecord) -> dict[str, str]:
+    """``{run id: "NUMBER STATE"}`` of an Optuna sweep's trials, read from its study's storage;
+    empty when Optuna or the storage cannot be had (the runs' records still say how they went)."""
+    try:
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=optuna_study_name(sweep.id), storage=sweep.spec["storage"])
+        trials = study.get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001  (no optuna, a moved file, an unreachable database)
+        return {}
+    return {t.user_attrs["nnkit_run_id"]: f"{t.number} {t.state.name}"
+            for t in trials if "nnkit_run_id" in t.user_attrs}
 
 
 def storage_url(storage: str) -> str:
@@ -121,10 +137,14 @@ class OptunaSweep:
     def run(self) -> int:
         """Asks, queues, follows and tells until ``trials`` trials are told; returns 0, or 130
         after Ctrl-C (the sweep stopped)."""
+        looked = time.monotonic()
         try:
             while self.asked < self.trials or self.out:
                 while self.asked < self.trials and self._room():
                     self._ask()
+                if time.monotonic() - looked > STALE_EVERY:  # a run whose worker died unseen ends interrupted
+                    self.store.mark_stale()
+                    looked = time.monotonic()
                 for run_id in list(self.out):
                     self._follow(run_id)
                 time.sleep(self.poll)
@@ -243,4 +263,5 @@ def _point(point: dict[str, Any]) -> str:
     return " ".join(point_overrides(point))
 
 
-__all__ = ["OptunaSweep", "default_study_storage", "optuna_study_name", "storage_url", "make_pruner", "PRUNERS", "POLL"]
+__all__ = ["OptunaSweep", "default_study_storage", "optuna_study_name", "study_trials", "storage_url",
+           "make_pruner", "PRUNERS", "POLL", "STALE_EVERY"]
