@@ -2,7 +2,7 @@
 
     nnkit train JOB.conf [--set key=value ...] [--run-dir DIR] [--resume CKPT|RUN_DIR|auto]
                          [--overwrite] [--keep-checkpoints N] [--data-dir DIR] [--tensorboard [DIR]]
-                         [--store PATH] [--owner O] [--name N] [--tag T ...]
+                         [--store PATH] [--owner O] [--name N] [--tag T ...] [--load-root DIR ...]
     nnkit eval CKPT|RUN_DIR [--data-dir DIR] [--dataset NAME] [--scale S] [--json]
     nnkit show JOB.conf|CKPT|RUN_DIR
     nnkit time JOB.conf [--iterations N]
@@ -342,6 +342,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .views.tensorboard import TensorBoard
         callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
     model.trainer_for_fit().keep_checkpoints = args.keep_checkpoints
+    model.trainer_for_fit().load_roots = [Path(root).resolve() for root in args.load_root]
     from . import experiments  # records the run (and says how): the store, owner, name, tags
     experiments.configure(store=_absolute(args.store), owner=args.owner, name=args.name, tags=args.tag,
                           run_id=args.run_id)
@@ -661,7 +662,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return EXIT_OK
     args.run_dir = target
     try:
-        command, answer, offset = steer(args.run_dir, args.name, parse_assignments(args.args),
+        command, answer, offset = steer(args.run_dir, args.name, parse_assignments(args.args, args.name),
                                         args.wait)
     except CommandLineError as e:
         raise UsageError(str(e)) from None
@@ -834,6 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last good state is checkpointed; then pause (default: wait for "
                         "`nnkit ctl RUN_DIR resume` to retry it, e.g. after `set lr=...`, or `skip`) "
                         "or stop (exit 1)")
+    p.add_argument("--load-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose checkpoints `load_weights` commands may load besides the run "
+                        "directory's (repeatable; a sweep gives its members its run directories)")
     add_record_options(p, "the run's name in the store (default: the run directory's name)")
     p.add_argument("--run-id", metavar="ID", help="record into this existing record (a queued run "
                    "that `nnkit worker` took) instead of a new one; needs --run-dir")

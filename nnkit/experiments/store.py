@@ -148,8 +148,14 @@ def _v3(db: sqlite3.Connection) -> None:
                "attempts INTEGER NOT NULL DEFAULT 0)")
 
 
+def _v4(db: sqlite3.Connection) -> None:
+    """A queued run's load roots: the folders its ``load_weights`` commands may read from (a
+    sweep's run directories; JSON list, NULL for none), given to ``nnkit train --load-root``."""
+    db.execute("ALTER TABLE jobs ADD COLUMN load_roots TEXT")
+
+
 #: Schema version N is made by applying MIGRATIONS[:N] in order to an empty database.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -526,6 +526,103 @@ class Controller:
                                    "it is left alone")
         return target
 
+    @command("Loads the parameters and layer state (and by default the updater's slots) of an "
+             "nnkit checkpoint; the run keeps its own counters, schedule, learning rate and data "
+             "order (change the learning rate with ``set``). In a run with a run directory the "
+             "checkpoint must lie in it or in the run's load roots.",
+             Arg("path", str, REQUIRED, "the checkpoint, or a run directory (its latest checkpoint)",
+                 annotation=str | os.PathLike),
+             Arg("slots", bool, True, "also the updater's slots and counts (momentum, Adam's "
+                 "moments): the copied weights go on with their own velocity"))
+    def _do_load_weights(self, trainer: Any, path: str, slots: bool) -> dict:
+        from .. import checkpoint  # h5py, only here: nnkit ctl reads this table without it
+        if getattr(trainer, "distributed", None) is not None:
+            raise CommandError("load_weights: not in a data-parallel (MPI) run: the other ranks "
+                               "would keep their weights")
+        source = self.load_source(path, getattr(trainer, "load_roots", ()))
+        try:
+            tree = checkpoint.load_tree(source)
+        except checkpoint.CheckpointError as exc:
+            raise CommandError(f"load_weights: {source} is not an nnkit checkpoint ({exc})") from None
+        model, updater = trainer.model, trainer.updater
+        saved = tree.get("model")
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
+            raise CommandError(f"load_weights: {source} is an nnkit file without a model's parameters")
+        # Every check before any change: the parameters (names, shapes), then the slots.
+        try:
+            checkpoint.check_parameters(saved["params"], model.layers, str(source), saved.get("state", {}))
+        except checkpoint.CheckpointError as exc:
+            raise CommandError(f"load_weights: {exc}") from None
+        state = self._loaded_slots(source, saved.get("updater"), model, updater) if slots else None
+        checkpoint.assign_parameters(saved["params"], model.layers, str(source), state=saved.get("state", {}))
+        if state is not None:
+            updater.load_state_dict(state)
+        stored = tree.get("trainer")
+        step = stored.get("global_step") if isinstance(stored, dict) else None
+        return {"path": str(source), "source_step": step if isinstance(step, int) else None,
+                "slots": slots}
+
+    def load_source(self, path: str | os.PathLike, roots: Any = ()) -> Path:
+        """The checkpoint file a ``load_weights path=...`` command may read; CommandError if none.
+
+        A relative path resolves in the run directory. Symlinks and ``..`` are resolved before
+        the check, and again after a run directory is turned into its latest checkpoint (its
+        ``latest`` file could name a link out). In a run with a run directory the file must lie
+        in it or under one of ``roots`` (a sweep's run directories); a run without one (steered
+        from its own Python process only) may read any file.
+        """
+        from . import checkpoints
+        base = self.run_dir.resolve() if self.run_dir is not None else Path.cwd()
+        allowed = [] if self.run_dir is None else [base, *(Path(r).resolve() for r in roots)]
+
+        def confined(target: Path) -> Path:
+            target = (base / target).resolve()  # an absolute path stays itself
+            if allowed and not any(target.is_relative_to(root) for root in allowed):
+                raise CommandError(f"load_weights: {path} is outside the allowed roots "
+                                   f"({', '.join(map(str, allowed))})")
+            return target
+        target = confined(Path(path))
+        if target.is_dir():
+            try:
+                target = confined(checkpoints.resolve_checkpoint(target))
+            except FileNotFoundError as exc:
+                raise CommandError(f"load_weights: {exc}") from None
+        if not target.is_file():
+            raise CommandError(f"load_weights: {target} does not exist or is not a file")
+        return target
+
+    @staticmethod
+    def _loaded_slots(source: Path, saved: Any, model: Any, updater: Any) -> dict[str, Any] | None:
+        """The updater state after loading ``saved``'s slots and counts: the run's own schedule,
+        step and learning-rate override with the checkpoint's per-parameter state, checked
+        against the parameters; None when the run has no updater."""
+        if updater is None:
+            return None
+        from ..checkpoint import upgrade_names
+        own = updater.state_dict()
+        if saved is None:  # a checkpoint without updater state: the slots start afresh
+            return {**own, "slots": {}, "counts": {}}
+        if not isinstance(saved, dict) or saved.get("type") != own["type"]:
+            kind = saved.get("type") if isinstance(saved, dict) else type(saved).__name__
+            raise CommandError(f"load_weights: {source} has the slots of a {kind} updater and this "
+                               f"run's is {own['type']}; give slots=false to load the parameters alone")
+        shapes = {p.full_name: p.data.shape for p in model.params}
+        slot_state = upgrade_names(saved.get("slots") or {}, shapes)
+        counts = upgrade_names(saved.get("counts") or {}, shapes)
+        for name, arrays in slot_state.items():
+            if name not in shapes:
+                raise CommandError(f"load_weights: {source}: updater slots of {name!r}, which is no "
+                                   "parameter of this model")
+            if not isinstance(arrays, dict) or set(arrays) != set(updater.slot_names):
+                raise CommandError(f"load_weights: {source}: updater slots of {name!r} are "
+                                   f"{sorted(arrays) if isinstance(arrays, dict) else arrays!r}, this "
+                                   f"updater uses {sorted(updater.slot_names)}")
+            for key, array in arrays.items():
+                if getattr(array, "shape", None) != shapes[name]:
+                    raise CommandError(f"load_weights: {source}: updater slot {name}/{key} has shape "
+                                       f"{getattr(array, 'shape', None)} but the parameter {shapes[name]}")
+        return {**own, "slots": slot_state, "counts": counts}
+
     @command("Stops and ends the run's thread, also when it is finished and waiting.")
     def _do_shutdown(self, trainer: Any) -> None:
         trainer.request("shutdown")

@@ -81,11 +81,17 @@ def ctl_help(width: int = 78) -> str:
     return "\n".join(lines)
 
 
-def parse_assignments(pairs: list[str]) -> dict[str, str]:
-    """``["lr=0.01", ...]`` as ``{"lr": "0.01"}``; CommandLineError for a pair without ``=``."""
+def parse_assignments(pairs: list[str], command: str | None = None) -> dict[str, str]:
+    """``["lr=0.01", ...]`` as ``{"lr": "0.01"}``; CommandLineError for a pair without ``=``,
+    except that a bare value is the argument of a ``command`` taking one required argument
+    (``load_weights PATH`` is ``load_weights path=PATH``)."""
     raw: dict[str, str] = {}
+    entry = COMMANDS.get(command) if command is not None else None
+    required = [a.name for a in entry.args if a.required] if entry is not None else []
     for pair in pairs:
         key, eq, text = pair.partition("=")
+        if not eq and len(required) == 1 and not pair.startswith("-"):
+            key, eq, text = required[0], "=", pair
         if not eq or not key:
             raise CommandLineError(f"expected key=value, got {pair!r}")
         if key in raw:
