@@ -308,9 +308,35 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_runs(tmp_path):
     db.commit()
     db.close()
     store = Store(path)
-    assert store.schema_version() == store_module.SCHEMA_VERSION == 4
+    assert store.schema_version() == store_module.SCHEMA_VERSION == 5
     assert store.get("old").step == 5 and store.params("r1") == {"updater.lr": "0.003"}
     assert [r.id for r in store.runs(where="updater.lr < 0.01")] == ["r1"]  # the migrated numeric column
+
+
+def test_a_schema_3_store_gets_sweeps_and_keeps_its_runs_and_queue(tmp_path):
+    """A store as nnkit made it before sweeps (schema 3: runs, a queued job), opened by this one."""
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path)
+    for step in store_module.MIGRATIONS[:3]:
+        step(db)
+    db.execute("PRAGMA user_version = 3")
+    db.execute("INSERT INTO runs (id, name, status, created, step, config_text) "
+               "VALUES ('q1', 'waiting', 'queued', 2.0, 0, 'name: \"x\"')")
+    db.execute("INSERT INTO jobs (run_id, retries) VALUES ('q1', 2)")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.schema_version() == store_module.SCHEMA_VERSION  # 5: load roots and sweep logs too
+    old = store.get("waiting")
+    assert (old.status, old.sweep_id, old.point) == ("queued", None, None) and store.list_sweeps() == []
+    from nnkit.experiments.queue import claim, enqueue
+    sweep = store.create_sweep("grid", {"grid": {"updater.lr": [0.1, 0.01]}}, name="lrs")
+    new = enqueue(store, 'name: "x"\n', sweep_id=sweep, point={"updater.lr": 0.1})
+    assert [(r.id, r.point) for r in store.sweep_runs(sweep)] == [(new, {"updater.lr": 0.1})]
+    assert [r.id for r in store.runs(sweep=sweep)] == [new] and store.count(sweep=sweep) == 1
+    assert claim(store, tmp_path / "runs").run_id == "q1"  # the old queue works on, oldest first
+    assert store._read("SELECT retries FROM jobs WHERE run_id = 'q1'") == [(2,)]
+    assert claim(store, tmp_path / "runs").load_roots == ()  # queued without load roots: none
 
 
 def test_a_store_from_a_newer_nnkit_is_refused(tmp_path):

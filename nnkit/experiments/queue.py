@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .rundir import JOB_FILE, config_hash, default_owner, flatten_config
-from .store import Store
+from .store import Store, join_sweep
 from .summary import RunSummary
 
 #: Seconds a worker waits between two looks at an empty queue.
@@ -61,10 +61,12 @@ class Claim:
 
 
 def enqueue(store: Store, config_text: str, *, name: str | None = None, owner: str | None = None,
-            tags: tuple[str, ...] = (), retries: int = 0, run_dir: str | os.PathLike | None = None,
+            tags: tuple[str, ...] = (), retries: int = 0, sweep_id: str | None = None,
+            point: dict[str, Any] | None = None, run_dir: str | os.PathLike | None = None,
             load_roots: tuple[str | os.PathLike, ...] = (), run_id: str | None = None) -> str:
     """Records a run of ``config_text`` (a validated job config) as ``queued``; returns its id.
 
+    ``sweep_id``, ``point``: the run is one of that sweep's, made by the overrides ``point``.
     ``run_dir``: where the worker runs it (default ``<its runs dir>/<name>-<id>``);
     ``load_roots``: folders its ``load_weights`` commands may read from besides its run
     directory (``nnkit train --load-root``: a sweep's run directories); ``run_id``: the id to
@@ -79,8 +81,15 @@ def enqueue(store: Store, config_text: str, *, name: str | None = None, owner: s
     run_id = store.save(summary, flatten_config(config_text))
     roots = json.dumps([str(Path(root).resolve()) for root in load_roots]) if load_roots else None
     # After the record: a run is claimable once it has its jobs row, never half-made.
-    store._write(lambda db: db.execute("INSERT INTO jobs (run_id, retries, load_roots) VALUES (?, ?, ?)",
-                                       (run_id, retries, roots)))
+    def work(db: Any) -> None:
+        if sweep_id is not None:  # in the same transaction: a claimable run already has its sweep
+            join_sweep(db, run_id, sweep_id, point or {})
+        db.execute("INSERT INTO jobs (run_id, retries, load_roots) VALUES (?, ?, ?)", (run_id, retries, roots))
+    try:
+        store._write(work)
+    except LookupError:  # no such sweep: no queued record that no worker could ever take
+        store.remove(run_id)
+        raise
     return run_id
 
 
