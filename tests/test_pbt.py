@@ -1,0 +1,113 @@
+"""Population-based training as steering, with real `nnkit worker` processes on a little MNIST:
+the worst member loads the best's weights and a perturbed copy of its learning rate through
+acknowledged commands, and its events alone replay the schedule it followed."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import DATA, ROOT
+
+from nnkit import checkpoint
+from nnkit.config import load_job
+from nnkit.experiments import Store
+from nnkit.experiments.pbt import PBTDriver, PBTSpec, describe_schedules, queue_population, replay, replay_sweep
+from test_cli import SMALL_JOB
+
+pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+# SMALL_JOB, run by epochs (about a second each here), tested on its 500 test images at each epoch end.
+OVERRIDES = ["run.steps=1000000", "run.epochs=4", "run.test_freq=1000000"]
+
+
+def events(run_dir: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(run_dir, "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_the_worst_member_takes_the_best_ones_weights_and_lr_and_replays(tmp_path):
+    job = tmp_path / "small.conf"
+    job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
+    store = Store(tmp_path / "s.db")
+
+    def make_config(point: dict) -> str:
+        return load_job(job, [*OVERRIDES, *(f"{k}={v}" for k, v in point.items())]).to_text()
+    # Member 1 starts with a rate far too small: after the first epoch it is the worst.
+    spec = PBTSpec(population=2, interval_epochs=1, perturb=(0.8, 1.2), metric="test_error",
+                   direction="minimize", quantile=0.25, seed=0, init_lrs=(0.1, 0.0005))
+    sweep_id, (best_id, worst_id) = queue_population(store, spec, make_config, tmp_path / "runs", name="pop")
+    best_dir, worst_dir = (Path(store.get(i).run_dir) for i in (best_id, worst_id))
+    assert best_dir.parent == worst_dir.parent == (tmp_path / "runs" / "pop").resolve()
+    workers = [subprocess.Popen([sys.executable, "-m", "nnkit.cli", "worker", "--store", "s.db", "--once",
+                                 "--poll", "0.1"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    lines: list[str] = []
+    driver = PBTDriver(store, sweep_id, poll=0.05, echo=lines.append)
+    failures: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            driver.run()
+        except BaseException as exc:  # noqa: BLE001  (reported by the test below)
+            failures.append(exc)
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    try:
+        thread.join(300)
+        assert not thread.is_alive() and not failures, (failures, lines)
+        assert [w.wait(120) for w in workers] == [0, 0], [w.stderr.read() for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    assert store.get_sweep(sweep_id).status == "finished"
+    assert {store.get(i).status for i in (best_id, worst_id)} == {"finished"}
+
+    # The decision of the first interval, as logged in the sweep.
+    first = store.sweep_log(sweep_id)[0]
+    assert (first["interval"], first["epoch"], first["best"]) == (1, 0, best_id), first
+    assert [r["run"] for r in first["ranking"]] == [best_id, worst_id]
+    (exploit,) = first["exploits"]
+    assert exploit["run"] == worst_id and exploit["factor"] in (0.8, 1.2)
+    assert exploit["answers"] == {k: "ack" for k in ("pause", "load_weights", "set", "checkpoint", "resume")}
+    assert first["source"] == str(best_dir / "pbt-1.h5")
+
+    # In the worst member's own events: acknowledged commands, all at the step it paused on.
+    acks = [e for e in events(worst_dir) if e["type"] == "ack"]
+    names = [e["command"] for e in acks[:5]]
+    assert names == ["pause", "load_weights", "set", "checkpoint", "resume"], acks
+    assert len({e["step"] for e in acks[:5]}) == 1
+    step = acks[1]["step"]
+    assert acks[1]["path"] == first["source"]
+    new_lr = acks[2]["values"]["lr"]
+    assert new_lr == pytest.approx(0.1 * exploit["factor"]) and new_lr == exploit["lr"]
+    # Its parameters right after the load (the checkpoint it wrote while paused) are the best's.
+    loaded = checkpoint.load_tree(worst_dir / "pbt-1-loaded.h5")["model"]
+    source = checkpoint.load_tree(best_dir / "pbt-1.h5")["model"]
+    assert set(loaded["params"]) == set(source["params"])
+    for name, array in source["params"].items():
+        assert np.array_equal(loaded["params"][name], array), name
+    for name, slots in source["updater"]["slots"].items():  # momentum copied with the weights
+        assert all(np.array_equal(loaded["updater"]["slots"][name][k], a) for k, a in slots.items())
+
+    # The replay, from the events alone, gives the learning rate of every batch the member ran.
+    schedule = replay(worst_dir)
+    assert schedule.initial_lr == 0.0005
+    assert schedule.changes[0].command == "load_weights" and schedule.changes[0].step == step
+    assert schedule.changes[1].command == "set" and schedule.changes[1].lr == new_lr
+    losses = [e for e in events(worst_dir) if e["type"] == "loss"]
+    assert any(e["step"] > step for e in losses) and any(e["step"] <= step for e in losses)
+    assert all(schedule.lr_at(e["step"]) == pytest.approx(e["lr"]) for e in losses)
+    sets = [c for c in schedule.changes if c.command == "set"]
+    assert len(sets) == len([x for entry in store.sweep_log(sweep_id) for x in entry["exploits"]
+                             if x["run"] == worst_id and x["answers"].get("set") == "ack"])
+    schedules = replay_sweep(store, sweep_id)
+    assert set(schedules) == {"pop-0", "pop-1"}
+    text = "\n".join(describe_schedules(schedules))
+    assert f"step {step}: set lr={json.dumps(new_lr)}" in text and "pbt-1.h5" in text
+    assert any("pop-1 <- pop-0's weights" in line for line in lines)
