@@ -29,8 +29,8 @@ import time
 from datetime import datetime
 from typing import Any, Iterable, TextIO
 
-from .store import RunRecord, Store, StoreError
-from .summary import STATUSES
+from .store import RunRecord, Store, StoreError, SweepRecord
+from .summary import STATUSES, lower_is_better
 
 DEFAULT_LIMIT = 20
 
@@ -399,6 +399,55 @@ def cmd_export(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# ============================================================================ sweeps (nnkit sweep)
+def sweep_status(store: Store, ref: str, out: TextIO, metric: str | None = None, as_json: bool = False) -> int:
+    """``nnkit sweep --status SWEEP``: the sweep, then its runs (oldest first) with their
+    status, step, best ``metric`` (default: the sweep's own, else test_error) and point."""
+    _mark_stale(store)
+    try:
+        sweep = store.get_sweep(ref)
+    except LookupError as e:
+        raise BadInput(str(e.args[0] if e.args else e)) from None
+    runs = store.sweep_runs(sweep.id)
+    metric = metric or sweep.spec.get("metric") or "test_error"
+    if as_json:
+        json.dump({"sweep": {key: getattr(sweep, key) for key in SweepRecord.__dataclass_fields__},
+                   "runs": [record_dict(store, run) for run in runs]}, out, indent=1)
+        print(file=out)
+        return 0
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    print(f"sweep {sweep.id} ({sweep.name or 'unnamed'}): {sweep.kind}, {sweep.status}, created "
+          f"{_when(sweep.created)}; {len(runs)} runs"
+          + (": " + ", ".join(f"{n} {status}" for status, n in counts.items()) if counts else ""), file=out)
+    if sweep.kind == "optuna":
+        from .optuna_sweep import optuna_study_name
+        print(f"optuna study {optuna_study_name(sweep.id)} in {sweep.spec.get('storage')}", file=out)
+    best = {run.id: store.best(run.id).get(metric) for run in runs}
+    table(["RUN", "NAME", "STATUS", "STEP", f"BEST {metric}".upper(), "POINT"],
+          [[run.id, run.name or "-", run.status, str(run.step), _number(best[run.id]), point_text(run.point)]
+           for run in runs], out)
+    scored = [run for run in runs if best[run.id] is not None]
+    if scored:
+        pick = min if lower_is_better(metric) else max
+        top = pick(scored, key=lambda run: best[run.id])
+        print(f"best: run {top.id} {metric} {_number(best[top.id])} at {point_text(top.point)}", file=out)
+    return 0
+
+
+def sweep_list(store: Store, out: TextIO) -> int:
+    """``nnkit sweep --list``: every sweep, newest first, with how many runs it has."""
+    sweeps = store.list_sweeps()
+    if not sweeps:
+        print(f"no sweeps in {store.path}", file=out)
+        return 0
+    table(["SWEEP", "NAME", "KIND", "STATUS", "RUNS", "CREATED"],
+          [[s.id, s.name or "-", s.kind, s.status, str(store.count(sweep=s.id)), _when(s.created)] for s in sweeps],
+          out)
+    return 0
+
+
 def write_csv(store: Store, runs: Iterable[RunRecord], out: TextIO) -> None:
     """The runs as CSV: the record's fields, ``metric:NAME`` (latest), ``best:NAME`` and
     ``param:KEY`` columns (empty where a run has none)."""
@@ -419,4 +468,5 @@ def write_csv(store: Store, runs: Iterable[RunRecord], out: TextIO) -> None:
     writer.writerows(rows)
 
 
-__all__ = ["add_parser", "main", "BadInput", "write_csv", "parse_since", "table", "point_text", "sweep_id"]
+__all__ = ["add_parser", "main", "BadInput", "write_csv", "parse_since", "table", "point_text", "sweep_id",
+           "sweep_status", "sweep_list"]

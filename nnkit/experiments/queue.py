@@ -168,6 +168,13 @@ def cancel(store: Store, run_id: str) -> bool:
         (time.time(), run_id)).rowcount == 1)
 
 
+def will_retry(store: Store, run_id: str) -> bool:
+    """Whether a worker will put run ``run_id`` back in the queue: it is ``interrupted`` with
+    retries left (see :func:`requeue_interrupted`)."""
+    return bool(store._read("SELECT 1 FROM runs JOIN jobs ON jobs.run_id = runs.id WHERE runs.id = ? "
+                            "AND runs.status = 'interrupted' AND jobs.attempts <= jobs.retries", (run_id,)))
+
+
 def _safe(name: str | None) -> str:
     """A record's name as a directory name (no separators or control characters)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in (name or "")).strip(".")[:64]
@@ -269,4 +276,4 @@ class Worker:
                   f"{run_dir / OUTPUT_FILE})")
 
 
-__all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "Worker", "Claim", "train_command"]
+__all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "will_retry", "Worker", "Claim", "train_command"]

@@ -221,7 +221,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def join_sweep(db: sqlite3.Connection, run_id: str, sweep_id: str, point: dict[str, Any]) -> None:
     """Inside a write transaction: run ``run_id`` belongs to sweep ``sweep_id`` at ``point``
     (JSON data). Raises :class:`SweepNotFound` or :class:`RunNotFound`."""
-    text = json.dumps(point, sort_keys=True)
+    text = json.dumps(point)  # in the order given: the sweep's flags' order
     if db.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone() is None:
         raise SweepNotFound(f"no sweep with id {sweep_id!r}")
     if db.execute("UPDATE runs SET sweep_id = ?, point = ? WHERE id = ?", (sweep_id, text, run_id)).rowcount != 1:
