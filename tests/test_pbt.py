@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,8 @@ import pytest
 from helpers import DATA, ROOT
 
 from nnkit import checkpoint
-from nnkit.config import load_job
 from nnkit.experiments import Store
-from nnkit.experiments.pbt import PBTDriver, PBTSpec, describe_schedules, queue_population, replay, replay_sweep
+from nnkit.experiments.pbt import describe_schedules, replay, replay_sweep
 from test_cli import SMALL_JOB
 
 pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
@@ -34,37 +33,28 @@ def test_the_worst_member_takes_the_best_ones_weights_and_lr_and_replays(tmp_pat
     job = tmp_path / "small.conf"
     job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
     store = Store(tmp_path / "s.db")
-
-    def make_config(point: dict) -> str:
-        return load_job(job, [*OVERRIDES, *(f"{k}={v}" for k, v in point.items())]).to_text()
-    # Member 1 starts with a rate far too small: after the first epoch it is the worst.
-    spec = PBTSpec(population=2, interval_epochs=1, perturb=(0.8, 1.2), metric="test_error",
-                   direction="minimize", quantile=0.25, seed=0, init_lrs=(0.1, 0.0005))
-    sweep_id, (best_id, worst_id) = queue_population(store, spec, make_config, tmp_path / "runs", name="pop")
-    best_dir, worst_dir = (Path(store.get(i).run_dir) for i in (best_id, worst_id))
-    assert best_dir.parent == worst_dir.parent == (tmp_path / "runs" / "pop").resolve()
-    workers = [subprocess.Popen([sys.executable, "-m", "nnkit.cli", "worker", "--store", "s.db", "--once",
+    workers = [subprocess.Popen([sys.executable, "-m", "nnkit.cli", "worker", "--store", "s.db", "--max-jobs", "1",
                                  "--poll", "0.1"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    lines: list[str] = []
-    driver = PBTDriver(store, sweep_id, poll=0.05, echo=lines.append)
-    failures: list[BaseException] = []
-
-    def drive() -> None:
-        try:
-            driver.run()
-        except BaseException as exc:  # noqa: BLE001  (reported by the test below)
-            failures.append(exc)
-    thread = threading.Thread(target=drive, daemon=True)
-    thread.start()
     try:
-        thread.join(300)
-        assert not thread.is_alive() and not failures, (failures, lines)
+        # Member 1 starts with a rate far too small: after the first epoch it is the worst.
+        done = subprocess.run([sys.executable, "-m", "nnkit.cli", "sweep", "small.conf",
+                               *(f"--set={o}" for o in OVERRIDES), "--pbt", "--population", "2",
+                               "--interval-epochs", "1", "--perturb", "0.8,1.2", "--metric", "test_error",
+                               "--direction", "minimize", "--quantile", "0.25", "--init-lr", "0.1,0.0005",
+                               "--runs-dir", "runs", "--name", "pop", "--store", "s.db", "--poll", "0.05"],
+                              cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
         assert [w.wait(120) for w in workers] == [0, 0], [w.stderr.read() for w in workers]
     finally:
         for w in workers:
             if w.poll() is None:
                 w.kill()
+    sweep_id, *members = done.stdout.split("\n")[:3]
+    (best_id, best_dir), (worst_id, worst_dir) = (line.split("  ") for line in members)
+    best_dir, worst_dir = Path(best_dir), Path(worst_dir)
+    assert best_dir.parent == worst_dir.parent == (tmp_path / "runs" / "pop").resolve()
+    assert store.get_sweep("pop").id == sweep_id and store.get(worst_id).point == {"seed": 1, "updater.lr": 0.0005}
     assert store.get_sweep(sweep_id).status == "finished"
     assert {store.get(i).status for i in (best_id, worst_id)} == {"finished"}
 
@@ -110,4 +100,8 @@ def test_the_worst_member_takes_the_best_ones_weights_and_lr_and_replays(tmp_pat
     assert set(schedules) == {"pop-0", "pop-1"}
     text = "\n".join(describe_schedules(schedules))
     assert f"step {step}: set lr={json.dumps(new_lr)}" in text and "pbt-1.h5" in text
-    assert any("pop-1 <- pop-0's weights" in line for line in lines)
+    assert "pop-1 <- pop-0's weights" in done.stderr
+    shown = subprocess.run([sys.executable, "-m", "nnkit.cli", "sweep", "--replay", "pop", "--store", "s.db", "--json"],
+                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["pop-1"] == json.loads(json.dumps(asdict(schedule)))

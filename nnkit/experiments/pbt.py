@@ -36,9 +36,9 @@ import numpy as np
 from ..training.checkpoints import latest_checkpoint
 from ..training.control import deliver, make_command
 from ..training.events import EVENTS_FILE, jsonl_reader, poll_answer, read_jsonl
-from .queue import enqueue
 from .store import RunRecord, Store
 from .summary import ENDED
+from .sweep import queue_sweep
 
 #: How long the driver waits for a member's answer to one command (seconds).
 ANSWER_TIMEOUT = 60.0
@@ -111,18 +111,14 @@ def queue_population(store: Store, spec: PBTSpec, make_config: Callable[[dict[st
     nothing is recorded). The members run in ``<sweep_root>/<sweep name>/<name>-<i>`` and may
     load from each other's run directories (and nothing else of the machine).
     """
-    points = member_points(spec)
-    texts = [make_config(point) for point in points]
-    sweep_id = store.create_sweep("pbt", spec.to_json(), name=name)
-    base = name or f"pbt-{sweep_id}"
-    folder = Path(sweep_root).resolve() / base
-    dirs = [folder / f"{base}-{i}" for i in range(spec.population)]
-    for run_dir in dirs:  # made now: a member's load roots exist before any member runs
-        run_dir.mkdir(parents=True, exist_ok=True)
-    run_ids = [enqueue(store, text, name=f"{base}-{i}", owner=owner, tags=tags, retries=retries, sweep_id=sweep_id,
-                       point=point, run_dir=run_dir, load_roots=tuple(dirs))
-               for i, (point, text, run_dir) in enumerate(zip(points, texts, dirs))]
-    return sweep_id, run_ids
+    def placement(sweep_id: str, base: str) -> list[dict[str, Any]]:
+        folder = Path(sweep_root).resolve() / base
+        dirs = [folder / f"{base}-{i}" for i in range(spec.population)]
+        for run_dir in dirs:  # made now: a member's load roots exist before any member runs
+            run_dir.mkdir(parents=True, exist_ok=True)
+        return [{"run_dir": run_dir, "load_roots": tuple(dirs)} for run_dir in dirs]
+    return queue_sweep(store, "pbt", spec.to_json(), member_points(spec), make_config, name=name or None,
+                       owner=owner, tags=tags, retries=retries, placement=placement)
 
 
 # ============================================================================ the members' events
