@@ -101,6 +101,10 @@ def test_the_worst_member_takes_the_best_ones_weights_and_lr_and_replays(tmp_pat
     text = "\n".join(describe_schedules(schedules))
     assert f"step {step}: set lr={json.dumps(new_lr)}" in text and "pbt-1.h5" in text
     assert "pop-1 <- pop-0's weights" in done.stderr
+    status = subprocess.run([sys.executable, "-m", "nnkit.cli", "sweep", "--status", "pop", "--store", "s.db"],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "interval 1 (epoch 1), test_error: pop-0 " in status.stdout, status.stderr
+    assert f"  pop-1 <- pop-0's weights, lr {new_lr:.6g} (x{exploit['factor']:g})\n" in status.stdout
     shown = subprocess.run([sys.executable, "-m", "nnkit.cli", "sweep", "--replay", "pop", "--store", "s.db", "--json"],
                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr

@@ -277,6 +277,7 @@ class PBTDriver:
         factor = float(self.rng.choice(self.spec.perturb))
         lr = None if best.lr is None else best.lr * factor
         record: dict[str, Any] = {"run": member.run_id, "name": member.name, "from": best.run_id,
+                                  "from_name": best.name,
                                   "factor": factor, "lr": lr, "answers": {}}
         answers = record["answers"]
         paused = self._ask(member, "pause")
@@ -374,5 +375,24 @@ def describe_schedules(schedules: dict[str, Schedule]) -> list[str]:
     return lines
 
 
-__all__ = ["PBTSpec", "PBTDriver", "Member", "queue_population", "member_points", "replay", "replay_sweep",
+def describe_decisions(log: Sequence[dict[str, Any]]) -> list[str]:
+    """The lines ``nnkit sweep --status`` adds for a PBT sweep: per interval the ranking, then
+    each exploit (who took whose weights, the new lr, the answers that were not acks)."""
+    lines = []
+    for entry in log:
+        if "interval" not in entry:
+            continue
+        ranking = ", ".join(f"{r['name']} {r['value']:.4g}" if isinstance(r.get("value"), (int, float))
+                            else f"{r['name']} -" for r in entry.get("ranking", []))
+        lines.append(f"interval {entry['interval']} (epoch {entry['epoch'] + 1}), {entry.get('metric')}: "
+                     f"{ranking or 'no member reached it'}")
+        for x in entry.get("exploits", []):
+            refused = {k: v for k, v in x.get("answers", {}).items() if v != "ack"}
+            lr = "-" if x.get("lr") is None else f"{x['lr']:.6g}"
+            lines.append(f"  {x['name']} <- {x.get('from_name', x['from'])}'s weights, lr {lr} (x{x['factor']:g})"
+                         + ("" if not refused else "; " + ", ".join(f"{k}: {v}" for k, v in refused.items())))
+    return lines
+
+
+__all__ = ["describe_decisions", "PBTSpec", "PBTDriver", "Member", "queue_population", "member_points", "replay", "replay_sweep",
            "describe_schedules", "Schedule", "Change", "ANSWER_TIMEOUT"]
