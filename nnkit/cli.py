@@ -773,7 +773,8 @@ def _optuna_sweep(args: argparse.Namespace, store: Any) -> int:
     make_config({path: dist.first() for path, dist in params.items()})  # a bad path: exit 2 before any study
     storage = args.study_storage or default_study_storage(store)
     # The study is named after the sweep (study_name(sweep id)): the spec names its storage.
-    spec = {"job": os.path.abspath(args.job), "set": list(args.set), "params": {p: d.to_json() for p, d in params.items()},
+    spec = {"job": os.path.abspath(args.job), "set": list(args.set),
+            "params": {p: d.to_json() for p, d in params.items()},
             "trials": args.trials, "metric": metric, "direction": direction, "pruner": args.pruner or "median",
             "seed": args.seed, "parallel": args.parallel, "storage": storage_url(storage)}
     sweep_id = store.create_sweep("optuna", spec, name=args.name)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import DATA
+from helpers import DATA, wait_until
 from test_cli import SMALL_JOB
 from test_queue import ENV, nnkit
 
@@ -204,4 +205,33 @@ def test_a_pruned_trial_s_run_is_stopped(tmp_path, job):
         assert trial.intermediate_values == {0: values[0]} and values[0] > 0.05  # pruned at its first epoch
         events = Path(run.run_dir, "events.jsonl").read_text()
         assert '"command":"stop"' in events.replace(" ", "")  # answered through the control channel
-    assert "pruned at epoch 0" in done.stdout
+    assert "pruned after epoch 1 (test_error" in done.stdout  # displays count epochs from 1
+
+
+def test_ctrl_c_on_the_driver_stops_the_sweep(tmp_path, job):
+    optuna = pytest.importorskip("optuna")
+    [worker] = start_workers(tmp_path, 1)
+    driver = subprocess.Popen([sys.executable, "-m", "nnkit.cli", "sweep", "job.conf", "--store", "s.db",
+                               "--set", "data.train.limit=320", "--set", "run.steps=100000", "--optuna",
+                               "updater.lr=loguniform(1e-3,1e-2)", "--trials", "5", "--parallel", "2",
+                               "--pruner", "none"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        store = Store(tmp_path / "s.db")
+        # One trial training on the only worker, the second waiting in the queue.
+        wait_until(lambda: [r.status for r in store.runs(sort="created", descending=False)] == ["running", "queued"]
+                   and store.runs(status="running")[0].step > 0, 120)
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(60) == 130
+        out = driver.communicate()[0]
+        sweep_id = out.splitlines()[0]
+        running, waiting = store.sweep_runs(sweep_id)
+        wait_until(lambda: store.get(running.id).status == "stopped", 60)  # sent stop, as nnkit ctl does
+        assert store.get(waiting.id).status == "stopped" and store.get(waiting.id).pid is None  # cancelled
+        _, study = load_study(tmp_path, sweep_id)
+        assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2  # no more asked
+        assert store.get_sweep(sweep_id).status == "stopped"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        stop_workers([worker])

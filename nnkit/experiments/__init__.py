@@ -19,6 +19,7 @@ from .store import (SCHEMA_VERSION, AmbiguousRun, RunNotFound, RunRecord, Store,
                     SweepRecord, default_store_path, nnkit_home)
 from .summary import ENDED, STATUSES
 
-__all__ = ["Store", "RunRecord", "SweepRecord", "SweepNotFound", "RunNotFound", "AmbiguousRun", "StoreError", "default_store_path",
+__all__ = ["Store", "RunRecord", "SweepRecord", "SweepNotFound",
+           "RunNotFound", "AmbiguousRun", "StoreError", "default_store_path",
            "nnkit_home", "record", "configure", "Recorder", "read_run_dir", "flatten_config",
            "default_owner", "RUN_FILE", "SCHEMA_VERSION", "STATUSES", "ENDED"]

@@ -10,7 +10,7 @@ Optuna. It follows Optuna's ask-and-tell interface
    so trials train on the queue's workers, on as many machines as run ``nnkit worker``;
 2. it follows each trial's run: the run's record in the store (status, final metrics) and the
    ``epoch`` events of its run directory, each epoch's metric reported with
-   ``trial.report(value, step=epoch)``;
+   ``trial.report(value, step=epoch)`` (the epoch's index, from 0 as events count it);
 3. when ``trial.should_prune()`` says so (the study's pruner, e.g. ``MedianPruner`` or
    ``ThresholdPruner``: https://optuna.readthedocs.io/en/stable/reference/pruners.html), the
    driver sends the run the ordinary ``stop`` command (as ``nnkit ctl RUN stop`` does; the run
@@ -44,6 +44,8 @@ from .sweep import Distribution
 
 #: Seconds between two looks at the runs in flight.
 POLL = 0.5
+#: Seconds between two liveness checks of the runs (:meth:`Store.mark_stale`), for when no worker makes them.
+STALE_EVERY = 10.0
 #: ``--pruner`` names (``threshold=X`` takes a value).
 PRUNERS = ("median", "none", "threshold=X")
 
@@ -121,10 +123,14 @@ class OptunaSweep:
     def run(self) -> int:
         """Asks, queues, follows and tells until ``trials`` trials are told; returns 0, or 130
         after Ctrl-C (the sweep stopped)."""
+        looked = time.monotonic()
         try:
             while self.asked < self.trials or self.out:
                 while self.asked < self.trials and self._room():
                     self._ask()
+                if time.monotonic() - looked > STALE_EVERY:  # a run whose worker died unseen ends interrupted
+                    self.store.mark_stale()
+                    looked = time.monotonic()
                 for run_id in list(self.out):
                     self._follow(run_id)
                 time.sleep(self.poll)
@@ -134,6 +140,9 @@ class OptunaSweep:
             self.echo(f"sweep {self.sweep_id}: stopped (Ctrl-C); its queued runs were cancelled, "
                       "its running ones sent stop")
             return 130
+        except BaseException:  # the driver failed (the store, the study): the sweep says so, not running forever
+            self.store.set_sweep_status(self.sweep_id, "failed")
+            raise
         self.store.set_sweep_status(self.sweep_id, "finished")
         self._summary()
         return 0
@@ -166,7 +175,14 @@ class OptunaSweep:
         """Reports the run's new epochs (pruning it if the pruner says so); tells a run that ended."""
         import optuna
         out = self.out[run_id]
-        record = self.store.get(run_id)  # before the events: an ended run's epochs are all written by now
+        try:
+            record = self.store.get(run_id)  # before the events: an ended run's epochs are all written by now
+        except LookupError:  # someone removed the record (nnkit runs rm)
+            del self.out[run_id]
+            if not out.told:
+                self.study.tell(out.trial, state=optuna.trial.TrialState.FAIL)
+            self.echo(f"trial {out.trial.number}: run {run_id} was removed from the store: told FAIL")
+            return
         if record.run_dir and not out.told:
             self._report(out, Path(record.run_dir) / EVENTS_FILE)
         if record.status not in ENDED or will_retry(self.store, run_id):
@@ -203,7 +219,7 @@ class OptunaSweep:
                 self.stop_run(record.run_dir)
                 self.study.tell(out.trial, state=optuna.trial.TrialState.PRUNED)
                 out.told = True
-                self.echo(f"trial {out.trial.number}: run {out.run_id} pruned at epoch {epoch} "
+                self.echo(f"trial {out.trial.number}: run {out.run_id} pruned after epoch {epoch + 1} "
                           f"({self.metric} {value:.6g}): stop sent")
 
     def _stop_all(self) -> None:

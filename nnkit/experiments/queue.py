@@ -276,4 +276,5 @@ class Worker:
                   f"{run_dir / OUTPUT_FILE})")
 
 
-__all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "will_retry", "Worker", "Claim", "train_command"]
+__all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "will_retry", "Worker", "Claim",
+           "train_command"]
