@@ -37,6 +37,7 @@ from ..training.checkpoints import latest_checkpoint
 from ..training.control import deliver, make_command
 from ..training.events import EVENTS_FILE, jsonl_reader, poll_answer, read_jsonl
 from .store import RunRecord, Store
+from .optuna_sweep import STALE_EVERY
 from .summary import ENDED
 from .sweep import queue_sweep
 
@@ -193,9 +194,12 @@ class PBTDriver:
     def run(self) -> int:
         """Steers until every member has ended; marks the sweep finished (stopped on Ctrl-C).
         Returns the number of interval decisions made."""
-        made = 0
+        made, looked = 0, time.monotonic()
         try:
             while True:
+                if time.monotonic() - looked > STALE_EVERY:  # a member whose worker died unseen ends interrupted
+                    self.store.mark_stale()
+                    looked = time.monotonic()
                 self.refresh()
                 if self.step():
                     made += 1
