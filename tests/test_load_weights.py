@@ -171,3 +171,25 @@ def test_nnkit_train_loads_from_its_load_roots_through_nnkit_ctl(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_an_update_that_overflows_right_after_a_load_is_undone(tmp_path, monkeypatch):
+    from test_nonfinite import overflow_at
+    source = tmp_path / "run" / "best.h5"
+    source.parent.mkdir()
+    saved = trained_checkpoint(source)["model"]
+    run = start_run(tmp_path / "run")  # a background run: a non-finite batch pauses it
+    model = run.trainer.model
+    try:
+        wait_until_training(run)
+        assert run.wait_for(run.pause(), WAIT)["type"] == "ack"
+        step = run.wait_for(run.load_weights("best.h5"), WAIT)["step"]
+        overflow_at(monkeypatch, model, step + 1)  # no setting changed: only the load calls for a copy
+        run.resume()
+        wait_until(lambda: run.events("nonfinite"), WAIT)
+        (event,) = run.events("nonfinite")
+        assert event["step"] == step + 1 and event["rewound"] is False, event
+        assert all(np.array_equal(a, saved["params"][k]) for k, a in params_of(model).items())  # as loaded
+    finally:
+        run.shutdown()
+        assert run.join(WAIT)

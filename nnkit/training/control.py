@@ -557,6 +557,8 @@ class Controller:
         checkpoint.assign_parameters(saved["params"], model.layers, str(source), state=saved.get("state", {}))
         if state is not None:
             updater.load_state_dict(state)
+        if hasattr(model, "state_replaced"):  # a Sequential: its next update can be undone
+            model.state_replaced()
         stored = tree.get("trainer")
         step = stored.get("global_step") if isinstance(stored, dict) else None
         return {"path": str(source), "source_step": step if isinstance(step, int) else None,
