@@ -109,3 +109,38 @@ def test_the_worst_member_takes_the_best_ones_weights_and_lr_and_replays(tmp_pat
                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["pop-1"] == json.loads(json.dumps(asdict(schedule)))
+
+
+@pytest.mark.parametrize("direction, quantile, values, ended, expected", [
+    ("minimize", 0.25, [0.1, 0.4, 0.2, 0.3], (), ["m1"]),              # the worst quarter: one of four
+    ("minimize", 0.5, [0.1, 0.4, 0.2, 0.3], (), ["m3", "m1"]),         # half: the two worst, worst last
+    ("maximize", 0.25, [0.1, 0.4, 0.2, 0.3], (), ["m0"]),
+    ("minimize", 0.5, [0.1, None, 0.2, 0.3], (), ["m3", "m1"]),        # no metric ranks last
+    ("minimize", 0.5, [0.1, 0.4, 0.2, 0.3], ("m1",), ["m3"]),          # an ended member is left alone
+])
+def test_ranking_picks_the_bottom_quantile_of_the_members_that_reached_the_interval(
+        tmp_path, monkeypatch, direction, quantile, values, ended, expected):
+    """The decision alone, on members' epoch events written by hand (the exploit itself is the
+    end-to-end test's)."""
+    from nnkit.experiments.pbt import PBTDriver, PBTSpec, queue_population
+    store = Store(tmp_path / "s.db")
+    spec = PBTSpec(population=4, direction=direction, quantile=quantile)
+    sweep_id, run_ids = queue_population(store, spec, lambda point: 'name: "x"\n', tmp_path, name="m")
+    for i, (run_id, value) in enumerate(zip(run_ids, values)):
+        epoch = {"type": "epoch", "epoch": 0, "step": 10, "lr": 0.1, **({} if value is None else {"test_error": value})}
+        Path(store.get(run_id).run_dir, "events.jsonl").write_text(json.dumps(epoch) + "\n")
+        store._write(lambda db, run_id=run_id, i=i: db.execute(
+            "UPDATE runs SET status = ?, name = ? WHERE id = ?", ("finished" if f"m{i}" in ended else "running",
+                                                                 f"m{i}", run_id)))
+    driver = PBTDriver(store, sweep_id)
+    sent = []
+    monkeypatch.setattr(driver, "_source", lambda best, interval: tmp_path / f"{best.name}.h5")
+    monkeypatch.setattr(driver, "_exploit", lambda member, best, source, interval: sent.append(
+        (member.name, best.name, source.name)) or {"run": member.run_id})
+    driver.refresh()
+    assert driver.step() and not driver.step()  # interval 1 decided; interval 2 not reached
+    best = "m1" if direction == "maximize" else "m0"
+    assert sent == [(name, best, f"{best}.h5") for name in expected]
+    (entry,) = store.sweep_log(sweep_id)
+    assert (entry["interval"], entry["epoch"], entry["best"]) == (1, 0, store.get(best).id)
+    assert [r["name"] for r in entry["ranking"]][0] == best
