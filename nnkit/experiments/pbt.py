@@ -284,6 +284,9 @@ class PBTDriver:
                                   "from_name": best.name,
                                   "factor": factor, "lr": lr, "answers": {}}
         answers = record["answers"]
+        if source is None:  # the best has no checkpoint to give (it ended without one)
+            self.echo(f"nnkit sweep: pbt interval {interval}: {best.name} has no checkpoint; {member.name} left alone")
+            return record
         paused = self._ask(member, "pause")
         answers["pause"] = _answer_text(paused)
         if paused is None or paused["type"] != "ack":
@@ -291,16 +294,16 @@ class PBTDriver:
                       f"({answers['pause']}); left alone")
             return record
         try:
-            if source is not None:
-                loaded = self._ask(member, "load_weights", path=str(source))
-                answers["load_weights"] = _answer_text(loaded)
-                record["step"] = None if loaded is None else loaded.get("step")
-            if lr is not None:
-                answers["set"] = _answer_text(self._ask(member, "set", lr=lr))
-            saved = self._ask(member, "checkpoint", path=f"pbt-{interval}-loaded.h5")
-            answers["checkpoint"] = _answer_text(saved)
-            if saved is not None and saved["type"] == "ack":
-                record["checkpoint"] = saved["path"]
+            loaded = self._ask(member, "load_weights", path=str(source))
+            answers["load_weights"] = _answer_text(loaded)
+            if loaded is not None and loaded["type"] == "ack":  # explore only what was exploited
+                record["step"] = loaded.get("step")
+                if lr is not None:
+                    answers["set"] = _answer_text(self._ask(member, "set", lr=lr))
+                saved = self._ask(member, "checkpoint", path=f"pbt-{interval}-loaded.h5")
+                answers["checkpoint"] = _answer_text(saved)
+                if saved is not None and saved["type"] == "ack":
+                    record["checkpoint"] = saved["path"]
         finally:
             answers["resume"] = _answer_text(self._ask(member, "resume"))
         self.echo(f"nnkit sweep: pbt interval {interval}: {member.name} <- {best.name}'s weights "
@@ -398,5 +401,5 @@ def describe_decisions(log: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-__all__ = ["describe_decisions", "PBTSpec", "PBTDriver", "Member", "queue_population", "member_points", "replay", "replay_sweep",
-           "describe_schedules", "Schedule", "Change", "ANSWER_TIMEOUT"]
+__all__ = ["PBTSpec", "PBTDriver", "Member", "queue_population", "member_points", "replay", "replay_sweep",
+           "describe_schedules", "describe_decisions", "Schedule", "Change", "ANSWER_TIMEOUT"]
