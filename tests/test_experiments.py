@@ -151,6 +151,16 @@ def test_an_in_memory_fit_is_recorded_only_when_asked_and_appends(store, tmp_pat
     assert store.params(run_id)["updater.lr"] == "0.05"
 
 
+def test_a_fit_at_the_default_lr_is_found_by_a_where_on_the_lr(store):
+    x, y = tiny_data()
+    model = nnkit.Sequential([nnkit.Dense(3)], input_shape=(6,), seed=0)
+    model.compile(nnkit.Adam(), "softmaxloss")  # Adam's default rate, 0.001, given nowhere
+    run_id = record(model, name="default-lr")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert store.params(run_id)["updater.lr"] == "0.001"
+    assert [r.id for r in store.runs(where="updater.lr < 0.01")] == [run_id]
+
+
 def test_record_a_background_handle_without_run_dir(store):
     x, y = tiny_data()
     run = tiny_model().fit(x, y, epochs=2, batch_size=32, verbose=0, background=True)
