@@ -821,14 +821,18 @@ def _pbt_sweep(args: argparse.Namespace, store: Any) -> int:
         raise UsageError(str(e)) from None
     make_config = _point_config(args, {"updater.lr": "--init-lr", "seed": "--seed"})
     sweep_id, run_ids = queue_population(store, spec, make_config, args.runs_dir or DEFAULT_RUNS, name=args.name,
-                                         owner=args.owner, tags=tuple(args.tag), retries=args.retries)
+                                         owner=args.owner, tags=tuple(args.tag), retries=args.retries,
+                                         job={"job": os.path.abspath(args.job), "set": list(args.set)})
     print(sweep_id, flush=True)
     for run_id in run_ids:
         print(f"{run_id}  {store.get(run_id).run_dir}", flush=True)
     print(f"nnkit sweep: pbt population of {spec.population} queued in sweep {sweep_id}; `nnkit worker` runs "
           f"them (one worker per member), this command steers them every {spec.interval_epochs} epoch(s); "
           f"`nnkit sweep --replay {sweep_id}` shows what each member followed", file=sys.stderr, flush=True)
-    made = PBTDriver(store, sweep_id, poll=args.poll).run()
+    try:
+        made = PBTDriver(store, sweep_id, poll=args.poll).run()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     print(f"nnkit sweep: pbt sweep {sweep_id} done, {made} interval(s) decided", file=sys.stderr)
     return EXIT_OK
 

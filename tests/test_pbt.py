@@ -144,3 +144,32 @@ def test_ranking_picks_the_bottom_quantile_of_the_members_that_reached_the_inter
     (entry,) = store.sweep_log(sweep_id)
     assert (entry["interval"], entry["epoch"], entry["best"]) == (1, 0, store.get(best).id)
     assert [r["name"] for r in entry["ranking"]][0] == best
+
+
+def test_ctrl_c_on_the_driver_stops_the_sweep_and_its_members(tmp_path):
+    import signal
+    from helpers import wait_until
+    (tmp_path / "small.conf").write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "runs"))
+    store = Store(tmp_path / "s.db")
+    workers = [subprocess.Popen([sys.executable, "-m", "nnkit.cli", "worker", "--store", "s.db", "--max-jobs", "1",
+                                 "--poll", "0.1"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for _ in range(2)]
+    driver = subprocess.Popen([sys.executable, "-m", "nnkit.cli", "sweep", "small.conf", "--set=run.steps=1000000",
+                               "--set=run.epochs=1000", "--set=run.test_freq=1000000", "--pbt", "--population", "2",
+                               "--name", "long", "--store", "s.db", "--poll", "0.05"], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: driver.poll() is not None or any(s.name == "long" and store.sweep_log(s.id)
+                                                            for s in store.list_sweeps()), 180)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=120)
+        assert driver.returncode == 130, err
+        assert "stopped (Ctrl-C)" in err
+        sweep = store.get_sweep("long")
+        assert sweep.status == "stopped" and sweep.spec["job"] == str(tmp_path / "small.conf")
+        assert [w.wait(120) for w in workers] == [0, 0]  # each member stopped, so each worker's one job ended
+        assert {r.status for r in store.sweep_runs(sweep.id)} == {"stopped"}
+    finally:
+        for process in (driver, *workers):
+            if process.poll() is None:
+                process.kill()

@@ -38,6 +38,7 @@ from ..training.control import deliver, make_command
 from ..training.events import EVENTS_FILE, jsonl_reader, poll_answer, read_jsonl
 from .store import RunRecord, Store
 from .optuna_sweep import STALE_EVERY
+from .queue import cancel
 from .summary import ENDED
 from .sweep import queue_sweep
 
@@ -105,8 +106,12 @@ def member_points(spec: PBTSpec) -> list[dict[str, Any]]:
 
 def queue_population(store: Store, spec: PBTSpec, make_config: Callable[[dict[str, Any]], str],
                      sweep_root: str | os.PathLike, *, name: str | None = None, owner: str | None = None,
-                     tags: tuple[str, ...] = (), retries: int = 0) -> tuple[str, list[str]]:
+                     tags: tuple[str, ...] = (), retries: int = 0,
+                     job: dict[str, Any] | None = None) -> tuple[str, list[str]]:
     """Records a ``pbt`` sweep and queues its members; returns the sweep id and the run ids.
+
+    ``job``: more of the sweep's spec (what ``nnkit sweep`` records of every sweep: the job
+    file and its ``--set`` items).
 
     ``make_config(point) -> job text`` builds a member's job (it raises for a bad one: then
     nothing is recorded). The members run in ``<sweep_root>/<sweep name>/<name>-<i>`` and may
@@ -118,7 +123,7 @@ def queue_population(store: Store, spec: PBTSpec, make_config: Callable[[dict[st
         for run_dir in dirs:  # made now: a member's load roots exist before any member runs
             run_dir.mkdir(parents=True, exist_ok=True)
         return [{"run_dir": run_dir, "load_roots": tuple(dirs)} for run_dir in dirs]
-    return queue_sweep(store, "pbt", spec.to_json(), member_points(spec), make_config, name=name or None,
+    return queue_sweep(store, "pbt", {**(job or {}), **spec.to_json()}, member_points(spec), make_config, name=name,
                        owner=owner, tags=tags, retries=retries, placement=placement)
 
 
@@ -192,8 +197,10 @@ class PBTDriver:
             member.read(status.get(member.run_id, "stopped"))
 
     def run(self) -> int:
-        """Steers until every member has ended; marks the sweep finished (stopped on Ctrl-C).
-        Returns the number of interval decisions made."""
+        """Steers until every member has ended, then marks the sweep finished; returns the
+        number of interval decisions made. Ctrl-C stops the sweep: its queued members are
+        cancelled, its running ones sent ``stop`` (then KeyboardInterrupt goes on); a failure of
+        the driver marks it failed."""
         made, looked = 0, time.monotonic()
         try:
             while True:
@@ -208,10 +215,22 @@ class PBTDriver:
                     break
                 time.sleep(self.poll)
         except KeyboardInterrupt:
+            self.stop_members()
             self.store.set_sweep_status(self.sweep.id, "stopped")
+            self.echo(f"nnkit sweep: pbt sweep {self.sweep.id} stopped (Ctrl-C); its queued members were "
+                      "cancelled, its running ones sent stop")
+            raise
+        except BaseException:
+            self.store.set_sweep_status(self.sweep.id, "failed")
             raise
         self.store.set_sweep_status(self.sweep.id, "finished")
         return made
+
+    def stop_members(self) -> None:
+        """Cancels the members still queued and sends ``stop`` to those still training."""
+        for member in self.members:
+            if not cancel(self.store, member.run_id) and self.store.get(member.run_id).status not in ENDED:
+                deliver(member.run_dir, make_command("stop"))
 
     def step(self) -> bool:
         """Makes the decision of the next interval if every started member has reached it (or
