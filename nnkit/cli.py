@@ -892,6 +892,7 @@ def _ctl_target(args: argparse.Namespace) -> str | None:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
+    from .training.control import COMMANDS
     from .views.terminal import (CommandLineError, command_events, describe_answer,
                                  describe_command_events, describe_silence, parse_assignments, steer)
     target = _ctl_target(args)
@@ -899,8 +900,12 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return EXIT_OK
     args.run_dir = target
     try:
-        command, answer, offset = steer(args.run_dir, args.name, parse_assignments(args.args, args.name),
-                                        args.wait)
+        raw = parse_assignments(args.args, args.name)
+        entry = COMMANDS.get(args.name)
+        for arg in entry.args if entry is not None else ():
+            if arg.local_path and raw.get(arg.name):  # named from here, not from the run directory
+                raw[arg.name] = os.path.abspath(os.path.expanduser(raw[arg.name]))
+        command, answer, offset = steer(args.run_dir, args.name, raw, args.wait)
     except CommandLineError as e:
         raise UsageError(str(e)) from None
     if args.wait is None:

@@ -151,10 +151,11 @@ def test_nnkit_train_loads_from_its_load_roots_through_nnkit_ctl(tmp_path):
         wait_until(lambda: (sweep / "b" / "events.jsonl").exists() or child.poll() is not None, 120)
         pause = nnkit("ctl", sweep / "b", "pause", "--wait", "60", cwd=tmp_path)
         assert pause.returncode == 0, pause.stderr
-        refused = nnkit("ctl", sweep / "b", "load_weights", other / "best.h5", cwd=tmp_path)
+        refused = nnkit("ctl", sweep / "b", "load_weights", "other/best.h5", cwd=tmp_path)  # from ctl's folder
         assert refused.returncode == 1 and "load_weights refused" in refused.stderr
         assert "outside the allowed roots" in refused.stderr
-        loaded = nnkit("ctl", sweep / "b", "load_weights", sweep / "a", cwd=tmp_path)  # a's latest
+        assert f"load_weights: {other / 'best.h5'} is outside the allowed roots" in refused.stderr
+        loaded = nnkit("ctl", sweep / "b", "load_weights", "sweep/a", cwd=tmp_path)  # a's latest
         assert loaded.returncode == 0 and "load_weights acknowledged" in loaded.stdout, loaded.stderr
         assert f'path="{source.resolve()}", source_step=20, slots=true' in loaded.stdout
         saved = nnkit("ctl", sweep / "b", "checkpoint", "path=after.h5", cwd=tmp_path)

@@ -105,7 +105,9 @@ class Arg:
     ``doc``: what the value means. ``nullable``: None is a value of its own (``lr=None``: back
     to the schedule). ``rule``: a check of the value beyond its type, made by the run (not by
     ``nnkit ctl``); it returns what is wrong, or None. ``annotation``: the Python type of the
-    :class:`~nnkit.training.RunHandle` parameter when it is not ``type``.
+    :class:`~nnkit.training.RunHandle` parameter when it is not ``type``. ``local_path``: a
+    file to read that ``nnkit ctl`` names from the shell's folder, so it sends it absolute (the
+    run resolves a relative path in its run directory).
     """
 
     name: str
@@ -115,6 +117,7 @@ class Arg:
     nullable: bool = False
     rule: Rule | None = None
     annotation: Any = None
+    local_path: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -531,7 +534,7 @@ class Controller:
              "order (change the learning rate with ``set``). In a run with a run directory the "
              "checkpoint must lie in it or in the run's load roots.",
              Arg("path", str, REQUIRED, "the checkpoint, or a run directory (its latest checkpoint)",
-                 annotation=str | os.PathLike),
+                 annotation=str | os.PathLike, local_path=True),
              Arg("slots", bool, True, "also the updater's slots and counts (momentum, Adam's "
                  "moments): the copied weights go on with their own velocity"))
     def _do_load_weights(self, trainer: Any, path: str, slots: bool) -> dict:
