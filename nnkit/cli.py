@@ -871,23 +871,19 @@ def _ctl_target(args: argparse.Namespace) -> str | None:
     ref = args.run_dir
     if os.path.isdir(ref) or os.sep in ref:  # a path: as before (a missing one is reported by steer)
         return ref
-    from .experiments.queue import cancel
+    from .experiments.queue import NotSteerable, steer_target
     from .experiments.store import Store, StoreError
     store = Store(args.store)
     try:
         run = store.get(ref)
-        if run.status == "queued" and args.name == "stop" and cancel(store, run.id):
-            print(f"nnkit ctl: run {run.id} was queued: cancelled (status stopped)")
-            return None
-        run = store.get(run.id)  # a worker may have taken it meanwhile
+        target = steer_target(store, run, args.name)
     except (LookupError, StoreError) as e:
         raise UsageError(f"{ref}: not a run directory, and {e.args[0] if e.args else e}") from None
-    if run.status == "queued":
-        raise UsageError(f"run {run.id} is queued: no worker has started it yet, so it takes no "
-                         "command but stop (which cancels it)")
-    if not run.run_dir:
-        raise UsageError(f"run {run.id} has no run directory (an in-memory fit): nothing to send commands to")
-    return run.run_dir
+    except NotSteerable as e:
+        raise UsageError(str(e)) from None
+    if target is None:
+        print(f"nnkit ctl: run {run.id} was queued: cancelled (status stopped)")
+    return target
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:

@@ -206,6 +206,8 @@ def test_a_pruned_trial_s_run_is_stopped(tmp_path, job):
         events = Path(run.run_dir, "events.jsonl").read_text()
         assert '"command":"stop"' in events.replace(" ", "")  # answered through the control channel
     assert "pruned after epoch 1 (test_error" in done.stdout  # displays count epochs from 1
+    status = nnkit("sweep", "--status", sweep_id, "--store", "s.db", cwd=tmp_path)
+    assert "TRIAL" in status.stdout and status.stdout.count(" PRUNED ") == 2 and "2 stopped" in status.stdout
 
 
 def test_ctrl_c_on_the_driver_stops_the_sweep(tmp_path, job):
@@ -235,3 +237,14 @@ def test_ctrl_c_on_the_driver_stops_the_sweep(tmp_path, job):
         if driver.poll() is None:
             driver.kill()
         stop_workers([worker])
+
+
+def test_sweep_has_help_and_asks_for_a_mode(capsys):
+    from nnkit.cli import main
+    with pytest.raises(SystemExit) as done:
+        main(["sweep", "--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0 and "usage: nnkit sweep" in text and "loguniform(LOW,HIGH)" in text
+    assert main(["sweep", "job.conf"]) == 2
+    assert "give one of --grid, --random N, --optuna" in capsys.readouterr().err
+    assert main(["sweep", "job.conf", "--list"]) == 2 and "--list takes no JOB.conf" in capsys.readouterr().err

@@ -422,13 +422,15 @@ def sweep_status(store: Store, ref: str, out: TextIO, metric: str | None = None,
     print(f"sweep {sweep.id} ({sweep.name or 'unnamed'}): {sweep.kind}, {sweep.status}, created "
           f"{_when(sweep.created)}; {len(runs)} runs"
           + (": " + ", ".join(f"{n} {status}" for status, n in counts.items()) if counts else ""), file=out)
+    trials: dict[str, str] = {}
     if sweep.kind == "optuna":
-        from .optuna_sweep import optuna_study_name
+        from .optuna_sweep import optuna_study_name, study_trials
         print(f"optuna study {optuna_study_name(sweep.id)} in {sweep.spec.get('storage')}", file=out)
+        trials = study_trials(sweep)
     best = {run.id: store.best(run.id).get(metric) for run in runs}
-    table(["RUN", "NAME", "STATUS", "STEP", f"BEST {metric}".upper(), "POINT"],
-          [[run.id, run.name or "-", run.status, str(run.step), _number(best[run.id]), point_text(run.point)]
-           for run in runs], out)
+    table(["RUN", "NAME", "STATUS", "STEP", f"BEST {metric}".upper()] + (["TRIAL"] if trials else []) + ["POINT"],
+          [[run.id, run.name or "-", run.status, str(run.step), _number(best[run.id])]
+           + ([trials.get(run.id, "-")] if trials else []) + [point_text(run.point)] for run in runs], out)
     scored = [run for run in runs if best[run.id] is not None]
     if scored:
         pick = min if lower_is_better(metric) else max

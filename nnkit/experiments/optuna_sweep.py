@@ -38,13 +38,13 @@ from typing import Any, Callable
 
 from ..training.events import EVENTS_FILE, read_jsonl
 from .queue import cancel, enqueue, will_retry
-from .store import Store
+from .store import Store, SweepRecord
 from .summary import ENDED, metric_values
 from .sweep import Distribution
 
 #: Seconds between two looks at the runs in flight.
 POLL = 0.5
-#: Seconds between two liveness checks of the runs (:meth:`Store.mark_stale`), for when no worker makes them.
+#: Seconds between two liveness checks of the runs (:meth:`Store.mark_stale`): no worker may be left to make them.
 STALE_EVERY = 10.0
 #: ``--pruner`` names (``threshold=X`` takes a value).
 PRUNERS = ("median", "none", "threshold=X")
@@ -58,6 +58,20 @@ def default_study_storage(store: Store) -> str:
 def optuna_study_name(sweep_id: str) -> str:
     """The name of sweep ``sweep_id``'s study in its storage (the spec's ``storage``)."""
     return f"nnkit-sweep-{sweep_id}"
+
+
+def study_trials(sweep: SweepRecord) -> dict[str, str]:
+    """``{run id: "NUMBER STATE"}`` of an Optuna sweep's trials, read from its study's storage;
+    empty when Optuna or the storage cannot be had (the runs' records still say how they went)."""
+    try:
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=optuna_study_name(sweep.id), storage=sweep.spec["storage"])
+        trials = study.get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001  (no optuna, a moved file, an unreachable database)
+        return {}
+    return {t.user_attrs["nnkit_run_id"]: f"{t.number} {t.state.name}"
+            for t in trials if "nnkit_run_id" in t.user_attrs}
 
 
 def storage_url(storage: str) -> str:
@@ -249,4 +263,5 @@ def _point(point: dict[str, Any]) -> str:
     return " ".join(point_overrides(point))
 
 
-__all__ = ["OptunaSweep", "default_study_storage", "optuna_study_name", "storage_url", "make_pruner", "PRUNERS", "POLL"]
+__all__ = ["OptunaSweep", "default_study_storage", "optuna_study_name", "study_trials", "storage_url",
+           "make_pruner", "PRUNERS", "POLL", "STALE_EVERY"]

@@ -124,7 +124,7 @@ def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None) -> 
         run_id, name, owner, run_dir, text, attempts, roots = row
         run_dir = run_dir or str(runs_dir / f"{_safe(name) or 'run'}-{run_id}")
         taken = db.execute("UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat = ?, run_dir = ?, "
-                           "ended = NULL WHERE id = ? AND status = 'queued'",
+                           "ended = NULL WHERE id = ?",
                            (pid, socket.gethostname(), time.time(), run_dir, run_id)).rowcount
         if taken != 1:  # cannot happen inside the write lock; kept as the claim's condition
             return None
@@ -166,6 +166,28 @@ def cancel(store: Store, run_id: str) -> bool:
     return store._write(lambda db: db.execute(
         "UPDATE runs SET status = 'stopped', ended = ? WHERE id = ? AND status = 'queued'",
         (time.time(), run_id)).rowcount == 1)
+
+
+class NotSteerable(Exception):
+    """A recorded run that takes no command now (queued, or without a run directory); says why."""
+
+
+def steer_target(store: Store, run: Any, command: str) -> str | None:
+    """Where a command to the recorded run ``run`` goes (``nnkit ctl RUN`` and the web page):
+    its run directory. ``stop`` of a queued run cancels it instead (:func:`cancel`, atomic
+    with the claim) and gives None; if a worker took it meanwhile, the command goes to the run.
+
+    NotSteerable when the run is (still) queued or has no run directory.
+    """
+    if run.status == "queued" and command == "stop" and cancel(store, run.id):
+        return None
+    run = store.get(run.id)  # a worker may have taken it meanwhile
+    if run.status == "queued":
+        raise NotSteerable(f"run {run.id} is queued: no worker has started it yet, so it takes no "
+                           "command but stop (which cancels it)")
+    if not run.run_dir:
+        raise NotSteerable(f"run {run.id} has no run directory (an in-memory fit): nothing to send commands to")
+    return run.run_dir
 
 
 def will_retry(store: Store, run_id: str) -> bool:
@@ -276,5 +298,5 @@ class Worker:
                   f"{run_dir / OUTPUT_FILE})")
 
 
-__all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "will_retry", "Worker", "Claim",
-           "train_command"]
+__all__ = ["enqueue", "claim", "settle", "cancel", "steer_target", "NotSteerable", "requeue_interrupted", "will_retry",
+           "Worker", "Claim", "train_command"]

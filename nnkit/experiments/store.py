@@ -552,6 +552,29 @@ class Store:
         """The best value of each of the run's metrics (the least loss or error, the most accuracy)."""
         return dict(self._read("SELECT key, best FROM metrics WHERE run_id = ? ORDER BY key", (run_id,)))
 
+    def jobs(self, run_ids: Iterable[str]) -> dict[str, dict[str, int | None]]:
+        """The queue's word on each of ``run_ids`` that ``nnkit queue`` recorded (others are
+        left out): ``{"retries", "attempts", "position"}``, the position (1: the next a worker
+        takes, in the claim's order) only while the run is queued."""
+        ids = list(dict.fromkeys(run_ids))
+        if not ids:
+            return {}
+        out: dict[str, dict[str, int | None]] = {}
+        for chunk in range(0, len(ids), 500):  # SQLite's limit on parameters
+            part = ids[chunk:chunk + 500]
+            for run_id, retries, attempts in self._read(
+                    f"SELECT run_id, retries, attempts FROM jobs WHERE run_id IN ({', '.join('?' * len(part))})",
+                    part):
+                out[run_id] = {"retries": retries, "attempts": attempts, "position": None}
+        if out:
+            # The claim's order (queue.claim): oldest first, then by id.
+            for run_id, position in self._read(
+                    "SELECT runs.id, ROW_NUMBER() OVER (ORDER BY runs.created, runs.id) FROM runs "
+                    "JOIN jobs ON jobs.run_id = runs.id WHERE runs.status = 'queued'"):
+                if run_id in out:
+                    out[run_id]["position"] = position
+        return out
+
     # ------------------------------------------------------------------ editing
     def _existing(self, db: sqlite3.Connection, run_id: str) -> None:
         if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
