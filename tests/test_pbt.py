@@ -173,3 +173,18 @@ def test_ctrl_c_on_the_driver_stops_the_sweep_and_its_members(tmp_path):
         for process in (driver, *workers):
             if process.poll() is None:
                 process.kill()
+
+
+def test_replay_drops_the_changes_a_resume_from_an_earlier_checkpoint_undid(tmp_path):
+    """A member whose worker died resumes from its last checkpoint: the changes acknowledged after
+    that step never happened for the run that goes on (events written as a run writes them)."""
+    lines = [{"type": "status", "state": "started", "step": 0}, {"type": "loss", "step": 1, "lr": 0.1},
+             {"type": "ack", "command": "set", "step": 10, "values": {"lr": 0.05}},
+             {"type": "ack", "command": "load_weights", "step": 30, "path": "/x/pbt-1.h5", "source_step": 25},
+             {"type": "ack", "command": "set", "step": 30, "values": {"lr": 0.2}},
+             {"type": "status", "state": "started", "step": 20},  # resumed from checkpoint-20.h5
+             {"type": "ack", "command": "set", "step": 40, "values": {"lr": 0.3}}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    schedule = replay(tmp_path)
+    assert [(c.step, c.command, c.lr) for c in schedule.changes] == [(10, "set", 0.05), (40, "set", 0.3)]
+    assert [schedule.lr_at(step) for step in (1, 10, 11, 35, 41)] == [0.1, 0.1, 0.05, 0.05, 0.3]

@@ -364,7 +364,9 @@ class Schedule:
 def replay(run_dir: str | os.PathLike) -> Schedule:
     """The schedule of learning rates and weight loads a run followed, read from its
     ``events.jsonl`` alone: the acknowledged ``set lr`` and ``load_weights`` commands, in order,
-    and the learning rate of its first batch."""
+    and the learning rate of its first batch. A resume from a checkpoint at step ``c`` (its
+    ``started`` status) drops the changes acknowledged after ``c``, which the checkpoint has not
+    seen (a learning rate set by hand is in it)."""
     items, _ = read_jsonl(Path(run_dir) / EVENTS_FILE)
     initial, changes = None, []
     for _, event in items:
@@ -372,6 +374,10 @@ def replay(run_dir: str | os.PathLike) -> Schedule:
             continue
         if initial is None and event.get("type") == "loss" and isinstance(event.get("lr"), (int, float)):
             initial = float(event["lr"])
+        if (event.get("type") == "status" and event.get("state") == "started" and isinstance(event.get("step"), int)
+                and event["step"] > 0):
+            # Resumed from its checkpoint at that step (a requeued member): what came after is undone.
+            changes = [c for c in changes if c.step <= event["step"]]
         if event.get("type") != "ack" or not isinstance(event.get("step"), int):
             continue
         values = event.get("values") if isinstance(event.get("values"), dict) else {}
