@@ -633,8 +633,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from .experiments.queue import enqueue
     _check_queue_options(args)
     text, job = _job_to_queue(read_config_file(args.job), args.job, args.set, _absolute(args.data_dir))
-    run_id = enqueue(Store(args.store), text, name=args.name or job.name,
-                     owner=args.owner, tags=tuple(args.tag), retries=args.retries)
+    run_id = enqueue(Store(args.store), text, name=args.name or job.name, owner=args.owner, tags=tuple(args.tag),
+                     retries=args.retries, load_roots=tuple(args.load_root))
     print(run_id)
     return EXIT_OK
 
@@ -1092,6 +1092,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=0, metavar="N", help="when the run is interrupted "
                    "(its worker killed), requeue it up to N times to resume from its last checkpoint "
                    "(default 0)")
+    p.add_argument("--load-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose checkpoints the run's `load_weights` commands may load (repeatable; "
+                        "the worker gives it to nnkit train --load-root)")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("sweep", help="queue many runs of a job: a grid, random draws or an Optuna study",
