@@ -935,6 +935,19 @@ def _check_arrays(saved: Mapping[str, Any], targets: Mapping[str, tuple[Layer, n
                                   f"file, which does not convert to {target.dtype}")
 
 
+def check_parameters(saved: Mapping[str, Any], layers: Sequence[Layer], source: str,
+                     state: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict, dict]:
+    """The checks of :func:`assign_parameters` without the copy: CheckpointError naming the
+    parameter, its shape in the file and the layer's, if ``saved`` and ``state`` do not fit
+    ``layers``. Returns ``saved`` with legacy names upgraded and the layers' arrays by name."""
+    params, states = _named_arrays(layers)
+    saved = upgrade_names(saved, params)
+    param_arrays = {name: (layer, p.data) for name, (layer, p) in params.items()}
+    _check_arrays(saved, param_arrays, "parameter", source)
+    _check_arrays(state or {}, states, "state array", source)
+    return saved, param_arrays, states
+
+
 def assign_parameters(saved: Mapping[str, Any], layers: Sequence[Layer], source: str,
                       state: Mapping[str, Any] | None = None) -> None:
     """Copies ``saved`` (full parameter name -> array) and ``state`` into the layers in place.
@@ -945,11 +958,7 @@ def assign_parameters(saved: Mapping[str, Any], layers: Sequence[Layer], source:
     and dtypes convert. All of this is checked before anything is copied, so on error the
     layers are unchanged. ``source`` names the file in error messages.
     """
-    params, states = _named_arrays(layers)
-    saved = upgrade_names(saved, params)
-    param_arrays = {name: (layer, p.data) for name, (layer, p) in params.items()}
-    _check_arrays(saved, param_arrays, "parameter", source)
-    _check_arrays(state or {}, states, "state array", source)
+    saved, param_arrays, states = check_parameters(saved, layers, source, state)
     for name, (_, target) in param_arrays.items():
         target[...] = saved[name]
     for name, (_, target) in states.items():

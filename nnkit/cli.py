@@ -2,7 +2,7 @@
 
     nnkit train JOB.conf [--set key=value ...] [--run-dir DIR] [--resume CKPT|RUN_DIR|auto]
                          [--overwrite] [--keep-checkpoints N] [--data-dir DIR] [--tensorboard [DIR]]
-                         [--store PATH] [--owner O] [--name N] [--tag T ...]
+                         [--store PATH] [--owner O] [--name N] [--tag T ...] [--load-root DIR ...]
     nnkit eval CKPT|RUN_DIR [--data-dir DIR] [--dataset NAME] [--scale S] [--json]
     nnkit show JOB.conf|CKPT|RUN_DIR
     nnkit time JOB.conf [--iterations N]
@@ -13,8 +13,10 @@
     nnkit sweep JOB.conf --grid PATH=V1,V2 ... | --random N --random-param PATH=DIST ... [--seed S]
                          | --optuna PATH=DIST ... --trials N [--metric M] [--direction D] [--pruner P]
                            [--study-storage PATH] [--parallel K]
+                         | --pbt [--population N] [--interval-epochs N] [--perturb F1,F2] [--metric M]
+                           [--direction D] [--quantile Q] [--init-lr LR1,LR2,...] [--runs-dir DIR] [--seed S]
                          [--set key=value ...] [--name N] [--tag T ...] [--owner O] [--retries N]
-    nnkit sweep --status SWEEP [--metric M] [--json] | --list          [--store PATH]
+    nnkit sweep --status SWEEP [--metric M] [--json] | --replay SWEEP [--json] | --list  [--store PATH]
     nnkit ctl RUN_DIR|RUN COMMAND [key=value ...] [--wait SECONDS | --no-wait] [--store PATH]
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
@@ -347,6 +349,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .views.tensorboard import TensorBoard
         callbacks.append(TensorBoard(args.tensorboard or run_dir / "tensorboard"))
     model.trainer_for_fit().keep_checkpoints = args.keep_checkpoints
+    model.trainer_for_fit().load_roots = [Path(root).resolve() for root in args.load_root]
     from . import experiments  # records the run (and says how): the store, owner, name, tags
     experiments.configure(store=_absolute(args.store), owner=args.owner, name=args.name, tags=args.tag,
                           run_id=args.run_id)
@@ -630,8 +633,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from .experiments.queue import enqueue
     _check_queue_options(args)
     text, job = _job_to_queue(read_config_file(args.job), args.job, args.set, _absolute(args.data_dir))
-    run_id = enqueue(Store(args.store), text, name=args.name or job.name,
-                     owner=args.owner, tags=tuple(args.tag), retries=args.retries)
+    run_id = enqueue(Store(args.store), text, name=args.name or job.name, owner=args.owner, tags=tuple(args.tag),
+                     retries=args.retries, load_roots=tuple(args.load_root))
     print(run_id)
     return EXIT_OK
 
@@ -640,26 +643,31 @@ def _sweep_mode(args: argparse.Namespace) -> str:
     """Which sweep ``nnkit sweep`` was asked for (grid, random, optuna, status, list); checks
     that the flags given belong to it."""
     modes = [mode for mode, given in (("grid", args.grid), ("random", args.random is not None),
-                                      ("optuna", args.optuna), ("status", args.status is not None),
-                                      ("list", args.list)) if given]
+                                      ("optuna", args.optuna), ("pbt", args.pbt), ("status", args.status is not None),
+                                      ("replay", args.replay is not None), ("list", args.list)) if given]
     if len(modes) != 1:
-        raise UsageError("give one of --grid, --random N, --optuna (with JOB.conf), --status SWEEP or --list"
-                         + (f"; got {', '.join(modes)}" if modes else ""))
+        raise UsageError("give one of --grid, --random N, --optuna, --pbt (with JOB.conf), --status SWEEP, "
+                         "--replay SWEEP or --list" + (f"; got {', '.join(modes)}" if modes else ""))
     mode = modes[0]
-    if mode in ("status", "list"):
+    if mode in ("status", "replay", "list"):
         if args.job is not None:
             raise UsageError(f"--{mode} takes no JOB.conf")
         return mode
     if args.job is None:
         raise UsageError(f"--{mode}: give the job, nnkit sweep JOB.conf --{mode} ...")
-    belongs = {"--random-param": ("random", args.random_param), "--trials": ("optuna", args.trials),
-               "--direction": ("optuna", args.direction), "--pruner": ("optuna", args.pruner),
-               "--study-storage": ("optuna", args.study_storage), "--parallel": ("optuna", args.parallel),
-               "--seed": (mode if mode in ("random", "optuna") else "random or --optuna", args.seed)}
-    for flag, (owner, value) in belongs.items():
-        if value not in (None, []) and owner != mode:
-            raise UsageError(f"{flag} goes with --{owner}, not --{mode}")
+    belongs = {"--random-param": (("random",), args.random_param), "--trials": (("optuna",), args.trials),
+               "--direction": (("optuna", "pbt"), args.direction), "--pruner": (("optuna",), args.pruner),
+               "--study-storage": (("optuna",), args.study_storage), "--parallel": (("optuna",), args.parallel),
+               "--seed": (("random", "optuna", "pbt"), args.seed),
+               **{flag: (("pbt",), getattr(args, flag[2:].replace("-", "_"))) for flag in _PBT_FLAGS}}
+    for flag, (owners, value) in belongs.items():
+        if value not in (None, []) and mode not in owners:
+            raise UsageError(f"{flag} goes with {' or '.join(f'--{o}' for o in owners)}, not --{mode}")
     return mode
+
+
+#: The flags of ``nnkit sweep --pbt`` alone.
+_PBT_FLAGS = ("--population", "--interval-epochs", "--perturb", "--quantile", "--init-lr", "--runs-dir")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -674,9 +682,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return sweep_status(store, args.status, sys.stdout, metric=args.metric, as_json=args.json)
         if mode == "list":
             return sweep_list(store, sys.stdout)
+        if mode == "replay":
+            return _pbt_replay(args, store)
         _check_queue_options(args)
         if mode == "optuna":
             return _optuna_sweep(args, store)
+        if mode == "pbt":
+            return _pbt_sweep(args, store)
         return _queue_sweep(args, store, mode)
     except (SweepError, BadInput) as e:
         raise UsageError(str(e)) from None
@@ -785,6 +797,63 @@ def _optuna_sweep(args: argparse.Namespace, store: Any) -> int:
     return driver.run()
 
 
+def _numbers(text: str, flag: str) -> tuple[float, ...]:
+    """``0.8,1.2`` as numbers; exit 2 naming ``flag`` for anything else."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} {text}: expected numbers separated by commas, e.g. 0.8,1.2") from None
+
+
+def _pbt_sweep(args: argparse.Namespace, store: Any) -> int:
+    """``nnkit sweep JOB.conf --pbt ...``: queues the population, then this process steers it
+    (:class:`nnkit.experiments.pbt.PBTDriver`) until every member has ended."""
+    from .experiments.pbt import PBTDriver, PBTSpec, queue_population
+    try:
+        spec = PBTSpec(population=args.population if args.population is not None else 4,
+                       interval_epochs=args.interval_epochs if args.interval_epochs is not None else 1,
+                       perturb=_numbers(args.perturb or "0.8,1.2", "--perturb"), metric=args.metric or "test_error",
+                       direction=args.direction or "minimize",
+                       quantile=args.quantile if args.quantile is not None else 0.25,
+                       seed=args.seed if args.seed is not None else 0,
+                       init_lrs=_numbers(args.init_lr, "--init-lr") if args.init_lr else ())
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    make_config = _point_config(args, {"updater.lr": "--init-lr", "seed": "--seed"})
+    sweep_id, run_ids = queue_population(store, spec, make_config, args.runs_dir or DEFAULT_RUNS, name=args.name,
+                                         owner=args.owner, tags=tuple(args.tag), retries=args.retries,
+                                         job={"job": os.path.abspath(args.job), "set": list(args.set)})
+    print(sweep_id, flush=True)
+    for run_id in run_ids:
+        print(f"{run_id}  {store.get(run_id).run_dir}", flush=True)
+    print(f"nnkit sweep: pbt population of {spec.population} queued in sweep {sweep_id}; `nnkit worker` runs "
+          f"them (one worker per member), this command steers them every {spec.interval_epochs} epoch(s); "
+          f"`nnkit sweep --replay {sweep_id}` shows what each member followed", file=sys.stderr, flush=True)
+    try:
+        made = PBTDriver(store, sweep_id, poll=args.poll).run()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    print(f"nnkit sweep: pbt sweep {sweep_id} done, {made} interval(s) decided", file=sys.stderr)
+    return EXIT_OK
+
+
+def _pbt_replay(args: argparse.Namespace, store: Any) -> int:
+    """``nnkit sweep --replay SWEEP``: each member's lr changes and weight loads, from its events."""
+    from dataclasses import asdict
+    from .experiments.pbt import describe_schedules, replay_sweep
+    from .experiments.store import SweepNotFound
+    try:
+        sweep = store.get_sweep(args.replay)
+    except SweepNotFound as e:
+        raise UsageError(str(e)) from None
+    schedules = replay_sweep(store, sweep.id)
+    if args.json:
+        print(json.dumps({name: asdict(s) for name, s in schedules.items()}, indent=1))
+    else:
+        print("\n".join(describe_schedules(schedules)))
+    return EXIT_OK
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """``nnkit worker``: runs queued runs, one after the other, until stopped."""
     from .experiments import Store
@@ -819,6 +888,7 @@ def _ctl_target(args: argparse.Namespace) -> str | None:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """``nnkit ctl``: sends a command to a run directory and (by default) prints the answer."""
+    from .training.control import COMMANDS
     from .views.terminal import (CommandLineError, command_events, describe_answer,
                                  describe_command_events, describe_silence, parse_assignments, steer)
     target = _ctl_target(args)
@@ -826,8 +896,12 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return EXIT_OK
     args.run_dir = target
     try:
-        command, answer, offset = steer(args.run_dir, args.name, parse_assignments(args.args),
-                                        args.wait)
+        raw = parse_assignments(args.args, args.name)
+        entry = COMMANDS.get(args.name)
+        for arg in entry.args if entry is not None else ():
+            if arg.local_path and raw.get(arg.name):  # named from here, not from the run directory
+                raw[arg.name] = os.path.abspath(os.path.expanduser(raw[arg.name]))
+        command, answer, offset = steer(args.run_dir, args.name, raw, args.wait)
     except CommandLineError as e:
         raise UsageError(str(e)) from None
     if args.wait is None:
@@ -999,6 +1073,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last good state is checkpointed; then pause (default: wait for "
                         "`nnkit ctl RUN_DIR resume` to retry it, e.g. after `set lr=...`, or `skip`) "
                         "or stop (exit 1)")
+    p.add_argument("--load-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose checkpoints `load_weights` commands may load besides the run "
+                        "directory's (repeatable; a sweep gives its members its run directories)")
     add_record_options(p, "the run's name in the store (default: the run directory's name)")
     p.add_argument("--run-id", metavar="ID", help="record into this existing record (a queued run "
                    "that `nnkit worker` took) instead of a new one; needs --run-dir")
@@ -1015,6 +1092,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=0, metavar="N", help="when the run is interrupted "
                    "(its worker killed), requeue it up to N times to resume from its last checkpoint "
                    "(default 0)")
+    p.add_argument("--load-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose checkpoints the run's `load_weights` commands may load (repeatable; "
+                        "the worker gives it to nnkit train --load-root)")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("sweep", help="queue many runs of a job: a grid, random draws or an Optuna study",
@@ -1040,9 +1120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna", action="append", default=[], metavar="PATH=DIST",
                    help="a field Optuna searches and its distribution (repeatable); needs nnkit[sweep]")
     p.add_argument("--trials", type=int, metavar="N", help="--optuna: how many trials (runs)")
-    p.add_argument("--metric", help="the metric to optimise (--optuna) or show (--status): a name as "
+    p.add_argument("--metric", help="the metric to optimise (--optuna, --pbt: a field of the epoch events) or "
+                   "show (--status): a name as "
                    "`nnkit runs` has it (default test_error)")
-    p.add_argument("--direction", choices=("minimize", "maximize"), help="--optuna: minimize or maximize "
+    p.add_argument("--direction", choices=("minimize", "maximize"), help="--optuna, --pbt: minimize or maximize "
                    "--metric (default: minimize a loss or error, else maximize)")
     p.add_argument("--pruner", metavar="median|none|threshold=X", help="--optuna: stop unpromising trials "
                    "after an epoch: median (Optuna's MedianPruner, the default), none, or threshold=X "
@@ -1052,16 +1133,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, metavar="K", help="--optuna: at most K trials out at once "
                    "(default: as many as the workers take, one more waiting in the queue)")
     p.add_argument("--seed", type=int, help="--random: the draws' seed (default: a fresh one, printed and "
-                   "recorded); --optuna: the sampler's (TPE) seed")
+                   "recorded); --optuna: the sampler's (TPE) seed; --pbt: the driver's draws, and member i's "
+                   "seed is SEED + i (default 0)")
     p.add_argument("--poll", type=float, default=0.5, metavar="SECONDS", help=argparse.SUPPRESS)
     p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
     add_record_options(p, "the sweep's name; its runs are named NAME-0, NAME-1, ... (default sweep-ID-0, ...)")
     p.add_argument("--retries", type=int, default=0, metavar="N", help="requeue each interrupted run up to "
                    "N times, as nnkit queue --retries (default 0)")
+    p.add_argument("--pbt", action="store_true", help="population-based training: queue --population "
+                   "members, then steer them from this command: every --interval-epochs the bottom --quantile "
+                   "by --metric load the best member's weights (load_weights) and take its lr times a --perturb "
+                   "factor (set lr)")
+    p.add_argument("--population", type=int, metavar="N", help="--pbt: members (default 4)")
+    p.add_argument("--interval-epochs", type=int, metavar="N", help="--pbt: epochs between two exploit/"
+                   "explore steps (default 1)")
+    p.add_argument("--perturb", metavar="F1,F2,...", help="--pbt: the factors the copied lr is multiplied by, "
+                   "one drawn at random (default 0.8,1.2)")
+    p.add_argument("--quantile", type=float, metavar="Q", help="--pbt: the fraction of members that exploit, "
+                   "at least one (default 0.25)")
+    p.add_argument("--init-lr", metavar="LR1,LR2,...", help="--pbt: each member's starting lr (default: the "
+                   "job's; members differ by their seed, --seed + i)")
+    p.add_argument("--runs-dir", metavar="DIR", help=f"--pbt: where the sweep's folder of run directories "
+                   f"goes (default ./{DEFAULT_RUNS})")
+    p.add_argument("--replay", metavar="SWEEP", help="show what each member of a --pbt sweep followed, from "
+                   "its events alone: its lr changes and weight loads, by step")
     p.add_argument("--status", metavar="SWEEP", help="show a sweep: its runs with their point, status and "
                    "best --metric (SWEEP: an id, a unique id prefix or a name)")
     p.add_argument("--list", action="store_true", help="list the sweeps in the store, newest first")
-    p.add_argument("--json", action="store_true", help="--status: print one JSON object")
+    p.add_argument("--json", action="store_true", help="--status, --replay: print one JSON object")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("worker", help="run queued jobs",

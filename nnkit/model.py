@@ -356,6 +356,12 @@ class Sequential:
         bad = _first_nonfinite(self.params)
         return None if bad is None else bad.full_name
 
+    def state_replaced(self) -> None:
+        """Says the parameters or updater state were replaced between two batches (the
+        ``load_weights`` command): the next batch keeps a copy to undo an update that goes
+        non-finite, as the first batch does."""
+        self._last_settings = None
+
     def get_weights(self) -> list[np.ndarray]:
         """Copies of every parameter array, layer by layer, weight then bias."""
         return [p.data.copy() for p in self.params]

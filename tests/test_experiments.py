@@ -318,7 +318,7 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_runs(tmp_path):
     db.commit()
     db.close()
     store = Store(path)
-    assert store.schema_version() == store_module.SCHEMA_VERSION == 4
+    assert store.schema_version() == store_module.SCHEMA_VERSION == 5
     assert store.get("old").step == 5 and store.params("r1") == {"updater.lr": "0.003"}
     assert [r.id for r in store.runs(where="updater.lr < 0.01")] == ["r1"]  # the migrated numeric column
 
@@ -336,7 +336,7 @@ def test_a_schema_3_store_gets_sweeps_and_keeps_its_runs_and_queue(tmp_path):
     db.commit()
     db.close()
     store = Store(path)
-    assert store.schema_version() == 4
+    assert store.schema_version() == store_module.SCHEMA_VERSION  # 5: load roots and sweep logs too
     old = store.get("waiting")
     assert (old.status, old.sweep_id, old.point) == ("queued", None, None) and store.list_sweeps() == []
     from nnkit.experiments.queue import claim, enqueue
@@ -346,6 +346,7 @@ def test_a_schema_3_store_gets_sweeps_and_keeps_its_runs_and_queue(tmp_path):
     assert [r.id for r in store.runs(sweep=sweep)] == [new] and store.count(sweep=sweep) == 1
     assert claim(store, tmp_path / "runs").run_id == "q1"  # the old queue works on, oldest first
     assert store._read("SELECT retries FROM jobs WHERE run_id = 'q1'") == [(2,)]
+    assert claim(store, tmp_path / "runs").load_roots == ()  # queued without load roots: none
 
 
 def test_a_store_from_a_newer_nnkit_is_refused(tmp_path):

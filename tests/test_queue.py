@@ -269,3 +269,16 @@ def test_a_cancelled_run_is_never_claimed_and_a_claimed_one_never_cancelled(tmp_
         assert (run.status, run.run_dir, run.pid, jobs[run_id]) == ("stopped", None, None, 0)
     assert {store.get(run_id).status for run_id in claimed} == {"running"}
     assert {jobs[run_id] for run_id in claimed} == {1}
+
+
+def test_a_queued_run_s_load_roots_reach_its_nnkit_train(tmp_path, job):
+    from nnkit.experiments.queue import claim, train_command
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "pool")
+    queue(tmp_path, "--load-root", "link", "--load-root", str(tmp_path / "pool" / ".." / "pool"))
+    store = Store(tmp_path / "s.db")
+    taken = claim(store, tmp_path / "runs")
+    pool = str((tmp_path / "pool").resolve())
+    assert taken.load_roots == (pool, pool)  # resolved when queued: a link cannot be swapped later
+    command = train_command(taken, store)
+    assert command[-4:] == ["--load-root", pool, "--load-root", pool]

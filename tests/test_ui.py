@@ -469,6 +469,10 @@ def test_every_steering_control_reaches_a_live_run_and_shows_its_answer(runs, tm
         assert status == 200 and body["answer"]["values"] == {"weight_decay": 0.001, "batch_size": 8}
         status, body = send("checkpoint")
         assert status == 200 and body["answer"]["path"] == str(run_dir.resolve() / "checkpoint.h5")
+        status, body = send("load_weights", path="checkpoint.h5")  # the one it just wrote, by relative path
+        assert status == 200 and body["answer"]["path"] == str(run_dir.resolve() / "checkpoint.h5")
+        status, body = send("load_weights", path=str(tmp_path))  # outside the run directory: refused
+        assert status == 422 and "is outside the allowed roots" in body["text"]
         status, body = send("set", lr="-1")  # refused by the run itself: its error is the answer
         assert status == 422 and not body["ok"] and body["text"] == "set refused: set lr: must be >= 0, got -1"
         status, body = send("stop")

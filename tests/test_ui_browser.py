@@ -153,6 +153,22 @@ def test_watch_and_steer_a_live_run_in_the_browser(browser, tmp_path):
                                                     if "refused" in li.text), False))
             assert refused.text == "set refused: set momentum: must be in [0, 1), got 1.5"
 
+            path = browser.find_element(By.CSS_SELECTOR, '#load-form input[name="path"]')
+            path.send_keys(str(tmp_path / "elsewhere.h5"))
+            click(browser, "#load-button")
+            refused = wait(browser, lambda d: next((li for li in d.find_elements(By.CSS_SELECTOR, "#answers li.error")
+                                                    if "load_weights refused" in li.text), False))
+            assert "is outside the allowed roots" in refused.text
+            click(browser, 'button[data-command="checkpoint"]')  # then the run loads the one it wrote (its latest)
+            wait(browser, lambda d: any("checkpoint acknowledged" in li.text
+                                        for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")))
+            path.clear()
+            path.send_keys(str(run_dir))  # a run directory: its latest checkpoint
+            click(browser, "#load-button")
+            loaded = wait(browser, lambda d: next((li for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")
+                                                   if "load_weights acknowledged" in li.text), False))
+            assert f'path="{run_dir.resolve()}/checkpoint-' in loaded.text
+
             click(browser, 'button[data-command="resume"]')
             wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "running")
             resumed = loss_points(browser)

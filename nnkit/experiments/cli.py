@@ -411,8 +411,9 @@ def sweep_status(store: Store, ref: str, out: TextIO, metric: str | None = None,
     runs = store.sweep_runs(sweep.id)
     metric = metric or sweep.spec.get("metric") or "test_error"
     if as_json:
+        extra = {"log": store.sweep_log(sweep.id)} if sweep.kind == "pbt" else {}
         json.dump({"sweep": {key: getattr(sweep, key) for key in SweepRecord.__dataclass_fields__},
-                   "runs": [record_dict(store, run) for run in runs]}, out, indent=1)
+                   "runs": [record_dict(store, run) for run in runs], **extra}, out, indent=1)
         print(file=out)
         return 0
     counts: dict[str, int] = {}
@@ -435,6 +436,10 @@ def sweep_status(store: Store, ref: str, out: TextIO, metric: str | None = None,
         pick = min if lower_is_better(metric) else max
         top = pick(scored, key=lambda run: best[run.id])
         print(f"best: run {top.id} {metric} {_number(best[top.id])} at {point_text(top.point)}", file=out)
+    if sweep.kind == "pbt":
+        from .pbt import describe_decisions
+        for line in describe_decisions(store.sweep_log(sweep.id)):
+            print(line, file=out)
     return 0
 
 

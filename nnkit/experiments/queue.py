@@ -21,6 +21,7 @@ its pid gone.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -56,26 +57,34 @@ class Claim:
     name: str | None
     owner: str | None
     tags: tuple[str, ...]
+    load_roots: tuple[str, ...] = ()
 
 
 def enqueue(store: Store, config_text: str, *, name: str | None = None, owner: str | None = None,
             tags: tuple[str, ...] = (), retries: int = 0, sweep_id: str | None = None,
-            point: dict[str, Any] | None = None) -> str:
+            point: dict[str, Any] | None = None, run_dir: str | os.PathLike | None = None,
+            load_roots: tuple[str | os.PathLike, ...] = (), run_id: str | None = None) -> str:
     """Records a run of ``config_text`` (a validated job config) as ``queued``; returns its id.
 
     ``sweep_id``, ``point``: the run is one of that sweep's, made by the overrides ``point``.
+    ``run_dir``: where the worker runs it (default ``<its runs dir>/<name>-<id>``);
+    ``load_roots``: folders its ``load_weights`` commands may read from besides its run
+    directory (``nnkit train --load-root``: a sweep's run directories); ``run_id``: the id to
+    record it under (default a fresh one).
     """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
-    summary = RunSummary(id=uuid.uuid4().hex[:12], name=name, owner=owner or default_owner(),
+    summary = RunSummary(id=run_id or uuid.uuid4().hex[:12], name=name, owner=owner or default_owner(),
                          tags=tuple(tags), status="queued", created=time.time(), config_text=config_text,
-                         config_hash=config_hash(config_text))
+                         config_hash=config_hash(config_text),
+                         run_dir=None if run_dir is None else str(Path(run_dir).resolve()))
     run_id = store.save(summary, flatten_config(config_text))
+    roots = json.dumps([str(Path(root).resolve()) for root in load_roots]) if load_roots else None
     # After the record: a run is claimable once it has its jobs row, never half-made.
     def work(db: Any) -> None:
         if sweep_id is not None:  # in the same transaction: a claimable run already has its sweep
             join_sweep(db, run_id, sweep_id, point or {})
-        db.execute("INSERT INTO jobs (run_id, retries) VALUES (?, ?)", (run_id, retries))
+        db.execute("INSERT INTO jobs (run_id, retries, load_roots) VALUES (?, ?, ?)", (run_id, retries, roots))
     try:
         store._write(work)
     except LookupError:  # no such sweep: no queued record that no worker could ever take
@@ -107,12 +116,12 @@ def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None) -> 
     runs_dir = Path(runs_dir).expanduser().resolve()
 
     def work(db: Any) -> Claim | None:
-        row = db.execute("SELECT runs.id, runs.name, runs.owner, runs.run_dir, runs.config_text, jobs.attempts "
-                         "FROM runs JOIN jobs ON jobs.run_id = runs.id WHERE runs.status = 'queued' "
+        row = db.execute("SELECT runs.id, runs.name, runs.owner, runs.run_dir, runs.config_text, jobs.attempts, "
+                         "jobs.load_roots FROM runs JOIN jobs ON jobs.run_id = runs.id WHERE runs.status = 'queued' "
                          "ORDER BY runs.created, runs.id LIMIT 1").fetchone()
         if row is None:
             return None
-        run_id, name, owner, run_dir, text, attempts = row
+        run_id, name, owner, run_dir, text, attempts, roots = row
         run_dir = run_dir or str(runs_dir / f"{_safe(name) or 'run'}-{run_id}")
         taken = db.execute("UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat = ?, run_dir = ?, "
                            "ended = NULL WHERE id = ?",
@@ -121,7 +130,8 @@ def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None) -> 
             return None
         db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE run_id = ?", (run_id,))
         tags = tuple(t for (t,) in db.execute("SELECT tag FROM tags WHERE run_id = ? ORDER BY tag", (run_id,)))
-        return Claim(run_id, attempts + 1, run_dir, text or "", name, owner, tags)
+        return Claim(run_id, attempts + 1, run_dir, text or "", name, owner, tags,
+                     tuple(json.loads(roots)) if roots else ())
     return store._write(work)
 
 
@@ -213,6 +223,8 @@ def train_command(taken: Claim, store: Store) -> list[str]:
         command += ["--name", taken.name]
     for tag in taken.tags:
         command += ["--tag", tag]
+    for root in taken.load_roots:
+        command += ["--load-root", root]
     return command
 
 

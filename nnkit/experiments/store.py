@@ -204,8 +204,17 @@ def _v4(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX runs_sweep_id ON runs (sweep_id)")
 
 
+def _v5(db: sqlite3.Connection) -> None:
+    """A queued run's load roots: the folders its ``load_weights`` commands may read from (a
+    sweep's run directories; JSON list, NULL for none), given to ``nnkit train --load-root``;
+    and a sweep's log: its driver's decisions (PBT's exploit and explore steps), in order."""
+    db.execute("ALTER TABLE jobs ADD COLUMN load_roots TEXT")
+    db.execute("CREATE TABLE sweep_log (sweep_id TEXT NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL, "
+               "entry TEXT NOT NULL, PRIMARY KEY (sweep_id, seq))")
+
+
 #: Schema version N is made by applying MIGRATIONS[:N] in order to an empty database.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -673,6 +682,25 @@ class Store:
     def add_to_sweep(self, run_id: str, sweep_id: str, point: dict[str, Any]) -> None:
         """Makes run ``run_id`` one of sweep ``sweep_id``'s, made by the overrides ``point``."""
         self._write(lambda db: join_sweep(db, run_id, sweep_id, point))
+
+    def log_sweep(self, sweep_id: str, entry: dict[str, Any]) -> int:
+        """Appends ``entry`` (JSON data: a driver's decision) to the sweep's log; its number."""
+        text = json.dumps(entry, sort_keys=True)
+
+        def work(db: sqlite3.Connection) -> int:
+            if db.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone() is None:
+                raise SweepNotFound(f"no sweep with id {sweep_id!r}")
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sweep_log WHERE sweep_id = ?",
+                             (sweep_id,)).fetchone()[0]
+            db.execute("INSERT INTO sweep_log (sweep_id, seq, time, entry) VALUES (?, ?, ?, ?)",
+                       (sweep_id, seq, time.time(), text))
+            return seq
+        return self._write(work)
+
+    def sweep_log(self, sweep_id: str) -> list[dict[str, Any]]:
+        """The sweep's log entries in order, each with its ``seq`` and ``time``."""
+        rows = self._read("SELECT seq, time, entry FROM sweep_log WHERE sweep_id = ? ORDER BY seq", (sweep_id,))
+        return [{"seq": seq, "time": when, **json.loads(entry)} for seq, when, entry in rows]
 
     def mark_stale(self, heartbeat_timeout: float = HEARTBEAT_TIMEOUT) -> list[str]:
         """Marks ``interrupted`` the runs that say they are queued, running or paused but whose

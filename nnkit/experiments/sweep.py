@@ -201,17 +201,22 @@ def random_points(params: dict[str, Distribution], n: int, seed: int) -> list[di
 
 def queue_sweep(store: Store, kind: str, spec: dict[str, Any], points: Sequence[dict[str, Any]],
                 make_config: Callable[[dict[str, Any]], str], *, name: str | None = None,
-                owner: str | None = None, tags: tuple[str, ...] = (),
-                retries: int = 0) -> tuple[str, list[str]]:
+                owner: str | None = None, tags: tuple[str, ...] = (), retries: int = 0,
+                placement: Callable[[str, str], list[dict[str, Any]]] | None = None) -> tuple[str, list[str]]:
     """Builds the job of every point (``make_config`` raises for a bad one: then nothing is
     recorded), records the sweep and queues one run per point; returns the sweep id and the
-    run ids, in the order of ``points``. A run is named ``<name>-<i>`` (``i`` from 0)."""
+    run ids, in the order of ``points``. A run is named ``<name>-<i>`` (``i`` from 0).
+
+    ``placement(sweep_id, base name) -> [enqueue keywords per run]``: where each run goes once
+    the sweep has its id (PBT gives ``run_dir`` and ``load_roots``)."""
     json.dumps(list(points))  # a point that is not JSON data fails before anything is written
     texts = [make_config(point) for point in points]
     sweep_id = store.create_sweep(kind, spec, name=name)
     base = name or f"sweep-{sweep_id}"
+    places = placement(sweep_id, base) if placement is not None else [{} for _ in points]
     run_ids = [enqueue(store, text, name=f"{base}-{i}", owner=owner, tags=tags, retries=retries,
-                       sweep_id=sweep_id, point=point) for i, (point, text) in enumerate(zip(points, texts))]
+                       sweep_id=sweep_id, point=point, **place)
+               for i, (point, text, place) in enumerate(zip(points, texts, places))]
     return sweep_id, run_ids
 
 

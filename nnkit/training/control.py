@@ -30,7 +30,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 
 from .callbacks import Callback
-from .events import EventBus, read_jsonl
+from .events import COMMANDS_FILE, EVENTS_FILE, Event, EventBus, jsonl_reader, poll_answer, read_jsonl
 
 
 class CommandError(ValueError):
@@ -105,7 +105,9 @@ class Arg:
     ``doc``: what the value means. ``nullable``: None is a value of its own (``lr=None``: back
     to the schedule). ``rule``: a check of the value beyond its type, made by the run (not by
     ``nnkit ctl``); it returns what is wrong, or None. ``annotation``: the Python type of the
-    :class:`~nnkit.training.RunHandle` parameter when it is not ``type``.
+    :class:`~nnkit.training.RunHandle` parameter when it is not ``type``. ``local_path``: a
+    file to read that ``nnkit ctl`` names from the shell's folder, so it sends it absolute (the
+    run resolves a relative path in its run directory).
     """
 
     name: str
@@ -115,6 +117,7 @@ class Arg:
     nullable: bool = False
     rule: Rule | None = None
     annotation: Any = None
+    local_path: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -526,6 +529,105 @@ class Controller:
                                    "it is left alone")
         return target
 
+    @command("Loads the parameters and layer state (and by default the updater's slots) of an "
+             "nnkit checkpoint; the run keeps its own counters, schedule, learning rate and data "
+             "order (change the learning rate with ``set``). In a run with a run directory the "
+             "checkpoint must lie in it or in the run's load roots.",
+             Arg("path", str, REQUIRED, "the checkpoint, or a run directory (its latest checkpoint)",
+                 annotation=str | os.PathLike, local_path=True),
+             Arg("slots", bool, True, "also the updater's slots and counts (momentum, Adam's "
+                 "moments): the copied weights go on with their own velocity"))
+    def _do_load_weights(self, trainer: Any, path: str, slots: bool) -> dict:
+        from .. import checkpoint  # h5py, only here: nnkit ctl reads this table without it
+        if getattr(trainer, "distributed", None) is not None:
+            raise CommandError("load_weights: not in a data-parallel (MPI) run: the other ranks "
+                               "would keep their weights")
+        source = self.load_source(path, getattr(trainer, "load_roots", ()))
+        try:
+            tree = checkpoint.load_tree(source)
+        except checkpoint.CheckpointError as exc:
+            raise CommandError(f"load_weights: {source} is not an nnkit checkpoint ({exc})") from None
+        model, updater = trainer.model, trainer.updater
+        saved = tree.get("model")
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
+            raise CommandError(f"load_weights: {source} is an nnkit file without a model's parameters")
+        # Every check before any change: the parameters (names, shapes), then the slots.
+        try:
+            checkpoint.check_parameters(saved["params"], model.layers, str(source), saved.get("state", {}))
+        except checkpoint.CheckpointError as exc:
+            raise CommandError(f"load_weights: {exc}") from None
+        state = self._loaded_slots(source, saved.get("updater"), model, updater) if slots else None
+        checkpoint.assign_parameters(saved["params"], model.layers, str(source), state=saved.get("state", {}))
+        if state is not None:
+            updater.load_state_dict(state)
+        if hasattr(model, "state_replaced"):  # a Sequential: its next update can be undone
+            model.state_replaced()
+        stored = tree.get("trainer")
+        step = stored.get("global_step") if isinstance(stored, dict) else None
+        return {"path": str(source), "source_step": step if isinstance(step, int) else None,
+                "slots": slots}
+
+    def load_source(self, path: str | os.PathLike, roots: Any = ()) -> Path:
+        """The checkpoint file a ``load_weights path=...`` command may read; CommandError if none.
+
+        A relative path resolves in the run directory. Symlinks and ``..`` are resolved before
+        the check, and again after a run directory is turned into its latest checkpoint (its
+        ``latest`` file could name a link out). In a run with a run directory the file must lie
+        in it or under one of ``roots`` (a sweep's run directories); a run without one (steered
+        from its own Python process only) may read any file.
+        """
+        from . import checkpoints
+        base = self.run_dir.resolve() if self.run_dir is not None else Path.cwd()
+        allowed = [] if self.run_dir is None else [base, *(Path(r).resolve() for r in roots)]
+
+        def confined(target: Path) -> Path:
+            target = (base / target).resolve()  # an absolute path stays itself
+            if allowed and not any(target.is_relative_to(root) for root in allowed):
+                raise CommandError(f"load_weights: {path} is outside the allowed roots "
+                                   f"({', '.join(map(str, allowed))})")
+            return target
+        target = confined(Path(path))
+        if target.is_dir():
+            try:
+                target = confined(checkpoints.resolve_checkpoint(target))
+            except FileNotFoundError as exc:
+                raise CommandError(f"load_weights: {exc}") from None
+        if not target.is_file():
+            raise CommandError(f"load_weights: {target} does not exist or is not a file")
+        return target
+
+    @staticmethod
+    def _loaded_slots(source: Path, saved: Any, model: Any, updater: Any) -> dict[str, Any] | None:
+        """The updater state after loading ``saved``'s slots and counts: the run's own schedule,
+        step and learning-rate override with the checkpoint's per-parameter state, checked
+        against the parameters; None when the run has no updater."""
+        if updater is None:
+            return None
+        from ..checkpoint import upgrade_names
+        own = updater.state_dict()
+        if saved is None:  # a checkpoint without updater state: the slots start afresh
+            return {**own, "slots": {}, "counts": {}}
+        if not isinstance(saved, dict) or saved.get("type") != own["type"]:
+            kind = saved.get("type") if isinstance(saved, dict) else type(saved).__name__
+            raise CommandError(f"load_weights: {source} has the slots of a {kind} updater and this "
+                               f"run's is {own['type']}; give slots=false to load the parameters alone")
+        shapes = {p.full_name: p.data.shape for p in model.params}
+        slot_state = upgrade_names(saved.get("slots") or {}, shapes)
+        counts = upgrade_names(saved.get("counts") or {}, shapes)
+        for name, arrays in slot_state.items():
+            if name not in shapes:
+                raise CommandError(f"load_weights: {source}: updater slots of {name!r}, which is no "
+                                   "parameter of this model")
+            if not isinstance(arrays, dict) or set(arrays) != set(updater.slot_names):
+                raise CommandError(f"load_weights: {source}: updater slots of {name!r} are "
+                                   f"{sorted(arrays) if isinstance(arrays, dict) else arrays!r}, this "
+                                   f"updater uses {sorted(updater.slot_names)}")
+            for key, array in arrays.items():
+                if getattr(array, "shape", None) != shapes[name]:
+                    raise CommandError(f"load_weights: {source}: updater slot {name}/{key} has shape "
+                                       f"{getattr(array, 'shape', None)} but the parameter {shapes[name]}")
+        return {**own, "slots": slot_state, "counts": counts}
+
     @command("Stops and ends the run's thread, also when it is finished and waiting.")
     def _do_shutdown(self, trainer: Any) -> None:
         trainer.request("shutdown")
@@ -538,6 +640,50 @@ class Controller:
         skipped = trainer.skip_batch()  # refuses when the pause is not for a non-finite batch
         self._do_resume(trainer)
         return {"skipped": skipped}
+
+
+# ==================================================================== a run directory's channel
+def append_line(path: Path, line: str) -> None:
+    """Appends ``line`` (ending in a newline) with one ``write`` on an ``O_APPEND`` descriptor.
+
+    Appends of a single write do not interleave with other appenders. If the file ends in
+    a partial line (a writer killed mid-line), a newline goes first, so that garbage stays
+    on its own line (reported and skipped by the run) and this line stays intact.
+    """
+    data = line.encode("utf-8")
+    # O_NOFOLLOW: a command file that is a symlink is refused, never written through.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+        written = os.write(fd, data)
+        if written != len(data):  # regular files only do this when the disk is full
+            raise OSError(f"{path}: short write ({written} of {len(data)} bytes)")
+    finally:
+        os.close(fd)
+
+
+def deliver(run_dir: str | os.PathLike, command: dict[str, Any]) -> int:
+    """Appends ``command`` (a :func:`make_command` object) to ``run_dir/commands.jsonl``, where
+    the run reads it at its next safe point; returns the size of ``events.jsonl`` before (where
+    to look for the answer: :func:`wait_for_answer`)."""
+    events = Path(run_dir) / EVENTS_FILE
+    offset = events.stat().st_size if events.exists() else 0
+    append_line(Path(run_dir) / COMMANDS_FILE, json.dumps(command, separators=(",", ":")) + "\n")
+    return offset
+
+
+def wait_for_answer(run_dir: str | os.PathLike, command_id: str, timeout: float, offset: int = 0,
+                    poll: float = 0.05) -> Event | None:
+    """The ``ack`` or ``error`` answering ``command_id`` in ``events.jsonl`` after byte ``offset``.
+
+    None after ``timeout`` seconds without it.
+    """
+    return poll_answer(jsonl_reader(Path(run_dir) / EVENTS_FILE, offset), command_id, timeout, poll)
 
 
 #: The names ``set`` takes (derived from the table; kept for code that imported it).

@@ -110,6 +110,9 @@ class Trainer:
         # None: the run directory keeps one checkpoint.h5 (what fit from Python always wrote);
         # N: checkpoint-<step>.h5 files, the newest N kept (nnkit train and the examples).
         self.keep_checkpoints: int | None = None
+        # Where a ``load_weights`` command may read from, besides the run directory (a sweep's
+        # run directories: ``nnkit train --load-root``); see Controller.load_source.
+        self.load_roots: list[Path] = []
         self.verbose = verbose
         self.current_epoch = 0
         self.batch_cursor = 0

@@ -25,9 +25,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..training.control import COMMANDS, CommandError, find_command, make_command
-from ..training.events import (COMMANDS_FILE, EVENTS_FILE, RUNNING_STATES, Event, answer_fields,
-                               jsonl_reader, poll_answer, read_jsonl)
+from ..training.control import (COMMANDS, CommandError, append_line, deliver, find_command,
+                                make_command, wait_for_answer)
+from ..training.events import EVENTS_FILE, RUNNING_STATES, Event, answer_fields, read_jsonl
 from .channels import Channel, Monitor, epoch_label, epoch_text, monitor_file
 
 
@@ -81,41 +81,23 @@ def ctl_help(width: int = 78) -> str:
     return "\n".join(lines)
 
 
-def parse_assignments(pairs: list[str]) -> dict[str, str]:
-    """``["lr=0.01", ...]`` as ``{"lr": "0.01"}``; CommandLineError for a pair without ``=``."""
+def parse_assignments(pairs: list[str], command: str | None = None) -> dict[str, str]:
+    """``["lr=0.01", ...]`` as ``{"lr": "0.01"}``; CommandLineError for a pair without ``=``,
+    except that a bare value is the argument of a ``command`` taking one required argument
+    (``load_weights PATH`` is ``load_weights path=PATH``)."""
     raw: dict[str, str] = {}
+    entry = COMMANDS.get(command) if command is not None else None
+    required = [a.name for a in entry.args if a.required] if entry is not None else []
     for pair in pairs:
         key, eq, text = pair.partition("=")
+        if not eq and len(required) == 1 and not pair.startswith("-"):
+            key, eq, text = required[0], "=", pair
         if not eq or not key:
             raise CommandLineError(f"expected key=value, got {pair!r}")
         if key in raw:
             raise CommandLineError(f"{key} given twice")
         raw[key] = text
     return raw
-
-
-def append_line(path: Path, line: str) -> None:
-    """Appends ``line`` (ending in a newline) with one ``write`` on an ``O_APPEND`` descriptor.
-
-    Appends of a single write do not interleave with other appenders. If the file ends in
-    a partial line (a writer killed mid-line), a newline goes first, so that garbage stays
-    on its own line (reported and skipped by the run) and this line stays intact.
-    """
-    data = line.encode("utf-8")
-    # O_NOFOLLOW: a command file that is a symlink is refused, never written through.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size:
-            with open(path, "rb") as f:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":
-                    data = b"\n" + data
-        written = os.write(fd, data)
-        if written != len(data):  # regular files only do this when the disk is full
-            raise OSError(f"{path}: short write ({written} of {len(data)} bytes)")
-    finally:
-        os.close(fd)
 
 
 def send_command(run_dir: str | os.PathLike, name: str, args: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -127,11 +109,8 @@ def send_command(run_dir: str | os.PathLike, name: str, args: dict[str, Any]) ->
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CommandLineError(f"{run_dir}: no such run directory")
-    events = run_dir / EVENTS_FILE
-    offset = events.stat().st_size if events.exists() else 0
     command = make_command(name, **args)
-    append_line(run_dir / COMMANDS_FILE, json.dumps(command, separators=(",", ":")) + "\n")
-    return command, offset
+    return command, deliver(run_dir, command)
 
 
 def steer(run_dir: str | os.PathLike, name: str, raw: dict[str, str], wait: float | None
@@ -146,15 +125,6 @@ def steer(run_dir: str | os.PathLike, name: str, raw: dict[str, str], wait: floa
     command, offset = send_command(run_dir, name, check_command(name, raw))
     answer = None if wait is None else wait_for_answer(run_dir, command["id"], wait, offset)
     return command, answer, offset
-
-
-def wait_for_answer(run_dir: str | os.PathLike, command_id: str, timeout: float, offset: int = 0,
-                    poll: float = 0.05) -> Event | None:
-    """The ``ack`` or ``error`` answering ``command_id`` in ``events.jsonl`` after byte ``offset``.
-
-    None after ``timeout`` seconds without it.
-    """
-    return poll_answer(jsonl_reader(Path(run_dir) / EVENTS_FILE, offset), command_id, timeout, poll)
 
 
 def describe_silence(run_dir: str | os.PathLike) -> str:

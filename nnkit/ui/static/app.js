@@ -333,6 +333,8 @@
       "aria-label": name, title: name});
     const setFields = ["lr", "momentum", "weight_decay", "batch_size"].map((n) => field(n, n));
     const untilBatches = field("batches", "batches"), untilEpochs = field("epochs", "epochs");
+    const loadPath = field("path", "checkpoint or run directory");
+    loadPath.size = 30;
     const collect = (inputs) => Object.fromEntries(inputs.filter((i) => i.value.trim() !== "").map((i) => [i.name, i.value.trim()]));
     // A queued run takes no command but stop, which cancels it (as `nnkit ctl RUN stop` does).
     const queueText = el("p", {id: "queue-text"});
@@ -346,7 +348,9 @@
       el("form", {class: "row", id: "set-form", on: {submit: (e) => { e.preventDefault(); send("set", collect(setFields)); }}},
         ...setFields, el("button", {type: "submit", id: "set-button"}, "Set")),
       el("form", {class: "row", id: "until-form", on: {submit: (e) => { e.preventDefault(); send("run_until", collect([untilBatches, untilEpochs])); }}},
-        untilBatches, untilEpochs, el("button", {type: "submit", id: "until-button"}, "Run until")));
+        untilBatches, untilEpochs, el("button", {type: "submit", id: "until-button"}, "Run until")),
+      el("form", {class: "row", id: "load-form", on: {submit: (e) => { e.preventDefault(); send("load_weights", collect([loadPath])); }}},
+        loadPath, el("button", {type: "submit", id: "load-button"}, "Load weights")));
 
     // The head is built once and then updated in place (it changes with every live message).
     let headParts = null;
