@@ -633,7 +633,7 @@ def _ctl_target(args: argparse.Namespace) -> str | None:
     ref = args.run_dir
     if os.path.isdir(ref) or os.sep in ref:  # a path: as before (a missing one is reported by steer)
         return ref
-    from .experiments.queue import cancel
+    from .experiments.queue import cancel, remote_inbox
     from .experiments.store import Store, StoreError
     store = Store(args.store)
     try:
@@ -647,6 +647,9 @@ def _ctl_target(args: argparse.Namespace) -> str | None:
     if run.status == "queued":
         raise UsageError(f"run {run.id} is queued: no worker has started it yet, so it takes no "
                          "command but stop (which cancels it)")
+    inbox = remote_inbox(store, run.id)
+    if inbox is not None:  # a remote run: its head forwards the command and brings the answer back
+        return inbox
     if not run.run_dir:
         raise UsageError(f"run {run.id} has no run directory (an in-memory fit): nothing to send commands to")
     return run.run_dir

@@ -308,7 +308,7 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_runs(tmp_path):
     db.commit()
     db.close()
     store = Store(path)
-    assert store.schema_version() == store_module.SCHEMA_VERSION == 3
+    assert store.schema_version() == store_module.SCHEMA_VERSION == 4
     assert store.get("old").step == 5 and store.params("r1") == {"updater.lr": "0.003"}
     assert [r.id for r in store.runs(where="updater.lr < 0.01")] == ["r1"]  # the migrated numeric column
 

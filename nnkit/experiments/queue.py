@@ -87,10 +87,13 @@ def requeue_interrupted(store: Store) -> list[str]:
     return store._write(work)
 
 
-def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None) -> Claim | None:
+def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None,
+          head: str | os.PathLike | None = None) -> Claim | None:
     """Takes the oldest queued run (in one transaction: no other worker can take it too);
     None when nothing is queued. Its run directory: the one an earlier attempt used, else
-    ``runs_dir/<name>-<id>``."""
+    ``runs_dir/<name>-<id>``. ``head``: the claimer is a head running it remotely
+    (:mod:`.cluster`), whose inbox for the run is ``head/<id>`` (recorded in the same
+    transaction; a local claim clears an earlier attempt's)."""
     pid = os.getpid() if pid is None else pid
     runs_dir = Path(runs_dir).expanduser().resolve()
 
@@ -107,7 +110,9 @@ def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None) -> 
                            (pid, socket.gethostname(), time.time(), run_dir, run_id)).rowcount
         if taken != 1:  # cannot happen inside the write lock; kept as the claim's condition
             return None
-        db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE run_id = ?", (run_id,))
+        inbox = None if head is None else str(Path(head).expanduser().resolve() / run_id)
+        db.execute("UPDATE jobs SET attempts = attempts + 1, head = ?, worker = NULL WHERE run_id = ?",
+                   (inbox, run_id))
         tags = tuple(t for (t,) in db.execute("SELECT tag FROM tags WHERE run_id = ? ORDER BY tag", (run_id,)))
         return Claim(run_id, attempts + 1, run_dir, text or "", name, owner, tags)
     return store._write(work)
@@ -146,6 +151,19 @@ def cancel(store: Store, run_id: str) -> bool:
         (time.time(), run_id)).rowcount == 1)
 
 
+def remote_inbox(store: Store, run_id: str) -> str | None:
+    """The inbox directory of a run handled by a head (``nnkit worker --dask``): where
+    ``nnkit ctl`` and the web page send its commands and read its events; None for a local run."""
+    rows = store._read("SELECT head FROM jobs WHERE run_id = ?", (run_id,))
+    inbox = rows[0][0] if rows else None
+    return inbox if inbox and Path(inbox).is_dir() else None
+
+
+def command_dir(store: Store, run_id: str, run_dir: str | None) -> str | None:
+    """Where a recorded run takes commands: its head's inbox if it runs remotely, else ``run_dir``."""
+    return remote_inbox(store, run_id) or run_dir
+
+
 def _safe(name: str | None) -> str:
     """A record's name as a directory name (no separators or control characters)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in (name or "")).strip(".")[:64]
@@ -159,6 +177,18 @@ def _die_with_parent(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the worker died before prctl took effect
         os._exit(1)
+
+
+def prepare_run_dir(taken: Claim, run_dir: str | os.PathLike | None = None) -> Path:
+    """Makes the claimed run's directory (``run_dir``, default the claim's) and writes the stored
+    job there as ``job.conf``, for :func:`train_command`; returns the directory."""
+    path = Path(run_dir if run_dir is not None else taken.run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    job = path / JOB_FILE
+    partial = job.with_name(f".{JOB_FILE}.{os.getpid()}.tmp")
+    partial.write_text(taken.config_text, encoding="utf-8")
+    os.replace(partial, job)  # the stored job, as queued: train rewrites it with its header
+    return path
 
 
 def train_command(taken: Claim, store: Store) -> list[str]:
@@ -225,12 +255,7 @@ class Worker:
         if self.stopping:  # stopped between the claim and the start: back to the queue at once
             settle(self.store, taken, _EXIT_INTERRUPTED, requeue=True)
             return
-        run_dir = Path(taken.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        job = run_dir / JOB_FILE
-        partial = job.with_name(f".{JOB_FILE}.{os.getpid()}.tmp")
-        partial.write_text(taken.config_text, encoding="utf-8")
-        os.replace(partial, job)  # the stored job, as queued: train rewrites it with its header
+        run_dir = prepare_run_dir(taken)
         self.echo(f"nnkit worker: run {taken.run_id} ({taken.name}), attempt {taken.attempt}, in {run_dir}")
         with open(run_dir / OUTPUT_FILE, "ab") as output:
             self._child = subprocess.Popen(train_command(taken, self.store), stdin=subprocess.DEVNULL,
@@ -245,4 +270,5 @@ class Worker:
                   f"{run_dir / OUTPUT_FILE})")
 
 
-__all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "Worker", "Claim", "train_command"]
+__all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "Worker", "Claim", "train_command",
+           "prepare_run_dir", "remote_inbox", "command_dir"]

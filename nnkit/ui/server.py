@@ -44,6 +44,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..experiments.queue import command_dir
+from ..experiments.store import Store
 from ..views.channels import DEFAULT_FIGURES
 from ..views.terminal import (CommandLineError, command_events, describe_answer,
                               describe_command_events, describe_silence, steer)
@@ -186,9 +188,16 @@ class Dashboard:
             raise BadRequest(404, f"no run {ref!r}")  # found as something else (a directory?)
         return record
 
+    def live_dir(self, record: Any) -> str | None:
+        """Where the run's live events are and its commands go: its run directory, or for a
+        remote run (``nnkit worker --dask``) the inbox its head keeps."""
+        if isinstance(self.store, Store):  # a duck-typed store may have no work queue
+            return command_dir(self.store, record.id, record.run_dir)
+        return record.run_dir
+
     def view(self, record: Any):
         try:
-            return self.cache.view(record.run_dir)
+            return self.cache.view(self.live_dir(record))
         except UnsafeRunDir as e:
             raise BadRequest(409, f"run {record.id}: {e}") from None
 
@@ -270,7 +279,7 @@ class Dashboard:
                "best": _finite_dict(_call(self.store, "best", record.id) or {}),
                "live": None, "files_error": None}
         try:
-            run_dir = checked_run_dir(record.run_dir)
+            run_dir = checked_run_dir(self.live_dir(record))
             out["live"] = self.cache.view(run_dir).status()
             if not out["config_text"]:
                 out["config_text"] = read_run_file(run_dir, "job.conf")
@@ -337,7 +346,7 @@ class Dashboard:
         return await run_in_threadpool(self._steer, record, body["command"], raw)
 
     def _steer(self, record: Any, name: str, raw: dict[str, str]) -> JSONResponse:
-        run_dir = checked_run_dir(record.run_dir)
+        run_dir = checked_run_dir(self.live_dir(record))
         try:
             command, answer, offset = steer(run_dir, name, raw, COMMAND_WAIT)
         except CommandLineError as e:
@@ -370,7 +379,7 @@ class Dashboard:
         for record in records:
             entry = {**self.row(record), "series": None, "files_error": None}
             try:
-                for figure in self.cache.view(record.run_dir).figures(points=points):
+                for figure in self.cache.view(self.live_dir(record)).figures(points=points):
                     for c in figure["channels"]:
                         if c["name"] == channel:
                             entry["series"] = c
