@@ -1,0 +1,179 @@
+"""`nnkit worker --dask`: queued runs on a real local Dask cluster (a `dask scheduler` and a
+`dask worker` subprocess on localhost), steered by `nnkit ctl RUN` through the head, and a Dask
+worker process killed with SIGKILL mid-run, whose run resumes exactly from its checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import DATA, ROOT, wait_until
+from test_cli import SMALL_JOB
+
+from nnkit.experiments import Store
+from nnkit.experiments.store import pid_alive
+
+distributed = pytest.importorskip("distributed", reason="the dask extra: pip install 'nnkit[dask]'")
+pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+LONG = 1_000_000  # a run that ends only when told to
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dask_cli(*args: str, cwd: Path, log: str) -> subprocess.Popen:
+    """``dask ARGS`` (the CLI of the dask package, as a user starts it), logging to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=cwd, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=open(cwd / log, "w"))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    """A real local cluster: ``dask scheduler`` and one ``dask worker`` (a nanny and its worker
+    process, 2 threads, no memory limit: the nanny would count only the worker process anyway,
+    not the training child), on localhost. Yields the scheduler's address."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    port = address.rsplit(":", 1)[1]
+    scheduler = dask_cli("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard", cwd=tmp_path,
+                         log="scheduler.log")
+    worker = dask_cli("worker", address, "--nthreads", "2", "--memory-limit", "0", "--no-dashboard",
+                      "--local-directory", str(tmp_path / "dask-worker"), cwd=tmp_path, log="worker.log")
+    try:
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+        for process in (worker, scheduler):
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def nnkit(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nnkit.cli", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def queue(tmp_path: Path, *args: str) -> str:
+    done = nnkit("queue", "job.conf", "--store", "s.db", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def start_head(tmp_path: Path, address: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nnkit.cli", "worker", "--dask", address, "--store", "s.db",
+                             "--run-root", "runs", "--once", *args], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.log", "w"))
+
+
+def events(run_dir: str | Path) -> list[dict]:
+    lines = Path(run_dir, "events.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def ctl(tmp_path: Path, run_id: str, *command: str) -> subprocess.CompletedProcess:
+    return nnkit("ctl", run_id, *command, "--store", "s.db", "--wait", "60", cwd=tmp_path)
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    path = tmp_path / "job.conf"
+    path.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "elsewhere"))
+    return path
+
+
+def test_two_runs_finish_on_the_cluster_and_ctl_reaches_a_remote_run_through_the_head(tmp_path, job, cluster):
+    short = queue(tmp_path, "--set", "updater.lr=0.05", "--name", "short")
+    long = queue(tmp_path, "--set", f"run.steps={LONG}", "--name", "long")
+    head = start_head(tmp_path, cluster, "--copy-back")
+    store = Store(tmp_path / "s.db")
+    try:
+        wait_until(lambda: store.get(long).status == "running" and store.get(long).step > 20, 120)
+        state = ctl(tmp_path, long, "set", "lr=0.01")
+        assert state.returncode == 0 and "set acknowledged" in state.stdout, (state.stdout, state.stderr)
+        told = ctl(tmp_path, long[:6], "tell_state")
+        assert told.returncode == 0 and "lr" in told.stdout, (told.stdout, told.stderr)
+        stop = ctl(tmp_path, "long", "stop")
+        assert stop.returncode == 0 and "stop acknowledged" in stop.stdout, stop.stderr
+        assert head.wait(120) == 0
+    finally:
+        head.kill()
+    err = (tmp_path / "head.log").read_text()
+    assert f"run {short} (short), attempt 1" in err and f"run {long} (long), attempt 1" in err, err
+    assert {r.status for r in store.runs()} == {"finished", "stopped"} and store.count() == 2
+    finished, stopped = store.get(short), store.get(long)
+    assert (finished.status, finished.step, stopped.status) == ("finished", 20, "stopped")
+    # The files came back to --run-root (the run ran in a temporary folder of the Dask worker).
+    run_dir = tmp_path / "runs" / f"short-{short}"
+    assert finished.run_dir == str(run_dir) and (run_dir / "checkpoint-20.h5").is_file()
+    assert (run_dir / "metrics.json").is_file() and json.loads((run_dir / "run.json").read_text())["id"] == short
+    assert not list(Path("/tmp").glob(f"nnkit-{short}-*"))  # the worker's copy is gone
+    # The store holds the metrics the events show: the last test of the run.
+    last_test = [e for e in events(run_dir) if e["type"] == "test"][-1]
+    metrics = store.metrics(short)
+    assert metrics["test_loss"] == pytest.approx(last_test["loss"]) and last_test["step"] == 20
+    assert metrics["test_accuracy"] == pytest.approx(last_test["accuracy"])
+    # The head's inbox saw the same events, and the commands' answers.
+    inbox = Path(store._read("SELECT head FROM jobs WHERE run_id = ?", (long,))[0][0])
+    answered = [e["command"] for e in events(inbox) if e["type"] == "ack"]
+    assert answered == ["set", "tell_state", "stop"]
+    hyper = [e for e in events(tmp_path / "runs" / f"long-{long}") if e["type"] == "state"][-1]["hyper"]
+    assert hyper["lr"] == pytest.approx(0.01)  # the set reached the remote run
+
+
+def _latest(run_dir: str | None) -> int:
+    """The step of the run directory's latest checkpoint (0: none yet)."""
+    latest = Path(run_dir or "/nonexistent", "latest")
+    found = re.search(r"\d+", latest.read_text()) if latest.exists() else None
+    return int(found.group()) if found else 0
+
+
+def test_a_killed_dask_worker_s_run_is_requeued_and_resumes_exactly(tmp_path, job, cluster):
+    job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "elsewhere").replace("steps: 20", f"steps: {LONG}"))
+    run_id = queue(tmp_path, "--retries", "1")
+    store = Store(tmp_path / "s.db")
+    head = start_head(tmp_path, cluster)
+    try:
+        wait_until(lambda: _latest(store.get(run_id).run_dir) >= 40, 120)
+        run = store.get(run_id)
+        child = json.loads(Path(run.run_dir, "run.json").read_text())["pid"]  # the training process
+        assert pid_alive(child) and run.pid == head.pid  # the record names the head, not the child
+        with distributed.Client(cluster, timeout=30) as client:
+            worker_pid = next(iter(client.run(os.getpid).values()))
+        os.kill(worker_pid, signal.SIGKILL)  # the Dask worker process (its nanny restarts it)
+        wait_until(lambda: not pid_alive(child), 30)  # the child died with it
+        latest = _latest(run.run_dir)
+        wait_until(lambda: store._read("SELECT attempts FROM jobs")[0][0] == 2, 120)
+        wait_until(lambda: store.get(run_id).status == "running" and store.get(run_id).step > latest + 30, 120)
+        stop = ctl(tmp_path, run_id, "stop")
+        assert stop.returncode == 0 and "stop acknowledged" in stop.stdout, stop.stderr
+        assert head.wait(120) == 0
+    finally:
+        head.kill()
+    err = (tmp_path / "head.log").read_text()
+    assert "is gone" in err and f"run {run_id}: interrupted" in err and "attempt 2" in err, err
+    starts = [e for e in events(run.run_dir) if e["type"] == "status" and e["state"] == "started"]
+    assert [e["step"] for e in starts] == [0, latest]  # the second attempt: from its last checkpoint
+    resumed = {e["step"]: e["loss"] for e in events(run.run_dir)[::-1] if e["type"] == "train"}
+    done = nnkit("train", "job.conf", "--set", f"run.steps={latest + 30}", "--run-dir", "reference",
+                 "--store", "other.db", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    reference = [e for e in events(tmp_path / "reference") if e["type"] == "train"][-1]
+    assert reference["step"] == latest + 30 and resumed[latest + 30] == reference["loss"]  # as if never killed
+    final = store.get(run_id)
+    assert final.status == "stopped" and store.count() == 1
+    assert store._read("SELECT attempts, retries FROM jobs") == [(2, 1)]
