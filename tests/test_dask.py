@@ -21,6 +21,10 @@ from nnkit.experiments import Store
 from nnkit.experiments.store import pid_alive
 
 distributed = pytest.importorskip("distributed", reason="the dask extra: pip install 'nnkit[dask]'")
+pytest.importorskip("starlette", reason="the ui extra: pip install 'nnkit[ui]'")
+from starlette.testclient import TestClient  # noqa: E402
+
+from nnkit.ui.server import create_app  # noqa: E402
 pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 LONG = 1_000_000  # a run that ends only when told to
@@ -105,6 +109,12 @@ def test_two_runs_finish_on_the_cluster_and_ctl_reaches_a_remote_run_through_the
         wait_until(lambda: store.get(long).status == "running" and store.get(long).step > 20, 120)
         state = ctl(tmp_path, long, "set", "lr=0.01")
         assert state.returncode == 0 and "set acknowledged" in state.stdout, (state.stdout, state.stderr)
+        # The web page steers it the same way, and shows its live events from the head's inbox.
+        web = TestClient(create_app(store, "t0ken"), base_url="http://127.0.0.1:8600")
+        answer = web.post(f"/api/runs/{long}/command", json={"command": "set", "args": {"lr": 0.02}},
+                          headers={"X-NNKit-Token": "t0ken"})
+        assert answer.status_code == 200 and answer.json()["ok"], answer.json()
+        assert web.get(f"/api/runs/{long}").json()["live"]["step"] > 20
         told = ctl(tmp_path, long[:6], "tell_state")
         assert told.returncode == 0 and "lr" in told.stdout, (told.stdout, told.stderr)
         stop = ctl(tmp_path, "long", "stop")
@@ -130,9 +140,10 @@ def test_two_runs_finish_on_the_cluster_and_ctl_reaches_a_remote_run_through_the
     # The head's inbox saw the same events, and the commands' answers.
     inbox = Path(store._read("SELECT head FROM jobs WHERE run_id = ?", (long,))[0][0])
     answered = [e["command"] for e in events(inbox) if e["type"] == "ack"]
-    assert answered == ["set", "tell_state", "stop"]
+    assert answered == ["set", "set", "tell_state", "stop"]
     hyper = [e for e in events(tmp_path / "runs" / f"long-{long}") if e["type"] == "state"][-1]["hyper"]
-    assert hyper["lr"] == pytest.approx(0.01)  # the set reached the remote run
+    assert hyper["lr"] == pytest.approx(0.02)  # the last set reached the remote run
+    assert stopped.total_steps == LONG and finished.total_steps == 20  # the plans, from the child's run.json
 
 
 def _latest(run_dir: str | None) -> int:

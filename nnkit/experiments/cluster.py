@@ -52,6 +52,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from .._version import __version__
@@ -59,6 +60,7 @@ from ..training.events import COMMANDS_FILE, EVENTS_FILE, JsonlWriter, append_li
 from .queue import (_EXIT_INTERRUPTED, OUTPUT_FILE, Claim, _die_with_parent, claim, prepare_run_dir,
                     requeue_interrupted, settle, train_command)
 from .recorder import Recorder
+from .rundir import read_run_info
 from .store import Store
 from .summary import RunSummary
 
@@ -134,10 +136,13 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     """
     distributed = _distributed()
     names = spec["queues"]
+    token = distributed.Queue(names["start"])
     try:
-        distributed.Queue(names["start"]).get(timeout=TOKEN_WAIT)
+        token.get(timeout=TOKEN_WAIT)
     except TimeoutError:  # taken by the first run of this task: this is Dask's rerun
         return {"status": RERUN}
+    finally:
+        token.close()
     events, commands = distributed.Queue(names["events"]), distributed.Queue(names["commands"])
     taken = Claim(**{**spec["claim"], "tags": tuple(spec["claim"]["tags"])})
     scratch = Path(tempfile.mkdtemp(prefix=f"nnkit-{taken.run_id}-"))
@@ -157,12 +162,17 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         worker = distributed.get_worker().address
         events.put({"kind": "started", "worker": worker, "host": socket.gethostname(), "pid": child.pid})
         sent_checkpoint = _latest_checkpoint(run_dir)
+        plan = None
         while True:
             status = child.poll()  # before reading: the last lines are read after the end
             items, offset = read_jsonl(events_path, offset) if events_path.exists() else ([], offset)
             batch = [value for _, value in items if isinstance(value, dict)]
             if batch:
                 events.put({"kind": "events", "events": batch})
+            info = read_run_info(run_dir)  # the child's recorder writes its plan's length there
+            if isinstance(info.get("total_steps"), int) and info["total_steps"] != plan:
+                plan = info["total_steps"]
+                events.put({"kind": "plan", "total_steps": plan})
             if spec["copy_back"] and (latest := _latest_checkpoint(run_dir)) not in (None, sent_checkpoint):
                 events.put({"kind": "files", "files": _files(run_dir, [latest, "latest", "run.json"])})
                 sent_checkpoint = latest
@@ -178,6 +188,8 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         return {"status": status, "worker": worker, "host": socket.gethostname(), "files": files}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        for queue in (events, commands):
+            queue.close()  # the scheduler forgets a queue when its last holder closes it
 
 
 # ============================================================================ the head
@@ -189,6 +201,8 @@ class _Attempt:
     future: Any
     events: Any
     commands: Any
+    start: Any
+    plan: Any  # what the recorder asks a trainer: the plan's length (from the child's run.json)
     recorder: Recorder
     inbox: Path
     log: JsonlWriter
@@ -289,19 +303,20 @@ class DaskHead:
                              run_dir=taken.run_dir, config_text=taken.config_text, nnkit_version=__version__,
                              step=record.step, total_steps=record.total_steps)
         # The pid and host are the head's: the liveness check on this machine sees the head.
-        recorder = Recorder(self.store, summary, claimed=True)
+        plan = SimpleNamespace(target_step=record.total_steps)
+        recorder = Recorder(self.store, summary, trainer=plan, claimed=True)
         names = _queue_names(taken.run_id, taken.attempt)
-        distributed.Queue(names["start"], client=self.client).put(True)
+        # The head holds every queue before the task does: none is forgotten while in use.
+        queues = {key: distributed.Queue(name, client=self.client) for key, name in names.items()}
+        queues["start"].put(True)
         files = _files(Path(taken.run_dir)) if self.copy_back and Path(taken.run_dir).is_dir() else {}
         spec = {"claim": dataclasses.asdict(taken), "queues": names, "copy_back": self.copy_back, "files": files,
                 "poll": self.poll}
         # retries=0: a retry is a new claim of the head's (the start token stops Dask's own reruns).
         future = self.client.submit(run_task, spec, key=f"nnkit-run-{taken.run_id}-{taken.attempt}", pure=False,
                                     retries=0)
-        self.active[taken.run_id] = _Attempt(
-            taken, future, distributed.Queue(names["events"], client=self.client),
-            distributed.Queue(names["commands"], client=self.client), recorder, inbox,
-            JsonlWriter(inbox / EVENTS_FILE), offset)
+        self.active[taken.run_id] = _Attempt(taken, future, queues["events"], queues["commands"], queues["start"],
+                                             plan, recorder, inbox, JsonlWriter(inbox / EVENTS_FILE), offset)
         self.echo(f"nnkit worker: run {taken.run_id} ({taken.name}), attempt {taken.attempt}, in {taken.run_dir}, "
                   "submitted to the cluster")
 
@@ -334,6 +349,8 @@ class DaskHead:
                 for event in message["events"]:
                     attempt.recorder(event)
                     attempt.log(event)
+            elif kind == "plan":
+                attempt.plan.target_step = message["total_steps"]
             elif kind == "files":
                 _unpack(Path(attempt.taken.run_dir), message["files"])
 
@@ -356,6 +373,8 @@ class DaskHead:
             _unpack(Path(attempt.taken.run_dir), files)
         attempt.recorder.close()  # its last write before the settling one
         attempt.log.close()
+        for queue in (attempt.events, attempt.commands, attempt.start):
+            queue.close()
         final = settle(self.store, attempt.taken, status, requeue=self.stopping)
         del self.active[attempt.taken.run_id]
         self.echo(f"nnkit worker: run {attempt.taken.run_id}: {final} (exit status {status})")
