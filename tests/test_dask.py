@@ -153,11 +153,14 @@ def _latest(run_dir: str | None) -> int:
     return int(found.group()) if found else 0
 
 
-def test_a_killed_dask_worker_s_run_is_requeued_and_resumes_exactly(tmp_path, job, cluster):
+@pytest.mark.parametrize("where", [[], ["--copy-back"]], ids=["shared", "copy-back"])
+def test_a_killed_dask_worker_s_run_is_requeued_and_resumes_exactly(tmp_path, job, cluster, where):
+    """Shared: the run directory stays where the killed worker wrote it. Copy-back: the next
+    attempt starts from what reached the head (its last checkpoint, its events)."""
     job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "elsewhere").replace("steps: 20", f"steps: {LONG}"))
     run_id = queue(tmp_path, "--retries", "1")
     store = Store(tmp_path / "s.db")
-    head = start_head(tmp_path, cluster)
+    head = start_head(tmp_path, cluster, *where)
     try:
         wait_until(lambda: _latest(store.get(run_id).run_dir) >= 40, 120)
         run = store.get(run_id)
@@ -188,3 +191,22 @@ def test_a_killed_dask_worker_s_run_is_requeued_and_resumes_exactly(tmp_path, jo
     final = store.get(run_id)
     assert final.status == "stopped" and store.count() == 1
     assert store._read("SELECT attempts, retries FROM jobs") == [(2, 1)]
+
+
+def test_ctrl_c_on_the_head_checkpoints_every_remote_run_and_requeues_it(tmp_path, job, cluster):
+    job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "elsewhere").replace("steps: 20", f"steps: {LONG}"))
+    run_id = queue(tmp_path)  # no retries: a Ctrl-C uses none
+    store = Store(tmp_path / "s.db")
+    head = start_head(tmp_path, cluster)
+    try:
+        wait_until(lambda: store.get(run_id).status == "running" and store.get(run_id).step > 5, 120)
+        head.send_signal(signal.SIGINT)
+        assert head.wait(120) == 130
+    finally:
+        head.kill()
+    run = store.get(run_id)
+    assert (run.status, run.pid) == ("queued", None)
+    assert store._read("SELECT attempts FROM jobs") == [(0,)]  # the attempt was given back
+    stopped = [e for e in events(run.run_dir) if e["type"] == "status"][-1]
+    assert (stopped["state"], stopped["reason"]) == ("stopped", "interrupt")
+    assert (Path(run.run_dir) / "latest").read_text().strip() == f"checkpoint-{stopped['step']}.h5"

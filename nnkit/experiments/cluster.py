@@ -33,9 +33,10 @@ left; the next attempt resumes from the run directory's last checkpoint.
 
 Run directories: ``run_root/<name>-<id>`` as the Dask workers see it, on a filesystem they
 share with the head (the default); or, with ``copy_back``, in a temporary folder of the Dask
-worker, with every new checkpoint and, at the end, all the run directory's files sent back to
-the head's ``run_root/<name>-<id>`` (an attempt starts from the files the head has, so a
-killed worker's run resumes from the last checkpoint that reached the head).
+worker, with its events as they come, every new checkpoint and, at the end, all the run
+directory's files sent back to the head's ``run_root/<name>-<id>`` (an attempt starts from
+the files the head has, so a killed worker's run resumes from the last checkpoint that
+reached the head).
 """
 from __future__ import annotations
 
@@ -114,6 +115,14 @@ def _unpack(root: Path, files: dict[str, str]) -> None:
         partial = target.with_name(f".{target.name}.{os.getpid()}.part")
         partial.write_bytes(base64.b64decode(data))
         os.replace(partial, target)
+
+
+def _prune_checkpoints(root: Path, keep: set[str]) -> None:
+    """Deletes the rotating checkpoints under ``root`` (``checkpoint-<step>.h5``) not in ``keep``:
+    the head's copy keeps what the run directory on the Dask worker keeps, not every one sent."""
+    for path in root.glob("checkpoint-*.h5"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 def _latest_checkpoint(run_dir: Path) -> str | None:
@@ -206,6 +215,7 @@ class _Attempt:
     recorder: Recorder
     inbox: Path
     log: JsonlWriter
+    copy: JsonlWriter | None  # copy_back: the run directory's events.jsonl here, as they come
     command_offset: int = 0
     worker: str | None = None
     beat: float = field(default_factory=time.monotonic)
@@ -316,7 +326,9 @@ class DaskHead:
         future = self.client.submit(run_task, spec, key=f"nnkit-run-{taken.run_id}-{taken.attempt}", pure=False,
                                     retries=0)
         self.active[taken.run_id] = _Attempt(taken, future, queues["events"], queues["commands"], queues["start"],
-                                             plan, recorder, inbox, JsonlWriter(inbox / EVENTS_FILE), offset)
+                                             plan, recorder, inbox, JsonlWriter(inbox / EVENTS_FILE),
+                                             JsonlWriter(Path(taken.run_dir) / EVENTS_FILE) if self.copy_back else None,
+                                             offset)
         self.echo(f"nnkit worker: run {taken.run_id} ({taken.name}), attempt {taken.attempt}, in {taken.run_dir}, "
                   "submitted to the cluster")
 
@@ -332,9 +344,10 @@ class DaskHead:
         gone = workers is not None and attempt.worker is not None and attempt.worker not in workers
         if attempt.future.done() or gone:
             self._end(attempt, gone)
-        elif attempt.worker is not None and time.monotonic() - attempt.beat >= HEARTBEAT_EVERY:
+        elif time.monotonic() - attempt.beat >= HEARTBEAT_EVERY:
+            # Its worker lives (or the task waits for a free one): not a run to take for dead.
             attempt.beat = time.monotonic()
-            attempt.recorder({"type": "heartbeat", "time": time.time()})  # its worker lives
+            attempt.recorder({"type": "heartbeat", "time": time.time()})
 
     def _receive(self, attempt: _Attempt) -> None:
         for message in attempt.events.get(batch=True):
@@ -349,10 +362,13 @@ class DaskHead:
                 for event in message["events"]:
                     attempt.recorder(event)
                     attempt.log(event)
+                    if attempt.copy is not None:  # a killed worker's run keeps its log here
+                        attempt.copy(event)
             elif kind == "plan":
                 attempt.plan.target_step = message["total_steps"]
-            elif kind == "files":
+            elif kind == "files":  # a new checkpoint (and latest): the one to resume from if killed
                 _unpack(Path(attempt.taken.run_dir), message["files"])
+                _prune_checkpoints(Path(attempt.taken.run_dir), set(message["files"]))
 
     def _end(self, attempt: _Attempt, gone: bool) -> None:
         status, files = LOST, None
@@ -369,8 +385,11 @@ class DaskHead:
             self.echo(f"nnkit worker: run {attempt.taken.run_id}: Dask worker {attempt.worker} is gone")
         self.client.cancel(attempt.future)
         self._receive(attempt)  # the last events (the task sent them before it returned)
+        if attempt.copy is not None:
+            attempt.copy.close()  # the task's own copy of the log, complete, replaces it
         if files:
             _unpack(Path(attempt.taken.run_dir), files)
+            _prune_checkpoints(Path(attempt.taken.run_dir), set(files))
         attempt.recorder.close()  # its last write before the settling one
         attempt.log.close()
         for queue in (attempt.events, attempt.commands, attempt.start):
