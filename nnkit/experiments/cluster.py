@@ -154,7 +154,9 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         token.close()
     events, commands = distributed.Queue(names["events"]), distributed.Queue(names["commands"])
     taken = Claim(**{**spec["claim"], "tags": tuple(spec["claim"]["tags"])})
-    scratch = Path(tempfile.mkdtemp(prefix=f"nnkit-{taken.run_id}-"))
+    # In the Dask worker's own folder: when the worker is killed, the next one on the machine
+    # (the nanny's restart) purges it with the rest of the dead worker's files.
+    scratch = Path(tempfile.mkdtemp(prefix=f"nnkit-{taken.run_id}-", dir=distributed.get_worker().local_directory))
     try:
         run_dir = Path(taken.run_dir) if not spec["copy_back"] else scratch / Path(taken.run_dir).name
         if spec["copy_back"]:
