@@ -18,6 +18,7 @@ from helpers import DATA, ROOT, wait_until
 from test_cli import SMALL_JOB
 
 from nnkit.experiments import Store
+from nnkit.experiments.cluster import HEAD_PATIENCE, HEARTBEAT_EVERY
 from nnkit.experiments.store import pid_alive
 
 distributed = pytest.importorskip("distributed", reason="the dask extra: pip install 'nnkit[dask]'")
@@ -26,7 +27,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from nnkit.ui.server import create_app  # noqa: E402
 pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datasets in {DATA}")
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
 LONG = 1_000_000  # a run that ends only when told to
 
 
@@ -223,3 +224,68 @@ def test_ctrl_c_on_the_head_checkpoints_every_remote_run_and_requeues_it(tmp_pat
     stopped = [e for e in events(run.run_dir) if e["type"] == "status"][-1]
     assert (stopped["state"], stopped["reason"]) == ("stopped", "interrupt")
     assert (Path(run.run_dir) / "latest").read_text().strip() == f"checkpoint-{stopped['step']}.h5"
+
+
+def test_a_killed_head_s_run_is_taken_over_by_the_next_head_without_two_trainings(tmp_path, job, cluster):
+    """The head is SIGKILLed; its task trains on, unseen. The next head marks the run
+    interrupted and resumes it: the new attempt takes the run over (the orphan checkpoints and
+    ends first) and starts exactly from that checkpoint."""
+    job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "elsewhere").replace("steps: 20", f"steps: {LONG}"))
+    run_id = queue(tmp_path, "--retries", "1")
+    store = Store(tmp_path / "s.db")
+    head = start_head(tmp_path, cluster)
+    try:
+        wait_until(lambda: store.get(run_id).status == "running" and store.get(run_id).step > 5, 120)
+        run = store.get(run_id)
+        child = json.loads(Path(run.run_dir, "run.json").read_text())["pid"]
+    finally:
+        head.kill()  # SIGKILL: no word to its task, ever again
+    head.wait(30)
+    killed = time.time()
+    assert pid_alive(child)  # the orphan trains on
+    second = start_head(tmp_path, cluster)
+    try:
+        wait_until(lambda: len(_starts(run.run_dir)) == 2, 120)
+        assert not pid_alive(child)  # ended before the new attempt started
+        stop = ctl(tmp_path, run_id, "stop")
+        if stop.returncode != 0:  # (PYTHONFAULTHANDLER: the head's thread stacks go to head.log)
+            second.send_signal(signal.SIGABRT)
+            second.wait(30)
+        assert stop.returncode == 0 and "stop acknowledged" in stop.stdout, stop.stderr
+        assert second.wait(120) == 0
+    finally:
+        second.kill()
+    err = (tmp_path / "head.log").read_text()
+    assert f"run {run_id} was interrupted; requeued" in err and "attempt 2" in err, err
+    log = events(run.run_dir)
+    second_start = [i for i, e in enumerate(log) if e["type"] == "status" and e["state"] == "started"][1]
+    orphan_end = [e for e in log[:second_start] if e["type"] == "status"][-1]
+    assert (orphan_end["state"], orphan_end["reason"]) == ("stopped", "interrupt")  # checkpointed on its way out
+    assert orphan_end["time"] - killed < HEAD_PATIENCE / 2  # told by the new attempt, not by the head's silence
+    assert log[second_start]["step"] == orphan_end["step"]  # and resumed from there: no step trained twice
+    assert store.get(run_id).status == "stopped"
+
+
+def test_a_task_whose_head_went_silent_checkpoints_and_ends(tmp_path, job, cluster):
+    job.write_text(SMALL_JOB.format(data=DATA, runs=tmp_path / "elsewhere").replace("steps: 20", f"steps: {LONG}"))
+    run_id = queue(tmp_path)
+    store = Store(tmp_path / "s.db")
+    code = ("import sys\nfrom nnkit.experiments import Store\nfrom nnkit.experiments.cluster import DaskHead\n"
+            "sys.exit(DaskHead(Store('s.db'), sys.argv[1], 'runs', once=True, head_patience=6).run())")
+    head = subprocess.Popen([sys.executable, "-c", code, cluster], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: store.get(run_id).status == "running" and store.get(run_id).step > 5, 120)
+        run = store.get(run_id)
+        child = json.loads(Path(run.run_dir, "run.json").read_text())["pid"]
+        time.sleep(8)  # longer than the patience: the head's words keep the task going
+        assert pid_alive(child)
+    finally:
+        head.kill()
+    head.wait(30)
+    killed = time.time()
+    wait_until(lambda: not pid_alive(child), 60)
+    stopped = [e for e in events(run.run_dir) if e["type"] == "status"][-1]
+    assert (stopped["state"], stopped["reason"]) == ("stopped", "interrupt") and _latest(run.run_dir) == stopped["step"]
+    # After the patience, counted from the head's last word (up to one heartbeat before the kill).
+    assert 6 - HEARTBEAT_EVERY <= stopped["time"] - killed < 30

@@ -29,7 +29,10 @@ the events. Through three ``distributed.Queue`` s per attempt, all held by the s
 
 A killed Dask worker: the head sees the worker gone from the scheduler (or the task lost),
 settles the run ``interrupted`` (:func:`~.queue.settle`) and requeues it if it has retries
-left; the next attempt resumes from the run directory's last checkpoint.
+left; the next attempt resumes from the run directory's last checkpoint. A killed head: its
+runs' records name its pid, so the next head's liveness check marks them ``interrupted``;
+their tasks, without a word from the head for :data:`HEAD_PATIENCE` seconds, checkpoint and
+end, and the next head resumes them.
 
 Run directories: ``run_root/<name>-<id>`` as the Dask workers see it, on a filesystem they
 share with the head (the default); or, with ``copy_back``, in a temporary folder of the Dask
@@ -51,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,6 +73,15 @@ from .summary import RunSummary
 POLL = 0.2
 #: Seconds between two heartbeats the head writes for a run whose Dask worker lives.
 HEARTBEAT_EVERY = 5.0
+#: Seconds a task goes on without a word from its head (which sends one every HEARTBEAT_EVERY)
+#: before it takes the head for dead: its run then checkpoints and ends (a new head resumes it),
+#: rather than train on unseen, or beside the next attempt in the same run directory.
+HEAD_PATIENCE = 60.0
+#: Seconds between two looks of a task at its run's owner (a newer attempt takes the run over).
+OWNER_EVERY = 1.0
+#: How long a task waits for an earlier attempt, whose end no head saw, to end (its worker may
+#: be dead too: then it never says so).
+PREVIOUS_WAIT = HEAD_PATIENCE + 30.0
 #: How long a task waits for its start token (the head puts it before it submits the task).
 TOKEN_WAIT = 2.0
 #: The exit status the head settles a run with when its Dask worker is gone (as if killed).
@@ -88,9 +101,9 @@ def _distributed() -> Any:
 
 
 def _queue_names(run_id: str, attempt: int) -> dict[str, str]:
-    """The names of an attempt's queues on the scheduler (per attempt: an old one's late
-    words never reach a newer one)."""
-    base = f"nnkit-{run_id}-{attempt}"
+    """The names of an attempt's queues on the scheduler (per submission: an old one's late
+    words never reach a newer one, even one with the same attempt number after a Ctrl-C)."""
+    base = f"nnkit-{run_id}-{attempt}-{uuid.uuid4().hex[:8]}"
     return {"events": f"{base}-events", "commands": f"{base}-commands", "start": f"{base}-start"}
 
 
@@ -135,6 +148,26 @@ def _latest_checkpoint(run_dir: Path) -> str | None:
 
 
 # ============================================================================ the task
+def _take_over(distributed: Any, taken: Claim, wait_previous: bool) -> tuple[Any, Any]:
+    """Makes this attempt the run's owner (a Dask ``Variable`` per run: an older attempt still
+    training, whose head died, sees it and ends with a checkpoint) and, with ``wait_previous``
+    (no head saw the older attempt end), waits for the older attempt to say it ended. Returns
+    the owner and ended variables."""
+    owner = distributed.Variable(f"nnkit-run-{taken.run_id}-owner")
+    ended = distributed.Variable(f"nnkit-run-{taken.run_id}-ended")
+    owner.set(taken.attempt)
+    if wait_previous:
+        deadline = time.monotonic() + PREVIOUS_WAIT
+        while time.monotonic() < deadline:
+            try:
+                if ended.get(timeout=1) >= taken.attempt - 1:
+                    break
+            except TimeoutError:  # never set: no earlier attempt on this cluster ever ended
+                pass
+            time.sleep(0.2)
+    return owner, ended
+
+
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     """The Dask task of one attempt: trains the claimed run in a child process on this Dask
     worker and talks to the head through the attempt's queues (see the module doc).
@@ -154,8 +187,10 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         token.close()
     events, commands = distributed.Queue(names["events"]), distributed.Queue(names["commands"])
     taken = Claim(**{**spec["claim"], "tags": tuple(spec["claim"]["tags"])})
+    owner, ended = _take_over(distributed, taken, spec.get("wait_previous", False))
     # In the Dask worker's own folder: when the worker is killed, the next one on the machine
     # (the nanny's restart) purges it with the rest of the dead worker's files.
+    child = None
     scratch = Path(tempfile.mkdtemp(prefix=f"nnkit-{taken.run_id}-", dir=distributed.get_worker().local_directory))
     try:
         run_dir = Path(taken.run_dir) if not spec["copy_back"] else scratch / Path(taken.run_dir).name
@@ -174,6 +209,8 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         events.put({"kind": "started", "worker": worker, "host": socket.gethostname(), "pid": child.pid})
         sent_checkpoint = _latest_checkpoint(run_dir)
         plan = None
+        heard = looked = time.monotonic()  # the head's last word, the last look at the owner
+        orphaned = False
         while True:
             status = child.poll()  # before reading: the last lines are read after the end
             items, offset = read_jsonl(events_path, offset) if events_path.exists() else ([], offset)
@@ -190,14 +227,27 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
             if status is not None:
                 break
             for message in commands.get(batch=True):
+                heard = time.monotonic()
                 if message.get("signal") == "SIGINT":  # the head is stopping: checkpoint and end
                     child.send_signal(signal.SIGINT)
                 elif isinstance(message.get("command"), dict):
                     append_line(run_dir / COMMANDS_FILE, json.dumps(message["command"]) + "\n")
+            if not orphaned and time.monotonic() - heard > spec.get("head_patience", HEAD_PATIENCE):
+                orphaned = True  # the head is gone: checkpoint and end, once
+                child.send_signal(signal.SIGINT)
+            if not orphaned and time.monotonic() - looked > OWNER_EVERY:
+                looked = time.monotonic()
+                if owner.get(timeout=30) != taken.attempt:  # a newer attempt took the run over
+                    orphaned = True
+                    child.send_signal(signal.SIGINT)
             time.sleep(spec.get("poll", POLL))
         files = _files(run_dir) if spec["copy_back"] else None
         return {"status": status, "worker": worker, "host": socket.gethostname(), "files": files}
     finally:
+        if child is not None and child.poll() is None:  # an error above (the scheduler gone...):
+            child.send_signal(signal.SIGINT)  # the run checkpoints and ends, the next attempt resumes
+            child.wait()
+        ended.set(taken.attempt)  # a newer attempt waiting for this one may start
         shutil.rmtree(scratch, ignore_errors=True)
         for queue in (events, commands):
             queue.close()  # the scheduler forgets a queue when its last holder closes it
@@ -232,14 +282,18 @@ class DaskHead:
     threads when the head starts). ``max_jobs``: take this many runs, then end when they have;
     ``once``: end when nothing is queued or running. ``copy_back``: run directories live on the
     Dask workers and their files come back (see the module doc). ``head_dir``: where the
-    inboxes go (default ``<store's folder>/heads/<host>-<pid>``). SIGINT and SIGTERM stop it:
+    inboxes go (default ``<store's folder>/heads/<host>-<pid>``). ``head_patience``: how long a
+    task trains on without a word from the head (see :data:`HEAD_PATIENCE`). SIGINT and SIGTERM stop it:
     each run gets one SIGINT (it checkpoints), goes back to the queue, and the head ends (130).
     """
 
     def __init__(self, store: Store, address: Any, run_root: str | os.PathLike, *, slots: int | None = None,
                  max_jobs: int | None = None, once: bool = False, copy_back: bool = False,
-                 head_dir: str | os.PathLike | None = None, poll: float = POLL,
+                 head_dir: str | os.PathLike | None = None, poll: float = POLL, head_patience: float = HEAD_PATIENCE,
                  echo: Callable[[str], None] | None = None) -> None:
+        if head_patience <= HEARTBEAT_EVERY:
+            raise ValueError(f"head_patience must exceed the head's heartbeat ({HEARTBEAT_EVERY:g} s)")
+        self.head_patience = head_patience
         self.store, self.address, self.slots, self.max_jobs, self.once = store, address, slots, max_jobs, once
         self.run_root = Path(run_root).expanduser().resolve()
         self.copy_back, self.poll = copy_back, poll
@@ -249,6 +303,7 @@ class DaskHead:
         self.stopping = False
         self.taken = 0
         self.active: dict[str, _Attempt] = {}
+        self.settled: dict[str, int] = {}  # run id -> the last attempt this head saw end
         self.client: Any = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -322,10 +377,12 @@ class DaskHead:
         queues = {key: distributed.Queue(name, client=self.client) for key, name in names.items()}
         queues["start"].put(True)
         files = _files(Path(taken.run_dir)) if self.copy_back and Path(taken.run_dir).is_dir() else {}
+        # An earlier attempt this head did not see end (its head died) may still train: wait for it.
+        wait_previous = taken.attempt > 1 and self.settled.get(taken.run_id) != taken.attempt - 1
         spec = {"claim": dataclasses.asdict(taken), "queues": names, "copy_back": self.copy_back, "files": files,
-                "poll": self.poll}
+                "poll": self.poll, "head_patience": self.head_patience, "wait_previous": wait_previous}
         # retries=0: a retry is a new claim of the head's (the start token stops Dask's own reruns).
-        future = self.client.submit(run_task, spec, key=f"nnkit-run-{taken.run_id}-{taken.attempt}", pure=False,
+        future = self.client.submit(run_task, spec, key=names["start"].replace("-start", "-task"), pure=False,
                                     retries=0)
         self.active[taken.run_id] = _Attempt(taken, future, queues["events"], queues["commands"], queues["start"],
                                              plan, recorder, inbox, JsonlWriter(inbox / EVENTS_FILE),
@@ -350,6 +407,7 @@ class DaskHead:
             # Its worker lives (or the task waits for a free one): not a run to take for dead.
             attempt.beat = time.monotonic()
             attempt.recorder({"type": "heartbeat", "time": time.time()})
+            attempt.commands.put({"alive": True})  # and the head lives: the task goes on
 
     def _receive(self, attempt: _Attempt) -> None:
         for message in attempt.events.get(batch=True):
@@ -397,8 +455,9 @@ class DaskHead:
         for queue in (attempt.events, attempt.commands, attempt.start):
             queue.close()
         final = settle(self.store, attempt.taken, status, requeue=self.stopping)
+        self.settled[attempt.taken.run_id] = attempt.taken.attempt
         del self.active[attempt.taken.run_id]
         self.echo(f"nnkit worker: run {attempt.taken.run_id}: {final} (exit status {status})")
 
 
-__all__ = ["DaskHead", "run_task", "POLL", "HEARTBEAT_EVERY"]
+__all__ = ["DaskHead", "run_task", "POLL", "HEARTBEAT_EVERY", "HEAD_PATIENCE"]
