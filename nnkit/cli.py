@@ -944,7 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "exit status: 0 acknowledged (or sent, with --no-wait), 1 refused by "
                            "the run or no answer in time, 2 bad command or arguments"))
     p.add_argument("run_dir", metavar="RUN_DIR|RUN", help="a run directory, or a run recorded in the "
-                   "store (an id, a unique id prefix or a name): its run directory")
+                   "store (an id, a unique id prefix or a name): its run directory, or for a run on a Dask "
+                   "cluster (nnkit worker --dask) its inbox on the head, which forwards the command")
     p.add_argument("name", metavar="COMMAND", help=f"one of {', '.join(COMMANDS)} (see below)")
     p.add_argument("--store", metavar="PATH", help="the experiment store RUN is looked up in (default "
                    "$NNKIT_HOME/experiments.db)")
