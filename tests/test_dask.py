@@ -19,6 +19,7 @@ from test_cli import SMALL_JOB
 
 from nnkit.experiments import Store
 from nnkit.experiments.cluster import HEAD_PATIENCE, HEARTBEAT_EVERY
+from nnkit.experiments.queue import remote_inbox
 from nnkit.experiments.store import pid_alive
 
 distributed = pytest.importorskip("distributed", reason="the dask extra: pip install 'nnkit[dask]'")
@@ -108,6 +109,7 @@ def test_two_runs_finish_on_the_cluster_and_ctl_reaches_a_remote_run_through_the
     store = Store(tmp_path / "s.db")
     try:
         wait_until(lambda: store.get(long).status == "running" and store.get(long).step > 20, 120)
+        assert Path(remote_inbox(store, long)).parent.parent == tmp_path / "heads"  # beside the store
         state = ctl(tmp_path, long, "set", "lr=0.01")
         assert state.returncode == 0 and "set acknowledged" in state.stdout, (state.stdout, state.stderr)
         # The web page steers it the same way, and shows its live events from the head's inbox.
@@ -140,6 +142,7 @@ def test_two_runs_finish_on_the_cluster_and_ctl_reaches_a_remote_run_through_the
     assert metrics["test_accuracy"] == pytest.approx(last_test["accuracy"])
     # The head's inbox saw the same events, and the commands' answers.
     inbox = Path(store._read("SELECT head FROM jobs WHERE run_id = ?", (long,))[0][0])
+    assert remote_inbox(store, long) is None  # ended: its run directory has the whole log
     answered = [e["command"] for e in events(inbox) if e["type"] == "ack"]
     assert answered == ["set", "set", "tell_state", "stop"]
     hyper = [e for e in events(tmp_path / "runs" / f"long-{long}") if e["type"] == "state"][-1]["hyper"]
@@ -289,3 +292,11 @@ def test_a_task_whose_head_went_silent_checkpoints_and_ends(tmp_path, job, clust
     assert (stopped["state"], stopped["reason"]) == ("stopped", "interrupt") and _latest(run.run_dir) == stopped["step"]
     # After the patience, counted from the head's last word (up to one heartbeat before the kill).
     assert 6 - HEARTBEAT_EVERY <= stopped["time"] - killed < 30
+
+
+def test_cluster_flags_need_dask_and_counts_are_checked(tmp_path):
+    for args, says in ((["--copy-back"], "--dask ADDRESS"), (["--slots", "2"], "--dask ADDRESS"),
+                       (["--dask", "tcp://127.0.0.1:1", "--slots", "0"], "--slots must be >= 1")):
+        done = nnkit("worker", "--store", "s.db", *args, cwd=tmp_path)
+        assert done.returncode == 2 and says in done.stderr, (args, done.stderr)
+    assert not (tmp_path / "s.db").exists()  # refused before the store is touched

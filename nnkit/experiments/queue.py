@@ -152,9 +152,11 @@ def cancel(store: Store, run_id: str) -> bool:
 
 
 def remote_inbox(store: Store, run_id: str) -> str | None:
-    """The inbox directory of a run handled by a head (``nnkit worker --dask``): where
-    ``nnkit ctl`` and the web page send its commands and read its events; None for a local run."""
-    rows = store._read("SELECT head FROM jobs WHERE run_id = ?", (run_id,))
+    """The inbox directory of a run a head (``nnkit worker --dask``) is running: where ``nnkit
+    ctl`` and the web page send its commands and read its live events; None for a local run,
+    or one that ended (its run directory then has the whole log)."""
+    rows = store._read("SELECT jobs.head FROM jobs JOIN runs ON runs.id = jobs.run_id "
+                       "WHERE jobs.run_id = ? AND runs.status IN ('running', 'paused')", (run_id,))
     inbox = rows[0][0] if rows else None
     return inbox if inbox and Path(inbox).is_dir() else None
 
