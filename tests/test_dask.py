@@ -143,6 +143,8 @@ def test_two_runs_finish_on_the_cluster_and_ctl_reaches_a_remote_run_through_the
     # The head's inbox saw the same events, and the commands' answers.
     inbox = Path(store._read("SELECT head FROM jobs WHERE run_id = ?", (long,))[0][0])
     assert remote_inbox(store, long) is None  # ended: its run directory has the whole log
+    shown = nnkit("runs", "show", long, "--store", "s.db", cwd=tmp_path)
+    assert re.search(r"remote: +Dask worker tcp://127\.0\.0\.1:\d+, head inbox " + re.escape(str(inbox)), shown.stdout)
     answered = [e["command"] for e in events(inbox) if e["type"] == "ack"]
     assert answered == ["set", "set", "tell_state", "stop"]
     hyper = [e for e in events(tmp_path / "runs" / f"long-{long}") if e["type"] == "state"][-1]["hyper"]

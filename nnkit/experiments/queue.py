@@ -161,6 +161,13 @@ def remote_inbox(store: Store, run_id: str) -> str | None:
     return inbox if inbox and Path(inbox).is_dir() else None
 
 
+def remote_of(store: Store, run_id: str) -> tuple[str, str | None] | None:
+    """``(head inbox, Dask worker address)`` of a run a head (``nnkit worker --dask``) took
+    last, else None (a local run)."""
+    rows = store._read("SELECT head, worker FROM jobs WHERE run_id = ? AND head IS NOT NULL", (run_id,))
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
 def command_dir(store: Store, run_id: str, run_dir: str | None) -> str | None:
     """Where a recorded run takes commands: its head's inbox if it runs remotely, else ``run_dir``."""
     return remote_inbox(store, run_id) or run_dir
@@ -273,4 +280,4 @@ class Worker:
 
 
 __all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "Worker", "Claim", "train_command",
-           "prepare_run_dir", "remote_inbox", "command_dir"]
+           "prepare_run_dir", "remote_inbox", "remote_of", "command_dir"]
