@@ -11,6 +11,11 @@
                          [--store PATH]
     nnkit worker [--store PATH] [--runs-dir DIR] [--max-jobs N] [--once]
                  [--dask ADDRESS [--slots K] [--copy-back]]
+    nnkit sweep JOB.conf --grid PATH=V1,V2 ... | --random N --random-param PATH=DIST ... [--seed S]
+                         | --optuna PATH=DIST ... --trials N [--metric M] [--direction D] [--pruner P]
+                           [--study-storage PATH] [--parallel K]
+                         [--set key=value ...] [--name N] [--tag T ...] [--owner O] [--retries N]
+    nnkit sweep --status SWEEP [--metric M] [--json] | --list          [--store PATH]
     nnkit ctl RUN_DIR|RUN COMMAND [key=value ...] [--wait SECONDS | --no-wait] [--store PATH]
     nnkit watch RUN_DIR [--interval S] [--no-exit-on-end]
     nnkit plot RUN_DIR [--out DIR]
@@ -592,29 +597,193 @@ def cmd_time(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_queue(args: argparse.Namespace) -> int:
-    """``nnkit queue``: validates a job and records it as a queued run; prints its id."""
-    from .config import ConfigError, load_job
-    from .experiments import Store
-    from .experiments.queue import enqueue
+def _check_queue_options(args: argparse.Namespace) -> None:
+    """``--retries`` and ``--tag`` of ``nnkit queue`` and ``nnkit sweep``."""
     if args.retries < 0:
         raise UsageError(f"--retries must be >= 0, got {args.retries}")
     bad = [t for t in args.tag if not t.strip() or any(c.isspace() for c in t) or "," in t]
     if bad:
         raise UsageError(f"--tag {bad[0]!r}: a tag is one word (no spaces or commas)")
-    job = load_job(args.job, args.set, data_dir=_absolute(args.data_dir), check_data=True)
+
+
+def _job_to_queue(text: str, source: str, overrides: list[str], data_dir: str | None) -> tuple[str, Job]:
+    """The job ``text`` (read from ``source``) with ``overrides`` applied, validated with its
+    data (ConfigError naming the bad field or ``--set`` item), its data paths made absolute
+    (a worker runs it from another folder); returns the text to queue, headed by where it
+    came from, and the job."""
+    from .config import ConfigError, job_from_text
+    job = job_from_text(text, source, overrides, data_dir, check_data=True)
     if not job.has_source("train"):
         raise ConfigError(job.source, "data.train", "missing value: the job has no train source")
     data = job.proto.data  # relative paths would be read from the worker's folder: absolute now
     if data.HasField("dir"):
         data.dir = os.path.abspath(data.dir)
-    for source in (data.train, data.test):
-        source.file[:] = [os.path.abspath(path) for path in source.file]
-    header = f"# nnkit {__version__}: queued from {job.source}" + "".join(f"\n# --set {s}" for s in args.set)
-    run_id = enqueue(Store(args.store), f"{header}\n{job.to_text()}", name=args.name or job.name,
+    for source_conf in (data.train, data.test):
+        source_conf.file[:] = [os.path.abspath(path) for path in source_conf.file]
+    header = f"# nnkit {__version__}: queued from {job.source}" + "".join(f"\n# --set {s}" for s in overrides)
+    return f"{header}\n{job.to_text()}", job
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """``nnkit queue``: validates a job and records it as a queued run; prints its id."""
+    from .config.text import read_config_file
+    from .experiments import Store
+    from .experiments.queue import enqueue
+    _check_queue_options(args)
+    text, job = _job_to_queue(read_config_file(args.job), args.job, args.set, _absolute(args.data_dir))
+    run_id = enqueue(Store(args.store), text, name=args.name or job.name,
                      owner=args.owner, tags=tuple(args.tag), retries=args.retries)
     print(run_id)
     return EXIT_OK
+
+
+def _sweep_mode(args: argparse.Namespace) -> str:
+    """Which sweep ``nnkit sweep`` was asked for (grid, random, optuna, status, list); checks
+    that the flags given belong to it."""
+    modes = [mode for mode, given in (("grid", args.grid), ("random", args.random is not None),
+                                      ("optuna", args.optuna), ("status", args.status is not None),
+                                      ("list", args.list)) if given]
+    if len(modes) != 1:
+        raise UsageError("give one of --grid, --random N, --optuna (with JOB.conf), --status SWEEP or --list"
+                         + (f"; got {', '.join(modes)}" if modes else ""))
+    mode = modes[0]
+    if mode in ("status", "list"):
+        if args.job is not None:
+            raise UsageError(f"--{mode} takes no JOB.conf")
+        return mode
+    if args.job is None:
+        raise UsageError(f"--{mode}: give the job, nnkit sweep JOB.conf --{mode} ...")
+    belongs = {"--random-param": ("random", args.random_param), "--trials": ("optuna", args.trials),
+               "--direction": ("optuna", args.direction), "--pruner": ("optuna", args.pruner),
+               "--study-storage": ("optuna", args.study_storage), "--parallel": ("optuna", args.parallel),
+               "--seed": (mode if mode in ("random", "optuna") else "random or --optuna", args.seed)}
+    for flag, (owner, value) in belongs.items():
+        if value not in (None, []) and owner != mode:
+            raise UsageError(f"{flag} goes with --{owner}, not --{mode}")
+    return mode
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``nnkit sweep``: queues a grid or random sweep, drives an Optuna one, or shows sweeps."""
+    from .experiments import Store
+    from .experiments.cli import BadInput, sweep_list, sweep_status
+    from .experiments.sweep import SweepError
+    mode = _sweep_mode(args)
+    store = Store(args.store)
+    try:
+        if mode == "status":
+            return sweep_status(store, args.status, sys.stdout, metric=args.metric, as_json=args.json)
+        if mode == "list":
+            return sweep_list(store, sys.stdout)
+        _check_queue_options(args)
+        if mode == "optuna":
+            return _optuna_sweep(args, store)
+        return _queue_sweep(args, store, mode)
+    except (SweepError, BadInput) as e:
+        raise UsageError(str(e)) from None
+
+
+def _point_config(args: argparse.Namespace, flags: dict[str, str]) -> Callable[[dict[str, Any]], str]:
+    """``make_config(point)`` of a sweep: the job with ``--set`` and the point's overrides; a bad
+    one is a ConfigError naming the sweep flag (``flags[path]``) and item that made it."""
+    from .config import ConfigError
+    from .config.text import read_config_file
+    from .experiments.sweep import point_overrides
+    text, data_dir = read_config_file(args.job), _absolute(args.data_dir)  # read once, for every point
+
+    def make_config(point: dict[str, Any]) -> str:
+        try:
+            return _job_to_queue(text, args.job, [*args.set, *point_overrides(point)], data_dir)[0]
+        except ConfigError as e:
+            item = e.location.removeprefix("--set ")
+            path = item.partition("=")[0].strip()
+            if e.location.startswith("--set ") and path in flags and f"{path}=" in item:
+                raise ConfigError(f"{flags[path]} {item}", e.field, e.problem) from None
+            raise
+    return make_config
+
+
+def _queue_sweep(args: argparse.Namespace, store: Any, mode: str) -> int:
+    """``nnkit sweep JOB.conf --grid ... | --random N --random-param ...``: every point checked,
+    then the sweep recorded and its runs queued; prints the sweep id, then each run id and point."""
+    import secrets
+    from .experiments.sweep import (SweepError, grid_points, parse_grid, parse_params, point_overrides,
+                                    queue_sweep, random_points)
+    spec: dict[str, Any] = {"job": os.path.abspath(args.job), "set": list(args.set)}
+    if mode == "grid":
+        grid = parse_grid(args.grid)
+        points = grid_points(grid)
+        spec["grid"] = grid
+        flag = "--grid"
+    else:
+        if not args.random_param:
+            raise SweepError("--random N: give the fields to draw, e.g. "
+                             "--random-param 'updater.lr=loguniform(1e-4,1e-1)'")
+        params = parse_params(args.random_param, "--random-param")
+        seed = args.seed if args.seed is not None else secrets.randbelow(2**32)  # recorded: reproducible
+        points = random_points(params, args.random, seed)
+        spec.update(random=args.random, seed=seed, params={p: d.to_json() for p, d in params.items()})
+        flag = "--random-param"
+    make_config = _point_config(args, {path: flag for path in points[0]})
+    sweep_id, run_ids = queue_sweep(store, mode, spec, points, make_config, name=args.name, owner=args.owner,
+                                    tags=tuple(args.tag), retries=args.retries)
+    print(sweep_id)
+    for run_id, point in zip(run_ids, points):
+        print(f"{run_id}  {' '.join(point_overrides(point))}")
+    print(f"nnkit sweep: {len(run_ids)} runs queued in sweep {sweep_id}"
+          + (f" (seed {spec['seed']})" if mode == "random" else "")
+          + f"; `nnkit worker` runs them, `nnkit sweep --status {sweep_id}` follows them", file=sys.stderr)
+    return EXIT_OK
+
+
+def _optuna_sweep(args: argparse.Namespace, store: Any) -> int:
+    """``nnkit sweep JOB.conf --optuna ...``: this process drives the study until every trial is told."""
+    from .experiments.optuna_sweep import (OptunaSweep, default_study_storage, make_pruner, optuna_study_name,
+                                           storage_url)
+    from .experiments.summary import lower_is_better
+    from .experiments.sweep import parse_params
+    from .views.terminal import send_command
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError("--optuna needs Optuna: pip install 'nnkit[sweep]'") from None
+    if args.trials is None or args.trials < 1:
+        raise UsageError("--optuna: give --trials N (N >= 1), the number of trials to run")
+    if args.parallel is not None and args.parallel < 1:
+        raise UsageError(f"--parallel must be >= 1, got {args.parallel}")
+    params = parse_params(args.optuna, "--optuna")
+    metric = args.metric or "test_error"
+    direction = args.direction or ("minimize" if lower_is_better(metric) else "maximize")
+    try:
+        pruner = make_pruner(args.pruner or "median", direction)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    make_config = _point_config(args, {path: "--optuna" for path in params})
+    make_config({path: dist.first() for path, dist in params.items()})  # a bad path: exit 2 before any study
+    storage = args.study_storage or default_study_storage(store)
+    # The study is named after the sweep (study_name(sweep id)): the spec names its storage.
+    spec = {"job": os.path.abspath(args.job), "set": list(args.set),
+            "params": {p: d.to_json() for p, d in params.items()},
+            "trials": args.trials, "metric": metric, "direction": direction, "pruner": args.pruner or "median",
+            "seed": args.seed, "parallel": args.parallel, "storage": storage_url(storage)}
+    sweep_id = store.create_sweep("optuna", spec, name=args.name)
+    study_name = optuna_study_name(sweep_id)
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints one line per event itself
+        study = optuna.create_study(storage=storage_url(storage), study_name=study_name, direction=direction,
+                                    pruner=pruner, sampler=optuna.samplers.TPESampler(seed=args.seed))
+    except Exception as e:  # noqa: BLE001  (a bad storage URL, an unreachable database)
+        store.set_sweep_status(sweep_id, "failed")
+        raise UsageError(f"--study-storage {storage}: cannot create the study: {e}") from None
+    study.set_user_attr("nnkit_sweep_id", sweep_id)
+    print(sweep_id, flush=True)
+    print(f"nnkit sweep: study {study_name} in {storage_url(storage)}; {args.trials} trials, {metric} "
+          f"({direction}), pruner {spec['pruner']}; `nnkit worker` runs them", file=sys.stderr, flush=True)
+    driver = OptunaSweep(store, sweep_id, study, params, make_config,
+                         lambda run_dir: send_command(run_dir, "stop", {}), metric=metric, trials=args.trials,
+                         parallel=args.parallel, name=args.name, owner=args.owner, tags=tuple(args.tag),
+                         retries=args.retries, poll=args.poll)
+    return driver.run()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -646,26 +815,19 @@ def _ctl_target(args: argparse.Namespace) -> str | None:
     ref = args.run_dir
     if os.path.isdir(ref) or os.sep in ref:  # a path: as before (a missing one is reported by steer)
         return ref
-    from .experiments.queue import cancel, remote_inbox
+    from .experiments.queue import NotSteerable, steer_target
     from .experiments.store import Store, StoreError
     store = Store(args.store)
     try:
         run = store.get(ref)
-        if run.status == "queued" and args.name == "stop" and cancel(store, run.id):
-            print(f"nnkit ctl: run {run.id} was queued: cancelled (status stopped)")
-            return None
-        run = store.get(run.id)  # a worker may have taken it meanwhile
+        target = steer_target(store, run, args.name)
     except (LookupError, StoreError) as e:
         raise UsageError(f"{ref}: not a run directory, and {e.args[0] if e.args else e}") from None
-    if run.status == "queued":
-        raise UsageError(f"run {run.id} is queued: no worker has started it yet, so it takes no "
-                         "command but stop (which cancels it)")
-    inbox = remote_inbox(store, run.id)
-    if inbox is not None:  # a remote run: its head forwards the command and brings the answer back
-        return inbox
-    if not run.run_dir:
-        raise UsageError(f"run {run.id} has no run directory (an in-memory fit): nothing to send commands to")
-    return run.run_dir
+    except NotSteerable as e:
+        raise UsageError(str(e)) from None
+    if target is None:
+        print(f"nnkit ctl: run {run.id} was queued: cancelled (status stopped)")
+    return target
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -867,6 +1029,53 @@ def build_parser() -> argparse.ArgumentParser:
                    "(its worker killed), requeue it up to N times to resume from its last checkpoint "
                    "(default 0)")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("sweep", help="queue many runs of a job: a grid, random draws or an Optuna study",
+                       description="Queue one run of JOB.conf per point of a sweep, for `nnkit worker`. "
+                       "A point overrides config fields (the paths --set takes). --grid: every combination "
+                       "of the values given. --random N: N points drawn from --random-param distributions "
+                       "(--seed makes them reproducible). --optuna: this command drives an Optuna study "
+                       "(ask/tell): it queues a trial at a time, reports each epoch's --metric, stops the "
+                       "runs the pruner prunes and tells Optuna each result, until --trials are done. "
+                       "Every point is checked first: a bad path queues nothing (exit 2). Prints the sweep "
+                       "id, then each run id and its point.",
+                       epilog="distributions: uniform(LOW,HIGH), loguniform(LOW,HIGH), int(LOW,HIGH) "
+                       "(both ends included), choice(A,B,...) or a plain list A,B,... (a choice)")
+    p.add_argument("job", metavar="JOB.conf", nargs="?", help="the job config (text format)")
+    add_set(p)
+    p.add_argument("--grid", action="append", default=[], metavar="PATH=V1,V2,...",
+                   help="a grid axis: the field PATH takes each value (repeat: the cartesian product)")
+    p.add_argument("--random", type=int, metavar="N", help="random search: N runs, each drawing every "
+                   "--random-param")
+    p.add_argument("--random-param", action="append", default=[], metavar="PATH=DIST",
+                   help="a field of --random and its distribution, e.g. 'updater.lr=loguniform(1e-4,1e-1)' "
+                   "(repeatable)")
+    p.add_argument("--optuna", action="append", default=[], metavar="PATH=DIST",
+                   help="a field Optuna searches and its distribution (repeatable); needs nnkit[sweep]")
+    p.add_argument("--trials", type=int, metavar="N", help="--optuna: how many trials (runs)")
+    p.add_argument("--metric", help="the metric to optimise (--optuna) or show (--status): a name as "
+                   "`nnkit runs` has it (default test_error)")
+    p.add_argument("--direction", choices=("minimize", "maximize"), help="--optuna: minimize or maximize "
+                   "--metric (default: minimize a loss or error, else maximize)")
+    p.add_argument("--pruner", metavar="median|none|threshold=X", help="--optuna: stop unpromising trials "
+                   "after an epoch: median (Optuna's MedianPruner, the default), none, or threshold=X "
+                   "(prune once an epoch's metric is worse than X)")
+    p.add_argument("--study-storage", metavar="PATH|URL", help="--optuna: the Optuna storage holding the "
+                   "study (an SQLite file or an RDB URL; default <store>.optuna.db beside the store)")
+    p.add_argument("--parallel", type=int, metavar="K", help="--optuna: at most K trials out at once "
+                   "(default: as many as the workers take, one more waiting in the queue)")
+    p.add_argument("--seed", type=int, help="--random: the draws' seed (default: a fresh one, printed and "
+                   "recorded); --optuna: the sampler's (TPE) seed")
+    p.add_argument("--poll", type=float, default=0.5, metavar="SECONDS", help=argparse.SUPPRESS)
+    p.add_argument("--data-dir", help="replace data.dir (the folder holding the dataset)")
+    add_record_options(p, "the sweep's name; its runs are named NAME-0, NAME-1, ... (default sweep-ID-0, ...)")
+    p.add_argument("--retries", type=int, default=0, metavar="N", help="requeue each interrupted run up to "
+                   "N times, as nnkit queue --retries (default 0)")
+    p.add_argument("--status", metavar="SWEEP", help="show a sweep: its runs with their point, status and "
+                   "best --metric (SWEEP: an id, a unique id prefix or a name)")
+    p.add_argument("--list", action="store_true", help="list the sweeps in the store, newest first")
+    p.add_argument("--json", action="store_true", help="--status: print one JSON object")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("worker", help="run queued jobs",
                        description="Take the oldest queued run from the experiment store (atomically: "

@@ -15,9 +15,15 @@ settings, batch size, stop requests, the plan) to the others, so a command takes
 every rank at the same batch. Ranks waiting there (rank 0 paused) poll a non-blocking
 broadcast with sleeps instead of spinning.
 
-Limits: Dropout draws and BatchNormalization statistics are per rank (each rank's layer RNG
-and its shard's statistics), so models with them train correctly but not bit-identically to
-a 1-rank run; an error on one rank aborts the whole job (``MPI_Abort``).
+Nothing depends on the number of ranks: under a distributed model Dropout draws per-example
+streams (the mask of example i of step s depends only on the seed, s and i's place in the
+global batch) and BatchNormalization normalises with the global batch's statistics (one
+all-reduce of per-channel sums and counts forward, one of the gradient sums backward), both
+through :meth:`World.allreduce` (see ``Layer.distribute``, which the model calls before each
+batch). An error on one rank aborts the whole job (``MPI_Abort``).
+
+In a hand-written per-layer loop, :class:`AllReduceUpdater` wraps any updater so that
+``updater.Update(step, layer)`` first makes that layer's gradients the global batch's.
 
 mpi4py is imported only when a :class:`World` is made (``pip install 'nnkit[mpi]'``).
 """
@@ -63,7 +69,9 @@ class World:
         self.size: int = self.comm.Get_size()
         self.allreduce_seconds = 0.0
         self._n_local = self._n_global = 0
-        self._buffer: np.ndarray | None = None
+        #: Where this rank's shard of the last global batch starts (Dropout's example streams).
+        self.first_example = 0
+        self._buffers: dict[tuple[int, np.dtype], np.ndarray] = {}  # one per size: per-layer reduces
 
     # ------------------------------------------------------------------ sharding and reduction
     def shard(self, idx: np.ndarray) -> np.ndarray:
@@ -76,7 +84,29 @@ class World:
         bounds = [n * r // self.size for r in range(self.size + 1)]
         self._n_global = n
         self._n_local = bounds[self.rank + 1] - bounds[self.rank]
+        self.first_example = bounds[self.rank]
         return idx[bounds[self.rank]:bounds[self.rank + 1]]
+
+    @property
+    def shard_weight(self) -> float:
+        """This rank's share of the last global batch (:meth:`shard`): local / global examples."""
+        if self._n_global == 0:
+            raise RuntimeError("distributed training: no batch was sharded yet; take this rank's "
+                               "examples with world.shard(batch_indices) first")
+        return self._n_local / self._n_global
+
+    def allreduce(self, array: np.ndarray, weighted: bool = False) -> np.ndarray:
+        """Sums the contiguous ``array`` over the ranks, in place; returns it.
+
+        ``weighted``: each rank's array is first scaled by its :attr:`shard_weight`, so means
+        over the shards become the global batch's mean (uneven shards included).
+        """
+        if weighted:
+            array *= self.shard_weight
+        start = time.perf_counter()
+        self.comm.Allreduce(self._mpi.IN_PLACE, array, op=self._mpi.SUM)
+        self.allreduce_seconds += time.perf_counter() - start
+        return array
 
     def reduce(self, params: Sequence[Any], logs: dict[str, Any]) -> None:
         """Replaces each ``p.grad`` and the numeric ``logs`` with their global-batch means (in place).
@@ -87,19 +117,17 @@ class World:
         keys = sorted(k for k, v in logs.items() if k != "size" and isinstance(v, (int, float, np.floating)))
         sizes = [p.grad.size for p in params]
         total = sum(sizes) + len(keys)
-        dtype = params[0].grad.dtype if params else np.float64
-        if self._buffer is None or self._buffer.size != total or self._buffer.dtype != dtype:
-            self._buffer = np.empty(total, dtype=dtype)
-        buf = self._buffer
-        weight = self._n_local / self._n_global
+        dtype = np.dtype(params[0].grad.dtype if params else np.float64)
+        buf = self._buffers.get((total, dtype))
+        if buf is None:
+            buf = self._buffers[total, dtype] = np.empty(total, dtype=dtype)
+        weight = self.shard_weight
         offset = 0
         for p, n in zip(params, sizes):
             np.multiply(p.grad.reshape(-1), weight, out=buf[offset:offset + n])
             offset += n
         buf[offset:] = [float(logs[k]) * weight for k in keys]
-        start = time.perf_counter()
-        self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
-        self.allreduce_seconds += time.perf_counter() - start
+        self.allreduce(buf)
         offset = 0
         for p, n in zip(params, sizes):
             p.grad.reshape(-1)[:] = buf[offset:offset + n]
@@ -126,8 +154,19 @@ class World:
         model = trainer.model
         for p in model.params:
             self.comm.Bcast(p.data, root=0)
+        layers = getattr(model, "layers", [])
+        if self.rank == 0:  # an unseeded Dropout gets its generator here, not one per rank later
+            for layer in layers:
+                if getattr(layer, "rng", False) is None:
+                    layer.rng = np.random.default_rng()
+        # Layer generators key Dropout's example streams: rank 0's, everywhere.
+        rngs = self.broadcast({i: layer.rng.bit_generator.state for i, layer in enumerate(layers)
+                               if getattr(layer, "rng", None) is not None})
         state = self.broadcast(trainer.state_dict())
         if self.rank != 0:
+            for i, bit_state in rngs.items():
+                layers[i].rng = layers[i].rng or np.random.default_rng()
+                layers[i].rng.bit_generator.state = bit_state
             trainer.load_state_dict(state, "rank 0's trainer state")
 
     def sync(self, trainer: Any) -> None:
@@ -156,6 +195,52 @@ class World:
         self.comm.Abort(code)
 
 
+class AllReduceUpdater:
+    """An updater whose ``Update(step, layer)`` first all-reduces that layer's gradients.
+
+    For the hand-written per-layer loop: each rank feeds its shard (:meth:`World.shard`),
+    runs ComputeFeature and ComputeGradient, then ``Update(step, layer)`` replaces each of
+    the layer's ``p.grad`` (the mean over this rank's shard) with the global batch's mean
+    gradient (one fused ``MPI_Allreduce`` per layer, weighted by shard size, as
+    :meth:`World.reduce`) and applies the wrapped updater's rule, identically on every rank.
+    Everything else (``lr``, ``state_dict``, settings) is the wrapped updater's::
+
+        sgd = AllReduceUpdater(SGD(lr=0.1, momentum=0.9))
+        sgd.Update(i + 1, layer)     # the global batch's update of layer, on every rank
+        sgd.lr = 0.01                # the wrapped SGD's learning rate
+
+    Args:
+        updater: any nnkit updater (or an object with ``Update(step, layer)``).
+        world: the ranks to reduce over; by default the process's :func:`world`.
+    """
+
+    _OWN = ("updater", "world")
+
+    def __init__(self, updater: Any, world: World | None = None) -> None:
+        object.__setattr__(self, "updater", updater)
+        object.__setattr__(self, "world", world if world is not None else _process_world())
+
+    def Update(self, step: int, layer: Any) -> bool:
+        """The global batch's gradients of ``layer`` (every rank calls it), then the update."""
+        if layer.params:  # the same on every rank (same model): no collective for an activation
+            self.world.reduce(layer.params, {})
+        return self.updater.Update(step, layer)
+
+    def __getattr__(self, name: str) -> Any:  # what this class does not have: the updater's
+        if name in self._OWN:  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.updater, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.updater, name, value)
+
+    def __repr__(self) -> str:
+        return f"AllReduceUpdater({self.updater!r}, rank {self.world.rank} of {self.world.size})"
+
+
 _WORLD: World | None = None
 
 
@@ -165,3 +250,6 @@ def world() -> World:
     if _WORLD is None:
         _WORLD = World()
     return _WORLD
+
+
+_process_world = world  # for AllReduceUpdater, whose argument is named world

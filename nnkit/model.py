@@ -487,6 +487,9 @@ class Sequential:
         settings = _hand_settings(self.updater)
         guard = _BatchGuard(self, full=settings != self._last_settings)
         updating = False
+        reducer = self.gradient_reducer
+        for layer in self.layers[1:]:  # Dropout's streams and BatchNormalization's statistics
+            layer.distribute(reducer, step)
         try:
             try:
                 self._forward(x, True, call)
@@ -496,7 +499,6 @@ class Sequential:
                 if nonfinite is None:
                     raise
                 raise nonfinite from exc
-            reducer = self.gradient_reducer
             if reducer is None:
                 _check_loss(logs, step)
             call("backward", self.loss_layer.name, self.loss_layer.ComputeGradient)

@@ -1,7 +1,9 @@
 """Run by test_distributed.py, under ``mpiexec -n N`` or alone: fit(distributed=...) from Python.
 
-Usage: mpi_fit.py JOB.conf DATA_DIR OUT_DIR STEPS {distributed,local,layers,layers-distributed}. Each rank writes its
-pid (``pid<rank>``) before training and its parameters, lr, batch size and step (``rank<rank>.npz``) after.
+Usage: mpi_fit.py JOB.conf DATA_DIR OUT_DIR STEPS {distributed,local,layers,layers-distributed,layers-updater}.
+Each rank writes its pid (``pid<rank>``) before training and its parameters, layer state, lr, batch size and step
+(``rank<rank>.npz``) after. The ``layers`` modes run the per-layer loop: alone, with ``World.reduce`` before the
+updates, or with an ``AllReduceUpdater`` (each ``Update`` reduces its layer).
 """
 import os
 import sys
@@ -17,13 +19,15 @@ if mode.startswith("layers"):  # the per-layer loop; "layers-distributed" under 
     import nnkit
     from nnkit import Activation, Dense, ImageInput, LabelInput, Loss, SGD
     from nnkit.datasets import load_mnist
-    from nnkit.distributed import world
+    from nnkit.distributed import AllReduceUpdater, world
     images, labels = load_mnist(data_dir, "train")
     x = images[:2000].reshape(2000, -1).astype(np.float32) / 255
     nn = [ImageInput(28, 28), Dense(32), Activation("relu"), Dense(10)]
     nnkit.set_seed(nn, 0)
     label, loss, sgd = LabelInput(), Loss("softmaxloss"), SGD(lr=0.1, momentum=0.9)
-    w = world() if mode == "layers-distributed" else None
+    w = world() if mode != "layers" else None
+    if mode == "layers-updater":
+        sgd = AllReduceUpdater(sgd)
     for i in range(int(steps)):
         idx = np.arange(i * 33, (i + 1) * 33)
         mine = idx if w is None else w.shard(idx)
@@ -35,7 +39,7 @@ if mode.startswith("layers"):  # the per-layer loop; "layers-distributed" under 
         loss.ComputeGradient()
         for h in range(len(nn) - 1, 0, -1):
             nn[h].ComputeGradient()
-        if w is not None:
+        if mode == "layers-distributed":
             w.reduce([p for layer in nn for p in layer.params], {})
         for h in range(1, len(nn)):
             sgd.Update(i + 1, nn[h])
@@ -55,4 +59,5 @@ model.fit(x, y, batch_size=job.batch_size("train"), steps=int(steps), verbose=0,
           run_dir=out / "run", distributed=distributed)
 np.savez(out / f"rank{rank}.npz", step=model.trainer.global_step, lr=model.updater.lr,
          batch_size=model.trainer.batch_size,
-         **{p.full_name.replace("/", "."): p.data for p in model.params})
+         **{p.full_name.replace("/", "."): p.data for p in model.params},
+         **{"state." + k.replace("/", "."): v for k, v in model.state_arrays().items()})

@@ -94,3 +94,42 @@ def test_get_config():
 def test_ratio_out_of_range_is_an_error(ratio):
     with pytest.raises(ValueError, match=r"Dropout 'drop1': ratio must be in \[0, 1\)"):
         Dropout(ratio, name="drop1")
+
+
+class _Shard:
+    """What Dropout.distribute reads from an nnkit.distributed.World: where the shard starts."""
+
+    def __init__(self, first_example):
+        self.first_example = first_example
+
+
+def _stream_mask(seed, step, x, first=0):
+    layer = Dropout(0.5)
+    set_seed([layer], seed)
+    layer.distribute(_Shard(first), step)
+    before = layer.rng.bit_generator.state
+    mask = run(layer, x)[0] != 0
+    assert layer.rng.bit_generator.state == before  # the stream's key: never advanced
+    return mask
+
+
+@pytest.mark.parametrize("units", [32, 37])  # 37: examples start inside a Philox block
+def test_per_example_streams_do_not_depend_on_the_shards(units):
+    x = np.ones((7, units), np.float32)
+    whole = _stream_mask(3, 5, x)
+    for cut in (1, 3, 4):
+        parts = [_stream_mask(3, 5, x[:cut]), _stream_mask(3, 5, x[cut:], first=cut)]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert abs(whole.mean() - 0.5) < 0.15
+    assert (whole != _stream_mask(3, 6, x)).any()  # another step, other masks
+    assert (whole != _stream_mask(4, 5, x)).any()  # another seed, other masks
+
+
+def test_without_a_world_the_layer_draws_from_its_generator_again():
+    layer = Dropout(0.5)
+    set_seed([layer], 3)
+    layer.distribute(_Shard(0), 5)
+    layer.distribute(None, 6)  # a later non-distributed batch
+    before = layer.rng.bit_generator.state
+    run(layer, np.ones((4, 8), np.float32))
+    assert layer.rng.bit_generator.state != before

@@ -151,6 +151,16 @@ def test_an_in_memory_fit_is_recorded_only_when_asked_and_appends(store, tmp_pat
     assert store.params(run_id)["updater.lr"] == "0.05"
 
 
+def test_a_fit_at_the_default_lr_is_found_by_a_where_on_the_lr(store):
+    x, y = tiny_data()
+    model = nnkit.Sequential([nnkit.Dense(3)], input_shape=(6,), seed=0)
+    model.compile(nnkit.Adam(), "softmaxloss")  # Adam's default rate, 0.001, given nowhere
+    run_id = record(model, name="default-lr")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert store.params(run_id)["updater.lr"] == "0.001"
+    assert [r.id for r in store.runs(where="updater.lr < 0.01")] == [run_id]
+
+
 def test_record_a_background_handle_without_run_dir(store):
     x, y = tiny_data()
     run = tiny_model().fit(x, y, epochs=2, batch_size=32, verbose=0, background=True)
@@ -308,9 +318,34 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_runs(tmp_path):
     db.commit()
     db.close()
     store = Store(path)
-    assert store.schema_version() == store_module.SCHEMA_VERSION == 4
+    assert store.schema_version() == store_module.SCHEMA_VERSION == 5
     assert store.get("old").step == 5 and store.params("r1") == {"updater.lr": "0.003"}
     assert [r.id for r in store.runs(where="updater.lr < 0.01")] == ["r1"]  # the migrated numeric column
+
+
+def test_a_schema_3_store_gets_sweeps_and_keeps_its_runs_and_queue(tmp_path):
+    """A store as nnkit made it before sweeps (schema 3: runs, a queued job), opened by this one."""
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path)
+    for step in store_module.MIGRATIONS[:3]:
+        step(db)
+    db.execute("PRAGMA user_version = 3")
+    db.execute("INSERT INTO runs (id, name, status, created, step, config_text) "
+               "VALUES ('q1', 'waiting', 'queued', 2.0, 0, 'name: \"x\"')")
+    db.execute("INSERT INTO jobs (run_id, retries) VALUES ('q1', 2)")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.schema_version() == store_module.SCHEMA_VERSION  # sweeps (4), remote runs (5)
+    old = store.get("waiting")
+    assert (old.status, old.sweep_id, old.point) == ("queued", None, None) and store.list_sweeps() == []
+    from nnkit.experiments.queue import claim, enqueue
+    sweep = store.create_sweep("grid", {"grid": {"updater.lr": [0.1, 0.01]}}, name="lrs")
+    new = enqueue(store, 'name: "x"\n', sweep_id=sweep, point={"updater.lr": 0.1})
+    assert [(r.id, r.point) for r in store.sweep_runs(sweep)] == [(new, {"updater.lr": 0.1})]
+    assert [r.id for r in store.runs(sweep=sweep)] == [new] and store.count(sweep=sweep) == 1
+    assert claim(store, tmp_path / "runs").run_id == "q1"  # the old queue works on, oldest first
+    assert store._read("SELECT retries, head, worker FROM jobs WHERE run_id = 'q1'") == [(2, None, None)]
 
 
 def test_a_store_from_a_newer_nnkit_is_refused(tmp_path):

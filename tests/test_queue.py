@@ -219,3 +219,53 @@ def test_a_zombie_is_not_alive():
     wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 30)
     assert not pid_alive(child.pid) and pid_alive(os.getpid())
     child.wait()
+
+
+RACER = """
+import json, os, sys, time
+from nnkit.experiments import Store
+from nnkit.experiments.queue import cancel, claim
+role, ids = sys.argv[1], json.loads(sys.argv[2])
+store = Store("s.db")
+store.count()  # connected: ready
+open(f"ready-{os.getpid()}", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.001)
+won = []
+if role == "claim":  # the oldest first, as workers take them
+    while (taken := claim(store, "runs")) is not None:
+        won.append(taken.run_id)
+else:  # the newest first: the two sides meet somewhere in the middle, and race there
+    for run_id in reversed(ids):
+        if cancel(store, run_id):
+            won.append(run_id)
+        time.sleep(0.002)  # paced, or the claimers wait for the write lock all along
+print(json.dumps(won))
+"""
+
+
+def test_a_cancelled_run_is_never_claimed_and_a_claimed_one_never_cancelled(tmp_path):
+    """Three processes claiming (as workers do) and three cancelling (as `nnkit ctl RUN stop`
+    and the web page do) race over 150 queued runs: each run is taken once or cancelled once."""
+    from nnkit.experiments.queue import enqueue
+    store = Store(tmp_path / "s.db")
+    ids = [enqueue(store, 'name: "x"\n', name=f"r{i}") for i in range(150)]
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, role, json.dumps(ids)], cwd=tmp_path, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for role in ("claim", "cancel-a", "claim", "cancel-b", "claim", "cancel-c")]
+    wait_until(lambda: len(list(tmp_path.glob("ready-*"))) == 6, 120)
+    (tmp_path / "go").touch()
+    outputs = [r.communicate(timeout=300) for r in racers]
+    assert [r.returncode for r in racers] == [0] * 6, [err for _, err in outputs]
+    won = [json.loads(out) for out, _ in outputs]
+    claimed = won[0] + won[2] + won[4]
+    cancelled = won[1] + won[3] + won[5]
+    assert len(set(claimed)) == len(claimed) and len(set(cancelled)) == len(cancelled)  # none twice
+    assert sorted(claimed + cancelled) == sorted(ids)  # each once: taken or cancelled, never both
+    assert claimed and cancelled, "no race: one side took every run"
+    jobs = dict(store._read("SELECT run_id, attempts FROM jobs"))
+    for run_id in cancelled:
+        run = store.get(run_id)
+        assert (run.status, run.run_dir, run.pid, jobs[run_id]) == ("stopped", None, None, 0)
+    assert {store.get(run_id).status for run_id in claimed} == {"running"}
+    assert {jobs[run_id] for run_id in claimed} == {1}

@@ -573,3 +573,169 @@ def test_a_file_read_in_budgets_and_pieces_is_the_monitor_of_the_whole_file(tmp_
         for got, want in zip(view.data(name), whole.series(name).data()):
             np.testing.assert_array_equal(got, want)
     assert [e["type"] for e in view.log_since()[0]] == ["status", "epoch", "status"]
+
+
+# ------------------------------------------------------------------------------ the queue
+def test_the_list_shows_the_queue_and_stop_cancels_a_queued_run_as_nnkit_ctl_does(tmp_path):
+    """A real store with queued runs (nnkit queue's records): their places in the queue, the
+    worker and attempts of a claimed one; stop dequeues a queued run, nothing else reaches it."""
+    from nnkit.experiments import Store
+    from nnkit.experiments.queue import claim, enqueue, requeue_interrupted
+    store = Store(tmp_path / "experiments.db")
+    ids = [enqueue(store, f'name: "q{i}"\n', name=f"q{i}", retries=i) for i in range(4)]
+    taken = claim(store, tmp_path / "runs", pid=2**22 + 4321)  # the oldest, by a worker pid that is gone
+    assert taken.run_id == ids[0]
+    client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+    headers = {"X-NNKit-Token": TOKEN}
+    rows = {r["id"]: r for r in client.get("/api/runs", params={"sort": "created", "desc": "0"}).json()["runs"]}
+    assert [rows[i]["job"] for i in ids[1:]] == [{"retries": i, "attempts": 0, "position": i} for i in (1, 2, 3)]
+    # The list's look for dead processes found the claim's worker gone: interrupted, no retry left.
+    assert rows[ids[0]]["status"] == "interrupted"
+    assert rows[ids[0]]["job"] == {"retries": 0, "attempts": 1, "position": None}
+    assert (rows[ids[0]]["host"], rows[ids[0]]["pid"]) == (socket.gethostname(), 2**22 + 4321)
+    queued = client.get("/api/runs", params={"status": "queued"}).json()
+    assert queued["total"] == 3 and {r["id"] for r in queued["runs"]} == set(ids[1:])
+
+    detail = client.get(f"/api/runs/{ids[2]}").json()  # its job, to be read before it runs
+    assert detail["config_text"] == 'name: "q2"\n' and detail["job"]["position"] == 2 and detail["run_dir"] is None
+    refused = client.post(f"/api/runs/{ids[2]}/command", json={"command": "pause"}, headers=headers)
+    assert refused.status_code == 409 and "is queued: no worker has started it yet" in refused.json()["error"]
+    bad = client.post(f"/api/runs/{ids[2]}/command", json={"command": "stop", "args": {"x": 1}}, headers=headers)
+    assert bad.status_code == 400 and store.get(ids[2]).status == "queued"  # checked before it is cancelled
+    done = client.post(f"/api/runs/{ids[2]}/command", json={"command": "stop"}, headers=headers)
+    assert done.status_code == 200 and done.json()["cancelled"] and done.json()["ok"]
+    assert done.json()["text"] == f"run {ids[2]} was queued: cancelled (status stopped)"
+    assert store.get(ids[2]).status == "stopped"
+    assert [r["job"]["position"] for r in client.get("/api/runs", params={"status": "queued", "desc": "0"}).json()["runs"]] == [1, 2]
+    again = client.post(f"/api/runs/{ids[2]}/command", json={"command": "stop"}, headers=headers)
+    assert again.status_code == 409 and "no run directory" in again.json()["error"]  # no second cancel
+    assert claim(store, tmp_path / "runs").run_id == ids[1]  # the workers skip the cancelled run
+    assert claim(store, tmp_path / "runs").run_id == ids[3] and claim(store, tmp_path / "runs") is None
+    # A claimed run whose directory is not (yet) a run directory: the command is refused, nothing written.
+    claimed = client.post(f"/api/runs/{ids[3]}/command", json={"command": "stop"}, headers=headers)
+    assert claimed.status_code == 409 and "no such run directory" in claimed.json()["error"]
+    assert store.get(ids[3]).status == "running" and requeue_interrupted(store) == []
+
+
+# ------------------------------------------------------------------------------ sweeps
+@pytest.fixture
+def sweep_store(tmp_path):
+    """A real store with a sweep of three runs (two with events, one whose record names /etc)
+    and a run of no sweep."""
+    from nnkit.experiments import Store
+    from nnkit.experiments.summary import RunSummary
+    store = Store(tmp_path / "experiments.db")
+    sweep = store.create_sweep("grid", {"updater.lr": [0.1, 0.01, 0.001]}, name=XSS)
+    for i, (lr, error) in enumerate(((0.1, 0.3), (0.01, 0.125), (0.001, None))):
+        run_dir = tmp_path / f"r{i}"
+        write_events(run_dir, loss_events(100 * (i + 1)) + [{"type": "test", "step": 50, "error": 0.5}])
+        metrics = {} if error is None else {"test_error": (error, 100)}
+        store.save(RunSummary(id=f"5eed0000000{i}", name=f"lr-{lr}", status="finished", created=10 + i,
+                              run_dir=str(run_dir) if i < 2 else "/etc", metrics=metrics))
+        store.add_to_sweep(f"5eed0000000{i}", sweep, {"updater.lr": lr, "model": f"m{i % 2}"})
+    store.save(RunSummary(id="a1one0000000", name="alone", status="finished", created=1,
+                          run_dir=str(tmp_path / "r0")))
+    return store, sweep
+
+
+def test_the_sweeps_list_and_a_sweep_s_runs_with_their_points_and_best_metrics(sweep_store):
+    store, sweep = sweep_store
+    client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+    listed = client.get("/api/sweeps").json()
+    assert listed["total"] == 1
+    row = listed["sweeps"][0]
+    assert (row["id"], row["name"], row["kind"], row["status"]) == (sweep, XSS, "grid", "finished")
+    assert (row["runs"], row["live"], row["finished"], row["failed"]) == (3, 0, 3, 0)
+    assert (row["best_run"], row["best_test_error"]) == ("5eed00000001", 0.125)
+    page = client.get(f"/sweep/{sweep}")
+    assert page.status_code == 200 and XSS not in page.text and "&lt;script&gt;" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    remote = TestClient(create_app(store, TOKEN, require_token=True), base_url="http://10.0.0.5:8600")
+    assert [remote.get(path).status_code for path in ("/sweeps", f"/sweep/{sweep}", "/api/sweeps",
+                                                      f"/api/sweeps/{sweep}/compare")] == [401] * 4
+    assert f'data-sweep="{sweep}"' in page.text
+    detail = client.get(f"/api/sweeps/{sweep[:6]}").json()  # an id prefix names it too
+    assert detail["keys"] == ["model", "updater.lr"]
+    assert [(r["id"], r["point"]["updater.lr"], r["best"].get("test_error")) for r in detail["runs"]] == [
+        ("5eed00000000", 0.1, 0.3), ("5eed00000001", 0.01, 0.125), ("5eed00000002", 0.001, None)]
+    assert {r["sweep_id"] for r in detail["runs"]} == {sweep}
+    assert [r["id"] for r in client.get(f"/api/sweeps/{sweep}", params={"limit": 1, "offset": 1}).json()["runs"]] \
+        == ["5eed00000001"]
+    # The experiments list names each run's sweep and point.
+    runs = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert (runs["5eed00000002"]["sweep_name"], runs["5eed00000002"]["point"]) == (XSS, {"updater.lr": 0.001, "model": "m0"})
+    assert (runs["a1one0000000"]["sweep_id"], runs["a1one0000000"]["point"]) == (None, None)
+
+
+def test_a_sweep_s_curves_are_confined_and_bounded_as_compare_s(sweep_store):
+    store, sweep = sweep_store
+    client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+    data = client.get(f"/api/sweeps/{sweep}/compare", params={"channel": "train cost", "points": 50}).json()
+    assert data["total"] == 3 and [r["id"] for r in data["runs"]] == ["5eed00000000", "5eed00000001", "5eed00000002"]
+    counts = [r["series"] and r["series"]["count"] for r in data["runs"]]
+    assert counts == [100, 200, None]  # the record naming /etc: nothing read
+    assert data["runs"][2]["files_error"].endswith("/etc: no events.jsonl there: not a run directory")
+    assert all(len(r["series"]["steps"]) <= 52 for r in data["runs"][:2])  # downsampled
+    assert data["runs"][1]["point"] == {"model": "m1", "updater.lr": 0.01}
+    assert [d["key"] for d in data["differences"]] == []  # no params recorded: nothing differs
+    test = client.get(f"/api/sweeps/{sweep}/compare", params={"channel": "test error", "runs": "5eed00000001"}).json()
+    assert [r["series"]["values"] for r in test["runs"]] == [[0.5]]
+
+    def refused(path, status=400, **params):
+        response = client.get(path, params=params)
+        assert response.status_code == status, (path, params, response.text)
+        return response.json()["error"]
+    assert "not of sweep" in refused(f"/api/sweeps/{sweep}/compare", runs="a1one0000000")
+    assert refused(f"/api/sweeps/{sweep}/compare", runs=",".join(["5eed00000000"] * 21)) == \
+        "runs: give at most 20 run ids, separated by commas"
+    assert "is not one of" in refused(f"/api/sweeps/{sweep}/compare", channel="/etc/passwd")
+    assert refused(f"/api/sweeps/{sweep}", limit=0) == "limit: must be in [1, 10000], got 0"
+    assert refused(f"/api/sweeps/{sweep}", limit=10_001).startswith("limit: must be in")
+    assert refused("/api/sweeps", offset=-1).startswith("offset: must be in")
+    for path in ("/api/sweeps/nope", "/api/sweeps/..%2Fetc", "/sweep/nope", "/api/sweeps/nope/compare"):
+        assert client.get(path).status_code == 404, path
+    assert "no sweep 'nope'" in client.get("/api/sweeps/nope").json()["error"]
+
+
+def test_a_store_without_sweeps_lists_none(client):
+    assert client.get("/api/sweeps").json() == {"total": 0, "offset": 0, "limit": 100, "sweeps": []}
+    assert client.get("/api/sweeps/aaaa").status_code == 404
+    assert client.get("/sweeps").status_code == 200
+
+
+def test_a_run_a_worker_took_is_steered_from_its_page_by_its_store_record(tmp_path):
+    """A queued run of a real `nnkit worker`: the page's commands reach the worker's child
+    through the record (as `nnkit ctl RUN`), and its answers come back; stop ends it."""
+    from helpers import DATA, wait_until
+    from test_queue import JOB, LONG, start_worker
+
+    from nnkit.experiments import Store
+    from nnkit.experiments.queue import enqueue
+    store = Store(tmp_path / "s.db")
+    run_id = enqueue(store, JOB.format(data=DATA, steps=LONG), name="long")
+    worker = start_worker(tmp_path, "--once")
+    try:
+        wait_until(lambda: store.get(run_id).status == "running" and store.get(run_id).step > 3, 120)
+        client = TestClient(create_app(store, TOKEN), base_url="http://127.0.0.1:8600")
+        row = client.get("/api/runs").json()["runs"][0]
+        assert row["job"] == {"retries": 0, "attempts": 1, "position": None} and row["pid"] not in (None, worker.pid)
+
+        def send(command, **args):
+            response = client.post(f"/api/runs/{run_id[:5]}/command", json={"command": command, "args": args},
+                                   headers={"X-NNKit-Token": TOKEN})
+            return response.status_code, response.json()
+        status, body = send("pause")
+        assert status == 200 and body["text"].startswith("pause acknowledged at step")
+        wait_until(lambda: store.get(run_id).status == "paused", 60)
+        status, body = send("set", lr="0.0125")
+        assert status == 200 and body["answer"]["values"] == {"lr": 0.0125}
+        status, body = send("resume")
+        assert status == 200 and body["ok"]
+        status, body = send("stop")  # a running run: the command, not a cancel
+        assert status == 200 and body["text"].startswith("stop acknowledged") and "cancelled" not in body
+        assert worker.wait(120) == 0
+        assert store.get(run_id).status == "stopped"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)

@@ -173,3 +173,112 @@ def test_watch_and_steer_a_live_run_in_the_browser(browser, tmp_path):
         if live.poll() is None:
             live.kill()
             live.wait(30)
+
+
+SWEEP_LRS = (0.2, 0.1, 0.05, 0.02)  # the last one stays queued: the worker runs three
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory):
+    """A store with a real small sweep: test_cli's SMALL_JOB swept over updater.lr (``nnkit sweep
+    --grid``: a run queued per point, the point its ``--set`` override), then queued once more
+    outside the sweep (``nnkit queue``); a real ``nnkit worker`` runs the first three. Returns
+    the store, the sweep and the five run ids."""
+    from nnkit.experiments import Store
+    tmp = tmp_path_factory.mktemp("sweep")
+    (tmp / "job.conf").write_text(SMALL_JOB.format(data=DATA, runs=tmp / "runs"))
+    store = Store(tmp / "experiments.db")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def nnkit(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "nnkit.cli", *args, "--store", "experiments.db"], cwd=tmp,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+    out = nnkit("sweep", "job.conf", "--grid", "updater.lr=" + ",".join(map(str, SWEEP_LRS)), "--name", "lr-grid").split()
+    sweep, ids = out[0], out[1::2]
+    assert out[2::2] == [f"updater.lr={lr}" for lr in SWEEP_LRS]
+    ids.append(nnkit("queue", "job.conf", "--name", "later", "--retries", "2").strip())
+    nnkit("worker", "--runs-dir", "runs", "--once", "--max-jobs", "3")
+    assert [store.get(i).status for i in ids] == ["finished"] * 3 + ["queued"] * 2
+    return store, sweep, ids
+
+
+@needs_mnist
+def test_a_sweep_page_shows_each_run_s_point_and_curve_and_cancels_a_queued_run(browser, sweep_store, tmp_path):
+    from selenium.webdriver.common.by import By
+    store, sweep, all_ids = sweep_store
+    ids, later = all_ids[:4], all_ids[4]
+    with ThreadedServer(create_app(store)) as server:
+        # The list: each queued run's place in the queue; a run of the sweep names it.
+        browser.get(server.url)
+        wait(browser, lambda d: [d.find_element(By.CSS_SELECTOR, f'tr[data-run="{i}"] td.queue').get_attribute("data-position")
+                                 for i in (ids[3], later)] == ["1", "2"], message="the queue positions are not shown")
+        assert "sweep lr-grid at updater.lr=0.02" in browser.find_element(By.CSS_SELECTOR, f'tr[data-run="{ids[3]}"] .sweep-of').text
+        # A queued run's page: its job, its place, and Cancel (dequeue) instead of the controls.
+        browser.get(server.url + f"run/{later}")
+        wait(browser, lambda d: d.find_element(By.ID, "queue-text").text.startswith("#2 in the queue: no worker has taken it yet"))
+        assert browser.find_element(By.ID, "config").text.startswith("# nnkit") and \
+            'name: "small"' in browser.find_element(By.ID, "config").text
+        assert not browser.find_element(By.ID, "controls").is_displayed()
+        click(browser, "#cancel")
+        wait(browser, lambda d: any(li.text == f"run {later} was queued: cancelled (status stopped)"
+                                    for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")))
+        wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "stopped")
+        assert store.get(later).status == "stopped" and not browser.find_element(By.ID, "queue-box").is_displayed()
+
+        browser.get(server.url + "sweeps")
+        wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-sweep="{sweep}"] td.name a').text == "lr-grid")
+        click(browser, f'tr[data-sweep="{sweep}"] td.name a')
+        wait(browser, lambda d: d.find_element(By.ID, "sweep-name").text == "lr-grid")
+
+        def rows(d):
+            return {r.get_attribute("data-run"): r for r in d.find_elements(By.CSS_SELECTOR, "#sweep-runs tbody tr")}
+        wait(browser, lambda d: set(rows(d)) == set(ids), message="not every run of the sweep is listed")
+        for run_id, lr in zip(ids, SWEEP_LRS):
+            row = rows(browser)[run_id]
+            assert row.find_element(By.CSS_SELECTOR, 'td.point[data-key="updater.lr"]').text == str(lr)
+            best = row.find_element(By.CSS_SELECTOR, 'td.best[data-metric="test_error"]').text
+            wanted = store.best(run_id).get("test_error")
+            assert (wanted is None) == (run_id == ids[3])  # the queued one has not run
+            assert best == ("–" if wanted is None else f"{float(f'{wanted:.4g}'):g}")  # 4 significant digits
+        # One curve per run that trained, each named by its point in the legend.
+        for figure in ("train cost", "test error"):
+            css = f'[data-figure="{figure}"]'
+            wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, css).get_attribute("data-runs") == "3",
+                 message=f"the {figure} figure does not draw the three runs")
+            legend = [k.text for k in browser.find_elements(By.CSS_SELECTOR, f"{css} .legend .key")]
+            assert legend == [f"updater.lr={lr}" for lr in SWEEP_LRS[:3]]
+            assert len(browser.find_elements(By.CSS_SELECTOR, f"{css} svg path")) == 3
+        # Sorting by the point: the largest learning rate last when ascending, first when descending.
+        click(browser, 'th[data-sort="point:updater.lr"]')
+        wait(browser, lambda d: [r.get_attribute("data-run") for r in d.find_elements(By.CSS_SELECTOR, "#sweep-runs tbody tr")]
+             == ids[::-1])
+        click(browser, 'th[data-sort="point:updater.lr"]')
+        wait(browser, lambda d: [r.get_attribute("data-run") for r in d.find_elements(By.CSS_SELECTOR, "#sweep-runs tbody tr")]
+             == ids)
+        shot = tmp_path / "sweep-page.png"
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        # README's picture: NNKIT_UI_SWEEP_SCREENSHOT=docs/sweep-page.png pytest tests/test_ui_browser.py
+        if os.environ.get("NNKIT_UI_SWEEP_SCREENSHOT"):
+            shutil.copy(shot, os.environ["NNKIT_UI_SWEEP_SCREENSHOT"])
+
+        # The status filter: the queued run alone, then all again.
+        from selenium.webdriver.support.ui import Select
+        status = Select(browser.find_element(By.CSS_SELECTOR, 'select[name="status"]'))
+        status.select_by_value("queued")
+        wait(browser, lambda d: list(rows(d)) == [ids[3]])
+        status.select_by_value("")
+        wait(browser, lambda d: set(rows(d)) == set(ids))
+        # Cancel the queued run from the page: it is dequeued in the store, and no worker takes it.
+        queued = ids[3]
+        assert [b.get_attribute("data-run") for b in browser.find_elements(By.CSS_SELECTOR, "button.cancel")] == [queued]
+        click(browser, f'button.cancel[data-run="{queued}"]')
+        wait(browser, lambda d: any(li.text == f"run {queued} was queued: cancelled (status stopped)"
+                                    for li in d.find_elements(By.CSS_SELECTOR, "#answers li.ok")))
+        assert store.get(queued).status == "stopped"
+        wait(browser, lambda d: rows(d)[queued].get_attribute("data-status") == "stopped")
+        assert not browser.find_elements(By.CSS_SELECTOR, "button.cancel")
+        wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "finished",
+             message="the sweep does not read as finished once none of its runs is live")
+        browser.get("about:blank")

@@ -247,7 +247,7 @@ def _blame(at: Where, message: str, fields_of_args: dict[str, str]) -> ConfigErr
 
 # ========================================================================== updater <-> proto
 def _updater_to_conf(updater: updaters_module.Updater, conf: UpdaterConf) -> None:
-    """Fills ``conf`` from an updater's get_config (only the values that differ from defaults)."""
+    """Fills ``conf`` from an updater's get_config (the lr, and the values that differ from defaults)."""
     cls = type(updater)
     type_name = cls.__name__.lower()
     if _UPDATERS.get(type_name) is not cls:
@@ -261,7 +261,9 @@ def _updater_to_conf(updater: updaters_module.Updater, conf: UpdaterConf) -> Non
         fd = conf.DESCRIPTOR.fields_by_name.get(arg)
         if fd is None:
             raise ValueError(f"{cls.__name__}: argument {arg!r} has no field in UpdaterConf")
-        if not _is_default(fd, value, defaults.get(arg, inspect.Parameter.empty)):
+        # The learning rate is written even at its default: it is the field runs are compared
+        # by (the store's `--where updater.lr < ...`), and its default differs per type.
+        if arg == "lr" or not _is_default(fd, value, defaults.get(arg, inspect.Parameter.empty)):
             _set(conf, arg, value)
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from .recorder import Recorder, configure, record
 from .rundir import RUN_FILE, default_owner, flatten_config, read_run_dir
-from .store import (SCHEMA_VERSION, AmbiguousRun, RunNotFound, RunRecord, Store, StoreError,
-                    default_store_path, nnkit_home)
+from .store import (SCHEMA_VERSION, AmbiguousRun, RunNotFound, RunRecord, Store, StoreError, SweepNotFound,
+                    SweepRecord, default_store_path, nnkit_home)
 from .summary import ENDED, STATUSES
 
-__all__ = ["Store", "RunRecord", "RunNotFound", "AmbiguousRun", "StoreError", "default_store_path",
+__all__ = ["Store", "RunRecord", "SweepRecord", "SweepNotFound",
+           "RunNotFound", "AmbiguousRun", "StoreError", "default_store_path",
            "nnkit_home", "record", "configure", "Recorder", "read_run_dir", "flatten_config",
            "default_owner", "RUN_FILE", "SCHEMA_VERSION", "STATUSES", "ENDED"]

@@ -1,6 +1,6 @@
 """``nnkit runs``: list, show, compare, tag, note, remove, export and reindex recorded runs.
 
-    nnkit runs list [--owner O] [--status S] [--tag T] [--since WHEN] [--where EXPR]
+    nnkit runs list [--owner O] [--status S] [--tag T] [--since WHEN] [--where EXPR] [--sweep ID]
                     [--sort KEY] [--asc] [--limit N] [--page P] [--json]
     nnkit runs show RUN [--json]
     nnkit runs compare RUN RUN... [--all] [--json]
@@ -30,8 +30,8 @@ from datetime import datetime
 from typing import Any, Iterable, TextIO
 
 from .queue import remote_of
-from .store import RunRecord, Store, StoreError
-from .summary import STATUSES
+from .store import RunRecord, Store, StoreError, SweepRecord
+from .summary import STATUSES, lower_is_better
 
 DEFAULT_LIMIT = 20
 
@@ -111,6 +111,23 @@ def _mark_stale(store: Store) -> None:
             raise
 
 
+def sweep_id(store: Store, ref: str | None) -> str | None:
+    """The id of the sweep ``--sweep`` names (None without one); BadInput if none or several match."""
+    if ref is None:
+        return None
+    try:
+        return store.get_sweep(ref).id
+    except LookupError as e:
+        raise BadInput(str(e.args[0] if e.args else e)) from None
+
+
+def point_text(point: dict[str, Any] | None) -> str:
+    """A sweep point as its overrides, ``updater.lr=0.01 run.steps=5`` (``-`` for none)."""
+    if not point:
+        return "-"
+    return " ".join(f"{key}={_number(value)}" for key, value in point.items())
+
+
 def _get(store: Store, ref: str) -> RunRecord:
     try:
         return store.get(ref)
@@ -143,6 +160,8 @@ def add_parser(sub: Any, add_store: Any = None) -> argparse.ArgumentParser:
         p.add_argument("--since", help="only runs created since: 2026-12-01, 2026-12-01T09:30, or an age: 3d, 12h")
         p.add_argument("--where", metavar="EXPR", help="a condition on config fields and metrics, e.g. "
                        "'updater.lr<0.01 and test_error<=0.05' (and, or, not, parentheses; tag=T, owner=O)")
+        p.add_argument("--sweep", metavar="ID", help="only the runs of this sweep (its id, a unique id prefix "
+                       "or its name; `nnkit sweep` makes them)")
 
     p = command("list", "list recorded runs, newest first")
     filters(p)
@@ -200,7 +219,8 @@ def cmd_list(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     if args.limit < 1 or args.page < 1:
         raise BadInput(f"--limit {args.limit} / --page {args.page}: both must be >= 1")
     filters = dict(owner=args.owner, status=args.status, tags=args.tag,
-                   since=None if args.since is None else parse_since(args.since), where=args.where)
+                   since=None if args.since is None else parse_since(args.since), where=args.where,
+                   sweep=sweep_id(store, args.sweep))
     _mark_stale(store)
     try:
         total = store.count(**filters)
@@ -220,13 +240,14 @@ def cmd_list(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         best = store.best(run.id).get(metric)
         rows.append([run.id, run.name or "-", run.owner or "-", run.status,
                      "-" if run.progress is None else f"{100 * run.progress:.0f}%", str(run.step),
-                     _number(best), _duration(run.duration), _when(run.created), ",".join(run.tags)])
+                     _number(best), _duration(run.duration), _when(run.created), run.sweep_id or "-",
+                     ",".join(run.tags)] + ([point_text(run.point)] if args.sweep else []))
     if not runs:
         print(f"no recorded runs{' match' if total == 0 and any(filters.values()) else ''} in {store.path}",
               file=out)
         return 0
     table(["ID", "NAME", "OWNER", "STATUS", "DONE", "STEP", f"BEST {metric}".upper(), "DURATION", "CREATED",
-           "TAGS"], rows, out)
+           "SWEEP", "TAGS"] + (["POINT"] if args.sweep else []), rows, out)
     first = (args.page - 1) * args.limit + 1
     more = f"; --page {args.page + 1} for more" if first + len(runs) - 1 < total else ""
     print(f"runs {first}-{first + len(runs) - 1} of {total}{more}", file=out)
@@ -244,6 +265,7 @@ def cmd_show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         return 0
     lines = [("id", run.id), ("name", run.name), ("owner", run.owner), ("status", run.status),
              ("tags", ", ".join(run.tags) or "-"), ("notes", run.notes or "-"),
+             ("sweep", f"{run.sweep_id} at {point_text(run.point)}" if run.sweep_id else "-"),
              ("created", _when(run.created)), ("started", _when(run.started)), ("ended", _when(run.ended)),
              ("duration", _duration(run.duration)),
              ("step", f"{run.step}" + (f" of {run.total_steps}" if run.total_steps else "")),
@@ -354,7 +376,8 @@ def cmd_reindex(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 def _selected(store: Store, args: argparse.Namespace) -> list[RunRecord]:
     try:
         return store.runs(owner=args.owner, status=args.status, tags=args.tag,
-                          since=None if args.since is None else parse_since(args.since), where=args.where)
+                          since=None if args.since is None else parse_since(args.since), where=args.where,
+                          sweep=sweep_id(store, args.sweep))
     except ValueError as e:
         raise BadInput(str(e)) from None
 
@@ -380,6 +403,57 @@ def cmd_export(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# ============================================================================ sweeps (nnkit sweep)
+def sweep_status(store: Store, ref: str, out: TextIO, metric: str | None = None, as_json: bool = False) -> int:
+    """``nnkit sweep --status SWEEP``: the sweep, then its runs (oldest first) with their
+    status, step, best ``metric`` (default: the sweep's own, else test_error) and point."""
+    _mark_stale(store)
+    try:
+        sweep = store.get_sweep(ref)
+    except LookupError as e:
+        raise BadInput(str(e.args[0] if e.args else e)) from None
+    runs = store.sweep_runs(sweep.id)
+    metric = metric or sweep.spec.get("metric") or "test_error"
+    if as_json:
+        json.dump({"sweep": {key: getattr(sweep, key) for key in SweepRecord.__dataclass_fields__},
+                   "runs": [record_dict(store, run) for run in runs]}, out, indent=1)
+        print(file=out)
+        return 0
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    print(f"sweep {sweep.id} ({sweep.name or 'unnamed'}): {sweep.kind}, {sweep.status}, created "
+          f"{_when(sweep.created)}; {len(runs)} runs"
+          + (": " + ", ".join(f"{n} {status}" for status, n in counts.items()) if counts else ""), file=out)
+    trials: dict[str, str] = {}
+    if sweep.kind == "optuna":
+        from .optuna_sweep import optuna_study_name, study_trials
+        print(f"optuna study {optuna_study_name(sweep.id)} in {sweep.spec.get('storage')}", file=out)
+        trials = study_trials(sweep)
+    best = {run.id: store.best(run.id).get(metric) for run in runs}
+    table(["RUN", "NAME", "STATUS", "STEP", f"BEST {metric}".upper()] + (["TRIAL"] if trials else []) + ["POINT"],
+          [[run.id, run.name or "-", run.status, str(run.step), _number(best[run.id])]
+           + ([trials.get(run.id, "-")] if trials else []) + [point_text(run.point)] for run in runs], out)
+    scored = [run for run in runs if best[run.id] is not None]
+    if scored:
+        pick = min if lower_is_better(metric) else max
+        top = pick(scored, key=lambda run: best[run.id])
+        print(f"best: run {top.id} {metric} {_number(best[top.id])} at {point_text(top.point)}", file=out)
+    return 0
+
+
+def sweep_list(store: Store, out: TextIO) -> int:
+    """``nnkit sweep --list``: every sweep, newest first, with how many runs it has."""
+    sweeps = store.list_sweeps()
+    if not sweeps:
+        print(f"no sweeps in {store.path}", file=out)
+        return 0
+    table(["SWEEP", "NAME", "KIND", "STATUS", "RUNS", "CREATED"],
+          [[s.id, s.name or "-", s.kind, s.status, str(store.count(sweep=s.id)), _when(s.created)] for s in sweeps],
+          out)
+    return 0
+
+
 def write_csv(store: Store, runs: Iterable[RunRecord], out: TextIO) -> None:
     """The runs as CSV: the record's fields, ``metric:NAME`` (latest), ``best:NAME`` and
     ``param:KEY`` columns (empty where a run has none)."""
@@ -389,6 +463,7 @@ def write_csv(store: Store, runs: Iterable[RunRecord], out: TextIO) -> None:
     for run in runs:
         row: dict[str, Any] = {c: getattr(run, c) for c in columns}
         row["tags"] = ",".join(run.tags)
+        row["point"] = None if run.point is None else json.dumps(run.point, sort_keys=True)
         row.update({f"metric:{k}": v for k, v in store.metrics(run.id).items()})
         row.update({f"best:{k}": v for k, v in store.best(run.id).items()})
         row.update({f"param:{k}": v for k, v in store.params(run.id).items()})
@@ -399,4 +474,5 @@ def write_csv(store: Store, runs: Iterable[RunRecord], out: TextIO) -> None:
     writer.writerows(rows)
 
 
-__all__ = ["add_parser", "main", "BadInput", "write_csv", "parse_since", "table"]
+__all__ = ["add_parser", "main", "BadInput", "write_csv", "parse_since", "table", "point_text", "sweep_id",
+           "sweep_status", "sweep_list"]

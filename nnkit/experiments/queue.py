@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .rundir import JOB_FILE, config_hash, default_owner, flatten_config
-from .store import Store
+from .store import Store, join_sweep
 from .summary import RunSummary
 
 #: Seconds a worker waits between two looks at an empty queue.
@@ -59,8 +59,12 @@ class Claim:
 
 
 def enqueue(store: Store, config_text: str, *, name: str | None = None, owner: str | None = None,
-            tags: tuple[str, ...] = (), retries: int = 0) -> str:
-    """Records a run of ``config_text`` (a validated job config) as ``queued``; returns its id."""
+            tags: tuple[str, ...] = (), retries: int = 0, sweep_id: str | None = None,
+            point: dict[str, Any] | None = None) -> str:
+    """Records a run of ``config_text`` (a validated job config) as ``queued``; returns its id.
+
+    ``sweep_id``, ``point``: the run is one of that sweep's, made by the overrides ``point``.
+    """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
     summary = RunSummary(id=uuid.uuid4().hex[:12], name=name, owner=owner or default_owner(),
@@ -68,7 +72,15 @@ def enqueue(store: Store, config_text: str, *, name: str | None = None, owner: s
                          config_hash=config_hash(config_text))
     run_id = store.save(summary, flatten_config(config_text))
     # After the record: a run is claimable once it has its jobs row, never half-made.
-    store._write(lambda db: db.execute("INSERT INTO jobs (run_id, retries) VALUES (?, ?)", (run_id, retries)))
+    def work(db: Any) -> None:
+        if sweep_id is not None:  # in the same transaction: a claimable run already has its sweep
+            join_sweep(db, run_id, sweep_id, point or {})
+        db.execute("INSERT INTO jobs (run_id, retries) VALUES (?, ?)", (run_id, retries))
+    try:
+        store._write(work)
+    except LookupError:  # no such sweep: no queued record that no worker could ever take
+        store.remove(run_id)
+        raise
     return run_id
 
 
@@ -106,7 +118,7 @@ def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None,
         run_id, name, owner, run_dir, text, attempts = row
         run_dir = run_dir or str(runs_dir / f"{_safe(name) or 'run'}-{run_id}")
         taken = db.execute("UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat = ?, run_dir = ?, "
-                           "ended = NULL WHERE id = ? AND status = 'queued'",
+                           "ended = NULL WHERE id = ?",
                            (pid, socket.gethostname(), time.time(), run_dir, run_id)).rowcount
         if taken != 1:  # cannot happen inside the write lock; kept as the claim's condition
             return None
@@ -171,6 +183,38 @@ def remote_of(store: Store, run_id: str) -> tuple[str, str | None] | None:
 def command_dir(store: Store, run_id: str, run_dir: str | None) -> str | None:
     """Where a recorded run takes commands: its head's inbox if it runs remotely, else ``run_dir``."""
     return remote_inbox(store, run_id) or run_dir
+
+
+class NotSteerable(Exception):
+    """A recorded run that takes no command now (queued, or without a run directory); says why."""
+
+
+def steer_target(store: Store, run: Any, command: str) -> str | None:
+    """Where a command to the recorded run ``run`` goes (``nnkit ctl RUN`` and the web page):
+    its run directory, or for a run on a Dask cluster its head's inbox (:func:`remote_inbox`). ``stop`` of a queued run cancels it instead (:func:`cancel`, atomic
+    with the claim) and gives None; if a worker took it meanwhile, the command goes to the run.
+
+    NotSteerable when the run is (still) queued or has no run directory.
+    """
+    if run.status == "queued" and command == "stop" and cancel(store, run.id):
+        return None
+    run = store.get(run.id)  # a worker may have taken it meanwhile
+    if run.status == "queued":
+        raise NotSteerable(f"run {run.id} is queued: no worker has started it yet, so it takes no "
+                           "command but stop (which cancels it)")
+    inbox = remote_inbox(store, run.id) if isinstance(store, Store) else None  # (a duck-typed store: no queue)
+    if inbox is not None:  # a remote run: its head forwards the command and brings the answer back
+        return inbox
+    if not run.run_dir:
+        raise NotSteerable(f"run {run.id} has no run directory (an in-memory fit): nothing to send commands to")
+    return run.run_dir
+
+
+def will_retry(store: Store, run_id: str) -> bool:
+    """Whether a worker will put run ``run_id`` back in the queue: it is ``interrupted`` with
+    retries left (see :func:`requeue_interrupted`)."""
+    return bool(store._read("SELECT 1 FROM runs JOIN jobs ON jobs.run_id = runs.id WHERE runs.id = ? "
+                            "AND runs.status = 'interrupted' AND jobs.attempts <= jobs.retries", (run_id,)))
 
 
 def _safe(name: str | None) -> str:
@@ -279,5 +323,5 @@ class Worker:
                   f"{run_dir / OUTPUT_FILE})")
 
 
-__all__ = ["enqueue", "claim", "settle", "cancel", "requeue_interrupted", "Worker", "Claim", "train_command",
-           "prepare_run_dir", "remote_inbox", "remote_of", "command_dir"]
+__all__ = ["enqueue", "claim", "settle", "cancel", "steer_target", "NotSteerable", "requeue_interrupted", "will_retry",
+           "Worker", "Claim", "train_command", "prepare_run_dir", "remote_inbox", "remote_of", "command_dir"]

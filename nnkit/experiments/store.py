@@ -9,12 +9,18 @@ up front (``BEGIN IMMEDIATE``, so two writers never deadlock upgrading a read lo
 (``busy_timeout``) and retry, so many processes training and writing at once plus readers see
 no "database is locked". WAL lets readers read while one writer writes.
 
+Sweeps: a row of ``sweeps`` (id, name, kind ``grid``/``random``/``optuna``/``pbt``, its spec as
+JSON, created, status) groups runs; each run of one carries ``sweep_id`` and ``point`` (the
+overrides that made it, a JSON object ``{"updater.lr": 0.01, ...}``). See :meth:`Store.create_sweep`.
+
 Schema: ``PRAGMA user_version`` names its version; :data:`MIGRATIONS` brings any older store up
 to date when it is opened, and a store from a newer nnkit is refused rather than damaged.
 """
 from __future__ import annotations
 
+import json
 import math
+import uuid
 import os
 import shutil
 import socket
@@ -56,6 +62,10 @@ class RunNotFound(LookupError):
     """No recorded run matches a reference (id, id prefix, name or run directory)."""
 
 
+class SweepNotFound(LookupError):
+    """No recorded sweep (or several) matches a reference."""
+
+
 class AmbiguousRun(LookupError):
     """Several recorded runs match a reference; the message names them."""
 
@@ -83,6 +93,8 @@ class RunRecord:
     git_commit: str | None
     step: int
     total_steps: int | None
+    sweep_id: str | None = None  # the sweep the run belongs to (:meth:`Store.create_sweep`)
+    point: dict[str, Any] | None = None  # its overrides in the sweep: {"updater.lr": 0.01, ...}
 
     @property
     def duration(self) -> float | None:
@@ -103,7 +115,41 @@ class RunRecord:
 _RECORD_COLUMNS = ("id", "name", "owner", "notes", "status", "created", "started", "ended", "heartbeat",
                    "host", "pid", "run_dir", "config_text", "config_hash", "nnkit_version", "git_commit",
                    "step", "total_steps")
+#: What a read selects: the columns save() writes, then the sweep's (set once, by enqueue or
+#: add_to_sweep; never by save, so the recorder's writes keep them).
+_SELECT_COLUMNS = _RECORD_COLUMNS + ("sweep_id", "point")
 _DURATION_SQL = "(COALESCE(runs.ended, runs.heartbeat) - runs.started)"
+#: A sweep's kinds, and its statuses (``running`` until its driver, or for a grid or random
+#: sweep, which has none, its last run, ends).
+SWEEP_KINDS = ("grid", "random", "optuna", "pbt")
+SWEEP_STATUSES = ("running", "finished", "stopped", "failed")
+_LIVE = ("queued", "running", "paused")
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """One sweep: a group of runs made from one job by varying some of its fields.
+
+    ``spec``: what the sweep varies and how (its kind's own JSON: the grid's values, the random
+    ranges and seed, Optuna's distributions, metric and direction...). ``status``: see
+    :data:`SWEEP_STATUSES`.
+    """
+
+    id: str
+    name: str | None
+    kind: str
+    spec: dict[str, Any]
+    created: float
+    status: str
+
+
+_SWEEP_COLUMNS = ("id", "name", "kind", "spec", "created")
+# A grid or random sweep has no driver to mark it finished: it is, once it has runs and none is live.
+_SWEEP_STATUS_SQL = (f"CASE WHEN sweeps.status = 'running' AND sweeps.kind IN ('grid', 'random') "
+                     f"AND EXISTS (SELECT 1 FROM runs r WHERE r.sweep_id = sweeps.id) "
+                     f"AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.sweep_id = sweeps.id "
+                     f"AND r.status IN ({', '.join(repr(x) for x in _LIVE)})) "
+                     f"THEN 'finished' ELSE sweeps.status END")
 
 
 # ============================================================================ schema
@@ -149,6 +195,16 @@ def _v3(db: sqlite3.Connection) -> None:
 
 
 def _v4(db: sqlite3.Connection) -> None:
+    """Sweeps: a ``sweeps`` table, and on each run the sweep it belongs to and its point there
+    (NULL for the runs of older stores: they belong to none)."""
+    db.execute("CREATE TABLE sweeps (id TEXT PRIMARY KEY, name TEXT, kind TEXT NOT NULL, spec TEXT NOT NULL, "
+               "created REAL NOT NULL, status TEXT NOT NULL)")
+    db.execute("ALTER TABLE runs ADD COLUMN sweep_id TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN point TEXT")
+    db.execute("CREATE INDEX runs_sweep_id ON runs (sweep_id)")
+
+
+def _v5(db: sqlite3.Connection) -> None:
     """Remote runs (:mod:`nnkit.experiments.cluster`): the run's inbox on the head that handles
     it (``nnkit ctl`` and the web page steer it there), and the cluster worker it runs on."""
     db.execute("ALTER TABLE jobs ADD COLUMN head TEXT")
@@ -156,8 +212,18 @@ def _v4(db: sqlite3.Connection) -> None:
 
 
 #: Schema version N is made by applying MIGRATIONS[:N] in order to an empty database.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def join_sweep(db: sqlite3.Connection, run_id: str, sweep_id: str, point: dict[str, Any]) -> None:
+    """Inside a write transaction: run ``run_id`` belongs to sweep ``sweep_id`` at ``point``
+    (JSON data). Raises :class:`SweepNotFound` or :class:`RunNotFound`."""
+    text = json.dumps(point)  # in the order given: the sweep's flags' order
+    if db.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone() is None:
+        raise SweepNotFound(f"no sweep with id {sweep_id!r}")
+    if db.execute("UPDATE runs SET sweep_id = ?, point = ? WHERE id = ?", (sweep_id, text, run_id)).rowcount != 1:
+        raise RunNotFound(f"no recorded run with id {run_id!r}")
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
@@ -354,9 +420,13 @@ class Store:
 
     # ------------------------------------------------------------------ queries
     def _filters(self, owner: str | None, status: str | Iterable[str] | None, tags: Iterable[str],
-                 since: float | datetime | None, where: str | None) -> tuple[str, list[Any]]:
+                 since: float | datetime | None, where: str | None,
+                 sweep: str | None = None) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
+        if sweep is not None:
+            clauses.append("runs.sweep_id = ?")
+            params.append(sweep)
         if owner is not None:
             clauses.append("runs.owner = ?")
             params.append(owner)
@@ -382,15 +452,16 @@ class Store:
     def runs(self, *, owner: str | None = None, status: str | Iterable[str] | None = None,
              tags: Iterable[str] = (), since: float | datetime | None = None, where: str | None = None,
              sort: str | None = None, descending: bool = True, limit: int | None = None,
-             offset: int = 0) -> list[RunRecord]:
+             offset: int = 0, sweep: str | None = None) -> list[RunRecord]:
         """The recorded runs matching every filter given, sorted, one page of them.
 
+        ``sweep``: only the runs of this sweep (its id).
         ``sort``: a column (``created`` by default, ``name``, ``status``, ``duration``,
         ``owner``, ``step``) or a metric name (``test_error``: by its best value); runs without
         the value come last. ``where``: see :mod:`nnkit.experiments.query` (a metric there is
         its latest value). Bad filters raise ``ValueError``.
         """
-        condition, params = self._filters(owner, status, tags, since, where)
+        condition, params = self._filters(owner, status, tags, since, where, sweep)
         direction = "DESC" if descending else "ASC"
         sort = sort or "created"
         order_params: list[Any] = []
@@ -408,15 +479,16 @@ class Store:
             page, page_params = " LIMIT ? OFFSET ?", [limit, offset]
         elif offset:
             page, page_params = " LIMIT -1 OFFSET ?", [offset]
-        sql = (f"SELECT {', '.join('runs.' + c for c in _RECORD_COLUMNS)} FROM runs{condition} "
+        sql = (f"SELECT {', '.join('runs.' + c for c in _SELECT_COLUMNS)} FROM runs{condition} "
                f"ORDER BY {key} IS NULL, {key} {direction}, runs.created {direction}, runs.id{page}")
         rows = self._read(sql, [*params, *order_params, *order_params, *page_params])
         return self._records(rows)
 
     def count(self, *, owner: str | None = None, status: str | Iterable[str] | None = None,
-              tags: Iterable[str] = (), since: float | datetime | None = None, where: str | None = None) -> int:
+              tags: Iterable[str] = (), since: float | datetime | None = None, where: str | None = None,
+              sweep: str | None = None) -> int:
         """How many recorded runs match the filters (those of :meth:`runs`)."""
-        condition, params = self._filters(owner, status, tags, since, where)
+        condition, params = self._filters(owner, status, tags, since, where, sweep)
         return self._read(f"SELECT COUNT(*) FROM runs{condition}", params)[0][0]
 
     def _records(self, rows: list[tuple]) -> list[RunRecord]:
@@ -431,7 +503,8 @@ class Store:
                 tags.setdefault(run_id, []).append(tag)
         records = []
         for row in rows:
-            fields = dict(zip(_RECORD_COLUMNS, row))
+            fields = dict(zip(_SELECT_COLUMNS, row))
+            fields["point"] = None if fields["point"] is None else json.loads(fields["point"])
             records.append(RunRecord(tags=tuple(tags.get(fields["id"], ())), **fields))
         return records
 
@@ -443,7 +516,7 @@ class Store:
         text = os.fspath(ref)
         if not text:
             raise RunNotFound("no run named '' (give an id, id prefix, name or run directory)")
-        select = f"SELECT {', '.join(_RECORD_COLUMNS)} FROM runs"
+        select = f"SELECT {', '.join(_SELECT_COLUMNS)} FROM runs"
         # In this order: the id, the run directory, the name, a unique id prefix (a name wins
         # over a prefix: run "b" is not the one whose id starts with b).
         attempts: list[tuple[str, list[Any]]] = [(f"{select} WHERE id = ?", [text])]
@@ -476,6 +549,29 @@ class Store:
     def best(self, run_id: str) -> dict[str, float]:
         """The best value of each of the run's metrics (the least loss or error, the most accuracy)."""
         return dict(self._read("SELECT key, best FROM metrics WHERE run_id = ? ORDER BY key", (run_id,)))
+
+    def jobs(self, run_ids: Iterable[str]) -> dict[str, dict[str, int | None]]:
+        """The queue's word on each of ``run_ids`` that ``nnkit queue`` recorded (others are
+        left out): ``{"retries", "attempts", "position"}``, the position (1: the next a worker
+        takes, in the claim's order) only while the run is queued."""
+        ids = list(dict.fromkeys(run_ids))
+        if not ids:
+            return {}
+        out: dict[str, dict[str, int | None]] = {}
+        for chunk in range(0, len(ids), 500):  # SQLite's limit on parameters
+            part = ids[chunk:chunk + 500]
+            for run_id, retries, attempts in self._read(
+                    f"SELECT run_id, retries, attempts FROM jobs WHERE run_id IN ({', '.join('?' * len(part))})",
+                    part):
+                out[run_id] = {"retries": retries, "attempts": attempts, "position": None}
+        if out:
+            # The claim's order (queue.claim): oldest first, then by id.
+            for run_id, position in self._read(
+                    "SELECT runs.id, ROW_NUMBER() OVER (ORDER BY runs.created, runs.id) FROM runs "
+                    "JOIN jobs ON jobs.run_id = runs.id WHERE runs.status = 'queued'"):
+                if run_id in out:
+                    out[run_id]["position"] = position
+        return out
 
     # ------------------------------------------------------------------ editing
     def _existing(self, db: sqlite3.Connection, run_id: str) -> None:
@@ -529,6 +625,62 @@ class Store:
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (run_id,))
         self._write(work)
 
+    # ------------------------------------------------------------------ sweeps
+    def create_sweep(self, kind: str, spec: dict[str, Any], name: str | None = None) -> str:
+        """Records a new sweep (status ``running``); returns its id. ``spec`` must be JSON data."""
+        if kind not in SWEEP_KINDS:
+            raise ValueError(f"sweep kind {kind!r}: expected one of {', '.join(SWEEP_KINDS)}")
+        text = json.dumps(spec, sort_keys=True)  # a spec that is not JSON data fails here, before any write
+        sweep_id = uuid.uuid4().hex[:12]
+        self._write(lambda db: db.execute(
+            "INSERT INTO sweeps (id, name, kind, spec, created, status) VALUES (?, ?, ?, ?, ?, 'running')",
+            (sweep_id, name, kind, text, time.time())))
+        return sweep_id
+
+    def _sweeps(self, condition: str = "", params: Sequence[Any] = ()) -> list[SweepRecord]:
+        rows = self._read(f"SELECT {', '.join('sweeps.' + c for c in _SWEEP_COLUMNS)}, {_SWEEP_STATUS_SQL} "
+                          f"FROM sweeps{condition} ORDER BY sweeps.created DESC, sweeps.id", params)
+        return [SweepRecord(id, name, kind, json.loads(spec), created, status)
+                for id, name, kind, spec, created, status in rows]
+
+    def list_sweeps(self) -> list[SweepRecord]:
+        """Every recorded sweep, newest first."""
+        return self._sweeps()
+
+    def get_sweep(self, ref: str) -> SweepRecord:
+        """The sweep ``ref`` names: its id, its name or a unique id prefix (as :meth:`get`).
+
+        Raises :class:`SweepNotFound` (a ``LookupError``) when none or several match.
+        """
+        for condition, params in ((" WHERE id = ?", [ref]), (" WHERE name = ?", [ref]),
+                                  (" WHERE substr(id, 1, ?) = ?", [len(ref), ref])):
+            found = self._sweeps(condition, params) if ref else []
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise SweepNotFound(f"{ref!r} matches {len(found)} sweeps: "
+                                    f"{', '.join(f'{s.id} ({s.name})' for s in found[:10])}; give an id")
+        raise SweepNotFound(f"no sweep {ref!r} in {self.path} (give an id, a unique id prefix or a name; "
+                            "`nnkit sweep --list` lists them)")
+
+    def sweep_runs(self, sweep_id: str) -> list[RunRecord]:
+        """The runs of sweep ``sweep_id``, oldest first (the order they were queued in)."""
+        return self.runs(sweep=sweep_id, sort="created", descending=False)
+
+    def set_sweep_status(self, sweep_id: str, status: str) -> None:
+        """Sets the status of a sweep (its driver's word: ``finished``, ``stopped``, ``failed``)."""
+        if status not in SWEEP_STATUSES:
+            raise ValueError(f"sweep status {status!r}: expected one of {', '.join(SWEEP_STATUSES)}")
+
+        def work(db: sqlite3.Connection) -> None:
+            if db.execute("UPDATE sweeps SET status = ? WHERE id = ?", (status, sweep_id)).rowcount != 1:
+                raise SweepNotFound(f"no sweep with id {sweep_id!r} in {self.path}")
+        self._write(work)
+
+    def add_to_sweep(self, run_id: str, sweep_id: str, point: dict[str, Any]) -> None:
+        """Makes run ``run_id`` one of sweep ``sweep_id``'s, made by the overrides ``point``."""
+        self._write(lambda db: join_sweep(db, run_id, sweep_id, point))
+
     def mark_stale(self, heartbeat_timeout: float = HEARTBEAT_TIMEOUT) -> list[str]:
         """Marks ``interrupted`` the runs that say they are queued, running or paused but whose
         process is gone (on this host) or whose heartbeat is older than ``heartbeat_timeout``
@@ -571,5 +723,6 @@ class Store:
         return ids
 
 
-__all__ = ["Store", "RunRecord", "RunNotFound", "AmbiguousRun", "StoreError", "default_store_path",
-           "nnkit_home", "pid_alive", "SCHEMA_VERSION", "MIGRATIONS", "STATUSES", "ENDED"]
+__all__ = ["Store", "RunRecord", "SweepRecord", "RunNotFound", "AmbiguousRun", "SweepNotFound", "StoreError",
+           "default_store_path", "nnkit_home", "pid_alive", "join_sweep", "SCHEMA_VERSION", "MIGRATIONS",
+           "STATUSES", "ENDED", "SWEEP_KINDS", "SWEEP_STATUSES"]

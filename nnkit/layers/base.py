@@ -142,6 +142,16 @@ class Layer:
         """Puts the layer in evaluation mode: dropout passes inputs through unchanged."""
         return self.train(False)
 
+    def distribute(self, world: Any, step: int) -> None:
+        """Called by a model before each training batch with its gradient reducer.
+
+        ``world`` is an :class:`nnkit.distributed.World` under distributed training (duck-typed:
+        ``first_example``, ``allreduce``), else None; ``step`` is the batch's updater step.
+        Layers whose forward pass depends on the batch beyond each example (BatchNormalization's
+        statistics) or draws at random (Dropout) override it so that the result does not depend
+        on how the global batch is cut into shards; the others have nothing to do.
+        """
+
     # ----------------------------------------------------------------- building
     @property
     def built(self) -> bool:

@@ -208,6 +208,20 @@ class BatchNormalization(Layer):
                        Param(self, "bias", initializers.ZERO)]
         self._x: np.ndarray | None = None  # the last forward's input, as an (N, C, S) view
         self._batch_stats = True  # whether the last forward used the batch's statistics
+        #: Under distributed training the :class:`nnkit.distributed.World` (duck-typed:
+        #: ``allreduce``) that makes the batch statistics the global batch's (see :meth:`distribute`).
+        self.sync: Any = None
+
+    def distribute(self, world: Any, step: int) -> None:
+        """Before a training batch: synchronised statistics under a distributed model.
+
+        With a world, training-mode statistics are the global batch's: one all-reduce of the
+        per-channel sums of ``x`` and ``x**2`` and the counts (float64; the variance is
+        ``E[x^2] - E[x]^2``) in the forward pass, one of the weighted per-channel sums of
+        ``dy`` and ``dy * xhat`` in the backward pass, so every rank normalises, updates the
+        moving statistics and back-propagates as one process would on the whole batch.
+        """
+        self.sync = world
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this layer."""
@@ -254,13 +268,16 @@ class BatchNormalization(Layer):
         if not batch_stats:
             mean[...] = self.state["moving_mean"]
             var[...] = self.state["moving_variance"]
+        synced = batch_stats and self.sync is not None
+        if synced:  # the global batch's statistics, given to the kernel as fixed ones
+            self._global_stats(x3, mean, var)
         gamma, beta = self.params[0].data, self.params[1].data
         y = self.buffer("y", x.shape, x.dtype)
         y3 = y.reshape(x3.shape)
 
         def run(part: int, lo: int, hi: int) -> None:
             _bn_kernels.batchnorm_forward(x3, gamma, beta, mean, var, inv_std, self.epsilon,
-                                          batch_stats, y3, lo, hi)
+                                          batch_stats and not synced, y3, lo, hi)
 
         parallel.split(run, c, n * spatial)
         if batch_stats:
@@ -271,6 +288,18 @@ class BatchNormalization(Layer):
         self._x = x3
         self._batch_stats = batch_stats
         return y
+
+    def _global_stats(self, x3: np.ndarray, mean: np.ndarray, var: np.ndarray) -> None:
+        """Writes the global batch's per-channel mean and biased variance (one all-reduce)."""
+        c = x3.shape[1]
+        sums = self.buffer("sync_stats", (2 * c + 1,), np.float64)
+        sums[:c] = x3.sum(axis=(0, 2), dtype=np.float64)
+        sums[c:2 * c] = np.einsum("ncs,ncs->c", x3, x3, dtype=np.float64)
+        sums[2 * c] = x3.shape[0] * x3.shape[2]
+        self.sync.allreduce(sums)
+        count = sums[2 * c]
+        np.divide(sums[:c], count, out=mean)
+        np.maximum(sums[c:2 * c] / count - mean * mean, 0.0, out=var)  # rounding may go below 0
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Fills the weight and bias grads; returns the input gradient (None if not needed).
@@ -292,12 +321,33 @@ class BatchNormalization(Layer):
         dx = self.buffer("dx", shape, x3.dtype) if need_input_grad else None
         dx3 = None if dx is None else dx.reshape(x3.shape)
 
-        def run(part: int, lo: int, hi: int) -> None:
+        synced = self._batch_stats and self.sync is not None and dx3 is not None
+
+        def grads(part: int, lo: int, hi: int) -> None:
             _bn_kernels.batchnorm_param_grads(x3, dy3, mean, inv_std, sum_dy, sum_dy_xhat,
                                               dgamma, dbeta, lo, hi)
-            if dx3 is not None:
-                _bn_kernels.batchnorm_input_grad(x3, dy3, gamma, mean, inv_std, sum_dy,
-                                                 sum_dy_xhat, self._batch_stats, dx3, lo, hi)
 
-        parallel.split(run, x3.shape[1], x3.shape[0] * x3.shape[2])
+        def inputs(part: int, lo: int, hi: int) -> None:
+            _bn_kernels.batchnorm_input_grad(x3, dy3, gamma, mean, inv_std, sum_dy,
+                                             sum_dy_xhat, self._batch_stats, dx3, lo, hi)
+
+        def run(part: int, lo: int, hi: int) -> None:
+            grads(part, lo, hi)
+            if dx3 is not None:
+                inputs(part, lo, hi)
+
+        work = x3.shape[0] * x3.shape[2]
+        if not synced:
+            parallel.split(run, x3.shape[1], work)
+            return dx
+        # The global batch's sums, between the two passes. dy is the gradient of this shard's
+        # mean loss; weighting each rank's sums by its share of the global batch gives the
+        # global loss's sums rescaled so that the kernel's own 1 / (shard count) is right.
+        parallel.split(grads, x3.shape[1], work)
+        c = x3.shape[1]
+        sums = self.buffer("sync_grads", (2 * c,), np.float64)
+        sums[:c], sums[c:] = sum_dy, sum_dy_xhat
+        self.sync.allreduce(sums, weighted=True)
+        sum_dy[...], sum_dy_xhat[...] = sums[:c], sums[c:]
+        parallel.split(inputs, c, work)
         return dx

@@ -5,13 +5,20 @@ Pages (HTML shells; ``static/app.js`` fills them from the JSON API, always as te
     /                      the experiments: status, progress, best test error, duration, tags
     /run/RUN               one experiment: live figures, configuration, events log, steering
     /compare?runs=A,B,...  several runs' curves overlaid and their configuration differences
+    /sweeps                the sweeps: kind, status, how many runs, the best test error
+    /sweep/SWEEP           one sweep's runs together: each one's point, status and best
+                           metrics (sortable), their loss and test-error curves overlaid
 
 API (JSON): ``GET /api/runs`` (``owner status tag where sort desc limit offset``, as
 ``Store.runs``), ``GET /api/runs/RUN``, ``GET /api/runs/RUN/series`` (``points``, ``window.NAME``),
 ``GET /api/runs/RUN/log``, ``GET /api/runs/RUN/stream`` (server-sent events: new points, log
 lines and status as the run writes them), ``POST /api/runs/RUN/command`` (``{"command": "set",
 "args": {"lr": "0.01"}}``: the values are ``nnkit ctl``'s ``key=value`` texts, and the command
-goes through ``nnkit ctl``'s own path, :func:`nnkit.views.terminal.steer`), ``GET /api/compare``.
+goes through ``nnkit ctl``'s own path, :func:`nnkit.views.terminal.steer`; ``stop`` of a
+queued run cancels it, as ``nnkit ctl RUN stop`` does: :func:`nnkit.experiments.queue.steer_target`),
+``GET /api/compare``, ``GET /api/sweeps`` (``limit offset``), ``GET /api/sweeps/SWEEP``
+(``limit offset``: its runs, oldest first), ``GET /api/sweeps/SWEEP/compare`` (``channel points
+runs``: up to 20 of its runs, the first 20 without ``runs``).
 
 Security: on a loopback address requests must name a loopback host (a page of another site
 that resolves its name to 127.0.0.1 is refused); on any other address every request needs the
@@ -44,10 +51,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..experiments.queue import command_dir
+from ..experiments.queue import NotSteerable, command_dir, steer_target
 from ..experiments.store import Store
 from ..views.channels import DEFAULT_FIGURES
-from ..views.terminal import (CommandLineError, command_events, describe_answer,
+from ..views.terminal import (CommandLineError, check_command, command_events, describe_answer,
                               describe_command_events, describe_silence, steer)
 from .runs import (DEFAULT_POINTS, LOAD_BUDGET, MAX_POINTS, MAX_WINDOW, RunCache, UnsafeRunDir,
                    checked_run_dir, config_differences, read_run_file)
@@ -59,6 +66,11 @@ STREAM_POLL = 0.1
 #: Seconds after which a quiet stream sends a comment, so proxies and browsers keep it open.
 STREAM_KEEPALIVE = 10.0
 LIST_LIMIT, MAX_LIST_LIMIT = 100, 10_000
+#: The most runs one compare overlays (their series are read in one request).
+MAX_COMPARE = 20
+#: The runs of a sweep one request lists, by default and at most.
+SWEEP_LIMIT, MAX_SWEEP_LIMIT = 500, 10_000
+_LIVE = ("queued", "running", "paused")
 #: Seconds between two looks for runs whose process died without saying so (``mark_stale``).
 STALE_EVERY = 10.0
 TOKEN_HEADER = "x-nnkit-token"
@@ -171,7 +183,9 @@ class Dashboard:
     def __init__(self, store: Any, token: str) -> None:
         self.store = store
         self.token = token
-        self.cache = RunCache()
+        # Room for one compare's runs and a few pages more: a sweep page's curves every few
+        # seconds are then read incrementally, not each file again from its start.
+        self.cache = RunCache(size=MAX_COMPARE + 8)
         self._stale_checked = -math.inf
 
     # ------------------------------------------------------------------ helpers
@@ -195,14 +209,52 @@ class Dashboard:
             return command_dir(self.store, record.id, record.run_dir)
         return record.run_dir
 
+    def sweep(self, ref: str) -> Any:
+        """The store's sweep ``ref`` (an id, a unique id prefix or a name); BadRequest 404
+        naming it otherwise (also for a store that keeps no sweeps)."""
+        get = getattr(self.store, "get_sweep", None)
+        if get is None or not _REF.fullmatch(ref):
+            raise BadRequest(404, f"no sweep {ref!r}")
+        try:
+            return get(ref)
+        except LookupError as e:
+            raise BadRequest(404, str(e.args[0]) if e.args else str(e)) from None
+
+    def sweep_row(self, sweep: Any) -> dict[str, Any]:
+        """A sweep as the sweeps list shows it: its record, how many runs (live, finished) and
+        its best run by test error (a few counting queries, whatever the sweep's size)."""
+        count = self.store.count
+        best = self.store.runs(sweep=sweep.id, sort="test_error", descending=False, limit=1)
+        best_error = _finite((_call(self.store, "best", best[0].id) or {}).get("test_error")) if best else None
+        return {"id": sweep.id, "name": sweep.name, "kind": sweep.kind, "status": sweep.status,
+                "created": sweep.created, "spec": sweep.spec, "runs": count(sweep=sweep.id),
+                "live": count(sweep=sweep.id, status=_LIVE), "finished": count(sweep=sweep.id, status="finished"),
+                "failed": count(sweep=sweep.id, status="failed"),
+                "best_test_error": best_error, "best_run": best[0].id if best and best_error is not None else None}
+
     def view(self, record: Any):
         try:
             return self.cache.view(self.live_dir(record))
         except UnsafeRunDir as e:
             raise BadRequest(409, f"run {record.id}: {e}") from None
 
-    def row(self, record: Any) -> dict[str, Any]:
-        """A record as the experiments list shows it."""
+    def jobs(self, records: list[Any]) -> dict[str, dict]:
+        """The queue's word on the records ``nnkit queue`` made (retries, attempts, position)."""
+        found = getattr(self.store, "jobs", None)
+        return {} if found is None else found([r.id for r in records])
+
+    def sweep_names(self, records: list[Any]) -> dict[str, str | None]:
+        """The names of the sweeps ``records`` belong to, by id (one look per sweep)."""
+        get, names = getattr(self.store, "get_sweep", None), {}
+        for sweep_id in {getattr(r, "sweep_id", None) for r in records} - {None}:
+            try:
+                names[sweep_id] = get(sweep_id).name if get else None
+            except LookupError:
+                names[sweep_id] = None
+        return names
+
+    def row(self, record: Any, job: dict | None = None, sweep_name: str | None = None) -> dict[str, Any]:
+        """A record as the experiments list shows it; ``job``: its entry of :meth:`jobs`."""
         best = _call(self.store, "best", record.id) or {}
         return {"id": record.id, "name": record.name, "owner": record.owner,
                 "tags": list(record.tags), "notes": record.notes, "status": record.status,
@@ -210,7 +262,9 @@ class Dashboard:
                 "heartbeat": record.heartbeat, "duration": record.duration,
                 "progress": record.progress, "step": record.step, "total_steps": record.total_steps,
                 "best_test_error": _finite(best.get("test_error")), "host": record.host,
-                "run_dir": record.run_dir}
+                "pid": record.pid, "run_dir": record.run_dir, "job": job,
+                "sweep_id": getattr(record, "sweep_id", None), "sweep_name": sweep_name,
+                "point": getattr(record, "point", None)}
 
     # ------------------------------------------------------------------ pages
     def page(self, request: Request, kind: str, title: str, **data: str) -> HTMLResponse:
@@ -222,7 +276,8 @@ class Dashboard:
                 f"<title>{html.escape(title)} - nnkit</title>"
                 f'<link rel="stylesheet" href="/static/style.css"></head>'
                 f'<body data-page="{kind}"{attrs}>'
-                f'<header><a class="home" href="/">nnkit</a> <span class="where">{html.escape(title)}'
+                f'<header><a class="home" href="/">nnkit</a> <nav><a href="/">experiments</a> '
+                f'<a href="/sweeps">sweeps</a></nav> <span class="where">{html.escape(title)}'
                 f'</span></header><main id="main"><noscript>This page needs JavaScript.</noscript>'
                 f'</main><script src="/static/app.js"></script></body></html>\n')
         return HTMLResponse(text)
@@ -240,6 +295,13 @@ class Dashboard:
         channels = json.dumps([c.name for f in DEFAULT_FIGURES for c in f.channels])
         return self.page(request, "compare", "compare", runs=request.query_params.get("runs", ""),
                          channels=channels)
+
+    def sweeps_page(self, request: Request) -> HTMLResponse:
+        return self.page(request, "sweeps", "sweeps")
+
+    def sweep_page(self, request: Request) -> Response:
+        sweep = self.sweep(request.path_params["sweep"])
+        return self.page(request, "sweep", f"sweep {sweep.name or sweep.id}", sweep=sweep.id)
 
     def static(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -266,12 +328,16 @@ class Dashboard:
                                       descending=q.get("desc", "1") != "0", limit=limit, offset=offset)
         except ValueError as e:  # a bad --where expression or sort key: the store names it
             raise BadRequest(400, str(e)) from None
+        jobs = self.jobs(records)  # one look at the queue per page, not per row
+        names = self.sweep_names(records)
         return JSONResponse({"total": total, "offset": offset, "limit": limit,
-                             "runs": [self.row(r) for r in records]})
+                             "runs": [self.row(r, jobs.get(r.id), names.get(getattr(r, "sweep_id", None)))
+                                      for r in records]})
 
     def run_detail(self, request: Request) -> JSONResponse:
         record = self.record(request.path_params["run"])
-        out = {**self.row(record), "config_text": record.config_text,
+        out = {**self.row(record, self.jobs([record]).get(record.id),
+                          self.sweep_names([record]).get(getattr(record, "sweep_id", None))), "config_text": record.config_text,
                "config_hash": record.config_hash, "nnkit_version": record.nnkit_version,
                "git_commit": record.git_commit, "pid": record.pid,
                "params": _call(self.store, "params", record.id) or {},
@@ -342,11 +408,25 @@ class Dashboard:
         # The values are nnkit ctl's KEY=VALUE texts (numbers are taken as their JSON text).
         raw = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in args.items()}
         record = await run_in_threadpool(self.record, request.path_params["run"])
-        await run_in_threadpool(self.view, record)  # the directory is checked before any write
         return await run_in_threadpool(self._steer, record, body["command"], raw)
 
     def _steer(self, record: Any, name: str, raw: dict[str, str]) -> JSONResponse:
-        run_dir = checked_run_dir(self.live_dir(record))
+        try:
+            check_command(name, raw)  # a bad command is refused before anything is touched
+        except CommandLineError as e:
+            raise BadRequest(400, str(e)) from None
+        try:  # nnkit ctl RUN's own rule: stop cancels a queued run, nothing else reaches one
+            target = steer_target(self.store, record, name)
+        except NotSteerable as e:
+            raise BadRequest(409, str(e)) from None
+        if target is None:
+            return JSONResponse({"command": {"command": name, "args": {}}, "answer": None, "ok": True,
+                                 "cancelled": True, "lines": [],
+                                 "text": f"run {record.id} was queued: cancelled (status stopped)"})
+        try:  # the directory is checked before any write
+            run_dir = checked_run_dir(target)
+        except UnsafeRunDir as e:
+            raise BadRequest(409, f"run {record.id}: {e}") from None
         try:
             command, answer, offset = steer(run_dir, name, raw, COMMAND_WAIT)
         except CommandLineError as e:
@@ -365,16 +445,16 @@ class Dashboard:
                              "lines": lines, "ok": answer["type"] == "ack"},
                             status_code=200 if answer["type"] == "ack" else 422)
 
-    def compare(self, request: Request) -> JSONResponse:
-        refs = [r for r in request.query_params.get("runs", "").split(",") if r]
-        if not 1 <= len(refs) <= 20:
-            raise BadRequest(400, "runs: give 1 to 20 run ids, separated by commas")
+    def _channel_points(self, request: Request) -> tuple[str, int]:
         channel = request.query_params.get("channel") or "train cost"
         names = [c.name for f in DEFAULT_FIGURES for c in f.channels]
         if channel not in names:
             raise BadRequest(400, f"channel: {channel!r} is not one of {', '.join(names)}")
         points = _whole(request.query_params.get("points"), DEFAULT_POINTS, "points", 10, MAX_POINTS)
-        records = [self.record(ref) for ref in refs]
+        return channel, points
+
+    def _compare(self, records: list[Any], channel: str, points: int) -> dict[str, Any]:
+        """One channel of each run's series, their best metrics and their config differences."""
         runs, params = [], {}
         for record in records:
             entry = {**self.row(record), "series": None, "files_error": None}
@@ -388,8 +468,53 @@ class Dashboard:
             entry["best"] = _finite_dict(_call(self.store, "best", record.id) or {})
             runs.append(entry)
             params[record.id] = _call(self.store, "params", record.id) or {}
-        return JSONResponse({"channel": channel, "runs": runs,
-                             "differences": config_differences(params)})
+        return {"channel": channel, "runs": runs, "differences": config_differences(params)}
+
+    def compare(self, request: Request) -> JSONResponse:
+        refs = [r for r in request.query_params.get("runs", "").split(",") if r]
+        if not 1 <= len(refs) <= MAX_COMPARE:
+            raise BadRequest(400, f"runs: give 1 to {MAX_COMPARE} run ids, separated by commas")
+        channel, points = self._channel_points(request)
+        return JSONResponse(self._compare([self.record(ref) for ref in refs], channel, points))
+
+    # ------------------------------------------------------------------ sweeps
+    def list_sweeps(self, request: Request) -> JSONResponse:
+        q = request.query_params
+        limit = _whole(q.get("limit"), LIST_LIMIT, "limit", 1, MAX_LIST_LIMIT)
+        offset = _whole(q.get("offset"), 0, "offset", 0, None)
+        found = getattr(self.store, "list_sweeps", None)
+        sweeps = found() if found is not None else []
+        return JSONResponse({"total": len(sweeps), "offset": offset, "limit": limit,
+                             "sweeps": [self.sweep_row(s) for s in sweeps[offset:offset + limit]]})
+
+    def sweep_detail(self, request: Request) -> JSONResponse:
+        sweep = self.sweep(request.path_params["sweep"])
+        q = request.query_params
+        limit = _whole(q.get("limit"), SWEEP_LIMIT, "limit", 1, MAX_SWEEP_LIMIT)
+        offset = _whole(q.get("offset"), 0, "offset", 0, None)
+        records = self.store.runs(sweep=sweep.id, sort="created", descending=False, limit=limit, offset=offset)
+        jobs = self.jobs(records)
+        runs = [{**self.row(r, jobs.get(r.id)), "best": _finite_dict(_call(self.store, "best", r.id) or {})}
+                for r in records]
+        keys = sorted({k for r in records for k in (r.point or {})})
+        return JSONResponse({"sweep": self.sweep_row(sweep), "keys": keys, "runs": runs,
+                             "offset": offset, "limit": limit})
+
+    def sweep_compare(self, request: Request) -> JSONResponse:
+        sweep = self.sweep(request.path_params["sweep"])
+        channel, points = self._channel_points(request)
+        refs = [r for r in request.query_params.get("runs", "").split(",") if r]
+        if len(refs) > MAX_COMPARE:
+            raise BadRequest(400, f"runs: give at most {MAX_COMPARE} run ids, separated by commas")
+        if refs:
+            records = [self.record(ref) for ref in refs]
+            strays = [r.id for r in records if getattr(r, "sweep_id", None) != sweep.id]
+            if strays:
+                raise BadRequest(400, f"runs: {', '.join(strays)} not of sweep {sweep.id}")
+        else:
+            records = self.store.runs(sweep=sweep.id, sort="created", descending=False, limit=MAX_COMPARE)
+        return JSONResponse({**self._compare(records, channel, points), "sweep": sweep.id,
+                             "total": self.store.count(sweep=sweep.id)})
 
 
 def _call(store: Any, method: str, run_id: str) -> Any:
@@ -451,6 +576,8 @@ def create_app(store: Any, token: str | None = None, require_token: bool = False
         Route("/", endpoint(board.experiments_page)),
         Route("/run/{run}", endpoint(board.experiment_page)),
         Route("/compare", endpoint(board.compare_page)),
+        Route("/sweeps", endpoint(board.sweeps_page)),
+        Route("/sweep/{sweep}", endpoint(board.sweep_page)),
         Route("/static/{name}", endpoint(board.static)),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/runs", endpoint(board.list_runs)),
@@ -460,6 +587,9 @@ def create_app(store: Any, token: str | None = None, require_token: bool = False
         Route("/api/runs/{run}/stream", endpoint(board.stream)),
         Route("/api/runs/{run}/command", endpoint(board.command), methods=["POST"]),
         Route("/api/compare", endpoint(board.compare)),
+        Route("/api/sweeps", endpoint(board.list_sweeps)),
+        Route("/api/sweeps/{sweep}", endpoint(board.sweep_detail)),
+        Route("/api/sweeps/{sweep}/compare", endpoint(board.sweep_compare)),
     ]
     app = Starlette(routes=routes)
     app.state.token = token

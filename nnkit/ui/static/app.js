@@ -1,4 +1,4 @@
-// nnkit's web dashboard: the experiments, experiment and compare pages, drawn from the JSON API.
+// nnkit's web dashboard: the experiments, experiment, compare, sweeps and sweep pages, drawn from the JSON API.
 // Every text that comes from a run (names, tags, notes, config, events) enters the page through
 // textContent or an attribute, never as HTML. Charts are plain SVG drawn here.
 "use strict";
@@ -69,6 +69,42 @@
     return true;
   }
   function liveState(state) { return state === "started" || state === "resumed" ? "running" : state; }
+  // A queue's run, in the words of its phase: requeued (back in the queue after an attempt),
+  // claimed (a worker took it, training has not started yet); else the store's status.
+  function phase(r) {
+    const j = r.job;
+    if (j && r.status === "queued" && j.attempts > 0) return "requeued";
+    if (j && r.status === "running" && !r.started) return "claimed";
+    return r.status;
+  }
+  // A sweep point as its overrides: "updater.lr=0.05 run.steps=20".
+  function pointText(point) {
+    const items = Object.entries(point || {});
+    return items.length ? items.map(([k, v]) => `${k}=${typeof v === "number" ? num(v) : JSON.stringify(v)}`).join(" ") : "–";
+  }
+  function pointValue(v) { return typeof v === "number" ? num(v) : v === undefined ? "–" : JSON.stringify(v); }
+  // The i-th line's colour: the palette, then golden-angle hues (a sweep overlays up to 20 runs).
+  function lineColor(i) { return i < COLORS.length ? COLORS[i] : `hsl(${Math.round((i * 137.508) % 360)}, 60%, 40%)`; }
+  function sweepLink(r) {
+    if (!r.sweep_id) return null;
+    return el("div", {class: "sub sweep-of"}, "sweep ", el("a", {href: "/sweep/" + encodeURIComponent(r.sweep_id), text: r.sweep_name || r.sweep_id}),
+      r.point ? ` at ${pointText(r.point)}` : "");
+  }
+  function worker(r) { return r.host || r.pid ? `${r.host || "?"}/${r.pid ?? "–"}` : null; }
+  function attempts(j) {
+    if (!j) return "";
+    const of = `of ${1 + j.retries}`;
+    return j.attempts ? `attempt ${j.attempts} ${of}` : `no attempt yet (${j.retries} ${j.retries === 1 ? "retry" : "retries"})`;
+  }
+  // The queue and worker cell of a run: its place in the queue or the worker running it, and its attempts.
+  function queueFacts(r) {
+    const j = r.job;
+    let main = "";
+    if (r.status === "queued") main = j && j.position ? `#${j.position} in queue` : "queued";
+    else if (r.status === "running" || r.status === "paused") main = worker(r) || "";
+    else if (j) main = r.host || "";
+    return [main, attempts(j)];
+  }
 
   // ------------------------------------------------------------------ the chart
   function niceStep(range, count) {
@@ -196,7 +232,7 @@
     const tbody = el("tbody");
     const pager = el("div", {class: "pager"});
     const table = el("table", {class: "runs", id: "runs"},
-      el("thead", {}, el("tr", {}, ["", "name", "status", "progress", "best test error", "duration", "owner", "tags", "created"]
+      el("thead", {}, el("tr", {}, ["", "name", "status", "progress", "queue / worker", "best test error", "duration", "owner", "tags", "created"]
         .map((h) => el("th", {text: h})))), tbody);
     MAIN.append(el("div", {class: "toolbar"}, input("owner", "owner (everyone)", 14), status, input("tag", "tag", 10),
       input("where", "where, e.g. updater.lr<0.01 and test_error<0.05", 40), sort, desc, compare), message, table, pager);
@@ -216,7 +252,7 @@
         message.textContent = "";
         message.className = "message";
         if (!replaceIfChanged(tbody, data.runs, runRow)) return;
-        if (!data.runs.length) tbody.append(el("tr", {}, el("td", {colspan: 9, class: "empty", text: "no runs recorded" + (data.total ? " on this page" : " that match")})));
+        if (!data.runs.length) tbody.append(el("tr", {}, el("td", {colspan: 10, class: "empty", text: "no runs recorded" + (data.total ? " on this page" : " that match")})));
         const last = Math.min(data.offset + data.runs.length, data.total);
         pager.replaceChildren(
           el("button", {disabled: state.offset === 0, on: {click: () => { state.offset = Math.max(0, state.offset - state.limit); refresh(); }}}, "‹ newer"),
@@ -236,10 +272,12 @@
       return el("tr", {"data-run": r.id},
         el("td", {}, box),
         el("td", {class: "name"}, el("a", {href: "/run/" + encodeURIComponent(r.id), text: r.name || r.id}),
-          el("div", {class: "sub", text: r.id})),
-        el("td", {}, badge(r.status)),
+          el("div", {class: "sub", text: r.id}), sweepLink(r)),
+        el("td", {class: "status", title: r.status}, badge(phase(r))),
         el("td", {class: "progress"}, el("div", {class: "bar"}, el("i", {style: {width: `${pct === null ? 0 : pct}%`}})),
           el("span", {class: "sub", text: `${r.step}${r.total_steps ? " / " + r.total_steps : ""}${pct === null ? "" : ` (${pct}%)`}`})),
+        el("td", {class: "queue", "data-position": r.job && r.job.position ? r.job.position : null},
+          el("div", {text: queueFacts(r)[0]}), el("div", {class: "sub", text: queueFacts(r)[1]})),
         el("td", {class: "num", text: num(r.best_test_error)}),
         el("td", {class: "num", text: duration(r.duration)}),
         el("td", {text: r.owner || ""}),
@@ -269,8 +307,9 @@
     const logBox = el("ol", {class: "log", id: "log"});
     const config = el("pre", {class: "config", id: "config"});
     const metrics = el("table", {class: "kv", id: "metrics"});
-    MAIN.append(el("div", {class: "top"}, head, steer), progress, figs, settings,
-      el("div", {class: "two"}, section("Events", logBox), section("Configuration", config, metrics)));
+    const eventsCard = section("Events", logBox), configCard = section("Configuration", config, metrics);
+    const lower = el("div", {class: "two"}, eventsCard, configCard);
+    MAIN.append(el("div", {class: "top"}, head, steer), progress, figs, settings, lower);
 
     // Steering: each control sends exactly what `nnkit ctl RUN_DIR COMMAND key=value...` sends.
     const answers = el("ol", {class: "answers", id: "answers"});
@@ -282,6 +321,7 @@
           headers: {"content-type": "application/json", "x-nnkit-token": TOKEN}, body: JSON.stringify({command, args})});
         item.className = body.ok ? "ok" : "error";
         item.textContent = body.text || body.error;
+        if (body.cancelled) poll().catch(showError);
         for (const line of body.lines || []) item.append(el("div", {class: "sub", text: line}));
       } catch (e) {
         item.className = "error";
@@ -294,33 +334,45 @@
     const setFields = ["lr", "momentum", "weight_decay", "batch_size"].map((n) => field(n, n));
     const untilBatches = field("batches", "batches"), untilEpochs = field("epochs", "epochs");
     const collect = (inputs) => Object.fromEntries(inputs.filter((i) => i.value.trim() !== "").map((i) => [i.name, i.value.trim()]));
-    steer.append(
+    // A queued run takes no command but stop, which cancels it (as `nnkit ctl RUN stop` does).
+    const queueText = el("p", {id: "queue-text"});
+    const queueBox = el("div", {class: "queued", id: "queue-box", hidden: true}, queueText,
+      el("div", {class: "row"}, el("button", {id: "cancel", on: {click: () => send("stop", {})}}, "Cancel (dequeue)")));
+    const controls = el("div", {id: "controls"});
+    steer.append(queueBox, controls, answers);
+    controls.append(
       el("div", {class: "row"}, button("pause", "Pause"), button("resume", "Resume"), button("stop", "Stop"),
         button("checkpoint", "Checkpoint"), button("tell_state", "Tell state")),
       el("form", {class: "row", id: "set-form", on: {submit: (e) => { e.preventDefault(); send("set", collect(setFields)); }}},
         ...setFields, el("button", {type: "submit", id: "set-button"}, "Set")),
       el("form", {class: "row", id: "until-form", on: {submit: (e) => { e.preventDefault(); send("run_until", collect([untilBatches, untilEpochs])); }}},
-        untilBatches, untilEpochs, el("button", {type: "submit", id: "until-button"}, "Run until")),
-      answers);
+        untilBatches, untilEpochs, el("button", {type: "submit", id: "until-button"}, "Run until")));
 
     // The head is built once and then updated in place (it changes with every live message).
     let headParts = null;
     function showHead(detail, live) {
+      const p0 = headParts;
       const s = live || {};
-      const state = live ? liveState(s.state) : detail.status;
-      const facts = [["run", detail.id], ["owner", detail.owner], ["step", s.step ?? detail.step], ["epoch", String(s.epoch ?? "–").replace(/^epoch /, "")],
+      const state = live && detail.status !== "queued" ? liveState(s.state) : phase(detail);
+      const queue = detail.job ? [["worker", worker(detail) || "–"], ["attempts", attempts(detail.job)]] : [];
+      const waiting = detail.status === "queued" || (detail.job && !detail.run_dir);
+      const facts = waiting ? [["run", detail.id], ["owner", detail.owner], ...queue, ["created", clock(detail.created)]] : [["run", detail.id], ["owner", detail.owner], ...queue, ["step", s.step ?? detail.step], ["epoch", String(s.epoch ?? "–").replace(/^epoch /, "")],
         ["loss", num(s.loss)], ["lr", num(s.lr)], ["test error", num(s.test_error)], ["images/s", num(s.images_per_s, 3)],
         ["duration", duration(detail.started && !detail.ended && (state === "running" || state === "paused")
           ? Date.now() / 1000 - detail.started : detail.duration)], ["last event", s.last_time ? clock(s.last_time) : "–"]];
+      if (p0 && p0.waiting !== waiting) { p0.facts.replaceChildren(); p0.waiting = waiting; }  // another set of facts
       const notes = [detail.notes ? ["notes", detail.notes] : null,
         s.last_error ? ["message error", "last error: " + s.last_error] : null,
-        detail.files_error ? ["message error", detail.files_error] : null].filter(Boolean);
+        detail.files_error && !(detail.job && !detail.run_dir) ? ["message error", detail.files_error] : null,
+        detail.job && !detail.run_dir && detail.status === "stopped" ? ["sub", "cancelled before any worker took it"] : null,
+      ].filter(Boolean);
       if (!headParts) {
         headParts = {status: el("span", {id: "status"}), facts: el("div", {class: "facts"}), tags: el("div"), notes: el("div")};
         head.replaceChildren(el("h1", {}, el("span", {class: "run-name", id: "run-name", text: detail.name || detail.id}), " ",
-          headParts.status), headParts.facts, headParts.tags, headParts.notes);
+          headParts.status), headParts.facts, sweepLink(detail) || "", headParts.tags, headParts.notes);
       }
       const p = headParts;
+      p.waiting = waiting;
       if (p.status.dataset.state !== state) { p.status.dataset.state = state; p.status.replaceChildren(badge(state)); }
       facts.forEach(([label, value], i) => {
         let node = p.facts.children[i];
@@ -444,8 +496,36 @@
       };
     }
     function showError(e) { head.append(el("p", {class: "message error", text: e.message})); }
-    loadDetail().then(() => { if (!detail.files_error) return loadSeries(); }).catch(showError);
-    setInterval(() => { if (detail) api(`/api/runs/${encodeURIComponent(run)}`).then((d) => { detail = d; }).catch(() => {}); }, 5000);
+    // A queued run waits for a worker: its page looks again until one takes it, then goes live.
+    let live = false;
+    function showQueue() {
+      const queued = detail.status === "queued";
+      const waiting = queued || (!!detail.job && !detail.run_dir);  // queued, or cancelled before it ran
+      settings.hidden = eventsCard.hidden = waiting;
+      lower.classList.toggle("one", waiting);
+      configCard.firstChild.textContent = waiting ? "Job" : "Configuration";
+      queueBox.hidden = !queued;
+      controls.hidden = queued || (!!detail.job && !detail.run_dir);
+      if (queued) {
+        const j = detail.job || {};
+        queueText.textContent = `${j.position ? `#${j.position} in the queue` : "Queued"}: no worker has taken it yet` +
+          `${j.attempts ? ` (requeued after attempt ${j.attempts} of ${1 + j.retries})` : ""}. Its job is below; ` +
+          "cancelling takes it out of the queue (status stopped), as nnkit ctl RUN stop does.";
+      }
+    }
+    function goLive() {
+      showQueue();
+      if (!live && !detail.files_error && detail.status !== "queued") { live = true; return loadSeries(); }
+    }
+    async function poll() {
+      detail = await api(`/api/runs/${encodeURIComponent(run)}`);
+      if (!live) showHead(detail, detail.live);
+      const text = detail.config_text || "(no configuration recorded)";
+      if (config.textContent !== text) config.textContent = text;  // keeps a selection
+      await goLive();
+    }
+    loadDetail().then(goLive).catch(showError);
+    setInterval(() => { if (detail) poll().catch(() => {}); }, 2000);
   }
 
   // ------------------------------------------------------------------ compare page
@@ -489,6 +569,177 @@
     setInterval(load, 5000);
   }
 
-  const pages = {experiments: experimentsPage, experiment: experimentPage, compare: comparePage};
+
+  // ------------------------------------------------------------------ sweeps page
+  function sweepsPage() {
+    const message = el("div", {class: "message", id: "sweeps-message"});
+    const tbody = el("tbody");
+    MAIN.append(message, el("table", {class: "runs", id: "sweeps"},
+      el("thead", {}, el("tr", {}, ["name", "kind", "status", "runs", "finished", "failed", "best test error", "created"]
+        .map((h) => el("th", {text: h})))), tbody));
+    function sweepRow(w) {
+      return el("tr", {"data-sweep": w.id},
+        el("td", {class: "name"}, el("a", {href: "/sweep/" + encodeURIComponent(w.id), text: w.name || w.id}), el("div", {class: "sub", text: w.id})),
+        el("td", {text: w.kind}),
+        el("td", {}, badge(w.status)),
+        el("td", {class: "num", text: `${w.runs}${w.live ? ` (${w.live} queued or running)` : ""}`}),
+        el("td", {class: "num", text: String(w.finished)}),
+        el("td", {class: "num", text: String(w.failed)}),
+        el("td", {class: "num"}, w.best_run ? el("a", {href: "/run/" + encodeURIComponent(w.best_run), text: num(w.best_test_error)}) : "–"),
+        el("td", {class: "sub", text: clock(w.created)}));
+    }
+    async function refresh() {
+      try {
+        const data = await api("/api/sweeps?limit=100");
+        message.textContent = data.total > data.sweeps.length ? `the newest ${data.sweeps.length} of ${data.total} sweeps` : "";
+        message.className = "message";
+        if (replaceIfChanged(tbody, data.sweeps, sweepRow) && !data.sweeps.length) {
+          tbody.append(el("tr", {}, el("td", {colspan: 8, class: "empty", text: "no sweeps recorded"})));
+        }
+      } catch (e) { message.textContent = e.message; message.className = "message error"; }
+    }
+    refresh();
+    setInterval(refresh, 5000);
+  }
+
+  // ------------------------------------------------------------------ sweep page
+  function sweepPage() {
+    const sweep = BODY.dataset.sweep;
+    const head = el("section", {class: "card head", id: "sweep-head"});
+    const message = el("div", {class: "message", id: "sweep-message"});
+    const thead = el("thead"), tbody = el("tbody");
+    const table = el("table", {class: "runs sortable", id: "sweep-runs"}, thead, tbody);
+    const answers = el("ol", {class: "answers", id: "answers"});
+    const charts = [["train cost", "loss", "train cost"], ["test error", "test error", "test error"]].map(([channel, ylabel, title]) => {
+      const chart = new Chart(title, ylabel, false);
+      return {channel, chart, node: el("div", {class: "card figure", "data-figure": channel}, el("div", {class: "fig-head"}, el("h3", {text: title})), chart.node)};
+    });
+    const figs = el("div", {class: "figures", id: "figures"}, charts.map((c) => c.node));
+    const spec = el("pre", {class: "config", id: "spec"});
+    let only = "";  // the status the table shows ("": any)
+    const statusFilter = el("select", {name: "status", "aria-label": "status", on: {change: (e) => { only = e.target.value; draw(); }}},
+      el("option", {value: "", text: "any status"}), STATUSES.map((s) => el("option", {value: s, text: s})));
+    MAIN.append(head, message, figs, el("section", {class: "card"}, el("div", {class: "fig-head"}, el("h2", {text: "Runs"}), statusFilter),
+        el("div", {class: "table-wrap"}, table), answers),
+      el("details", {class: "card settings"}, el("summary", {text: "Sweep specification"}), spec));
+
+    let data = null;
+    const sort = {key: "created", desc: false};
+    const METRICS = [["test_error", "best test error"], ["test_loss", "best test loss"], ["train_loss", "best train loss"]];
+    let shown = null;     // the run ids drawn on the charts (null: the first 20)
+    const colors = {};    // run id -> its colour, by its place in the sweep (stable under sorting)
+
+    function value(r, key) {
+      if (key.startsWith("point:")) return (r.point || {})[key.slice(6)];
+      if (key.startsWith("best:")) return (r.best || {})[key.slice(5)];
+      if (key === "status") return phase(r);
+      if (key === "name") return r.name || r.id;
+      return r[key];
+    }
+    function compare(a, b) {
+      const x = value(a, sort.key), y = value(b, sort.key);
+      const missing = (v) => v === null || v === undefined;
+      if (missing(x) || missing(y)) return missing(x) - missing(y);  // no value: last, either way
+      const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y), undefined, {numeric: true});
+      return sort.desc ? -order : order;
+    }
+    function columns() {
+      // A field path may break after its dots (a zero-width space), never inside a name.
+      return [["", null], ["run", "name"], ...data.keys.map((k) => [k.replace(/\./g, ".\u200b"), "point:" + k]), ["status", "status"], ["progress", "progress"],
+        ["queue / worker", null], ...METRICS.map(([k, label]) => [label, "best:" + k]), ["duration", "duration"], ["", null]];
+    }
+    function header() {
+      const key = JSON.stringify([data.keys, sort]);
+      if (thead.dataset.key === key) return;
+      thead.dataset.key = key;
+      thead.replaceChildren(el("tr", {}, columns().map(([label, k]) => k === null ? el("th", {text: label}) :
+        el("th", {class: "sort" + (sort.key === k ? (sort.desc ? " desc" : " asc") : ""), "data-sort": k, title: "sort by " + label,
+          "aria-sort": sort.key === k ? (sort.desc ? "descending" : "ascending") : null,
+          on: {click: () => { sort.desc = sort.key === k ? !sort.desc : false; sort.key = k; draw(); }}}, label))));
+    }
+    async function cancel(r, button) {
+      button.disabled = true;
+      const item = el("li", {class: "pending", text: `cancel ${r.name || r.id}: sent…`});
+      answers.prepend(item);
+      try {
+        const body = await api(`/api/runs/${encodeURIComponent(r.id)}/command`, {method: "POST",
+          headers: {"content-type": "application/json", "x-nnkit-token": TOKEN}, body: JSON.stringify({command: "stop", args: {}})});
+        item.className = body.ok ? "ok" : "error";
+        item.textContent = body.text || body.error;
+      } catch (e) { item.className = "error"; item.textContent = `cancel ${r.name || r.id}: ${e.message}`; }
+      load().catch(showError);
+    }
+    function runRow(r) {
+      const pct = r.progress === null ? null : Math.round(r.progress * 100);
+      const box = el("input", {type: "checkbox", checked: shown.has(r.id), "aria-label": "draw " + (r.name || r.id), title: "draw on the charts",
+        on: {change: (e) => { if (e.target.checked) shown.add(r.id); else shown.delete(r.id); loadCurves().catch(showError); }}});
+      const [where, tries] = queueFacts(r);
+      return el("tr", {"data-run": r.id, "data-status": r.status},
+        el("td", {}, el("i", {class: "swatch", style: {background: colors[r.id]}}), box),
+        el("td", {class: "name"}, el("a", {href: "/run/" + encodeURIComponent(r.id), text: r.name || r.id}), el("div", {class: "sub", text: r.id})),
+        data.keys.map((k) => el("td", {class: "num point", "data-key": k, text: pointValue((r.point || {})[k])})),
+        el("td", {class: "status", title: r.status}, badge(phase(r))),
+        el("td", {class: "progress"}, el("div", {class: "bar"}, el("i", {style: {width: `${pct === null ? 0 : pct}%`}})),
+          el("span", {class: "sub", text: `${r.step}${r.total_steps ? " / " + r.total_steps : ""}`})),
+        el("td", {class: "queue"}, el("div", {text: where}), el("div", {class: "sub", text: tries})),
+        METRICS.map(([k]) => el("td", {class: "num best" + (k === "test_error" && r.id === data.sweep.best_run ? " winner" : ""),
+          "data-metric": k, text: num((r.best || {})[k])})),
+        el("td", {class: "num", text: duration(r.duration)}),
+        el("td", {}, r.status === "queued" ? el("button", {class: "cancel", "data-run": r.id, title: "take it out of the queue (nnkit ctl RUN stop)",
+          on: {click: (e) => cancel(r, e.target)}}, "Cancel") : ""));
+    }
+    function draw() {
+      header();
+      const rows = data.runs.filter((r) => !only || r.status === only).sort(compare);
+      tbody.replaceChildren(...rows.map(runRow));
+    }
+    function showHead(w) {
+      const facts = [["sweep", w.id], ["kind", w.kind], ["runs", w.runs], ["queued or running", w.live], ["finished", w.finished],
+        ["failed", w.failed], ["best test error", num(w.best_test_error)], ["created", clock(w.created)]];
+      head.replaceChildren(el("h1", {}, el("span", {id: "sweep-name", text: w.name || w.id}), " ", el("span", {id: "status", "data-state": w.status}, badge(w.status))),
+        el("div", {class: "facts"}, facts.map(([label, v]) => el("span", {class: "fact"}, el("b", {text: label}), " ", el("span", {text: String(v ?? "–")})))));
+      const text = JSON.stringify(w.spec, null, 2);
+      if (spec.textContent !== text) spec.textContent = text;
+    }
+    async function load() {
+      const fresh = await api(`/api/sweeps/${encodeURIComponent(sweep)}`);
+      const first = data === null;
+      data = fresh;
+      data.runs.forEach((r, i) => { if (!(r.id in colors)) colors[r.id] = lineColor(i); });
+      if (shown === null) shown = new Set(data.runs.slice(0, 20).map((r) => r.id));
+      showHead(data.sweep);
+      message.textContent = data.runs.length < data.sweep.runs ? `the first ${data.runs.length} of ${data.sweep.runs} runs` : "";
+      const key = JSON.stringify([data.runs, data.keys]);
+      if (tbody.dataset.runs !== key) { tbody.dataset.runs = key; draw(); }
+      if (first) await loadCurves();
+    }
+    async function loadCurves() {
+      const ids = data.runs.filter((r) => shown.has(r.id)).map((r) => r.id).slice(0, 20);
+      for (const c of charts) {
+        if (!ids.length) { c.chart.set([]); continue; }
+        const got = await api(`/api/sweeps/${encodeURIComponent(sweep)}/compare?channel=${encodeURIComponent(c.channel)}&runs=${encodeURIComponent(ids.join(","))}`);
+        c.chart.set(got.runs.filter((r) => r.series && r.series.count).map((r) => {
+          const s = r.series, smooth = s.window > 1;
+          return {x: smooth ? s.avg_steps : s.steps, y: smooth ? s.averages : s.values, color: colors[r.id], width: 1.8,
+            label: r.point ? pointText(r.point) : (r.name || r.id)};
+        }));
+        c.node.dataset.runs = String(got.runs.filter((r) => r.series && r.series.count).length);
+        const window = Math.max(1, ...got.runs.map((r) => (r.series ? r.series.window : 1)));
+        c.node.querySelector("h3").textContent = window > 1 ? `${c.channel} (mean of ${window})` : c.channel;
+      }
+    }
+    function showError(e) { message.textContent = e.message; message.className = "message error"; }
+    load().catch(showError);
+    setInterval(() => load().catch(showError), 3000);
+    // The curves again only when a drawn run moved on (a step, a status): a finished sweep is read once.
+    let drawnKey = null;
+    setInterval(() => {
+      if (!data) return;
+      const key = JSON.stringify(data.runs.filter((r) => shown.has(r.id)).map((r) => [r.id, r.step, r.status]));
+      if (key !== drawnKey) { drawnKey = key; loadCurves().catch(showError); }
+    }, 5000);
+  }
+
+  const pages = {experiments: experimentsPage, experiment: experimentPage, compare: comparePage, sweeps: sweepsPage, sweep: sweepPage};
   (pages[BODY.dataset.page] || experimentsPage)();
 })();
