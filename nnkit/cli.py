@@ -10,6 +10,7 @@
     nnkit queue JOB.conf [--set key=value ...] [--name N] [--tag T ...] [--owner O] [--retries N]
                          [--store PATH]
     nnkit worker [--store PATH] [--runs-dir DIR] [--max-jobs N] [--once]
+                 [--dask ADDRESS [--slots K] [--copy-back]]
     nnkit sweep JOB.conf --grid PATH=V1,V2 ... | --random N --random-param PATH=DIST ... [--seed S]
                          | --optuna PATH=DIST ... --trials N [--metric M] [--direction D] [--pruner P]
                            [--study-storage PATH] [--parallel K]
@@ -862,7 +863,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-jobs must be >= 1, got {args.max_jobs}")
     if not args.poll > 0:
         raise UsageError(f"--poll must be > 0, got {args.poll}")
-    return Worker(Store(args.store), os.path.abspath(args.runs_dir), args.max_jobs, args.once, args.poll).run()
+    if args.slots is not None and args.slots < 1:
+        raise UsageError(f"--slots must be >= 1, got {args.slots}")
+    if args.dask is None:
+        if args.slots is not None or args.copy_back:
+            raise UsageError("--slots and --copy-back are for a head of a Dask cluster: give --dask ADDRESS")
+        return Worker(Store(args.store), os.path.abspath(args.runs_dir), args.max_jobs, args.once, args.poll).run()
+    from .experiments.cluster import DaskHead
+    try:
+        head = DaskHead(Store(args.store), args.dask, args.runs_dir, slots=args.slots, max_jobs=args.max_jobs,
+                        once=args.once, copy_back=args.copy_back)
+        return head.run()
+    except ImportError as e:
+        raise UsageError(str(e)) from None
 
 
 def _ctl_target(args: argparse.Namespace) -> str | None:
@@ -1171,9 +1184,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "its batch and checkpoints, the run goes back to the queue, the worker exits 130.")
     p.add_argument("--store", metavar="PATH", help="the experiment store (default "
                    "$NNKIT_HOME/experiments.db, NNKIT_HOME defaulting to ~/.nnkit)")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS, metavar="DIR", help="where the run directories "
-                   f"go (default ./{DEFAULT_RUNS})")
+    p.add_argument("--runs-dir", "--run-root", default=DEFAULT_RUNS, metavar="DIR", help="where the run "
+                   f"directories go (default ./{DEFAULT_RUNS}); with --dask, a folder the Dask workers "
+                   "share with this machine, unless --copy-back")
     p.add_argument("--max-jobs", type=int, metavar="N", help="exit after N runs")
+    p.add_argument("--dask", metavar="ADDRESS", help="be the head of a Dask distributed cluster (its "
+                   "scheduler, tcp://host:8786): train the queued runs there, each as a Dask task, while "
+                   "only this process touches the store; `nnkit ctl RUN` reaches them through it. Needs "
+                   "the dask extra (pip install 'nnkit[dask]')")
+    p.add_argument("--slots", type=int, metavar="K", help="with --dask: runs on the cluster at once "
+                   "(default: the cluster's worker threads)")
+    p.add_argument("--copy-back", action="store_true", help="with --dask: run directories live on the "
+                   "Dask workers (no shared filesystem); each new checkpoint and, at the end, every file "
+                   "comes back to --run-root here")
     p.add_argument("--once", action="store_true", help="exit when nothing is queued (default: wait "
                    "for more)")
     p.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help="how often an idle "
@@ -1229,7 +1252,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "exit status: 0 acknowledged (or sent, with --no-wait), 1 refused by "
                            "the run or no answer in time, 2 bad command or arguments"))
     p.add_argument("run_dir", metavar="RUN_DIR|RUN", help="a run directory, or a run recorded in the "
-                   "store (an id, a unique id prefix or a name): its run directory")
+                   "store (an id, a unique id prefix or a name): its run directory, or for a run on a Dask "
+                   "cluster (nnkit worker --dask) its inbox on the head, which forwards the command")
     p.add_argument("name", metavar="COMMAND", help=f"one of {', '.join(COMMANDS)} (see below)")
     p.add_argument("--store", metavar="PATH", help="the experiment store RUN is looked up in (default "
                    "$NNKIT_HOME/experiments.db)")

@@ -318,7 +318,7 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_runs(tmp_path):
     db.commit()
     db.close()
     store = Store(path)
-    assert store.schema_version() == store_module.SCHEMA_VERSION == 5
+    assert store.schema_version() == store_module.SCHEMA_VERSION == 6
     assert store.get("old").step == 5 and store.params("r1") == {"updater.lr": "0.003"}
     assert [r.id for r in store.runs(where="updater.lr < 0.01")] == ["r1"]  # the migrated numeric column
 
@@ -336,7 +336,8 @@ def test_a_schema_3_store_gets_sweeps_and_keeps_its_runs_and_queue(tmp_path):
     db.commit()
     db.close()
     store = Store(path)
-    assert store.schema_version() == store_module.SCHEMA_VERSION  # 5: load roots and sweep logs too
+    # sweeps (4), load roots and sweep logs (5), remote runs (6)
+    assert store.schema_version() == store_module.SCHEMA_VERSION == 6
     old = store.get("waiting")
     assert (old.status, old.sweep_id, old.point) == ("queued", None, None) and store.list_sweeps() == []
     from nnkit.experiments.queue import claim, enqueue
@@ -345,7 +346,7 @@ def test_a_schema_3_store_gets_sweeps_and_keeps_its_runs_and_queue(tmp_path):
     assert [(r.id, r.point) for r in store.sweep_runs(sweep)] == [(new, {"updater.lr": 0.1})]
     assert [r.id for r in store.runs(sweep=sweep)] == [new] and store.count(sweep=sweep) == 1
     assert claim(store, tmp_path / "runs").run_id == "q1"  # the old queue works on, oldest first
-    assert store._read("SELECT retries FROM jobs WHERE run_id = 'q1'") == [(2,)]
+    assert store._read("SELECT retries, head, worker FROM jobs WHERE run_id = 'q1'") == [(2, None, None)]
     assert claim(store, tmp_path / "runs").load_roots == ()  # queued without load roots: none
 
 

@@ -11,11 +11,12 @@ HTML comment right before a block steers it (invisible on the rendered page):
 * ``<!-- readme-test: syntax-only -->`` compiles the block without running it.
 
 Shell blocks are checked, not run: every ``nnkit ...`` command must parse with the real
-argument parser (``<placeholder>`` paths allowed; also after ``mpiexec -n N``) and every ``python examples/X.py`` flag
-must be one the example's ``--help`` lists. (README's test command is what CI runs itself.)
+argument parser (``<placeholder>`` paths allowed; also after ``mpiexec -n N``), every ``python examples/X.py`` flag
+must be one the example's ``--help`` lists, and every ``dask scheduler|worker`` flag one of dask's. (README's test command is what CI runs itself.)
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -134,6 +135,13 @@ def _example_flags(script: str) -> str:
     return done.stdout
 
 
+def _dask_flags(command: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "dask", command, "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_shell_blocks_use_real_commands_and_flags():
     parser = build_parser()
     helps: dict[str, str] = {}
@@ -152,6 +160,11 @@ def test_shell_blocks_use_real_commands_and_flags():
                     parser.parse_args(args)
                 except SystemExit as e:
                     pytest.fail(f"{where}: the nnkit parser refuses it (exit {e.code})")
+                checked += 1
+            elif argv[0] == "dask" and importlib.util.find_spec("distributed") is not None:
+                text = helps.setdefault(f"dask {argv[1]}", _dask_flags(argv[1]))  # the dask extra's CLIs
+                for flag in (a for a in argv[2:] if a.startswith("--")):
+                    assert flag in text, f"{where}: dask {argv[1]} has no flag {flag}"
                 checked += 1
             elif argv[0] in ("python", "python3") and argv[1:2] and argv[1].startswith("examples/"):
                 text = helps.setdefault(argv[1], _example_flags(argv[1]))

@@ -29,6 +29,7 @@ import time
 from datetime import datetime
 from typing import Any, Iterable, TextIO
 
+from .queue import remote_of
 from .store import RunRecord, Store, StoreError, SweepRecord
 from .summary import STATUSES, lower_is_better
 
@@ -271,6 +272,9 @@ def cmd_show(store: Store, args: argparse.Namespace, out: TextIO) -> int:
              ("host / pid", f"{run.host or '-'} / {run.pid or '-'}"), ("heartbeat", _when(run.heartbeat)),
              ("run dir", run.run_dir or "-"), ("config hash", run.config_hash or "-"),
              ("nnkit", run.nnkit_version or "-"), ("git commit", run.git_commit or "-")]
+    remote = remote_of(store, run.id)
+    if remote is not None:  # host / pid above are its head's: where it trains is the Dask worker
+        lines.insert(10, ("remote", f"Dask worker {remote[1] or '(not started)'}, head inbox {remote[0]}"))
     for key, value in lines:
         print(f"{key + ':':13}{_clean(value)}", file=out)
     if data["metrics"]:

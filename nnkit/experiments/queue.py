@@ -108,10 +108,13 @@ def requeue_interrupted(store: Store) -> list[str]:
     return store._write(work)
 
 
-def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None) -> Claim | None:
+def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None,
+          head: str | os.PathLike | None = None) -> Claim | None:
     """Takes the oldest queued run (in one transaction: no other worker can take it too);
     None when nothing is queued. Its run directory: the one an earlier attempt used, else
-    ``runs_dir/<name>-<id>``."""
+    ``runs_dir/<name>-<id>``. ``head``: the claimer is a head running it remotely
+    (:mod:`.cluster`), whose inbox for the run is ``head/<id>`` (recorded in the same
+    transaction; a local claim clears an earlier attempt's)."""
     pid = os.getpid() if pid is None else pid
     runs_dir = Path(runs_dir).expanduser().resolve()
 
@@ -128,7 +131,9 @@ def claim(store: Store, runs_dir: str | os.PathLike, pid: int | None = None) -> 
                            (pid, socket.gethostname(), time.time(), run_dir, run_id)).rowcount
         if taken != 1:  # cannot happen inside the write lock; kept as the claim's condition
             return None
-        db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE run_id = ?", (run_id,))
+        inbox = None if head is None else str(Path(head).expanduser().resolve() / run_id)
+        db.execute("UPDATE jobs SET attempts = attempts + 1, head = ?, worker = NULL WHERE run_id = ?",
+                   (inbox, run_id))
         tags = tuple(t for (t,) in db.execute("SELECT tag FROM tags WHERE run_id = ? ORDER BY tag", (run_id,)))
         return Claim(run_id, attempts + 1, run_dir, text or "", name, owner, tags,
                      tuple(json.loads(roots)) if roots else ())
@@ -168,13 +173,35 @@ def cancel(store: Store, run_id: str) -> bool:
         (time.time(), run_id)).rowcount == 1)
 
 
+def remote_inbox(store: Store, run_id: str) -> str | None:
+    """The inbox directory of a run a head (``nnkit worker --dask``) is running: where ``nnkit
+    ctl`` and the web page send its commands and read its live events; None for a local run,
+    or one that ended (its run directory then has the whole log)."""
+    rows = store._read("SELECT jobs.head FROM jobs JOIN runs ON runs.id = jobs.run_id "
+                       "WHERE jobs.run_id = ? AND runs.status IN ('running', 'paused')", (run_id,))
+    inbox = rows[0][0] if rows else None
+    return inbox if inbox and Path(inbox).is_dir() else None
+
+
+def remote_of(store: Store, run_id: str) -> tuple[str, str | None] | None:
+    """``(head inbox, Dask worker address)`` of a run a head (``nnkit worker --dask``) took
+    last, else None (a local run)."""
+    rows = store._read("SELECT head, worker FROM jobs WHERE run_id = ? AND head IS NOT NULL", (run_id,))
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def command_dir(store: Store, run_id: str, run_dir: str | None) -> str | None:
+    """Where a recorded run takes commands: its head's inbox if it runs remotely, else ``run_dir``."""
+    return remote_inbox(store, run_id) or run_dir
+
+
 class NotSteerable(Exception):
     """A recorded run that takes no command now (queued, or without a run directory); says why."""
 
 
 def steer_target(store: Store, run: Any, command: str) -> str | None:
     """Where a command to the recorded run ``run`` goes (``nnkit ctl RUN`` and the web page):
-    its run directory. ``stop`` of a queued run cancels it instead (:func:`cancel`, atomic
+    its run directory, or for a run on a Dask cluster its head's inbox (:func:`remote_inbox`). ``stop`` of a queued run cancels it instead (:func:`cancel`, atomic
     with the claim) and gives None; if a worker took it meanwhile, the command goes to the run.
 
     NotSteerable when the run is (still) queued or has no run directory.
@@ -185,6 +212,9 @@ def steer_target(store: Store, run: Any, command: str) -> str | None:
     if run.status == "queued":
         raise NotSteerable(f"run {run.id} is queued: no worker has started it yet, so it takes no "
                            "command but stop (which cancels it)")
+    inbox = remote_inbox(store, run.id) if isinstance(store, Store) else None  # (a duck-typed store: no queue)
+    if inbox is not None:  # a remote run: its head forwards the command and brings the answer back
+        return inbox
     if not run.run_dir:
         raise NotSteerable(f"run {run.id} has no run directory (an in-memory fit): nothing to send commands to")
     return run.run_dir
@@ -210,6 +240,18 @@ def _die_with_parent(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the worker died before prctl took effect
         os._exit(1)
+
+
+def prepare_run_dir(taken: Claim, run_dir: str | os.PathLike | None = None) -> Path:
+    """Makes the claimed run's directory (``run_dir``, default the claim's) and writes the stored
+    job there as ``job.conf``, for :func:`train_command`; returns the directory."""
+    path = Path(run_dir if run_dir is not None else taken.run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    job = path / JOB_FILE
+    partial = job.with_name(f".{JOB_FILE}.{os.getpid()}.tmp")
+    partial.write_text(taken.config_text, encoding="utf-8")
+    os.replace(partial, job)  # the stored job, as queued: train rewrites it with its header
+    return path
 
 
 def train_command(taken: Claim, store: Store) -> list[str]:
@@ -278,12 +320,7 @@ class Worker:
         if self.stopping:  # stopped between the claim and the start: back to the queue at once
             settle(self.store, taken, _EXIT_INTERRUPTED, requeue=True)
             return
-        run_dir = Path(taken.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        job = run_dir / JOB_FILE
-        partial = job.with_name(f".{JOB_FILE}.{os.getpid()}.tmp")
-        partial.write_text(taken.config_text, encoding="utf-8")
-        os.replace(partial, job)  # the stored job, as queued: train rewrites it with its header
+        run_dir = prepare_run_dir(taken)
         self.echo(f"nnkit worker: run {taken.run_id} ({taken.name}), attempt {taken.attempt}, in {run_dir}")
         with open(run_dir / OUTPUT_FILE, "ab") as output:
             self._child = subprocess.Popen(train_command(taken, self.store), stdin=subprocess.DEVNULL,
@@ -299,4 +336,4 @@ class Worker:
 
 
 __all__ = ["enqueue", "claim", "settle", "cancel", "steer_target", "NotSteerable", "requeue_interrupted", "will_retry",
-           "Worker", "Claim", "train_command"]
+           "Worker", "Claim", "train_command", "prepare_run_dir", "remote_inbox", "remote_of", "command_dir"]

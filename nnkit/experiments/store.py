@@ -213,8 +213,15 @@ def _v5(db: sqlite3.Connection) -> None:
                "entry TEXT NOT NULL, PRIMARY KEY (sweep_id, seq))")
 
 
+def _v6(db: sqlite3.Connection) -> None:
+    """Remote runs (:mod:`nnkit.experiments.cluster`): the run's inbox on the head that handles
+    it (``nnkit ctl`` and the web page steer it there), and the cluster worker it runs on."""
+    db.execute("ALTER TABLE jobs ADD COLUMN head TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
+
+
 #: Schema version N is made by applying MIGRATIONS[:N] in order to an empty database.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

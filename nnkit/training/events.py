@@ -215,6 +215,30 @@ class EventBus:
         return read_new
 
 
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Appends ``line`` (ending in a newline) with one ``write`` on an ``O_APPEND`` descriptor.
+
+    Appends of a single write do not interleave with other appenders. If the file ends in
+    a partial line (a writer killed mid-line), a newline goes first, so that garbage stays
+    on its own line (reported and skipped by the run) and this line stays intact.
+    """
+    data = line.encode("utf-8")
+    # O_NOFOLLOW: a command file that is a symlink is refused, never written through.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+        written = os.write(fd, data)
+        if written != len(data):  # regular files only do this when the disk is full
+            raise OSError(f"{path}: short write ({written} of {len(data)} bytes)")
+    finally:
+        os.close(fd)
+
+
 class JsonlWriter:
     """Appends events to a JSON-lines file, one ``write`` and flush per line.
 

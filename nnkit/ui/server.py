@@ -51,7 +51,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..experiments.queue import NotSteerable, steer_target
+from ..experiments.queue import NotSteerable, command_dir, steer_target
+from ..experiments.store import Store
 from ..views.channels import DEFAULT_FIGURES
 from ..views.terminal import (CommandLineError, check_command, command_events, describe_answer,
                               describe_command_events, describe_silence, steer)
@@ -201,6 +202,13 @@ class Dashboard:
             raise BadRequest(404, f"no run {ref!r}")  # found as something else (a directory?)
         return record
 
+    def live_dir(self, record: Any) -> str | None:
+        """Where the run's live events are and its commands go: its run directory, or for a
+        remote run (``nnkit worker --dask``) the inbox its head keeps."""
+        if isinstance(self.store, Store):  # a duck-typed store may have no work queue
+            return command_dir(self.store, record.id, record.run_dir)
+        return record.run_dir
+
     def sweep(self, ref: str) -> Any:
         """The store's sweep ``ref`` (an id, a unique id prefix or a name); BadRequest 404
         naming it otherwise (also for a store that keeps no sweeps)."""
@@ -226,7 +234,7 @@ class Dashboard:
 
     def view(self, record: Any):
         try:
-            return self.cache.view(record.run_dir)
+            return self.cache.view(self.live_dir(record))
         except UnsafeRunDir as e:
             raise BadRequest(409, f"run {record.id}: {e}") from None
 
@@ -337,7 +345,7 @@ class Dashboard:
                "best": _finite_dict(_call(self.store, "best", record.id) or {}),
                "live": None, "files_error": None}
         try:
-            run_dir = checked_run_dir(record.run_dir)
+            run_dir = checked_run_dir(self.live_dir(record))
             out["live"] = self.cache.view(run_dir).status()
             if not out["config_text"]:
                 out["config_text"] = read_run_file(run_dir, "job.conf")
@@ -451,7 +459,7 @@ class Dashboard:
         for record in records:
             entry = {**self.row(record), "series": None, "files_error": None}
             try:
-                for figure in self.cache.view(record.run_dir).figures(points=points):
+                for figure in self.cache.view(self.live_dir(record)).figures(points=points):
                     for c in figure["channels"]:
                         if c["name"] == channel:
                             entry["series"] = c

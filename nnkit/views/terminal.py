@@ -25,8 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..training.control import (COMMANDS, CommandError, append_line, deliver, find_command,
-                                make_command, wait_for_answer)
+from ..training.control import (COMMANDS, CommandError, deliver, find_command, make_command,
+                                wait_for_answer)
 from ..training.events import EVENTS_FILE, RUNNING_STATES, Event, answer_fields, read_jsonl
 from .channels import Channel, Monitor, epoch_label, epoch_text, monitor_file
 
