@@ -20,11 +20,11 @@ from nnkit.cli import main
 from nnkit.views.terminal import (
     CommandLineError,
     Watcher,
-    append_line,
     check_command,
     send_command,
 )
 from nnkit.training import read_jsonl
+from nnkit.training.events import append_line
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 

@@ -159,8 +159,13 @@ def test_ctrl_c_on_the_driver_stops_the_sweep_and_its_members(tmp_path):
                                "--name", "long", "--store", "s.db", "--poll", "0.05"], cwd=tmp_path, env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: driver.poll() is not None or any(s.name == "long" and store.sweep_log(s.id)
-                                                            for s in store.list_sweeps()), 180)
+        def both_running() -> bool:
+            # Both members taken by the workers: a member still queued at Ctrl-C is cancelled, and
+            # a worker waiting for its one job would wait on (seen on a loaded machine).
+            return any(s.name == "long" and store.sweep_log(s.id) and
+                       [r.status for r in store.sweep_runs(s.id)] == ["running", "running"]
+                       for s in store.list_sweeps())
+        wait_until(lambda: driver.poll() is not None or both_running(), 180)
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=120)
         assert driver.returncode == 130, err
