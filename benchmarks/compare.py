@@ -8,29 +8,50 @@
 e.g. an older commit in a git worktree, with its kernels built in place), and a column of
 this tree's time over the baseline's: a structural change must not cost speed.
 
-For every case the two frameworks run the same network on the same batch shape, float32,
+For every case the frameworks run the same network on the same batch shape, float32,
 with the same number of threads (``--threads``, given to every thread pool: OpenMP, MKL,
-OpenBLAS, nnkit's), one fresh process each, nnkit first then PyTorch, repeated ``--pairs``
-times. Each process builds the network, warms up, then times at least ``--iters`` steps
-(and at least ``--min-seconds``) and reports its median ms per step. A training step is
-forward, softmax cross-entropy loss, backward and an SGD-momentum update (weight decay
-0.004); an inference step is the forward pass in evaluation mode (PyTorch: ``model.eval()``
-under ``torch.no_grad()``), without the loss.
+OpenBLAS, nnkit's, and ``torch.set_num_threads``), one fresh process each, in the order
+nnkit, PyTorch NCHW, PyTorch channels_last (CNN cases), onnxruntime (inference cases),
+GEMMs alone, repeated ``--pairs`` times. Each process builds the network, warms up, then
+times at least ``--iters`` steps (and at least ``--min-seconds``) and reports its median
+ms per step. A training step is forward, softmax cross-entropy loss, backward and an
+SGD-momentum update (weight decay 0.004); an inference step is the forward pass in
+evaluation mode, without the loss.
+
+PyTorch runs as fast as eager PyTorch goes on the CPU (``TorchSettings``): the fused CPU
+SGD (``fused=True``; on the CPU ``foreach`` is off by default and ``foreach=True`` runs
+the per-tensor ops one by one), ``zero_grad(set_to_none=True)`` (with ``False`` every
+gradient is zeroed and then accumulated into: two more passes over the 48 MB of MLP
+weights), inference under ``torch.inference_mode()``, the batch a tensor made before the
+timing. The CNN cases run both NCHW and ``torch.channels_last`` (model and input): the
+faster of the two is the reference (marked ``*``; each pair's ratio takes the faster
+layout of that pair). ``benchmarks/torch_paths.py`` times each setting against the others.
+onnxruntime runs nnkit's own network exported with ``nnkit/onnx_export.py`` (all graph
+optimizations, ``intra_op_num_threads`` = ``--threads``): shown, not a target.
+
+"GEMMs alone" is one process per pair running only the step's matrix products
+(``Layer.gemm_products``: the dense and im2col formulation at each layer's shapes, one
+product each over the whole batch; forward, and when training the weight gradient and the
+input gradient except for the first layer) with numpy's matmul on ``--threads`` BLAS
+threads, whatever algorithm nnkit itself runs: the bound this machine's BLAS allows. Its
+column "nnkit / GEMMs alone" is the median of the per-pair ratios of the step time over it.
 
 The table gives, per case:
 
-* the median over pairs of each framework's ms/step, and images/s from it;
+* the median over pairs of each process's ms/step, and images/s from it;
 * "GEMM %": the matrix-product work of one step (convolutions and dense layers, counted
   the same for both frameworks: forward, plus weight and input gradients when training,
   no input gradient for the first layer) divided by the step time, as a fraction of the
-  float32 GEMM peak measured on this machine (numpy/OpenBLAS, the same thread count: the
-  best of all the GEMM checks of the run);
+  float32 GEMM peak measured on this machine (numpy/OpenBLAS, 2048^3, the same thread
+  count: the best of all the GEMM checks of the run);
 * peak memory: how much the process's peak resident set grew while building the network
   and running its steps (``VmHWM`` reset through ``/proc/self/clear_refs`` after the
   imports, minus the resident set at that moment). It counts parameters, activations,
   gradients, scratch and whatever the allocators keep, and leaves out the interpreter and
-  the libraries, whose sizes say nothing about the framework's use of memory;
-* the ratio nnkit/PyTorch: the median of the per-pair ratios (lower is better for nnkit).
+  the libraries, whose sizes say nothing about the framework's use of memory; the memory
+  ratio is nnkit's over the reference layout's;
+* the ratio nnkit / the faster PyTorch: the median of the per-pair ratios (lower is
+  better for nnkit), against issue #14's target.
 
 Around every case a quick GEMM check (a separate process) measures the machine's float32
 GEMM speed before and after; a case whose check falls below ``--slow-threshold`` of the
@@ -67,18 +88,21 @@ class Case:
     network: str            # "mlp" or "cnn"
     batch: int
     train: bool
-    target: float           # the issue's bound on the time ratio nnkit/PyTorch
+    target: float           # the issue's bound on the time ratio nnkit / the faster PyTorch
     memory_target: float | None = None  # bound on the peak-memory ratio, if any
+    gemm_target: float | None = None    # bound on nnkit's step time over its GEMMs alone
 
 
+# Round 2's targets (issue #14). The step-over-GEMMs bound is the issue's "MLP train / CNN
+# train"; at batch 1 the GEMMs are a few microseconds and no such bound is set.
 CASES = {
-    "mlp_train": Case("mlp", 64, True, 1.00),
-    "mlp_infer": Case("mlp", 64, False, 1.05),
-    "cnn_train_100": Case("cnn", 100, True, 1.00, memory_target=1.5),
-    "cnn_infer_100": Case("cnn", 100, False, 0.85),
-    "cnn_train_256": Case("cnn", 256, True, 1.00),
-    "cnn_infer_256": Case("cnn", 256, False, 0.85),
-    "cnn_train_1": Case("cnn", 1, True, 1.50),
+    "mlp_train": Case("mlp", 64, True, 0.70, gemm_target=1.25),
+    "mlp_infer": Case("mlp", 64, False, 0.85),
+    "cnn_train_100": Case("cnn", 100, True, 0.80, memory_target=0.6, gemm_target=1.50),
+    "cnn_infer_100": Case("cnn", 100, False, 0.60),
+    "cnn_train_256": Case("cnn", 256, True, 0.80, gemm_target=1.50),
+    "cnn_infer_256": Case("cnn", 256, False, 0.60),
+    "cnn_train_1": Case("cnn", 1, True, 0.60),
 }
 #: images/s at batch 256 must be at least this fraction of images/s at batch 100.
 SCALING_TARGET = 0.9
@@ -102,23 +126,34 @@ def reset_peak_memory() -> int:
 
 
 # ---------------------------------------------------------------------------- nnkit side
-def nnkit_step(network: str, batch: int, train: bool):
-    """Builds the network in nnkit; returns (a function running one step, its GEMM flops)."""
+def batch_input(network: str, batch: int) -> np.ndarray:
+    """The benchmark's input batch (seed 0): MNIST-like rows or CIFAR-like images."""
+    rng = np.random.default_rng(0)
+    if network == "mlp":
+        return rng.random((batch, 784), dtype=np.float32)
+    return rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+
+
+def nnkit_network(network: str, batch: int) -> tuple[list, np.ndarray]:
+    """The examples' network (input layer first, seed 0) and the benchmark's input batch."""
     import nnkit
-    from nnkit import SGD, Convolution2D, Dense, LabelInput, Loss
 
     # The examples define the networks; the benchmark times exactly those, from the checkout
     # whose nnkit this process imports (this tree's, or --baseline's).
     sys.path.insert(0, str(Path(nnkit.__file__).resolve().parents[1] / "examples"))
-    rng = np.random.default_rng(0)
     if network == "mlp":
         from train_mnist import build_mlp
-        nn = build_mlp(seed=0)
-        x = rng.random((batch, 784), dtype=np.float32)
-    else:
-        from train_cifar10 import build_cnn
-        nn = build_cnn(seed=0)
-        x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        return build_mlp(seed=0), batch_input(network, batch)
+    from train_cifar10 import build_cnn
+    return build_cnn(seed=0), batch_input(network, batch)
+
+
+def nnkit_step(network: str, batch: int, train: bool):
+    """Builds the network in nnkit; returns (a function running one step, its GEMM flops)."""
+    from nnkit import SGD, Convolution2D, Dense, LabelInput, Loss
+
+    nn, x = nnkit_network(network, batch)
+    rng = np.random.default_rng(1)
     y = rng.integers(0, 10, batch)
     label, loss = LabelInput(), Loss("softmaxloss")
     sgd = SGD(lr=0.001, momentum=0.9, decay=0.004)
@@ -152,8 +187,23 @@ def nnkit_step(network: str, batch: int, train: bool):
 
 
 # ---------------------------------------------------------------------------- PyTorch side
-def torch_step(network: str, batch: int, train: bool):
-    """Builds the same network in PyTorch; returns a function running one step."""
+@dataclass(frozen=True)
+class TorchSettings:
+    """How the PyTorch side runs: by default as fast as eager PyTorch goes on this CPU.
+
+    The defaults are what a user who knows PyTorch writes; ``benchmarks/torch_paths.py``
+    times the alternatives (round 1's settings among them) against them.
+    """
+
+    optimizer: str = "fused"      # SGD implementation: "fused", "foreach" or "default"
+    set_to_none: bool = True      # zero_grad(set_to_none=...): False zeroes and accumulates
+    inference_mode: bool = True   # inference under torch.inference_mode(), else no_grad()
+    channels_last: bool = False   # CNN: model and input in torch.channels_last
+    convert_input: bool = False   # the batch made from numpy (a copy) inside the timed step
+
+
+def torch_model(network: str):
+    """The network of the examples in PyTorch, its initial weights drawn from seed 0."""
     import torch
     from torch import nn as tnn
 
@@ -167,31 +217,112 @@ def torch_step(network: str, batch: int, train: bool):
         layers = []
         for a, b in zip(MLP_WIDTHS[:-2], MLP_WIDTHS[1:-1]):
             layers += [tnn.Linear(a, b), STanh()]
-        model = tnn.Sequential(*layers, tnn.Linear(MLP_WIDTHS[-2], MLP_WIDTHS[-1]))
-        x = torch.rand(batch, 784)
-    else:
-        lrn = dict(size=3, alpha=0.00005, beta=0.75)
-        model = tnn.Sequential(
-            tnn.Conv2d(3, 32, 5, 1, 2), tnn.MaxPool2d(3, 2, ceil_mode=True), tnn.ReLU(),
-            tnn.LocalResponseNorm(**lrn),
-            tnn.Conv2d(32, 32, 5, 1, 2), tnn.ReLU(), tnn.AvgPool2d(3, 2, ceil_mode=True),
-            tnn.LocalResponseNorm(**lrn),
-            tnn.Conv2d(32, 64, 5, 1, 2), tnn.ReLU(), tnn.AvgPool2d(3, 2, ceil_mode=True),
-            tnn.Flatten(), tnn.Linear(64 * 4 * 4, 10))
-        x = torch.randn(batch, 3, 32, 32)
+        return tnn.Sequential(*layers, tnn.Linear(MLP_WIDTHS[-2], MLP_WIDTHS[-1]))
+    lrn = dict(size=3, alpha=0.00005, beta=0.75)
+    return tnn.Sequential(
+        tnn.Conv2d(3, 32, 5, 1, 2), tnn.MaxPool2d(3, 2, ceil_mode=True), tnn.ReLU(),
+        tnn.LocalResponseNorm(**lrn),
+        tnn.Conv2d(32, 32, 5, 1, 2), tnn.ReLU(), tnn.AvgPool2d(3, 2, ceil_mode=True),
+        tnn.LocalResponseNorm(**lrn),
+        tnn.Conv2d(32, 64, 5, 1, 2), tnn.ReLU(), tnn.AvgPool2d(3, 2, ceil_mode=True),
+        tnn.Flatten(), tnn.Linear(64 * 4 * 4, 10))
+
+
+def torch_step(network: str, batch: int, train: bool, settings: TorchSettings = TorchSettings()):
+    """Builds the same network in PyTorch; returns a function running one step."""
+    import torch
+    from torch import nn as tnn
+
+    model = torch_model(network)
+    x_np = batch_input(network, batch)
+    x = torch.from_numpy(x_np)
+    fmt = torch.channels_last if settings.channels_last and network == "cnn" else None
+    if fmt is not None:
+        model = model.to(memory_format=fmt)
+        x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=0.004)
+    kind = {"fused": dict(fused=True), "foreach": dict(foreach=True),
+            "default": {}}[settings.optimizer]  # default: the single-tensor loop on CPU
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=0.004, **kind)
     loss_fn = tnn.CrossEntropyLoss()
     model.train(train)
+    no_grad = torch.inference_mode if settings.inference_mode else torch.no_grad
+
+    def inputs():
+        if not settings.convert_input:
+            return x
+        t = torch.tensor(x_np)  # a copy, as a loader handing numpy batches makes
+        return t if fmt is None else t.contiguous(memory_format=fmt)
 
     def step():
         if train:
-            opt.zero_grad(set_to_none=False)
-            loss_fn(model(x), y).backward()
+            opt.zero_grad(set_to_none=settings.set_to_none)
+            loss_fn(model(inputs()), y).backward()
             opt.step()
         else:
-            with torch.no_grad():
-                model(x)
+            with no_grad():
+                model(inputs())
+    return step
+
+
+# ---------------------------------------------------------------------------- ONNX side
+def onnx_step(network: str, batch: int, threads: int):
+    """The nnkit network exported to ONNX (nnkit/onnx_export.py), run by onnxruntime."""
+    import onnxruntime as ort
+
+    from nnkit import onnx_export
+
+    nn, x = nnkit_network(network, batch)
+    for layer in nn:
+        layer.train(False)
+    nn[0].Feed(x)
+    for h in range(1, len(nn)):  # builds the layers
+        nn[h].ComputeFeature(nn[h - 1])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(onnx_export.to_model(nn).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    graph_input = session.get_inputs()[0]
+    # The graph takes what predict takes: images (batch, C, H, W) or rows, whichever it says.
+    feed = {graph_input.name: x.reshape(batch, *graph_input.shape[1:])}
+
+    def step():
+        session.run(None, feed)
+    return step
+
+
+# ---------------------------------------------------------------------------- GEMMs alone
+def gemm_products(network: str, batch: int, train: bool) -> list:
+    """The step's matrix products (``Layer.gemm_products``: dense and im2col formulation).
+
+    Forward, and when training the weight gradient and the input gradient (except for the
+    first layer, whose source is the input), at the shapes of the network's layers.
+    """
+    nn, x = nnkit_network(network, batch)
+    nn[0].Feed(x)
+    for h in range(1, len(nn)):  # builds the layers: their shapes are known after this
+        nn[h].ComputeFeature(nn[h - 1])
+    return [prod for layer in nn for prod in layer.gemm_products()
+            if train or prod.phase == "forward"]
+
+
+def gemms_step(network: str, batch: int, train: bool):
+    """A function running the step's GEMMs alone (``gemm_products``) with numpy's matmul."""
+    rng = np.random.default_rng(0)
+    calls = []
+    for prod in gemm_products(network, batch, train):
+        a = rng.random(prod.a_shape, dtype=np.float32)
+        b = rng.random(prod.b_shape, dtype=np.float32)
+        # Transposed views: numpy hands them to sgemm with its transpose flags, no copy.
+        a, b = (a.T if prod.transpose_a else a), (b.T if prod.transpose_b else b)
+        calls.append((a, b, np.empty((a.shape[0], b.shape[1]), np.float32)))
+
+    def step():
+        for a, b, out in calls:
+            np.matmul(a, b, out=out)
     return step
 
 
@@ -209,15 +340,46 @@ def gemm_gflops(n: int = 2048, reps: int = 3) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+#: The processes a pair runs, in order: nnkit, PyTorch in both layouts, onnxruntime, GEMMs.
+KINDS = ("nnkit", "baseline", "torch", "torch_cl", "ort", "gemms")
+LABELS = {"nnkit": "nnkit", "baseline": "baseline", "torch": "PyTorch NCHW",
+          "torch_cl": "PyTorch channels_last", "ort": "onnxruntime (nnkit's ONNX export)",
+          "gemms": "GEMMs alone"}
+
+
+def kinds_for(case: Case, frameworks: list[str]) -> list[str]:
+    """The processes of one pair of ``case``: channels_last for CNNs, onnxruntime for inference."""
+    kinds = []
+    for f in frameworks:
+        if f == "torch_cl" and case.network != "cnn":
+            continue
+        if f == "ort" and case.train:
+            continue
+        kinds.append(f)
+    return kinds
+
+
 def worker(framework: str, case: str, iters: int, warmup: int, threads: int,
-           min_seconds: float) -> dict:
+           min_seconds: float, torch_settings: TorchSettings = TorchSettings()) -> dict:
     """Runs in a child process: builds, warms up, times the steps and reports them."""
     c = CASES[case]
-    if framework == "torch":
+    flops = None
+    if framework in ("torch", "torch_cl"):
         import torch
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # the same as nnkit's (and the env's OMP_NUM_THREADS)
+        if framework == "torch_cl":
+            torch_settings = TorchSettings(**{**torch_settings.__dict__, "channels_last": True})
         baseline = reset_peak_memory()
-        step, flops = torch_step(c.network, c.batch, c.train), None
+        step = torch_step(c.network, c.batch, c.train, torch_settings)
+    elif framework == "ort":
+        import nnkit  # noqa: F401
+        import onnxruntime  # noqa: F401
+        baseline = reset_peak_memory()
+        step = onnx_step(c.network, c.batch, threads)
+    elif framework == "gemms":
+        import nnkit  # noqa: F401  (builds the network to read its shapes)
+        baseline = reset_peak_memory()
+        step = gemms_step(c.network, c.batch, c.train)
     else:
         import nnkit  # noqa: F401  (imported before the memory baseline, like torch)
         baseline = reset_peak_memory()
@@ -265,66 +427,95 @@ class Result:
     """The measurements of one case."""
 
     case: str
-    ms: dict[str, float]        # framework -> median ms/step over pairs
-    peak_mb: dict[str, float]   # framework -> median peak memory over pairs
-    ratio: float | None         # median of the pair ratios nnkit/PyTorch
-    memory_ratio: float | None
+    ms: dict[str, float]        # kind -> median ms/step over pairs
+    peak_mb: dict[str, float]   # kind -> median peak memory over pairs
+    reference: str | None       # the faster PyTorch layout ("torch" or "torch_cl"), if any
+    ratio: float | None         # median of the pair ratios nnkit / the faster PyTorch
+    memory_ratio: float | None  # nnkit's peak memory over the reference layout's
+    gemm_ratio: float | None    # median of the pair ratios nnkit / GEMMs alone
+    torch_gemm_ratio: float | None  # the same for the faster PyTorch
     baseline_ratio: float | None  # median of the pair ratios nnkit/baseline (--baseline)
     gemm_flops: int
     checks: tuple[float, float]  # GEMM GFLOP/s before and after
     slow: bool
 
 
+def _pair_median(runs: dict[str, list[dict]], a: str, b: str) -> float | None:
+    """The median over pairs of ``a``'s ms/step over ``b``'s, None if either did not run."""
+    if a not in runs or b not in runs:
+        return None
+    return statistics.median(x["median_ms"] / y["median_ms"] for x, y in zip(runs[a], runs[b]))
+
+
 def run_case(case: str, frameworks: list[str], peak: float, args: argparse.Namespace) -> Result:
     """Measures one case: GEMM check, ``--pairs`` alternating pairs, GEMM check."""
+    c = CASES[case]
+    kinds = kinds_for(c, frameworks)
     before = gemm_check(args)
-    runs: dict[str, list[dict]] = {f: [] for f in frameworks}
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for _ in range(args.pairs):
-        for f in frameworks:
-            root = Path(args.baseline).resolve() if f == "baseline" else ROOT
-            runs[f].append(child(args, "--worker", "torch" if f == "torch" else "nnkit",
+        for k in kinds:
+            root = Path(args.baseline).resolve() if k == "baseline" else ROOT
+            runs[k].append(child(args, "--worker", "nnkit" if k == "baseline" else k,
                                  "--cases", case, "--iters", str(args.iters),
                                  "--warmup", str(args.warmup), "--min-seconds",
-                                 str(args.min_seconds), root=root))
+                                 str(args.min_seconds), "--torch-settings",
+                                 args.torch_settings, root=root))
     after = gemm_check(args)
-    ms = {f: statistics.median(r["median_ms"] for r in runs[f]) for f in frameworks}
-    mem = {f: statistics.median(r["peak_mb"] for r in runs[f]) for f in frameworks}
-    ratio = memory_ratio = None
-    if "torch" in runs:
-        ratio = statistics.median(a["median_ms"] / b["median_ms"]
-                                  for a, b in zip(runs["nnkit"], runs["torch"]))
-        memory_ratio = mem["nnkit"] / mem["torch"]
-    baseline_ratio = None
-    if "baseline" in runs:
-        baseline_ratio = statistics.median(a["median_ms"] / b["median_ms"]
-                                           for a, b in zip(runs["nnkit"], runs["baseline"]))
-    return Result(case, ms, mem, ratio, memory_ratio, baseline_ratio, runs["nnkit"][0]["gemm_flops"],
-                  (before, after), min(before, after) < args.slow_threshold * peak)
+    ms = {k: statistics.median(r["median_ms"] for r in runs[k]) for k in kinds}
+    mem = {k: statistics.median(r["peak_mb"] for r in runs[k]) for k in kinds}
+    layouts = [k for k in ("torch", "torch_cl") if k in runs]
+    reference = ratio = memory_ratio = torch_gemm_ratio = None
+    if layouts:
+        # The faster layout of this case is the reference; each pair compares nnkit with the
+        # faster of that pair's PyTorch runs (both layouts ran in the pair).
+        reference = min(layouts, key=lambda k: ms[k])
+        best = [min((runs[k][i] for k in layouts), key=lambda r: r["median_ms"])
+                for i in range(args.pairs)]
+        runs["torch_best"] = best
+        ratio = _pair_median(runs, "nnkit", "torch_best")
+        torch_gemm_ratio = _pair_median(runs, "torch_best", "gemms")
+        memory_ratio = mem["nnkit"] / mem[reference]
+    return Result(case, ms, mem, reference, ratio, memory_ratio, _pair_median(runs, "nnkit", "gemms"),
+                  torch_gemm_ratio, _pair_median(runs, "nnkit", "baseline"),
+                  runs["nnkit"][0]["gemm_flops"], (before, after),
+                  min(before, after) < args.slow_threshold * peak)
+
+
+def _verdict(value: float | None, target: float | None, digits: int = 2) -> str:
+    """``value (<= target) ok`` or ``MISSED``; the bare value without a target; ``-`` without one."""
+    if value is None:
+        return "-"
+    if target is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} (<= {target:.2f}) {'ok' if value <= target else 'MISSED'}"
 
 
 def table(results: list[Result], peak: float) -> list[str]:
     """The results as markdown table lines."""
-    lines = ["| case | batch | nnkit ms/step | PyTorch ms/step | nnkit img/s | PyTorch img/s "
-             "| nnkit GEMM % | PyTorch GEMM % | nnkit peak MB | PyTorch peak MB "
-             "| ratio (target) | memory ratio (target) | GEMM check before/after GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | batch | nnkit ms/step | PyTorch NCHW ms/step | PyTorch channels_last ms/step "
+             "| onnxruntime ms/step | GEMMs alone ms/step | nnkit img/s | PyTorch img/s (faster) "
+             "| nnkit GEMM % | PyTorch GEMM % (faster) | nnkit / GEMMs alone (target) "
+             "| PyTorch / GEMMs alone | nnkit peak MB | PyTorch peak MB (faster) "
+             "| ratio vs faster PyTorch (target) | memory ratio (target) "
+             "| GEMM check before/after GFLOP/s |",
+             "|" + "---|" * 18]
+
+    def ms(r: Result, k: str | None) -> str:
+        return f"{r.ms[k]:.2f}" if k in r.ms else "-"
+
     for r in results:
         c = CASES[r.case]
-        cells = [r.case, str(c.batch)]
-        cells += [f"{r.ms[f]:.2f}" if f in r.ms else "-" for f in ("nnkit", "torch")]
-        cells += [f"{c.batch * 1000 / r.ms[f]:.0f}" if f in r.ms else "-" for f in ("nnkit", "torch")]
-        cells += [f"{100 * r.gemm_flops / (r.ms[f] / 1000) / (peak * 1e9):.0f}%" if f in r.ms
-                  else "-" for f in ("nnkit", "torch")]
-        cells += [f"{r.peak_mb[f]:.0f}" if f in r.peak_mb else "-" for f in ("nnkit", "torch")]
-        cells.append("-" if r.ratio is None else
-                     f"{r.ratio:.2f} (<= {c.target:.2f}) {'ok' if r.ratio <= c.target else 'MISSED'}")
-        if r.memory_ratio is None:
-            cells.append("-")
-        elif c.memory_target is None:
-            cells.append(f"{r.memory_ratio:.2f}")
-        else:
-            ok = "ok" if r.memory_ratio <= c.memory_target else "MISSED"
-            cells.append(f"{r.memory_ratio:.2f} (<= {c.memory_target:.1f}) {ok}")
+        ref = r.reference
+        mark = {k: (" *" if k == ref else "") for k in ("torch", "torch_cl")}
+        cells = [r.case, str(c.batch), ms(r, "nnkit"), ms(r, "torch") + mark["torch"],
+                 ms(r, "torch_cl") + mark["torch_cl"], ms(r, "ort"), ms(r, "gemms")]
+        cells += [f"{c.batch * 1000 / r.ms[k]:.0f}" if k in r.ms else "-" for k in ("nnkit", ref)]
+        cells += [f"{100 * r.gemm_flops / (r.ms[k] / 1000) / (peak * 1e9):.0f}%" if k in r.ms
+                  else "-" for k in ("nnkit", ref)]
+        cells += [_verdict(r.gemm_ratio, c.gemm_target), _verdict(r.torch_gemm_ratio, None)]
+        cells += [f"{r.peak_mb[k]:.0f}" if k in r.peak_mb else "-" for k in ("nnkit", ref)]
+        cells += [_verdict(r.ratio, c.target), _verdict(r.memory_ratio, c.memory_target)]
         cells.append(f"{r.checks[0]:.0f} / {r.checks[1]:.0f}" + (" **slow**" if r.slow else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -340,24 +531,34 @@ def baseline_lines(results: list[Result], baseline: str) -> list[str]:
     return lines
 
 
-def scaling_lines(results: list[Result], frameworks: list[str]) -> list[str]:
-    """images/s at batch 256 over images/s at batch 100, for each framework and mode."""
+def scaling_lines(results: list[Result]) -> list[str]:
+    """images/s at batch 256 over images/s at batch 100, for nnkit and the faster PyTorch."""
     by_case = {r.case: r for r in results}
     lines = []
     for mode in ("train", "infer"):
         small, big = by_case.get(f"cnn_{mode}_100"), by_case.get(f"cnn_{mode}_256")
         if small is None or big is None:
             continue
-        for f in frameworks:
-            ratio = (256 / big.ms[f]) / (100 / small.ms[f])
+        for name, kind in (("nnkit", "nnkit"), ("torch", "reference")):
+            k_small = small.reference if kind == "reference" else kind
+            k_big = big.reference if kind == "reference" else kind
+            if k_small is None or k_big is None:
+                continue
+            ratio = (256 / big.ms[k_big]) / (100 / small.ms[k_small])
             verdict = f" (>= {SCALING_TARGET}: {'ok' if ratio >= SCALING_TARGET else 'MISSED'})" \
-                if f == "nnkit" else ""
-            lines.append(f"- CNN {mode}, {f}: images/s at batch 256 / at batch 100 = "
+                if name == "nnkit" else " (the faster layout of each)"
+            lines.append(f"- CNN {mode}, {name}: images/s at batch 256 / at batch 100 = "
                          f"{ratio:.2f}{verdict}")
     return lines
 
 
-def write_results(lines: list[str], args: argparse.Namespace, peak: float) -> None:
+def load_averages() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def write_results(lines: list[str], args: argparse.Namespace, peak: float,
+                  loads: tuple[str, str]) -> None:
     """Writes the table, the command and the machine to ``--output``."""
     try:
         import torch
@@ -376,14 +577,15 @@ def write_results(lines: list[str], args: argparse.Namespace, peak: float) -> No
         f"{platform.python_version()}, numpy {np.__version__}, PyTorch {torch_version}, "
         f"float32, {args.threads} threads, {args.pairs} alternating pairs per case, each "
         f"process timing at least {args.iters} steps and {args.min_seconds} s after "
-        f"{args.warmup} warm-up steps.",
+        f"{args.warmup} warm-up steps. Load average at the start: {loads[0]}; at the end: "
+        f"{loads[1]}.",
         "",
         f"Float32 GEMM peak (the best GEMM check of the run, numpy/OpenBLAS, 2048^3, "
         f"{args.threads} threads): {peak:.0f} GFLOP/s. See the docstring of "
         "`benchmarks/compare.py` for what "
         "each column measures (ms/step: median; ratio: median of the per-pair ratios, lower "
-        "is better for nnkit; peak MB: growth of the peak resident set over the post-import "
-        "baseline).",
+        "is better for nnkit; `*` marks the faster PyTorch layout, the reference; peak MB: "
+        "growth of the peak resident set over the post-import baseline).",
         "",
         *lines,
         "",
@@ -411,7 +613,13 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="DIR", help="also time nnkit from this checkout "
                         "(kernels built in place) and report this tree's time over it")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    parser.add_argument("--worker", choices=["nnkit", "torch", "gemm"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-ort", action="store_true", help="leave onnxruntime out")
+    parser.add_argument("--no-gemms", action="store_true", help="leave the GEMMs-alone runs out")
+    parser.add_argument("--torch-settings", default="{}", metavar="JSON",
+                        help="TorchSettings fields for the PyTorch workers, e.g. "
+                        "'{\"optimizer\": \"default\", \"set_to_none\": false}' (round 1's)")
+    parser.add_argument("--worker", choices=["nnkit", "torch", "torch_cl", "ort", "gemms", "gemm"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     cases = args.cases.split(",")
     unknown = [c for c in cases if c not in CASES]
@@ -421,21 +629,32 @@ def main() -> None:
         print(json.dumps({"gflops": gemm_gflops()}))
         return
     if args.worker:
+        settings = TorchSettings(**json.loads(args.torch_settings))
         print(json.dumps(worker(args.worker, cases[0], args.iters, args.warmup, args.threads,
-                                args.min_seconds)))
+                                args.min_seconds, settings)))
         return
+    loads = [load_averages()]
     frameworks = ["nnkit"]
     if args.baseline:
         frameworks.append("baseline")
     if not args.no_torch:
         try:
             import torch  # noqa: F401
-            frameworks.append("torch")
+            frameworks += ["torch", "torch_cl"]
         except ImportError:
             print("PyTorch is not installed: timing nnkit alone (pip install torch==2.13.0)")
+    if not args.no_ort:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            frameworks.append("ort")
+        except ImportError:
+            print("onnx or onnxruntime is not installed: no onnxruntime column")
+    if not args.no_gemms:
+        frameworks.append("gemms")
     # The peak is the best GEMM check so far: the CPU's clock varies with its load.
     peak = max(gemm_check(args) for _ in range(3))
-    print(f"float32 GEMM peak at startup: {peak:.0f} GFLOP/s", flush=True)
+    print(f"float32 GEMM peak at startup: {peak:.0f} GFLOP/s (load average {loads[0]})", flush=True)
     results = []
     for case in cases:
         for attempt in range(args.retries + 1):
@@ -450,14 +669,16 @@ def main() -> None:
             if attempt < args.retries:
                 time.sleep(args.retry_wait)  # give whatever else runs a chance to finish
         results.append(result)
-        print(table([result], peak)[-1], flush=True)
+        print(table([result], peak)[-1] + f" (load average {load_averages()})", flush=True)
+    loads.append(load_averages())
     lines = table(results, peak)
-    lines += ["", *scaling_lines(results, [f for f in frameworks if f != "baseline"])]
+    lines += ["", *scaling_lines(results)]
     if args.baseline:
         lines += ["", *baseline_lines(results, args.baseline)]
     print("\n".join(lines))
+    print(f"load average: {loads[0]} at the start, {loads[1]} at the end")
     if not args.no_write:
-        write_results(lines, args, peak)
+        write_results(lines, args, peak, (loads[0], loads[1]))
         print(f"wrote {args.output}")
 
 

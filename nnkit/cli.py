@@ -585,18 +585,33 @@ def cmd_time(args: argparse.Namespace) -> int:
     names = list(steps[0]["forward"])
     ms = {phase: {name: sum(s[phase][name] for s in steps) * 1000 / n for name in names}
           for phase in ("forward", "backward", "update")}
+    # The split: each layer's matrix products alone (numpy, the same threads) and the rest.
+    gemm = {phase: {name: t * 1000 for name, t in times.items()}
+            for phase, times in model.profile_gemms(n).items()}
+    gemm_ms = {name: gemm["forward"].get(name, 0.0) + gemm["backward"].get(name, 0.0)
+               for name in names}
+    rest = {name: sum(ms[phase][name] for phase in ms) - gemm_ms[name] for name in names}
     print(f"nnkit time: job {job.name!r}, batch {batch}, {n} iterations (after 1 warm-up), "
           "milliseconds per iteration")
     width = max(len(s) for s in names + ["layer"])
-    print(f"{'layer':<{width}}  {'forward':>9}  {'backward':>9}  {'update':>9}")
+    print(f"{'layer':<{width}}  {'forward':>9}  {'backward':>9}  {'update':>9}  {'GEMMs':>9}  "
+          f"{'rest':>9}")
     for name in names:
         print(f"{name:<{width}}  {ms['forward'][name]:9.3f}  {ms['backward'][name]:9.3f}  "
-              f"{ms['update'][name]:9.3f}")
+              f"{ms['update'][name]:9.3f}  {gemm_ms[name]:9.3f}  {rest[name]:9.3f}")
     totals = [sum(ms[phase].values()) for phase in ("forward", "backward", "update")]
-    print(f"{'total':<{width}}  {totals[0]:9.3f}  {totals[1]:9.3f}  {totals[2]:9.3f}")
+    total_gemm = sum(gemm_ms.values())
+    print(f"{'total':<{width}}  {totals[0]:9.3f}  {totals[1]:9.3f}  {totals[2]:9.3f}  "
+          f"{total_gemm:9.3f}  {sum(rest.values()):9.3f}")
+    print("GEMMs: the layer's matrix products (dense, im2col over the batch) alone at its shapes, "
+          "numpy matmul on the same threads (median of the iterations); rest: the layer's "
+          "forward + backward + update time minus that (negative where the layer's own GEMMs "
+          "beat the batch-wide ones)")
     print(f"Average forward pass: {totals[0]:.3f} ms; backward: {totals[1]:.3f} ms; "
           f"forward-backward: {totals[0] + totals[1]:.3f} ms; update: {totals[2]:.3f} ms")
-    print(f"Average whole step: {whole:.3f} ms ({batch * 1000 / whole:.0f} examples/s)")
+    print(f"Average whole step: {whole:.3f} ms ({batch * 1000 / whole:.0f} examples/s); "
+          f"its GEMMs alone: {total_gemm:.3f} ms (step / GEMMs alone: "
+          f"{whole / total_gemm if total_gemm else float('nan'):.2f})")
     return EXIT_OK
 
 

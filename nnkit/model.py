@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -571,6 +572,37 @@ class Sequential:
         timer = _LayerTimer(names)
         self._train_step(x, y, step, timer)
         return timer.times
+
+    def profile_gemms(self, iterations: int = 10) -> dict[str, dict[str, float]]:
+        """Each layer's matrix products alone (``Layer.gemm_products``), timed with numpy.
+
+        The products of the dense and im2col formulation at the shapes of the last batch
+        (run a step first), on random operands of the layer's dtype, with numpy's matmul on
+        the BLAS's threads: the time this machine's BLAS needs for the layer's GEMM work,
+        whatever the layer itself runs. Returns ``{"forward": {layer: s}, "backward": {...}}``
+        for every layer above the input (0 for one without products; the loss and metric
+        layers have none): per phase the median of ``iterations`` runs after one warm-up.
+        """
+        rng = np.random.default_rng(0)
+        times: dict[str, dict[str, float]] = {"forward": {}, "backward": {}}
+        for layer in self.layers[1:]:
+            dtype = layer.dtype or np.float32
+            calls: dict[str, list] = {"forward": [], "backward": []}
+            for prod in layer.gemm_products():
+                a = rng.random(prod.a_shape, dtype=np.float32).astype(dtype, copy=False)
+                b = rng.random(prod.b_shape, dtype=np.float32).astype(dtype, copy=False)
+                a, b = (a.T if prod.transpose_a else a), (b.T if prod.transpose_b else b)
+                calls[prod.phase].append((a, b, np.empty((a.shape[0], b.shape[1]), dtype)))
+            for phase, products in calls.items():
+                runs = []
+                for i in range(iterations + 1):
+                    start = time.perf_counter()
+                    for a, b, out in products:
+                        np.matmul(a, b, out=out)
+                    if i:  # the first run warms up the BLAS threads and the caches
+                        runs.append(time.perf_counter() - start)
+                times[phase][layer.name] = statistics.median(runs) if products else 0.0
+        return times
 
     def test_on_batch(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """Loss and metrics on one batch in evaluation mode (no update)."""

@@ -157,13 +157,20 @@ def test_show_of_a_checkpoint_from_python_claims_no_run_plan(tmp_path, capsys):
 def test_time_reports_every_layer_and_the_whole_step(job_file, tmp_path):
     done = nnkit_cli("time", job_file, "--iterations", 3, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    rows = {m.group(1): [float(v) for v in m.group(2, 3, 4)] for m in re.finditer(
-        r"^(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", done.stdout, re.MULTILINE)}
+    rows = {m.group(1): [float(v) for v in m.group(2, 3, 4, 5, 6)] for m in re.finditer(
+        r"^(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)$", done.stdout,
+        re.MULTILINE)}
     assert list(rows) == ["dense_1", "activation_1", "dense_2", "loss", "total"]
     assert rows["dense_1"][0] > 0 and rows["dense_1"][1] > 0 and rows["dense_1"][2] > 0
     assert rows["total"][0] == pytest.approx(sum(r[0] for k, r in rows.items() if k != "total"), abs=0.01)
     whole = float(re.search(r"Average whole step: ([\d.]+) ms", done.stdout).group(1))
     assert whole >= rows["total"][0] + rows["total"][1]  # the step includes every part
+    # The split: the dense layers' GEMMs alone, none for the others; rest = the layer's time minus it.
+    assert rows["dense_1"][3] > 0 and rows["dense_2"][3] > 0
+    assert rows["activation_1"][3] == 0 and rows["loss"][3] == 0
+    for name, (forward, backward, update, gemms, rest) in rows.items():
+        assert rest == pytest.approx(forward + backward + update - gemms, abs=0.01), name
+    assert re.search(r"its GEMMs alone: [\d.]+ ms \(step / GEMMs alone: [\d.]+\)", done.stdout)
 
 
 def test_bad_configs_and_arguments_exit_2_without_traceback(job_file, tmp_path):

@@ -353,3 +353,22 @@ def test_torch_parity(torch, n, c, h, w, f, kernel, stride, pad):
                                atol=1e-5 * gscale)
     np.testing.assert_allclose(layer.params[1].grad, bt.grad.numpy(), rtol=1e-4,
                                atol=1e-5 * gscale)
+
+
+def test_gemm_products_are_the_batch_wide_im2col_shapes():
+    """``nnkit time``'s GEMMs alone: W @ col, dy @ col.T and (if the source takes it) W.T @ dy."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 3, 8, 6))
+    for src, count in ((Source(x), 3), (NoGradSource(x), 2)):
+        layer = Convolution2D(5, 3, 1, 1)
+        y = layer.ComputeFeature(src)
+        products = layer.gemm_products()
+        cols, k = 4 * y.shape[2] * y.shape[3], 3 * 3 * 3
+        assert len(products) == count
+        assert products[0][:4] == ("forward", "output", (5, k), (k, cols))
+        assert products[0].flops == 2 * y.size * k  # every output value: k multiply-adds
+        assert products[1][:4] == ("backward", "weight gradient", (5, cols), (k, cols))
+        assert products[1].transpose_b and products[1].flops == products[0].flops
+        if count == 3:
+            assert products[2][:4] == ("backward", "input gradient", (5, k), (5, cols))
+            assert products[2].transpose_a and products[2].flops == products[0].flops

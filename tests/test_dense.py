@@ -91,3 +91,28 @@ def test_set_params_checks_shape():
 def test_unknown_argument_is_an_error():
     with pytest.raises(TypeError, match="w_stdd"):
         Dense(3, w_stdd=0.1)
+
+
+def test_gemm_products_are_the_layers_own_products():
+    """``nnkit time``'s GEMMs alone: x @ W.T, dy.T @ x and dy @ W at the layer's shapes."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    layer = Dense(5)
+    src = Source(x)
+    y = layer.ComputeFeature(src)
+    layer.grad = dy = rng.standard_normal(y.shape).astype(np.float32)
+    layer.ComputeGradient()
+    w, b = layer.GetParams()
+    operands = {"output": (x.reshape(6, -1), w, layer.data - b),
+                "weight gradient": (dy, x.reshape(6, -1), layer.params[0].grad),
+                "input gradient": (dy, w, src.grad.reshape(6, -1))}
+    products = layer.gemm_products()
+    assert [(p.phase, p.what) for p in products] == [
+        ("forward", "output"), ("backward", "weight gradient"), ("backward", "input gradient")]
+    for p in products:
+        a, bm, expected = operands[p.what]
+        assert (a.shape, bm.shape) == (p.a_shape, p.b_shape)
+        result = (a.T if p.transpose_a else a) @ (bm.T if p.transpose_b else bm)
+        np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5)
+        assert p.flops == 2 * result.size * (a.shape[0] if p.transpose_a else a.shape[1])
+    assert Dense(3).gemm_products() == []  # not built: no shapes yet

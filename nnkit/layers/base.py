@@ -13,7 +13,7 @@ the layer, reusable buffers and parameter access.
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -59,6 +59,29 @@ class Param:
     def __repr__(self) -> str:
         shape = None if self.data is None else self.data.shape
         return f"Param({self.full_name!r}, shape={shape}, lr_mult={self.lr_mult}, wd_mult={self.wd_mult})"
+
+
+class GemmProduct(NamedTuple):
+    """One matrix product of a layer's training step, ``op(a) @ op(b)`` (``nnkit time``).
+
+    The shapes are those of the textbook formulation at the layer's shapes (dense: the
+    batch's rows; convolution: im2col over the whole batch), whatever the layer itself
+    runs: timing these products alone gives the bound the machine's BLAS allows.
+    """
+
+    phase: str                  # "forward" or "backward"
+    what: str                   # "output", "weight gradient" or "input gradient"
+    a_shape: tuple[int, int]    # a as stored; op(a) is a.T if transpose_a
+    b_shape: tuple[int, int]
+    transpose_a: bool = False
+    transpose_b: bool = False
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds times two: ``2 * m * k * n`` for op(a) (m, k) and op(b) (k, n)."""
+        m, k = self.a_shape[::-1] if self.transpose_a else self.a_shape
+        n = self.b_shape[0] if self.transpose_b else self.b_shape[1]
+        return 2 * m * k * n
 
 
 class Layer:
@@ -260,6 +283,14 @@ class Layer:
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Fills param grads from ``dy`` and returns the input gradient (None if not needed)."""
         raise NotImplementedError
+
+    def gemm_products(self) -> list[GemmProduct]:
+        """The matrix products of this layer's training step at its last batch's shapes.
+
+        Forward, then backward: the weight gradient, and the input gradient when the layer
+        below takes one. Empty for a layer without matrix products (the default).
+        """
+        return []
 
     def GetParams(self) -> list[np.ndarray]:
         """The parameter arrays, weight then bias (the live arrays, not copies)."""

@@ -36,7 +36,7 @@ import numpy as np
 from .. import initializers
 from .._kernels import im2col as _k
 from .. import parallel
-from .base import Layer, Param, pair, param_specs, reject_unknown
+from .base import GemmProduct, Layer, Param, pair, param_specs, reject_unknown
 
 IntPair = int | tuple[int, int]
 
@@ -279,6 +279,24 @@ class Convolution2D(Layer):
         if self.bias:
             self.params[1].grad[...] = db
         return dx
+
+    def gemm_products(self) -> list[GemmProduct]:
+        """im2col over the whole batch: ``W @ col``; backward ``dy @ col.T`` and ``W.T @ dy``.
+
+        W is (F, C*kh*kw), col (C*kh*kw, N*OH*OW), dy (F, N*OH*OW): the textbook shapes,
+        one product each over the batch, not the chunks the layer runs (module docstring).
+        """
+        if self.data is None:
+            return []
+        n, f, oh, ow = self.data.shape
+        k, cols = self.params[0].data.size // f, n * oh * ow
+        products = [GemmProduct("forward", "output", (f, k), (k, cols)),
+                    GemmProduct("backward", "weight gradient", (f, cols), (k, cols),
+                                transpose_b=True)]
+        if self.srcs and self.srcs[0].accepts_grad:
+            products.append(GemmProduct("backward", "input gradient", (f, k), (f, cols),
+                                        transpose_a=True))
+        return products
 
 
 def _chunk_items(n: int, chunk: int, image_values: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import initializers
 from .. import parallel
-from .base import Layer, Param, param_specs, reject_unknown
+from .base import GemmProduct, Layer, Param, param_specs, reject_unknown
 
 
 class Dense(Layer):
@@ -102,3 +102,14 @@ class Dense(Layer):
 
         parallel.split(input_grad, dx.shape[1], dy.size, blas=True)
         return dx.reshape((dx.shape[0],) + self.input_shape)
+
+    def gemm_products(self) -> list[GemmProduct]:
+        """``x @ W.T``; backward ``dy.T @ x`` and ``dy @ W`` (x (B, K), W (N, K), dy (B, N))."""
+        if self.data is None:
+            return []
+        (b, n), k = self.data.shape, self.params[0].data.shape[1]
+        products = [GemmProduct("forward", "output", (b, k), (n, k), transpose_b=True),
+                    GemmProduct("backward", "weight gradient", (b, n), (b, k), transpose_a=True)]
+        if self.srcs and self.srcs[0].accepts_grad:
+            products.append(GemmProduct("backward", "input gradient", (b, n), (n, k)))
+        return products
