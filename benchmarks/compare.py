@@ -312,13 +312,7 @@ def gemm_products(network: str, batch: int, train: bool) -> list:
 def gemms_step(network: str, batch: int, train: bool):
     """A function running the step's GEMMs alone (``gemm_products``) with numpy's matmul."""
     rng = np.random.default_rng(0)
-    calls = []
-    for prod in gemm_products(network, batch, train):
-        a = rng.random(prod.a_shape, dtype=np.float32)
-        b = rng.random(prod.b_shape, dtype=np.float32)
-        # Transposed views: numpy hands them to sgemm with its transpose flags, no copy.
-        a, b = (a.T if prod.transpose_a else a), (b.T if prod.transpose_b else b)
-        calls.append((a, b, np.empty((a.shape[0], b.shape[1]), np.float32)))
+    calls = [prod.operands(rng) for prod in gemm_products(network, batch, train)]
 
     def step():
         for a, b, out in calls:

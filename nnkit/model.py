@@ -589,10 +589,7 @@ class Sequential:
             dtype = layer.dtype or np.float32
             calls: dict[str, list] = {"forward": [], "backward": []}
             for prod in layer.gemm_products():
-                a = rng.random(prod.a_shape, dtype=np.float32).astype(dtype, copy=False)
-                b = rng.random(prod.b_shape, dtype=np.float32).astype(dtype, copy=False)
-                a, b = (a.T if prod.transpose_a else a), (b.T if prod.transpose_b else b)
-                calls[prod.phase].append((a, b, np.empty((a.shape[0], b.shape[1]), dtype)))
+                calls[prod.phase].append(prod.operands(rng, dtype))
             for phase, products in calls.items():
                 runs = []
                 for i in range(iterations + 1):

@@ -83,6 +83,17 @@ class GemmProduct(NamedTuple):
         n = self.b_shape[0] if self.transpose_b else self.b_shape[1]
         return 2 * m * k * n
 
+    def operands(self, rng: np.random.Generator, dtype: Any = np.float32
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Random ``op(a)``, ``op(b)`` and an output buffer, for ``np.matmul(a, b, out=out)``.
+
+        Transposed operands are views: numpy hands them to sgemm with its transpose flags.
+        """
+        a = rng.random(self.a_shape, dtype=np.float32).astype(dtype, copy=False)
+        b = rng.random(self.b_shape, dtype=np.float32).astype(dtype, copy=False)
+        a, b = (a.T if self.transpose_a else a), (b.T if self.transpose_b else b)
+        return a, b, np.empty((a.shape[0], b.shape[1]), dtype)
+
 
 class Layer:
     """Base class of all layers.
