@@ -33,7 +33,9 @@ optimizations, ``intra_op_num_threads`` = ``--threads``): shown, not a target.
 (``Layer.gemm_products``: the dense and im2col formulation at each layer's shapes, one
 product each over the whole batch; forward, and when training the weight gradient and the
 input gradient except for the first layer) with numpy's matmul on ``--threads`` BLAS
-threads, whatever algorithm nnkit itself runs: the bound this machine's BLAS allows. Its
+threads, each product in the faster of its two layouts (``C`` or ``C.T``, chosen by timing
+both in that process), whatever algorithm nnkit itself runs: the bound this machine's BLAS
+allows. Its
 column "nnkit / GEMMs alone" is the median of the per-pair ratios of the step time over it.
 
 The table gives, per case:
@@ -310,9 +312,14 @@ def gemm_products(network: str, batch: int, train: bool) -> list:
 
 
 def gemms_step(network: str, batch: int, train: bool):
-    """A function running the step's GEMMs alone (``gemm_products``) with numpy's matmul."""
+    """A function running the step's GEMMs alone (``gemm_products``) with numpy's matmul.
+
+    Each product runs in the faster of its two layouts (``fastest_layout``, timed once here).
+    """
+    from nnkit.layers.base import fastest_layout
+
     rng = np.random.default_rng(0)
-    calls = [prod.operands(rng) for prod in gemm_products(network, batch, train)]
+    calls = [fastest_layout(prod, rng)[1] for prod in gemm_products(network, batch, train)]
 
     def step():
         for a, b, out in calls:

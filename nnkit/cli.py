@@ -562,6 +562,7 @@ def cmd_time(args: argparse.Namespace) -> int:
     """``nnkit time``: per-layer forward/backward milliseconds and the whole step, on random data."""
     import numpy as np
 
+    from . import parallel
     from .config import load_job
     from .layers import LabelInput
     job = load_job(args.job, args.set, check_data=False)
@@ -603,8 +604,10 @@ def cmd_time(args: argparse.Namespace) -> int:
     total_gemm = sum(gemm_ms.values())
     print(f"{'total':<{width}}  {totals[0]:9.3f}  {totals[1]:9.3f}  {totals[2]:9.3f}  "
           f"{total_gemm:9.3f}  {sum(rest.values()):9.3f}")
-    print("GEMMs: the layer's matrix products (dense, im2col over the batch) alone at its shapes, "
-          "numpy matmul on the same threads (median of the iterations); rest: the layer's "
+    print(f"BLAS: numpy's {parallel.blas_kernels() or 'BLAS'} kernels. "
+          "GEMMs: the layer's matrix products (dense, im2col over the batch) alone at its shapes, "
+          "numpy matmul on the same threads, each in its faster layout (median of the "
+          "iterations); rest: the layer's "
           "forward + backward + update time minus that (negative where the layer's own GEMMs "
           "beat the batch-wide ones)")
     print(f"Average forward pass: {totals[0]:.3f} ms; backward: {totals[1]:.3f} ms; "

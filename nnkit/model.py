@@ -18,7 +18,7 @@ import numpy as np
 
 from . import checkpoint, updaters as updaters_module
 from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, name_layers, set_seed
-from .layers.base import LAYER_CLASSES, Param
+from .layers.base import LAYER_CLASSES, Param, fastest_layout
 from .layers.input import _InputLayer
 from .training import Callback, History, NonFiniteLossError, ProcessRun, Trainer, TrainingRun
 from .training.trainer import check_policy
@@ -578,27 +578,22 @@ class Sequential:
 
         The products of the dense and im2col formulation at the shapes of the last batch
         (run a step first), on random operands of the layer's dtype, with numpy's matmul on
-        the BLAS's threads: the time this machine's BLAS needs for the layer's GEMM work,
+        the BLAS's threads, each product in the faster of its two layouts
+        (``fastest_layout``): the time this machine's BLAS needs for the layer's GEMM work,
         whatever the layer itself runs. Returns ``{"forward": {layer: s}, "backward": {...}}``
         for every layer above the input (0 for one without products; the loss and metric
-        layers have none): per phase the median of ``iterations`` runs after one warm-up.
+        layers have none): per phase the sum of its products' medians of ``iterations``
+        runs after one warm-up.
         """
         rng = np.random.default_rng(0)
         times: dict[str, dict[str, float]] = {"forward": {}, "backward": {}}
         for layer in self.layers[1:]:
             dtype = layer.dtype or np.float32
-            calls: dict[str, list] = {"forward": [], "backward": []}
+            spent = {"forward": 0.0, "backward": 0.0}
             for prod in layer.gemm_products():
-                calls[prod.phase].append(prod.operands(rng, dtype))
-            for phase, products in calls.items():
-                runs = []
-                for i in range(iterations + 1):
-                    start = time.perf_counter()
-                    for a, b, out in products:
-                        np.matmul(a, b, out=out)
-                    if i:  # the first run warms up the BLAS threads and the caches
-                        runs.append(time.perf_counter() - start)
-                times[phase][layer.name] = statistics.median(runs) if products else 0.0
+                spent[prod.phase] += fastest_layout(prod, rng, dtype, iterations)[0]
+            for phase, seconds in spent.items():
+                times[phase][layer.name] = seconds
         return times
 
     def test_on_batch(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:

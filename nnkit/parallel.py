@@ -102,6 +102,18 @@ def _forget_helpers() -> None:
 os.register_at_fork(after_in_child=_forget_helpers)
 
 
+def blas_kernels() -> str | None:
+    """The kernel set numpy's OpenBLAS runs ('Haswell', 'SkylakeX', ...), None for another BLAS.
+
+    OpenBLAS picks it when it loads, from the CPU or the ``OPENBLAS_CORETYPE`` environment
+    variable (threadpoolctl reports it as the library's ``architecture``).
+    """
+    for lib in (_blas.lib_controllers if _blas is not None else []):
+        if lib.internal_api == "openblas":
+            return getattr(lib, "architecture", None)
+    return None
+
+
 def thread_count() -> int:
     """The number of threads ``split`` uses, the caller included."""
     return _threads

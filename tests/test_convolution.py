@@ -1,6 +1,10 @@
 """Convolution2D and its im2col kernels: gradients, parity with torch, shapes and errors."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -15,6 +19,17 @@ class NoGradSource(Source):
     """A source that, like an input layer, takes no gradient."""
 
     accepts_grad = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["filter-rows", "pixel-rows"])
+def product_layout(request, monkeypatch):
+    """Every test of the layer runs with both layouts of its products (``PIXEL_ROWS``).
+
+    A process uses one of them, chosen by the kernels numpy's OpenBLAS loaded; the tests
+    check both, whatever this machine's BLAS is.
+    """
+    monkeypatch.setattr(convolution, "PIXEL_ROWS", request.param)
+    return request.param
 
 
 def reference_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
@@ -261,6 +276,39 @@ def test_gather_sum_accumulates_the_bias_gradient_in_double():
     kernels.gather_sum(dy, dy_t, np.empty(0))  # no bias: nothing to add to
     with pytest.raises(ValueError, match="do not fit"):
         kernels.gather_sum(dy, dy_t, np.empty(3))
+
+
+def test_pixel_row_moves_are_transposes():
+    rng = np.random.default_rng(12)
+    out = rng.standard_normal((3 * 70, 5)).astype(np.float32)  # N=3, P=70 (> one block)
+    bias = rng.standard_normal(5).astype(np.float32)
+    y = np.empty((3, 5, 70), np.float32)
+    kernels.scatter_bias_rows(out, bias, y)
+    np.testing.assert_array_equal(y, out.reshape(3, 70, 5).transpose(0, 2, 1) + bias[:, None])
+    kernels.scatter_bias_rows(out, np.empty(0, np.float32), y)  # no bias
+    np.testing.assert_array_equal(y, out.reshape(3, 70, 5).transpose(0, 2, 1))
+    rows = np.empty_like(out)
+    db = np.full(5, 0.5)  # accumulates, in double, like gather_sum
+    kernels.gather_rows_sum(y, rows, db)
+    np.testing.assert_array_equal(rows, out)
+    np.testing.assert_allclose(db, 0.5 + y.sum(axis=(0, 2), dtype=np.float64), rtol=1e-12)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.scatter_bias_rows(out[:-1], bias, y)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.gather_rows_sum(y, rows, np.empty(4))
+
+
+@pytest.mark.parametrize("core", ["Haswell", "SkylakeX"])
+def test_the_layout_follows_the_blas_kernels(core):
+    """A process picks pixel rows exactly when its OpenBLAS runs AVX-512 kernels."""
+    if core == "SkylakeX" and "avx512bw" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU runs no AVX-512 kernels")
+    code = ("from nnkit import parallel; from nnkit.layers import convolution as c; "
+            "print(parallel.blas_kernels(), c.PIXEL_ROWS)")
+    env = dict(os.environ, OPENBLAS_CORETYPE=core)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [core, str(core == "SkylakeX")]
 
 
 @pytest.fixture

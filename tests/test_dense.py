@@ -4,6 +4,7 @@ import pytest
 
 from gradcheck import Source, check_layer
 from nnkit.layers import Dense
+from nnkit.layers.base import fastest_layout
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (2, 2, 3, 2)])
@@ -115,4 +116,12 @@ def test_gemm_products_are_the_layers_own_products():
         result = (a.T if p.transpose_a else a) @ (bm.T if p.transpose_b else bm)
         np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5)
         assert p.flops == 2 * result.size * (a.shape[0] if p.transpose_a else a.shape[1])
+        # The other layout: the same operands as stored, the output transposed.
+        q = p.swapped()
+        assert (q.a_shape, q.b_shape, q.flops) == (bm.shape, a.shape, p.flops)
+        swapped = (bm.T if q.transpose_a else bm) @ (a.T if q.transpose_b else a)
+        np.testing.assert_allclose(swapped, expected.T, rtol=1e-4, atol=1e-5)
+        seconds, (qa, qb, out) = fastest_layout(p, rng, iterations=2)
+        assert seconds > 0 and out.shape in (result.shape, result.shape[::-1])
+        assert (qa.shape[0], qb.shape[1]) == out.shape
     assert Dense(3).gemm_products() == []  # not built: no shapes yet

@@ -275,3 +275,67 @@ def gather_sum(const floating[:, :, ::1] dy, floating[:, ::1] dy_t,
                 acc += _copy_sum(&dy_t[f, n * P], &dy[n, f, 0], P)
             if has_bias:
                 dbias[f] += acc
+
+
+def scatter_bias_rows(const floating[:, ::1] out, const floating[::1] bias,
+                      floating[:, :, ::1] y) -> None:
+    """``y[n, f, p] = out[n*P + p, f] + bias[f]``: (N*P, F) -> (N, F, P).
+
+    The product with one row per output pixel, (N*P, F), is the layout OpenBLAS's AVX-512
+    kernels run fastest (see ``nnkit.layers.convolution``); this turns it back into NCHW.
+    ``bias`` has length F, or length 0 for none.
+    """
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], P = y.shape[2]
+    cdef Py_ssize_t n, f, p, p0, p1
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef floating b = 0
+    cdef floating* dst
+    cdef const floating* src
+    if out.shape[0] != N * P or out.shape[1] != F or (has_bias and bias.shape[0] != F):
+        raise ValueError(f"scatter_bias_rows: out ({out.shape[0]}, {out.shape[1]}), bias "
+                         f"({bias.shape[0]},) do not fit y ({N}, {F}, {P})")
+    with nogil:
+        for n in range(N):
+            # Blocks of 64 pixels: the block's rows of out stay in L1 while every f reads them.
+            for p0 in range(0, P, 64):
+                p1 = min(P, p0 + 64)
+                for f in range(F):
+                    if has_bias:
+                        b = bias[f]
+                    src = &out[n * P, f]
+                    dst = &y[n, f, 0]
+                    for p in range(p0, p1):
+                        dst[p] = src[p * F] + b
+
+
+def gather_rows_sum(const floating[:, :, ::1] dy, floating[:, ::1] rows,
+                    double[::1] dbias) -> None:
+    """``rows[n*P + p, f] = dy[n, f, p]`` and ``dbias[f] += sum over n, p of dy[n, f, p]``.
+
+    The transpose of ``scatter_bias_rows``, for backward; ``dbias`` accumulates as in
+    ``gather_sum`` (length F, or 0 to skip it).
+    """
+    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], P = dy.shape[2]
+    cdef Py_ssize_t n, f, p, p0, p1
+    cdef bint has_bias = dbias.shape[0] > 0
+    cdef double acc
+    cdef floating v
+    cdef floating* dst
+    cdef const floating* src
+    if rows.shape[0] != N * P or rows.shape[1] != F or (has_bias and dbias.shape[0] != F):
+        raise ValueError(f"gather_rows_sum: rows ({rows.shape[0]}, {rows.shape[1]}), dbias "
+                         f"({dbias.shape[0]},) do not fit dy ({N}, {F}, {P})")
+    with nogil:
+        for n in range(N):
+            for p0 in range(0, P, 64):
+                p1 = min(P, p0 + 64)
+                for f in range(F):
+                    src = &dy[n, f, 0]
+                    dst = &rows[n * P, f]
+                    acc = 0
+                    for p in range(p0, p1):
+                        v = src[p]
+                        dst[p * F] = v
+                        acc += v
+                    if has_bias:
+                        dbias[f] += acc

@@ -13,6 +13,8 @@ the layer, reusable buffers and parameter access.
 from __future__ import annotations
 
 import re
+import statistics
+import time
 from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -93,6 +95,37 @@ class GemmProduct(NamedTuple):
         b = rng.random(self.b_shape, dtype=np.float32).astype(dtype, copy=False)
         a, b = (a.T if self.transpose_a else a), (b.T if self.transpose_b else b)
         return a, b, np.empty((a.shape[0], b.shape[1]), dtype)
+
+    def swapped(self) -> GemmProduct:
+        """The same product the other way round: ``op(b).T @ op(a).T``, its output transposed.
+
+        The two differ only in memory layout (which operand's rows become the output's),
+        and BLAS kernels may run one faster: the convolution picks its layout by that
+        (``nnkit.layers.convolution``), and the bound takes the faster (``fastest_layout``).
+        """
+        return GemmProduct(self.phase, self.what, self.b_shape, self.a_shape,
+                           transpose_a=not self.transpose_b, transpose_b=not self.transpose_a)
+
+
+def fastest_layout(product: GemmProduct, rng: np.random.Generator, dtype: Any = np.float32,
+                   iterations: int = 5) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(median seconds, operands) of ``product`` or its ``swapped()`` twin, whichever is faster.
+
+    Each layout runs ``iterations`` times after one warm-up, on random operands
+    (``GemmProduct.operands``), with numpy's matmul on the BLAS's threads.
+    """
+    best: tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    for layout in (product, product.swapped()):
+        a, b, out = operands = layout.operands(rng, dtype)
+        runs = []
+        for i in range(iterations + 1):
+            start = time.perf_counter()
+            np.matmul(a, b, out=out)
+            if i:  # the first run warms up the BLAS threads and the caches
+                runs.append(time.perf_counter() - start)
+        if best is None or statistics.median(runs) < best[0]:
+            best = statistics.median(runs), operands
+    return best
 
 
 class Layer:
