@@ -517,3 +517,66 @@ def test_a_rule_that_does_not_say_is_read_after_its_update() -> None:
     set_grads(layer, 0)
     assert Halving(lr=0.1).Update(1, layer) is True
     assert Halving(lr=2.0).Update(2, layer) is False
+
+
+@pytest.mark.parametrize("kind, cls, hp", RULES, ids=RULE_IDS)
+def test_a_large_param_updated_in_parts_matches_one_pass(kind, cls, hp) -> None:
+    """A param of several parts' worth of values (``nnkit.parallel``) updates in parallel parts:
+    bitwise what the kernel gives in one pass, slots and finiteness flag included."""
+    from nnkit import parallel
+    from nnkit._kernels import update as kernel
+    size = 3 * parallel.MIN_PART_VALUES + 7
+    layer = make_layer(mults=((1.0, 1.0), (1.0, 1.0)))
+    rng = np.random.default_rng(4)
+    for p in layer.params:
+        p.data = rng.standard_normal(size).astype(np.float32)
+        p.grad = rng.standard_normal(size).astype(np.float32)
+    upd = make_updater(cls, hp)
+    whole = copy.deepcopy(layer)
+    slots = {p.name: {k: np.zeros(size, np.float32) for k in upd.slot_names} for p in whole.params}
+    calls = []
+    original = upd._apply
+
+    def spy(w, g, lr, wd, state):
+        calls.append(w.size)
+        return original(w, g, lr, wd, state)
+
+    upd._apply = spy  # an instance attribute: the class's rule still decides the split
+    for step in range(3):
+        assert upd.Update(step, layer) is True
+        lr = upd.lr
+        for p in whole.params:  # the same rule, one kernel call over the whole param
+            args = [p.data, p.grad, *slots[p.name].values(), lr, 0.01]
+            if kind == "sgd":
+                kernel.sgd(*args)
+            elif kind == "momentum":
+                kernel.sgd_momentum(*args, hp["momentum"])
+            elif kind == "nesterov":
+                kernel.nesterov(*args, hp["momentum"])
+            elif kind == "adagrad":
+                kernel.adagrad(*args, hp["epsilon"])
+            elif kind in ("rmsprop", "adadelta"):
+                getattr(kernel, kind)(*args, hp["rho"], hp["epsilon"])
+            else:
+                kernel.adam(*args, hp["beta1"], hp["beta2"], hp["epsilon"],
+                            1 - hp["beta1"] ** (step + 1), 1 - hp["beta2"] ** (step + 1))
+    for p, q in zip(layer.params, whole.params):
+        np.testing.assert_array_equal(p.data, q.data)
+    if parallel.thread_count() > 1:
+        assert max(calls) < size  # it did run in parts
+    assert sum(calls) == 3 * 2 * size
+
+
+def test_a_subclass_rule_sees_the_whole_param() -> None:
+    class Normalized(SGD):  # a rule that needs the whole array: it must not be split
+        def _apply(self, w, g, lr, wd, state):
+            w -= lr * g / np.linalg.norm(g)
+            return True
+    from nnkit import parallel
+    layer = make_layer(mults=((1.0, 1.0), (1.0, 1.0)))
+    size = 3 * parallel.MIN_PART_VALUES
+    for p in layer.params:
+        p.data = np.zeros(size, np.float32)
+        p.grad = np.ones(size, np.float32)
+    Normalized(lr=1.0).Update(1, layer)
+    np.testing.assert_allclose(layer.params[0].data, -1 / np.sqrt(size), rtol=1e-5)

@@ -1,9 +1,13 @@
 """Fully connected layer: ``y = x W^T + b``, one GEMM per batch each way.
 
-Each GEMM is cut into column slices computed in parallel (``nnkit.parallel``, one
-single-threaded BLAS call per part): forward and the weight gradient over the output units,
-the input gradient over the input features. Slicing the columns rather than the batch
-rows keeps each part's share of the weight matrix, the big operand, to itself.
+Each product is one call on all of the BLAS's threads. Forward computes ``y.T = W @ x.T``
+((output_dim, batch), then transposed into y with the bias): OpenBLAS's AVX-512 kernels run
+that layout much faster than ``x @ W.T`` (the MLP's five hidden products at batch 64: 5.0
+against 7.7 ms on a 2-core Zen 5 VM), its AVX2 kernels alike. Whole products also beat
+cutting them into column slices run by ``nnkit.parallel`` on one BLAS thread each, which
+this layer did before (the MLP's training step 34.6 -> 29.1 ms with the AVX-512 kernels,
+38.4 -> 38.1 with AVX2; inference 17.4 -> 8.1 and 19.4 -> 12.1 ms; measured alternating in
+one process).
 """
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from .. import initializers
-from .. import parallel
 from .base import GemmProduct, Layer, Param, param_specs, reject_unknown
 
 
@@ -72,35 +75,23 @@ class Dense(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._x = x.reshape(x.shape[0], -1)
         y = self.buffer("y", (x.shape[0], self.output_dim))
-        w = self.params[0].data
-        b = self.params[1].data if self.use_bias else None
-
-        def run(part: int, lo: int, hi: int) -> None:
-            np.matmul(self._x, w[lo:hi].T, out=y[:, lo:hi])
-            if b is not None:
-                y[:, lo:hi] += b[lo:hi]
-
-        parallel.split(run, self.output_dim, self._x.size, blas=True)
+        y_t = self.buffer("y_t", (self.output_dim, x.shape[0]))
+        np.matmul(self.params[0].data, self._x.T, out=y_t)  # the faster layout (module notes)
+        if self.use_bias:
+            np.add(y_t.T, self.params[1].data, out=y)
+        else:
+            np.copyto(y, y_t.T)
         return y
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         weight = self.params[0]
-        db = self.params[1].grad if self.use_bias else None
-
-        def param_grads(part: int, lo: int, hi: int) -> None:
-            np.matmul(dy[:, lo:hi].T, self._x, out=weight.grad[lo:hi])
-            if db is not None:
-                np.sum(dy[:, lo:hi], axis=0, out=db[lo:hi])
-
-        parallel.split(param_grads, self.output_dim, self._x.size, blas=True)
+        np.matmul(dy.T, self._x, out=weight.grad)
+        if self.use_bias:
+            np.sum(dy, axis=0, out=self.params[1].grad)
         if not need_input_grad:
             return None
         dx = self.buffer("dx", self._x.shape)
-
-        def input_grad(part: int, lo: int, hi: int) -> None:
-            np.matmul(dy, weight.data[:, lo:hi], out=dx[:, lo:hi])
-
-        parallel.split(input_grad, dx.shape[1], dy.size, blas=True)
+        np.matmul(dy, weight.data, out=dx)
         return dx.reshape((dx.shape[0],) + self.input_shape)
 
     def gemm_products(self) -> list[GemmProduct]:
