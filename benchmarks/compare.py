@@ -38,6 +38,14 @@ both in that process), whatever algorithm nnkit itself runs: the bound this mach
 allows. Its
 column "nnkit / GEMMs alone" is the median of the per-pair ratios of the step time over it.
 
+numpy's OpenBLAS chooses its kernels for the CPU when it loads, unless the environment
+names them (``OPENBLAS_CORETYPE``; some machines set it, with ``OPENBLAS_L2_SIZE``, for older
+OpenBLAS builds that misbehave on their CPU). Every process of a run inherits the same
+environment; PyTorch brings its own kernels (MKL, oneDNN) and ignores the variables. The
+header of the results names the kernels numpy ran and the variables that were set; to
+measure OpenBLAS's own choice, unset both for the command alone
+(``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/compare.py``).
+
 The table gives, per case:
 
 * the median over pairs of each process's ms/step, and images/s from it;
@@ -558,6 +566,24 @@ def load_averages() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def blas_description() -> str:
+    """numpy's BLAS as threadpoolctl sees it (kernels included), and the OpenBLAS variables set.
+
+    The children inherit this process's environment, so they load the same kernels.
+    """
+    from threadpoolctl import threadpool_info
+
+    libs = [f"{lib['internal_api']} {lib['version']} ({lib.get('architecture') or '?'} kernels)"
+            for lib in threadpool_info() if lib["user_api"] == "blas"]
+    settings = [f"{name}={os.environ[name]}" for name in OPENBLAS_VARIABLES if name in os.environ]
+    return (f"numpy's BLAS: {', '.join(libs) or 'none found'}; "
+            f"{', '.join(settings) if settings else ' and '.join(OPENBLAS_VARIABLES) + ' unset'}")
+
+
+#: Environment variables that override OpenBLAS's own choice of kernels and blocking.
+OPENBLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
 def write_results(lines: list[str], args: argparse.Namespace, peak: float,
                   loads: tuple[str, str]) -> None:
     """Writes the table, the command and the machine to ``--output``."""
@@ -578,8 +604,8 @@ def write_results(lines: list[str], args: argparse.Namespace, peak: float,
         f"{platform.python_version()}, numpy {np.__version__}, PyTorch {torch_version}, "
         f"float32, {args.threads} threads, {args.pairs} alternating pairs per case, each "
         f"process timing at least {args.iters} steps and {args.min_seconds} s after "
-        f"{args.warmup} warm-up steps. Load average at the start: {loads[0]}; at the end: "
-        f"{loads[1]}.",
+        f"{args.warmup} warm-up steps; {blas_description()}. Load average at the start: "
+        f"{loads[0]}; at the end: {loads[1]}.",
         "",
         f"Float32 GEMM peak (the best GEMM check of the run, numpy/OpenBLAS, 2048^3, "
         f"{args.threads} threads): {peak:.0f} GFLOP/s. See the docstring of "
@@ -635,6 +661,11 @@ def main() -> None:
                                 args.min_seconds, settings)))
         return
     loads = [load_averages()]
+    print(blas_description())
+    if "OPENBLAS_CORETYPE" in os.environ:
+        print("OPENBLAS_CORETYPE is set: numpy's OpenBLAS runs the kernels it names, not its own "
+              "choice for this CPU (to measure that: env -u OPENBLAS_CORETYPE -u "
+              "OPENBLAS_L2_SIZE before the command)")
     frameworks = ["nnkit"]
     if args.baseline:
         frameworks.append("baseline")

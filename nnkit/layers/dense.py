@@ -1,13 +1,18 @@
 """Fully connected layer: ``y = x W^T + b``, one GEMM per batch each way.
 
-Each product is one call on all of the BLAS's threads. Forward computes ``y.T = W @ x.T``
-((output_dim, batch), then transposed into y with the bias): OpenBLAS's AVX-512 kernels run
-that layout much faster than ``x @ W.T`` (the MLP's five hidden products at batch 64: 5.0
-against 7.7 ms on a 2-core Zen 5 VM), its AVX2 kernels alike. Whole products also beat
-cutting them into column slices run by ``nnkit.parallel`` on one BLAS thread each, which
-this layer did before (the MLP's training step 34.6 -> 29.1 ms with the AVX-512 kernels,
-38.4 -> 38.1 with AVX2; inference 17.4 -> 8.1 and 19.4 -> 12.1 ms; measured alternating in
-one process).
+Each GEMM is cut into column slices computed in parallel (``nnkit.parallel``, one
+single-threaded BLAS call per part): forward and the weight gradient over the output units,
+the input gradient over the input features. Slicing the columns rather than the batch
+rows keeps each part's share of the weight matrix, the big operand, to itself.
+
+Forward computes ``y.T = W @ x.T`` ((output_dim, batch), then transposed into y with the
+bias): OpenBLAS's AVX-512 kernels run that layout much faster than ``x @ W.T``, its AVX2
+kernels alike (measured alternating in one process on a 2-core Zen 5 VM, the MLP at batch
+64: training step 34.6 -> 30.2 ms and inference 17.4 -> 8.5 ms with the AVX-512 kernels,
+38.4 -> 39.6 and 19.4 -> 12.7 with AVX2). Whole products on the BLAS's own two threads
+were a little faster still for the MLP (29.1 and 8.1 ms), but OpenBLAS's threads then spin
+after each product against the helpers of the layers around (``nnkit.parallel``): the
+CIFAR-10 CNN's step, with one small dense layer, went from 55 to 95 ms.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import initializers
+from .. import parallel
 from .base import GemmProduct, Layer, Param, param_specs, reject_unknown
 
 
@@ -76,22 +82,37 @@ class Dense(Layer):
         self._x = x.reshape(x.shape[0], -1)
         y = self.buffer("y", (x.shape[0], self.output_dim))
         y_t = self.buffer("y_t", (self.output_dim, x.shape[0]))
-        np.matmul(self.params[0].data, self._x.T, out=y_t)  # the faster layout (module notes)
-        if self.use_bias:
-            np.add(y_t.T, self.params[1].data, out=y)
-        else:
-            np.copyto(y, y_t.T)
+        w = self.params[0].data
+        b = self.params[1].data if self.use_bias else None
+
+        def run(part: int, lo: int, hi: int) -> None:
+            np.matmul(w[lo:hi], self._x.T, out=y_t[lo:hi])  # the faster layout (module notes)
+            if b is not None:
+                np.add(y_t[lo:hi].T, b[lo:hi], out=y[:, lo:hi])
+            else:
+                np.copyto(y[:, lo:hi], y_t[lo:hi].T)
+
+        parallel.split(run, self.output_dim, self._x.size, blas=True)
         return y
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         weight = self.params[0]
-        np.matmul(dy.T, self._x, out=weight.grad)
-        if self.use_bias:
-            np.sum(dy, axis=0, out=self.params[1].grad)
+        db = self.params[1].grad if self.use_bias else None
+
+        def param_grads(part: int, lo: int, hi: int) -> None:
+            np.matmul(dy[:, lo:hi].T, self._x, out=weight.grad[lo:hi])
+            if db is not None:
+                np.sum(dy[:, lo:hi], axis=0, out=db[lo:hi])
+
+        parallel.split(param_grads, self.output_dim, self._x.size, blas=True)
         if not need_input_grad:
             return None
         dx = self.buffer("dx", self._x.shape)
-        np.matmul(dy, weight.data, out=dx)
+
+        def input_grad(part: int, lo: int, hi: int) -> None:
+            np.matmul(dy, weight.data[:, lo:hi], out=dx[:, lo:hi])
+
+        parallel.split(input_grad, dx.shape[1], dy.size, blas=True)
         return dx.reshape((dx.shape[0],) + self.input_shape)
 
     def gemm_products(self) -> list[GemmProduct]:
