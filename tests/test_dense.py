@@ -125,3 +125,19 @@ def test_gemm_products_are_the_layers_own_products():
         assert seconds > 0 and out.shape in (result.shape, result.shape[::-1])
         assert (qa.shape[0], qb.shape[1]) == out.shape
     assert Dense(3).gemm_products() == []  # not built: no shapes yet
+
+
+def test_transpose_bias_kernel_writes_a_slice_of_columns():
+    """The forward's last move, y[:, lo:hi] = y_t[lo:hi].T + b[lo:hi], on a part's columns."""
+    from nnkit._kernels import im2col as layout
+    rng = np.random.default_rng(5)
+    y_t = rng.standard_normal((37, 21)).astype(np.float32)  # not multiples of the 16 x 16 tiles
+    b = rng.standard_normal(37).astype(np.float32)
+    y = np.zeros((21, 50), np.float32)
+    layout.transpose_bias(y_t, b, y[:, 5:42])
+    np.testing.assert_array_equal(y[:, 5:42], y_t.T + b)
+    assert not y[:, :5].any() and not y[:, 42:].any()  # nothing outside the slice
+    layout.transpose_bias(y_t, np.empty(0, np.float32), y[:, 5:42])  # no bias
+    np.testing.assert_array_equal(y[:, 5:42], y_t.T)
+    with pytest.raises(ValueError, match="do not fit"):
+        layout.transpose_bias(y_t, b[:-1], y[:, 5:42])

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import initializers
 from .. import parallel
+from .._kernels import im2col as _layout
 from .base import GemmProduct, Layer, Param, param_specs, reject_unknown
 
 
@@ -84,13 +85,11 @@ class Dense(Layer):
         y_t = self.buffer("y_t", (self.output_dim, x.shape[0]))
         w = self.params[0].data
         b = self.params[1].data if self.use_bias else None
+        no_bias = self.buffer("no_bias", (0,))
 
         def run(part: int, lo: int, hi: int) -> None:
             np.matmul(w[lo:hi], self._x.T, out=y_t[lo:hi])  # the faster layout (module notes)
-            if b is not None:
-                np.add(y_t[lo:hi].T, b[lo:hi], out=y[:, lo:hi])
-            else:
-                np.copyto(y[:, lo:hi], y_t[lo:hi].T)
+            _layout.transpose_bias(y_t[lo:hi], no_bias if b is None else b[lo:hi], y[:, lo:hi])
 
         parallel.split(run, self.output_dim, self._x.size, blas=True)
         return y
