@@ -305,3 +305,21 @@ def test_cluster_flags_need_dask_and_counts_are_checked(tmp_path):
         done = nnkit("worker", "--store", "s.db", *args, cwd=tmp_path)
         assert done.returncode == 2 and says in done.stderr, (args, done.stderr)
     assert not (tmp_path / "s.db").exists()  # refused before the store is touched
+
+
+def test_copied_back_files_land_with_latest_last(tmp_path, monkeypatch):
+    """A reader who sees ``latest`` (the test above waits for it) finds the checkpoint it names
+    and ``run.json`` already written: ``_files`` sorts ``latest`` before ``run.json``."""
+    from nnkit.experiments import cluster as cluster_module
+    source = tmp_path / "worker"
+    source.mkdir()
+    for name, text in (("checkpoint-40.h5", "weights"), ("latest", "checkpoint-40.h5\n"), ("run.json", "{}")):
+        (source / name).write_text(text)
+    written = []
+    real_replace = os.replace
+    monkeypatch.setattr(cluster_module.os, "replace", lambda a, b: (written.append(Path(b).name), real_replace(a, b)))
+    files = cluster_module._files(source)
+    assert list(files) == ["checkpoint-40.h5", "latest", "run.json"]  # the order they travel in
+    cluster_module._unpack(tmp_path / "head", files)
+    assert written == ["checkpoint-40.h5", "run.json", "latest"]
+    assert (tmp_path / "head" / "latest").read_text() == "checkpoint-40.h5\n"

@@ -61,6 +61,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from .._version import __version__
+from ..training.checkpoints import LATEST_FILE
 from ..training.events import COMMANDS_FILE, EVENTS_FILE, JsonlWriter, append_line, read_jsonl
 from .queue import (_EXIT_INTERRUPTED, OUTPUT_FILE, Claim, _die_with_parent, claim, prepare_run_dir,
                     requeue_interrupted, settle, train_command)
@@ -118,9 +119,13 @@ def _files(root: Path, names: list[str] | None = None) -> dict[str, str]:
 
 
 def _unpack(root: Path, files: dict[str, str]) -> None:
-    """Writes ``files`` (from :func:`_files`) under ``root``, each atomically, none outside it."""
+    """Writes ``files`` (from :func:`_files`) under ``root``, each atomically, none outside it.
+
+    ``latest`` goes last: whoever sees the pointer finds what came with it (its checkpoint,
+    ``run.json``) already there.
+    """
     root = root.resolve()
-    for name, data in files.items():
+    for name, data in sorted(files.items(), key=lambda item: item[0] == LATEST_FILE):
         target = (root / name).resolve()
         if not target.is_relative_to(root):  # a name with "..": never written
             continue
