@@ -317,7 +317,12 @@ def test_copied_back_files_land_with_latest_last(tmp_path, monkeypatch):
         (source / name).write_text(text)
     written = []
     real_replace = os.replace
-    monkeypatch.setattr(cluster_module.os, "replace", lambda a, b: (written.append(Path(b).name), real_replace(a, b)))
+
+    def recording_replace(partial, target):
+        written.append(Path(target).name)
+        real_replace(partial, target)
+
+    monkeypatch.setattr(cluster_module.os, "replace", recording_replace)
     files = cluster_module._files(source)
     assert list(files) == ["checkpoint-40.h5", "latest", "run.json"]  # the order they travel in
     cluster_module._unpack(tmp_path / "head", files)
