@@ -130,3 +130,57 @@ def test_unknown_activation_lists_the_valid_ones():
 def test_softmax_needs_a_class_axis():
     with pytest.raises(ValueError, match=r"Activation 'sm'.*softmax.*\(batch,\)"):
         Activation("softmax", name="sm").ComputeFeature(Source(np.ones(4)))
+
+
+def float32_sweep() -> np.ndarray:
+    """Float32 inputs over tanh's whole range: a fine grid, every decade down to the
+    subnormals (both signs), and the special values."""
+    grid = np.linspace(-12, 12, 1_000_001)
+    decades = np.logspace(-45, 1.5, 100_000)
+    special = [0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45, -1e-45, 7.9988, 8.0]
+    return np.concatenate([grid, decades, -decades, special]).astype(np.float32)
+
+
+def test_float32_tanh_kernel_is_within_7_ulp_of_tanh_everywhere():
+    from nnkit._kernels.activations import scaled_tanh_forward
+    x = float32_sweep()
+    y = np.empty_like(x)
+    scaled_tanh_forward(x, 1.0, 1.0, y)
+    exact = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    errors = np.abs(y - exact) / ulp
+    assert errors.max() <= 7, f"{errors.max():.1f} ulp at x = {x[errors.argmax()]!r}"
+    assert np.abs(y).max() <= 1.0
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(x))  # odd, -0.0 included
+    np.testing.assert_array_equal(y[np.abs(x) < 1e-4], x[np.abs(x) < 1e-4])  # tanh(v) = v there
+
+
+def test_float32_tanh_kernel_keeps_nan_and_scales():
+    from nnkit._kernels.activations import scaled_tanh_forward
+    x = np.array([np.nan, 1.0, -2.0, np.nan], np.float32)
+    y = np.empty_like(x)
+    scaled_tanh_forward(x, STANH_A, STANH_B, y)
+    assert np.isnan(y[0]) and np.isnan(y[3])
+    np.testing.assert_allclose(y[1:3], STANH_A * np.tanh(STANH_B * x[1:3].astype(np.float64)),
+                               rtol=5e-7)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 31, 33, 1000])
+def test_float32_tanh_kernel_in_place_and_every_tail_length(n):
+    """The SIMD loop's remainder and the in-place call give the values of one by one."""
+    from nnkit._kernels.activations import scaled_tanh_forward
+    x = (np.random.default_rng(n).standard_normal(n) * 4).astype(np.float32)
+    y = np.full_like(x, np.nan)
+    scaled_tanh_forward(x, STANH_A, STANH_B, y)
+    one_by_one = np.empty_like(x)
+    for i in range(n):
+        scaled_tanh_forward(x[i:i + 1], STANH_A, STANH_B, one_by_one[i:i + 1])
+    np.testing.assert_array_equal(y, one_by_one)
+    scaled_tanh_forward(x, STANH_A, STANH_B, x)
+    np.testing.assert_array_equal(x, y)
+
+
+def test_float32_tanh_kernel_rejects_arrays_of_different_lengths():
+    from nnkit._kernels.activations import scaled_tanh_forward
+    with pytest.raises(ValueError, match="x has 3 values, y 2"):
+        scaled_tanh_forward(np.zeros(3, np.float32), 1.0, 1.0, np.zeros(2, np.float32))

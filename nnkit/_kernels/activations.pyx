@@ -7,11 +7,12 @@ of any-rank arrays; the channel softmax takes ``(N, C, S)`` views (``S = H*W`` f
 1 for ``(N, K)`` scores) and normalizes over ``C``. Backward passes read the saved output
 ``y`` instead of the input, so a layer keeps one array per batch.
 
-The sigmoid, tanh and stanh forward passes are not here: numpy's SIMD ``np.tanh``/``np.exp``
-beat a loop of scalar libm calls (``tanhf``, ``expf``) about 6x on (64, 2500) float32, so
-the layer calls those ufuncs (which release the GIL too). Softmax keeps its fused loop.
-float32 views call the float libm functions (``expf``): ``exp`` would convert every element
-to double and back.
+The float32 tanh and stanh forward pass is ``scaled_tanh_forward``: a rational
+approximation the compiler turns into SIMD code, about 10x faster than numpy's ``np.tanh``
+with the AVX2 kernels numpy ships (which evaluates float32 tanh element by element). float64
+tanh, and the sigmoid forward pass, stay numpy's ufuncs (``np.exp`` is SIMD). Softmax keeps
+its fused loop. float32 views call the float libm functions (``expf``): ``exp`` would
+convert every element to double and back.
 """
 from cython cimport floating
 
@@ -60,6 +61,24 @@ def tanh_backward(const floating[::1] y, const floating[::1] dy, floating[::1] d
     with nogil:
         for i in range(y.shape[0]):
             dx[i] = dy[i] * (one - y[i] * y[i])
+
+
+# ---------------------------------------------------------------------------- scaled tanh
+cdef extern from "scaled_tanh.h" nogil:
+    void nnkit_scaled_tanh(const float *x, float *y, ptrdiff_t n, float a, float b)
+
+
+def scaled_tanh_forward(const float[::1] x, double a, double b, float[::1] y) -> None:
+    """y = a * tanh(b * x) in float32 (tanh: a = b = 1; stanh: a = 1.7159, b = 2/3).
+
+    A rational approximation within 7 ulp of tanh, vectorized (see scaled_tanh.h).
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} values, y {y.shape[0]}")
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        nnkit_scaled_tanh(&x[0], &y[0], x.shape[0], <float>a, <float>b)
 
 
 # ---------------------------------------------------------------------------- stanh
