@@ -66,19 +66,25 @@ def tanh_backward(const floating[::1] y, const floating[::1] dy, floating[::1] d
 # ---------------------------------------------------------------------------- scaled tanh
 cdef extern from "scaled_tanh.h" nogil:
     void nnkit_scaled_tanh(const float *x, float *y, ptrdiff_t n, float a, float b)
+    void nnkit_scaled_tanh_baseline(const float *x, float *y, ptrdiff_t n, float a, float b)
 
 
-def scaled_tanh_forward(const float[::1] x, double a, double b, float[::1] y) -> None:
+def scaled_tanh_forward(const float[::1] x, double a, double b, float[::1] y,
+                        bint baseline=False) -> None:
     """y = a * tanh(b * x) in float32 (tanh: a = b = 1; stanh: a = 1.7159, b = 2/3).
 
-    A rational approximation within 7 ulp of tanh, vectorized (see scaled_tanh.h).
+    A rational approximation within 7 ulp of tanh, vectorized (see scaled_tanh.h), in the
+    build the CPU runs best; ``baseline`` picks the SSE2 build (for the tests).
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} values, y {y.shape[0]}")
     if x.shape[0] == 0:
         return
     with nogil:
-        nnkit_scaled_tanh(&x[0], &y[0], x.shape[0], <float>a, <float>b)
+        if baseline:
+            nnkit_scaled_tanh_baseline(&x[0], &y[0], x.shape[0], <float>a, <float>b)
+        else:
+            nnkit_scaled_tanh(&x[0], &y[0], x.shape[0], <float>a, <float>b)
 
 
 # ---------------------------------------------------------------------------- stanh
