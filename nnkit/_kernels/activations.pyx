@@ -8,10 +8,10 @@ of any-rank arrays; the channel softmax takes ``(N, C, S)`` views (``S = H*W`` f
 ``y`` instead of the input, so a layer keeps one array per batch.
 
 The float32 tanh and stanh forward pass is ``scaled_tanh_forward``: a rational
-approximation the compiler turns into SIMD code, about 10x faster than numpy's ``np.tanh``
-with the AVX2 kernels numpy ships (which evaluates float32 tanh element by element). float64
-tanh, and the sigmoid forward pass, stay numpy's ufuncs (``np.exp`` is SIMD). Softmax keeps
-its fused loop. float32 views call the float libm functions (``expf``): ``exp`` would
+approximation the compiler turns into SIMD code, about 5x faster than numpy's ``np.tanh``
+on an AVX2 machine (0.65 against 2.9-3.4 ns per value, Zen 3). float64 tanh, and the
+sigmoid forward pass, stay numpy's ufuncs (``np.exp`` is SIMD). Softmax keeps its fused
+loop. float32 views call the float libm functions (``expf``): ``exp`` would
 convert every element to double and back.
 """
 from cython cimport floating
