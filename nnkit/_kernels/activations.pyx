@@ -9,7 +9,7 @@ of any-rank arrays; the channel softmax takes ``(N, C, S)`` views (``S = H*W`` f
 
 The float32 tanh and stanh forward pass is ``scaled_tanh_forward``: a rational
 approximation the compiler turns into SIMD code, about 5x faster than numpy's ``np.tanh``
-on an AVX2 machine (0.65 against 2.9-3.4 ns per value, Zen 3). float64 tanh, and the
+on an AVX2 machine (0.65 against 2.8-4.1 ns per value, Zen 3). float64 tanh, and the
 sigmoid forward pass, stay numpy's ufuncs (``np.exp`` is SIMD). Softmax keeps its fused
 loop. float32 views call the float libm functions (``expf``): ``exp`` would
 convert every element to double and back.

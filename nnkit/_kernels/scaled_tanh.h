@@ -9,7 +9,7 @@
  * Each step is arithmetic or a select, so gcc vectorizes the loop; on x86-64 it is compiled
  * twice, for the baseline SSE2 and for AVX2 + FMA, and the CPU picks at run time (the AVX2
  * build is 3x faster: 0.7 against 2.1 ns per value on a Zen 3 core; numpy's float32 tanh
- * takes 2.8). FMA contraction rounds differently: the two builds differ by up to 6 ulp
+ * takes 2.8-4.1). FMA contraction rounds differently: the two builds differ by up to 6 ulp
  * (each within 7 of tanh).
  * The polynomials use Estrin's scheme: independent products, a shorter dependency chain.
  */

@@ -3,7 +3,7 @@
 Backward passes are computed from the saved output ``y`` (not the input), one fused kernel
 pass each. Forward passes use whichever was measured faster on (64, 2500) float32: the
 kernels for relu, softmax and float32 tanh and stanh (a vectorized rational approximation
-within 7 ulp, 0.65 against numpy's 2.9-3.4 ns per value on a Zen 3 core), numpy's SIMD
+within 7 ulp, 0.65 against numpy's 2.8-4.1 ns per value on a Zen 3 core), numpy's SIMD
 ufuncs for sigmoid and float64 tanh and stanh (float64 needs libm's accuracy). Both release
 the GIL, and large arrays run as parallel parts (``nnkit.parallel``): contiguous slices.
 """
@@ -39,9 +39,9 @@ def _scaled_tanh(a: float, b: float):
         if x.dtype == np.float32:
             kernels.scaled_tanh_forward(x, a, b, y)
             return
-        np.multiply(x, b, out=y)
-        np.tanh(y, out=y)
-        np.multiply(y, a, out=y)
+        np.tanh(x if b == 1 else np.multiply(x, b, out=y), out=y)  # no pass for a scale of 1
+        if a != 1:
+            np.multiply(y, a, out=y)
     return forward
 
 
