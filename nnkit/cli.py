@@ -609,7 +609,8 @@ def cmd_time(args: argparse.Namespace) -> int:
           "numpy matmul on the same threads, each in its faster layout (median of the "
           "iterations); rest: the layer's "
           "forward + backward + update time minus that (negative where the layer's own GEMMs "
-          "beat the batch-wide ones)")
+          "beat the batch-wide ones); a dense layer's weight-gradient GEMM runs in its update "
+          "when the updater fuses the two")
     print(f"Average forward pass: {totals[0]:.3f} ms; backward: {totals[1]:.3f} ms; "
           f"forward-backward: {totals[0] + totals[1]:.3f} ms; update: {totals[2]:.3f} ms")
     print(f"Average whole step: {whole:.3f} ms ({batch * 1000 / whole:.0f} examples/s); "

@@ -162,7 +162,13 @@ def _check_loss(logs: dict[str, Any], step: int) -> None:
 
 
 def _check_gradients(params: Iterable[Param], step: int) -> None:
-    """Raises NonFiniteLossError naming the first parameter whose gradient is not finite."""
+    """Raises NonFiniteLossError naming the first parameter whose gradient is not finite.
+
+    A deferred gradient (``Param.defer``) whose bound proves it finite is not computed; one
+    whose bound does not (a NaN or huge values in its inputs) is computed here and checked.
+    """
+    params = [p for p in params
+              if p.deferred is None or not p.deferred.surely_finite(p.data.dtype)]
     bad = _first_nonfinite(params, "grad")
     if bad is not None:
         raise NonFiniteLossError(f"the gradient of {bad.full_name} is not finite (step {step})",
@@ -434,6 +440,8 @@ class Sequential:
     def _forward(self, x: np.ndarray, training: bool, call: Callable[..., Any] = _untimed) -> np.ndarray:
         """The forward pass; ``call`` runs each layer's ComputeFeature (a timer may wrap it)."""
         self._set_training(training)
+        for p in self.params:  # their inputs are about to be overwritten
+            p.discard_deferred()
         self._feed(x)
         for below, layer in zip(self.layers, self.layers[1:]):
             call("forward", layer.name, layer.ComputeFeature, below)
@@ -467,7 +475,10 @@ class Sequential:
           pass (free);
         * every parameter gradient, each layer's right after its ComputeGradient (while it is
           in the cache) and before any update (every gradient is computed first, then every
-          layer is updated);
+          layer is updated). A gradient a layer deferred (``Param.defer``: the dense layer's
+          weight gradient, which the updater computes block by block while it updates) is
+          proven finite by its bound instead, or computed and checked when the bound cannot
+          prove it;
         * every parameter, after the update, for an update that overflowed (a huge learning
           rate): the update kernels check each value as they write it (no second read, see
           ``Updater.Update``). Undoing it needs a copy of the parameters and updater state taken
@@ -509,8 +520,15 @@ class Sequential:
             if reducer is None:
                 _check_loss(logs, step)
             call("backward", self.loss_layer.name, self.loss_layer.ComputeGradient)
+            # An updater that computes gradients block by block lets layers defer theirs (a
+            # reducer needs every gradient whole).
+            defer = reducer is None and getattr(self.updater, "takes_deferred", False)
             for layer in reversed(self.layers[1:]):
-                call("backward", layer.name, layer.ComputeGradient)
+                layer.defer_param_grads = defer
+                try:
+                    call("backward", layer.name, layer.ComputeGradient)
+                finally:
+                    layer.defer_param_grads = False
                 if reducer is None:  # checked while they are still in the cache, before any update
                     _check_gradients(layer.params, step)
             if reducer is not None:  # every rank checks the global batch's loss and gradients: they agree

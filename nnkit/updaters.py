@@ -77,6 +77,12 @@ class Updater:
     slot_names: tuple[str, ...] = ()
     #: The subclass's own constructor arguments, in signature order (for ``get_config``).
     own_args: ClassVar[tuple[str, ...]] = ()
+    #: The size of the gradient block a fused update computes and applies at a time (see
+    #: ``Update``): small enough to stay in a core's L2 or L3 cache. On a Zen 3 VM the MLP's
+    #: weight gradients with their momentum updates took 23.3 ms per step in 1 MB blocks,
+    #: 24.0 in 512 KB and 25.5-26.4 in 256 KB, against 29.1-31.3 unfused (medians of 40
+    #: alternating).
+    fused_block_bytes: ClassVar[int] = 1 << 20
 
     def __init__(self, lr: float = 0.01, lr_type: str | None = None, decay: float = 0.0, *,
                  step: Sequence[int] = (), step_lr: Sequence[float] = (),
@@ -98,6 +104,7 @@ class Updater:
         self._lr_override: float | None = None
         self._states: dict[Param, _ParamState] = {}  # keyed by object: full names may collide
         self._pending: dict[str, _ParamState] = {}   # loaded, not yet attached to a Param
+        self._blocks: dict[int, np.ndarray] = {}     # a fused update's gradient block, per part
 
     # ----------------------------------------------------------------- helpers
     def _name(self) -> str:
@@ -149,29 +156,73 @@ class Updater:
         return self.schedule.base_lr
 
     # ----------------------------------------------------------------- the update
+    @property
+    def takes_deferred(self) -> bool:
+        """True if ``Update`` computes a deferred gradient itself (``Param.defer``): the rule
+        is one of the built-in elementwise ones and there is no clipping (which needs the
+        whole gradient first)."""
+        return (type(self)._apply in _ELEMENTWISE_RULES and self.clip_norm is None
+                and self.clip_value is None)
+
     def Update(self, step: int, layer: HasParams) -> bool:
         """Applies one update, at training step ``step``, to every param of ``layer``.
 
         Returns True if every value written is finite, False if the update overflowed (or
         was fed a NaN or an infinity): the kernels check each value as they write it, so
         finding a bad step costs no second read of the parameters.
+
+        A param whose gradient was deferred (``Param.defer``, set up by ``fit`` when
+        :attr:`takes_deferred`) is updated block by block: a block of the gradient's rows is
+        computed into a scratch array of ``fused_block_bytes`` and the rule applied to it while
+        it is in the cache, so the gradient is never written to memory and read back (by the
+        finiteness check, which takes its bound instead, and by the update). Every other
+        param's gradient is read from ``p.grad``. The rule is elementwise, so both compute
+        the same formula; only the gradient's sums may round differently, BLAS summing a
+        block of another shape in another order (float32: about 1e-7 relative).
         """
         # Check every param first, so that an error never leaves the layer half-updated.
-        views = [self._flat_views(p) for p in layer.params]
+        fused = self.takes_deferred
+        views = [self._flat_views(p, with_grad=not (fused and p.deferred is not None))
+                 for p in layer.params]
         states = [self._state(p) for p in layer.params]
         self.last_step = int(step)
         base = self.lr
         finite = True
         for p, (w, g), state in zip(layer.params, views, states):
             state.count += 1
-            if self.clip_norm is not None or self.clip_value is not None:
-                g = self._clip(g, state)
-            wrote_finite = self._apply_in_parts(w, g, base * p.lr_mult, self.decay * p.wd_mult,
-                                                state)
+            lr, wd = base * p.lr_mult, self.decay * p.wd_mult
+            if g is None:
+                wrote_finite = self._apply_deferred(p, lr, wd, state)
+            else:
+                if self.clip_norm is not None or self.clip_value is not None:
+                    g = self._clip(g, state)
+                wrote_finite = self._apply_in_parts(w, g, lr, wd, state)
             if wrote_finite is None:  # a rule that does not say (a subclass's): read what it wrote
                 wrote_finite = _kernel.all_finite(w)
             finite = finite and bool(wrote_finite)
         return finite
+
+    def _apply_deferred(self, p: Param, lr: float, wd: float, state: _ParamState) -> bool:
+        """``_apply`` to ``p`` with its deferred gradient computed a block of rows at a time,
+        the rows split over the threads (each part with its own block, BLAS on one thread)."""
+        deferred = p.deferred
+        w = p.data.reshape(p.data.shape[0], -1)
+        n, k = w.shape
+        rows = max(1, self.fused_block_bytes // (k * w.itemsize))
+        results: list[bool | None] = []
+
+        def run(part: int, lo: int, hi: int) -> None:
+            block = self._blocks.get(part)
+            if block is None or block.size < rows * k or block.dtype != w.dtype:
+                block = self._blocks[part] = np.empty(rows * k, w.dtype)
+            for r in range(lo, hi, rows):
+                e = min(hi, r + rows)
+                g = block[:(e - r) * k]
+                deferred.rows(r, e, g.reshape(e - r, k))
+                results.append(self._apply(w[r:e].reshape(-1), g, lr, wd, state.part(r * k, e * k)))
+
+        parallel.split(run, n, deferred.row_values, blas=True)
+        return all(results)
 
     def _apply_in_parts(self, w: np.ndarray, g: np.ndarray, lr: float, wd: float,
                         state: _ParamState) -> bool | None:
@@ -195,21 +246,25 @@ class Updater:
         parallel.split(run, w.size)
         return all(results)
 
-    def _flat_views(self, p: Param) -> tuple[np.ndarray, np.ndarray]:
-        """1-D views of ``p.data`` (must be a writable view) and ``p.grad``, checked."""
+    def _flat_views(self, p: Param, with_grad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """1-D views of ``p.data`` (must be a writable view) and ``p.grad`` (None without
+        ``with_grad``: a deferred gradient, computed by the update), checked."""
         where = f"{self._name()}: param {p.full_name!r}"
         if p.data is None:
             raise RuntimeError(f"{where} has no data: build its layer (run ComputeFeature) first")
-        if p.grad is None:
-            raise RuntimeError(f"{where} has no gradient: run ComputeGradient before Update")
-        if p.grad.shape != p.data.shape or p.grad.dtype != p.data.dtype:
-            raise ValueError(f"{where}: gradient of shape {p.grad.shape} and dtype "
-                             f"{p.grad.dtype} does not match data of shape {p.data.shape} and "
-                             f"dtype {p.data.dtype}")
         if not p.data.flags.c_contiguous:
             # reshape(-1) would copy, and the update would be lost.
             raise ValueError(f"{where}: data of shape {p.data.shape} is not C-contiguous")
-        return p.data.reshape(-1), np.ascontiguousarray(p.grad).reshape(-1)
+        if not with_grad:
+            return p.data.reshape(-1), None
+        grad = p.grad
+        if grad is None:
+            raise RuntimeError(f"{where} has no gradient: run ComputeGradient before Update")
+        if grad.shape != p.data.shape or grad.dtype != p.data.dtype:
+            raise ValueError(f"{where}: gradient of shape {grad.shape} and dtype "
+                             f"{grad.dtype} does not match data of shape {p.data.shape} and "
+                             f"dtype {p.data.dtype}")
+        return p.data.reshape(-1), np.ascontiguousarray(grad).reshape(-1)
 
     def _state(self, p: Param) -> _ParamState:
         """The live state of ``p``: existing, restored by full name, or fresh zeros."""

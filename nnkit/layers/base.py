@@ -15,11 +15,11 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .. import initializers
+from .. import initializers, parallel
 
 DEFAULT_DTYPE = np.float32
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -29,12 +29,40 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z])([A-Z])", r"_\1", name).lower()  # Convolution2D -> convolution2d
 
 
+class DeferredGrad(NamedTuple):
+    """A parameter gradient the backward pass described instead of computing (``Param.defer``).
+
+    ``rows(lo, hi, out)`` writes rows ``[lo, hi)`` of the gradient, seen as a 2-D array of the
+    param's first axis by the rest, into ``out`` (shape ``(hi - lo, rest)``): an updater can
+    then compute the gradient block by block and apply each block while it is in the cache
+    (the gradient GEMM and the update fused, ``Updater.Update``). ``bound`` is an upper bound
+    on every element's magnitude (NaN when an input is not finite); ``row_values`` is the
+    number of input values one row reads, for ``parallel.split``.
+    """
+
+    rows: Callable[[int, int, np.ndarray], None]
+    bound: float
+    row_values: int
+
+    def surely_finite(self, dtype: np.dtype) -> bool:
+        """True if no element can be a NaN or an infinity: ``bound`` is below half the
+        dtype's largest value (the half covers the rounding of the products' sums)."""
+        return self.bound < float(np.finfo(dtype).max) / 2
+
+
 class Param:
     """A trainable array with its gradient and its per-parameter settings.
 
     ``lr_mult`` and ``wd_mult`` scale the updater's learning rate and weight decay for this
     parameter only (Caffe's ``lr_mult``/``decay_mult``). The full name, ``layer/param``, is
     what checkpoints and updater state use; it follows the owning layer if that is renamed.
+
+    ``grad`` is the gradient of the last backward pass. During ``fit`` a layer may describe
+    it instead of computing it (:meth:`defer`, the dense layer's weight gradient) so that
+    the updater computes and applies it block by block; reading ``grad`` then computes it
+    whole, as long as the inputs it is computed from are there: until the model's next
+    forward pass (:meth:`discard_deferred`), after which ``grad`` is None until the next
+    backward pass.
     """
 
     def __init__(self, owner: "Layer", name: str, spec: initializers.InitSpec,
@@ -45,12 +73,52 @@ class Param:
         self.lr_mult = float(lr_mult)
         self.wd_mult = float(wd_mult)
         self.data: np.ndarray | None = None
-        self.grad: np.ndarray | None = None
+        self._grad: np.ndarray | None = None
+        self._deferred: DeferredGrad | None = None
+        self._grad_lost = False  # a deferred gradient discarded: grad reads None
 
     @property
     def full_name(self) -> str:
         """``layer_name/param_name``, unique within a model."""
         return f"{self.owner.name}/{self.name}"
+
+    @property
+    def grad(self) -> np.ndarray | None:
+        """The gradient of the last backward pass (computed now if it was deferred)."""
+        if self._deferred is not None:
+            deferred, self._deferred = self._deferred, None
+            g = self._grad.reshape(self._grad.shape[0], -1)
+            # In the parts the layer itself would have used: the same values, bit for bit.
+            parallel.split(lambda part, lo, hi: deferred.rows(lo, hi, g[lo:hi]), len(g),
+                           deferred.row_values, blas=True)
+        return None if self._grad_lost else self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray | None) -> None:
+        self._grad, self._deferred, self._grad_lost = value, None, False
+
+    def grad_buffer(self) -> np.ndarray:
+        """The gradient's array, for a backward pass to write this step's gradient into."""
+        if self._grad is None:
+            raise RuntimeError(f"param {self.full_name!r} has no gradient array: allocate it first")
+        self._deferred, self._grad_lost = None, False
+        return self._grad
+
+    @property
+    def deferred(self) -> DeferredGrad | None:
+        """This step's gradient as a description (see :class:`DeferredGrad`), or None."""
+        return self._deferred
+
+    def defer(self, deferred: DeferredGrad) -> None:
+        """Stands ``deferred`` for this step's gradient: computed when ``grad`` is read."""
+        self.grad_buffer()
+        self._deferred = deferred
+
+    def discard_deferred(self) -> None:
+        """Forgets a deferred gradient whose inputs are about to change (the next forward
+        pass): ``grad`` then reads None until a backward pass writes one."""
+        if self._deferred is not None:
+            self._deferred, self._grad_lost = None, True
 
     def allocate(self, shape: tuple[int, ...], dtype: np.dtype, fan_in: int, fan_out: int,
                  rng: np.random.Generator) -> None:
@@ -144,6 +212,10 @@ class Layer:
             :meth:`add_state` in ``create_params``.
         training: True in training mode (dropout active), False in evaluation mode.
         rng: the generator used for parameter init and any random draw of this layer.
+        defer_param_grads: True while a model runs a training step whose updater computes
+            gradients block by block (``Updater.takes_deferred``): a layer that can may then
+            describe a param's gradient (``Param.defer``) rather than compute it. False in
+            every call by hand.
     """
 
     #: Whether a layer below may need ``grad`` from this layer; input layers set False.
@@ -178,6 +250,7 @@ class Layer:
         self.state: dict[str, np.ndarray] = {}
         self.training = True
         self.rng: np.random.Generator | None = None
+        self.defer_param_grads = False
         self.srcs: tuple[Layer, ...] = ()
         self.input_shape: tuple[int, ...] | None = None  # without the batch axis
         self.dtype: np.dtype | None = None

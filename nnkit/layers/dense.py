@@ -13,6 +13,11 @@ kernels alike (measured alternating in one process on a 2-core Zen 5 VM, the MLP
 were a little faster still for the MLP (29.1 and 8.1 ms), but OpenBLAS's threads then spin
 after each product against the helpers of the layers around (``nnkit.parallel``): the
 CIFAR-10 CNN's step, with one small dense layer, went from 55 to 95 ms.
+
+In a ``fit`` step whose updater takes it (``defer_param_grads``), the weight gradient is
+not computed here but described (``Param.defer``): the updater computes it a block of rows
+at a time and applies each block while it is in the cache, so the gradient never goes
+through memory (see ``Updater.Update``).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import numpy as np
 from .. import initializers
 from .. import parallel
 from .._kernels import im2col as _layout
-from .base import GemmProduct, Layer, Param, param_specs, reject_unknown
+from .base import DeferredGrad, GemmProduct, Layer, Param, param_specs, reject_unknown
 
 
 class Dense(Layer):
@@ -96,14 +101,20 @@ class Dense(Layer):
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         weight = self.params[0]
-        db = self.params[1].grad if self.use_bias else None
-
-        def param_grads(part: int, lo: int, hi: int) -> None:
-            np.matmul(dy[:, lo:hi].T, self._x, out=weight.grad[lo:hi])
+        db = self.params[1].grad_buffer() if self.use_bias else None
+        if self.defer_param_grads:
+            weight.defer(self._weight_grad_rows(dy))
             if db is not None:
-                np.sum(dy[:, lo:hi], axis=0, out=db[lo:hi])
+                np.sum(dy, axis=0, out=db)
+        else:
+            dw = weight.grad_buffer()
 
-        parallel.split(param_grads, self.output_dim, self._x.size, blas=True)
+            def param_grads(part: int, lo: int, hi: int) -> None:
+                np.matmul(dy[:, lo:hi].T, self._x, out=dw[lo:hi])
+                if db is not None:
+                    np.sum(dy[:, lo:hi], axis=0, out=db[lo:hi])
+
+            parallel.split(param_grads, self.output_dim, self._x.size, blas=True)
         if not need_input_grad:
             return None
         dx = self.buffer("dx", self._x.shape)
@@ -113,6 +124,18 @@ class Dense(Layer):
 
         parallel.split(input_grad, dx.shape[1], dy.size, blas=True)
         return dx.reshape((dx.shape[0],) + self.input_shape)
+
+    def _weight_grad_rows(self, dy: np.ndarray) -> DeferredGrad:
+        """The weight gradient ``dy.T @ x``, described (see ``Param.defer``): rows of it on
+        demand, and a bound on its elements, ``batch * max|dy| * max|x|`` (NaN if either
+        holds a NaN; two reads of arrays far smaller than the weights)."""
+        x = self._x
+
+        def rows(lo: int, hi: int, out: np.ndarray) -> None:
+            np.matmul(dy[:, lo:hi].T, x, out=out)
+
+        bound = x.shape[0] * _max_abs(dy) * _max_abs(x)
+        return DeferredGrad(rows, bound, x.size)
 
     def gemm_products(self) -> list[GemmProduct]:
         """``x @ W.T``; backward ``dy.T @ x`` and ``dy @ W`` (x (B, K), W (N, K), dy (B, N))."""
@@ -124,3 +147,8 @@ class Dense(Layer):
         if self.srcs and self.srcs[0].accepts_grad:
             products.append(GemmProduct("backward", "input gradient", (b, n), (n, k)))
         return products
+
+
+def _max_abs(a: np.ndarray) -> float:
+    """The largest magnitude in ``a`` as a Python float (NaN if ``a`` holds a NaN)."""
+    return max(float(a.max()), -float(a.min())) if a.size else 0.0
