@@ -18,7 +18,7 @@ import numpy as np
 
 from . import checkpoint, updaters as updaters_module
 from .layers import Accuracy, Dummy, ImageInput, LabelInput, Layer, Loss, name_layers, set_seed
-from .layers.base import LAYER_CLASSES, Param, fastest_layout
+from .layers.base import LAYER_CLASSES, Param, Workspace, fastest_layout
 from .layers.input import _InputLayer
 from .training import Callback, History, NonFiniteLossError, ProcessRun, Trainer, TrainingRun
 from .training.trainer import check_policy
@@ -243,6 +243,9 @@ class Sequential:
         # The JobConf this model was built from (nnkit.config), if any: to_proto() keeps its
         # data and run sections, so a checkpoint can be evaluated without the config file.
         self.job: Any = None
+        # The layers' shared scratch: im2col columns, and the input gradients of a training
+        # step in two alternating buffers (Layer.input_grad_slot).
+        self.workspace = Workspace()
         for layer in layers or []:
             self.add(layer)
 
@@ -257,6 +260,7 @@ class Sequential:
             raise ValueError(f"{self.name}: input layer {layer.describe()} must come first")
         if isinstance(layer, (Loss, Accuracy)):
             raise ValueError(f"{self.name}: give the loss to compile(loss=...), not add()")
+        layer.workspace = self.workspace
         self.layers.append(layer)
 
     def compile(self, updater: updaters_module.Updater | None = None, loss: str | Loss = "softmaxloss",
@@ -523,12 +527,14 @@ class Sequential:
             # An updater that computes gradients block by block lets layers defer theirs (a
             # reducer needs every gradient whole).
             defer = reducer is None and getattr(self.updater, "takes_deferred", False)
-            for layer in reversed(self.layers[1:]):
-                layer.defer_param_grads = defer
+            for index in range(len(self.layers) - 1, 0, -1):
+                layer = self.layers[index]
+                # Its input gradient is read by the layer below only: two buffers, alternating.
+                layer.defer_param_grads, layer.input_grad_slot = defer, f"input_grad{index % 2}"
                 try:
                     call("backward", layer.name, layer.ComputeGradient)
                 finally:
-                    layer.defer_param_grads = False
+                    layer.defer_param_grads, layer.input_grad_slot = False, None
                 if reducer is None:  # checked while they are still in the cache, before any update
                     _check_gradients(layer.params, step)
             if reducer is not None:  # every rank checks the global batch's loss and gradients: they agree

@@ -122,7 +122,7 @@ class Activation(Layer):
         if not need_input_grad:
             return None  # no params: nothing else to compute
         dy = np.ascontiguousarray(dy, dtype=self.dtype)
-        dx = self.buffer("dx", dy.shape)
+        dx = self.input_grad_buffer(dy.shape)
         if self.activation == "softmax":
             kernels.softmax_backward(_channels(self._y), _channels(dy), _channels(dx))
         elif self.activation == "linear":

@@ -12,6 +12,7 @@ the layer, reusable buffers and parameter access.
 """
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import time
@@ -48,6 +49,34 @@ class DeferredGrad(NamedTuple):
         """True if no element can be a NaN or an infinity: ``bound`` is below half the
         dtype's largest value (the half covers the rounding of the products' sums)."""
         return self.bound < float(np.finfo(dtype).max) / 2
+
+
+class Workspace:
+    """Scratch memory the layers of one model share, by name.
+
+    A convolution's im2col columns live only within one of its calls, and a layer's input
+    gradient (during a model's training step) only until the layer below has read it: such
+    arrays need not be one per layer. ``view`` hands out views of a flat buffer per name that
+    only grows (to the largest request), so layers asking for the same name share it. A model
+    gives its layers one workspace (``Sequential.add``); a layer on its own has its own.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+    def view(self, key: str, capacity: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A contiguous ``shape`` view of the buffer ``key`` (at least ``capacity`` values,
+        uninitialized): the same memory as every other view of ``key`` of this dtype."""
+        dtype = np.dtype(dtype)
+        buf = self._arrays.get((key, dtype))
+        if buf is None or buf.size < capacity:
+            buf = self._arrays[(key, dtype)] = np.empty(max(capacity, math.prod(shape)), dtype)
+        return buf[:math.prod(shape)].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes its buffers hold."""
+        return sum(a.nbytes for a in self._arrays.values())
 
 
 class Param:
@@ -212,6 +241,13 @@ class Layer:
             :meth:`add_state` in ``create_params``.
         training: True in training mode (dropout active), False in evaluation mode.
         rng: the generator used for parameter init and any random draw of this layer.
+        workspace: the scratch memory this layer shares with the other layers of its model
+            (:class:`Workspace`).
+        input_grad_slot: while a model runs a training step, the name of the workspace
+            buffer this layer writes its input gradient into (two, alternating down the
+            stack: a layer's ``grad`` is overwritten two layers further down, so read an
+            intermediate ``grad`` in calls by hand, not after ``fit``); None otherwise: the
+            layer's own buffer.
         defer_param_grads: True while a model runs a training step whose updater computes
             gradients block by block (``Updater.takes_deferred``): a layer that can may then
             describe a param's gradient (``Param.defer``) rather than compute it. False in
@@ -251,6 +287,8 @@ class Layer:
         self.training = True
         self.rng: np.random.Generator | None = None
         self.defer_param_grads = False
+        self.workspace = Workspace()
+        self.input_grad_slot: str | None = None
         self.srcs: tuple[Layer, ...] = ()
         self.input_shape: tuple[int, ...] | None = None  # without the batch axis
         self.dtype: np.dtype | None = None
@@ -438,6 +476,14 @@ class Layer:
             raise self.error(f"source {src.describe()} has no data: it was never computed or fed",
                              RuntimeError)
         return src.data
+
+    def input_grad_buffer(self, shape: tuple[int, ...], dtype: Any | None = None) -> np.ndarray:
+        """The array ``backward`` writes the input gradient into: the workspace's slot named
+        by :attr:`input_grad_slot` in a model's training step, else this layer's own."""
+        if self.input_grad_slot is None:
+            return self.buffer("dx", shape, dtype)
+        return self.workspace.view(self.input_grad_slot, math.prod(shape), shape,
+                                   dtype or self.dtype)
 
     def buffer(self, key: str, shape: tuple[int, ...], dtype: Any | None = None) -> np.ndarray:
         """A scratch array reused while ``shape`` and ``dtype`` stay the same (uninitialized)."""

@@ -159,12 +159,14 @@ class Convolution2D(Layer):
         return self.params[1].data if self.bias else self.buffer("no_bias", (0,))
 
     def _view(self, key: str, capacity: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A contiguous ``shape`` view of the buffer ``key`` of ``capacity`` values.
+        """A contiguous ``shape`` view of the scratch buffer ``key`` of ``capacity`` values.
 
         Buffers are sized for a full chunk; the last chunk of a batch may be smaller and
-        takes a view of the same buffer instead of reallocating it every batch.
+        takes a view of the same buffer. They live in the model's workspace: every buffer
+        here is scratch within one call (one part's, by its key), so a model's convolutions
+        share them (``Workspace``).
         """
-        return self.buffer(key, (capacity,))[:math.prod(shape)].reshape(shape)
+        return self.workspace.view(key, capacity, shape, self.dtype)
 
     def _im2col(self, x: np.ndarray, chunk: int, key: str,
                 pad: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +256,7 @@ class Convolution2D(Layer):
         dy3 = dy.reshape(n, f, oh * ow)
         dx = transposed = tpad = None
         if need_input_grad:
-            dx = self.buffer("dx", x.shape)
+            dx = self.input_grad_buffer(x.shape)
             tpad = self._transposed_pad()
             if tpad is not None:
                 # (C, F*kh*kw): the weights transposed and flipped in space, once per batch.
@@ -297,7 +299,8 @@ class Convolution2D(Layer):
                 if target is not dw:
                     dw += target
                 if transposed is not None:
-                    dcol, _ = self._im2col(dy[start:stop], chunk, f"d{part}", tpad)
+                    # col is used up: dcol takes its buffer.
+                    dcol, _ = self._im2col(dy[start:stop], chunk, f"{part}", tpad)
                     in_pixels = dcol.shape[1]
                     capacity = c * in_pixels // (stop - start) * chunk
                     dx3 = dx[start:stop].reshape(stop - start, c, -1)

@@ -117,7 +117,7 @@ class Dense(Layer):
             parallel.split(param_grads, self.output_dim, self._x.size, blas=True)
         if not need_input_grad:
             return None
-        dx = self.buffer("dx", self._x.shape)
+        dx = self.input_grad_buffer(self._x.shape)
 
         def input_grad(part: int, lo: int, hi: int) -> None:
             np.matmul(dy, weight.data[:, lo:hi], out=dx[:, lo:hi])
@@ -130,6 +130,11 @@ class Dense(Layer):
         demand, and a bound on its elements, ``batch * max|dy| * max|x|`` (NaN if either
         holds a NaN; two reads of arrays far smaller than the weights)."""
         x = self._x
+        # dy may be a buffer the layers below write their input gradients into: kept here
+        # until the update (batch x outputs, small beside the weights).
+        kept = self.buffer("dy", dy.shape)
+        np.copyto(kept, dy)
+        dy = kept
 
         def rows(lo: int, hi: int, out: np.ndarray) -> None:
             np.matmul(dy[:, lo:hi].T, x, out=out)

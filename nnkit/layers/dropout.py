@@ -94,7 +94,7 @@ class Dropout(Layer):
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         if not need_input_grad:
             return None
-        dx = self.buffer("dx", dy.shape)
+        dx = self.input_grad_buffer(dy.shape)
         if self._mask is not None:
             np.multiply(dy, self._mask, out=dx)
         else:

@@ -211,7 +211,7 @@ class Loss(_Criterion):
         if not prediction_layer.accepts_grad:
             return
         shape = prediction_layer.data.shape
-        dx = self.buffer("dx", shape)
+        dx = self.input_grad_buffer(shape)
         dx2 = dx.reshape(shape[0], -1)
         scale = 1.0 / shape[0]
         if self.lossname == "softmaxloss":

@@ -150,7 +150,7 @@ class LRN2D(Layer):
                              f"{x.shape}")
         v = self._views(x)
         dy2 = np.ascontiguousarray(dy, dtype=x.dtype).reshape(v.x.shape)
-        dx = self.buffer("dx", x.shape, x.dtype)
+        dx = self.input_grad_buffer(x.shape, x.dtype)
         dx2 = dx.reshape(v.x.shape)
 
         def run(part: int, lo: int, hi: int) -> None:
@@ -318,7 +318,7 @@ class BatchNormalization(Layer):
         mean, _, inv_std, sum_dy, sum_dy_xhat = self._stats(x3.shape[1])
         gamma = self.params[0].data
         dgamma, dbeta = self.params[0].grad, self.params[1].grad
-        dx = self.buffer("dx", shape, x3.dtype) if need_input_grad else None
+        dx = self.input_grad_buffer(shape, x3.dtype) if need_input_grad else None
         dx3 = None if dx is None else dx.reshape(x3.shape)
 
         synced = self._batch_stats and self.sync is not None and dx3 is not None

@@ -157,7 +157,7 @@ class _Pooling2D(Layer):
 
     def _input_grad(self, n: int) -> np.ndarray:
         """This layer's input-gradient buffer for a batch of ``n``."""
-        return self.buffer("dx", (n, *self.input_shape))
+        return self.input_grad_buffer((n, *self.input_shape))
 
 
 class MaxPooling2D(_Pooling2D):

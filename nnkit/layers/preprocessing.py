@@ -90,7 +90,7 @@ class Rescaling(_Preprocessing):
         """``dy * scale`` (no parameters)."""
         if not need_input_grad:
             return None
-        dx = self.buffer("dx", dy.shape)
+        dx = self.input_grad_buffer(dy.shape)
         np.multiply(dy, self.scale, out=dx)
         return dx
 
@@ -198,6 +198,6 @@ class Normalization(_Preprocessing):
         """``dy / std`` (no parameters)."""
         if not need_input_grad:
             return None
-        dx = self.buffer("dx", dy.shape)
+        dx = self.input_grad_buffer(dy.shape)
         np.divide(dy, self._std_b, out=dx)
         return dx

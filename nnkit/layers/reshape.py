@@ -33,7 +33,7 @@ class Flatten(Layer):
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         if not need_input_grad:
             return None
-        dx = self.buffer("dx", (dy.shape[0], *self.input_shape))
+        dx = self.input_grad_buffer((dy.shape[0], *self.input_shape))
         np.copyto(dx, dy.reshape(dx.shape))
         return dx
 
@@ -75,7 +75,7 @@ class ZeroPadding2D(Layer):
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         if not need_input_grad:
             return None
-        dx = self.buffer("dx", (dy.shape[0], *self.input_shape))
+        dx = self.input_grad_buffer((dy.shape[0], *self.input_shape))
         np.copyto(dx, dy[self._window(dx.shape)])
         return dx
 
