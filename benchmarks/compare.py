@@ -15,8 +15,9 @@ nnkit, PyTorch NCHW, PyTorch channels_last (CNN cases), onnxruntime (inference c
 GEMMs alone, repeated ``--pairs`` times. Each process builds the network, warms up, then
 times at least ``--iters`` steps (and at least ``--min-seconds``) and reports its median
 ms per step. A training step is forward, softmax cross-entropy loss, backward and an
-SGD-momentum update (weight decay 0.004); an inference step is the forward pass in
-evaluation mode, without the loss.
+SGD-momentum update (weight decay 0.004): in nnkit ``Sequential.train_on_batch``, what
+``fit`` runs per batch, its non-finite checks included; an inference step is the forward
+pass in evaluation mode, without the loss (nnkit: the per-layer ``ComputeFeature`` calls).
 
 PyTorch runs as fast as eager PyTorch goes on the CPU (``TorchSettings``): the fused CPU
 SGD (``fused=True``; on the CPU ``foreach`` is off by default and ``foreach=True`` runs
@@ -160,29 +161,26 @@ def nnkit_network(network: str, batch: int) -> tuple[list, np.ndarray]:
 
 def nnkit_step(network: str, batch: int, train: bool):
     """Builds the network in nnkit; returns (a function running one step, its GEMM flops)."""
-    from nnkit import SGD, Convolution2D, Dense, LabelInput, Loss
+    from nnkit import SGD, Convolution2D, Dense, Sequential
 
     nn, x = nnkit_network(network, batch)
     rng = np.random.default_rng(1)
     y = rng.integers(0, 10, batch)
-    label, loss = LabelInput(), Loss("softmaxloss")
-    sgd = SGD(lr=0.001, momentum=0.9, decay=0.004)
-    counter = [0]
     for layer in nn:
         layer.train(train)
+    if train:
+        # What fit runs per batch, its non-finite checks included; in it the dense layers'
+        # weight gradients fuse into the update and the input gradients share two buffers.
+        model = Sequential(nn)
+        model.compile(SGD(lr=0.001, momentum=0.9, decay=0.004), "softmaxloss", [])
 
-    def step():
-        nn[0].Feed(x)
-        for h in range(1, len(nn)):
-            nn[h].ComputeFeature(nn[h - 1])
-        if train:
-            label.Feed(y)
-            loss.ComputeFeature(nn[-1], label)
-            counter[0] += 1
-            loss.ComputeGradient()
-            for h in range(len(nn) - 1, 0, -1):
-                nn[h].ComputeGradient()
-                sgd.Update(counter[0], nn[h])
+        def step():
+            model.train_on_batch(x, y)
+    else:
+        def step():
+            nn[0].Feed(x)
+            for h in range(1, len(nn)):
+                nn[h].ComputeFeature(nn[h - 1])
 
     step()  # builds the layers, so their shapes are known
     flops = 0
