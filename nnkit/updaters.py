@@ -29,7 +29,7 @@ import numpy as np
 
 from . import parallel, schedules
 from ._kernels import update as _kernel
-from .layers.base import Param
+from .layers.base import Param, Workspace
 
 __all__ = ["Updater", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"]
 
@@ -104,7 +104,7 @@ class Updater:
         self._lr_override: float | None = None
         self._states: dict[Param, _ParamState] = {}  # keyed by object: full names may collide
         self._pending: dict[str, _ParamState] = {}   # loaded, not yet attached to a Param
-        self._blocks: dict[int, np.ndarray] = {}     # a fused update's gradient block, per part
+        self._blocks = Workspace()                   # a fused update's gradient block, per part
 
     # ----------------------------------------------------------------- helpers
     def _name(self) -> str:
@@ -212,9 +212,7 @@ class Updater:
         results: list[bool | None] = []
 
         def run(part: int, lo: int, hi: int) -> None:
-            block = self._blocks.get(part)
-            if block is None or block.size < rows * k or block.dtype != w.dtype:
-                block = self._blocks[part] = np.empty(rows * k, w.dtype)
+            block = self._blocks.view(f"block{part}", rows * k, (rows * k,), w.dtype)
             for r in range(lo, hi, rows):
                 e = min(hi, r + rows)
                 g = block[:(e - r) * k]
