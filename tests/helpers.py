@@ -22,6 +22,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     raise TimeoutError("condition not reached")
 
 
+def run_events(run_dir: str | Path) -> list[dict]:
+    """A run directory's events so far, as the run reads them: complete lines only (a live
+    run may be half way through writing the last one), without the garbage line a killed
+    writer leaves (a missing file has none)."""
+    from nnkit.training.events import read_jsonl
+    items, _ = read_jsonl(Path(run_dir, "events.jsonl"))
+    return [value for _, value in items if not isinstance(value, ValueError)]
+
+
 def load_example(name: str) -> ModuleType:
     """Imports ``examples/<name>.py`` (with examples/ on the path for its own imports)."""
     sys.path.insert(0, str(ROOT / "examples"))

@@ -106,7 +106,8 @@ class Child:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
         while (line := self.lines.get(timeout=30)) is not None:
-            self.seen.append(line.split())
+            if line.endswith("\n"):  # the kill may cut the last line short
+                self.seen.append(line.split())
         self.process.stderr.close()
 
     def last(self, word: str) -> int:

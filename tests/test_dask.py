@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers import DATA, ROOT, wait_until
+from helpers import run_events as events
 from test_cli import SMALL_JOB
 
 from nnkit.experiments import Store
@@ -84,11 +85,6 @@ def start_head(tmp_path: Path, address: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nnkit.cli", "worker", "--dask", address, "--store", "s.db",
                              "--run-root", "runs", "--once", *args], cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.log", "w"))
-
-
-def events(run_dir: str | Path) -> list[dict]:
-    lines = Path(run_dir, "events.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def ctl(tmp_path: Path, run_id: str, *command: str) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import DATA, ROOT
+from helpers import run_events as events
 
 from nnkit import checkpoint
 from nnkit.experiments import Store
@@ -23,10 +24,6 @@ pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"no datas
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 # SMALL_JOB, run by epochs (about a second each here), tested on its 500 test images at each epoch end.
 OVERRIDES = ["run.steps=1000000", "run.epochs=4", "run.test_freq=1000000"]
-
-
-def events(run_dir: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(run_dir, "events.jsonl").read_text().splitlines() if line.strip()]
 
 
 def test_the_worst_member_takes_the_best_ones_weights_and_lr_and_replays(tmp_path):

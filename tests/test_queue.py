@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import DATA, ROOT, wait_until
+from helpers import run_events as train_events
 
 from nnkit.experiments import Store
 from nnkit.experiments.store import pid_alive
@@ -60,11 +61,6 @@ def queue(tmp_path: Path, *args: str) -> str:
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"[0-9a-f]{12}\n", done.stdout)
     return done.stdout.strip()
-
-
-def train_events(run_dir: str) -> list[dict]:
-    lines = Path(run_dir, "events.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def test_a_bad_job_queues_nothing_and_a_good_one_keeps_its_overrides(tmp_path, job):

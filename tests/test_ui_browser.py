@@ -8,7 +8,6 @@ installs it.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import DATA, ROOT, wait_until
+from helpers import run_events as events
 
 pytest.importorskip("starlette")
 from nnkit.ui.server import ThreadedServer, create_app  # noqa: E402
@@ -78,11 +78,6 @@ def click(driver, css: str) -> None:
     """Clicks the element ``css`` names, looking it up again if it was redrawn meanwhile."""
     from selenium.webdriver.common.by import By
     wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True, message=f"cannot click {css}")
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
-            if line.endswith("}")]
 
 
 def train(tmp_path: Path, name: str, steps: int, store: Path) -> tuple[subprocess.Popen, Path]:
