@@ -17,6 +17,7 @@ import pytest
 from helpers import DATA, ROOT
 from nnkit import layers as nnkit_layers
 from nnkit.datasets import load_mnist, read_cifar_bin
+from nnkit.layers import set_seed
 from nnkit.layers.base import LAYER_CLASSES
 from nnkit.singa.driver import Driver
 from nnkit.singa.initializations import get_init_values
@@ -263,6 +264,10 @@ def test_train_cifar10_style_script_learns():
     input = ImageInput(32, 32, 3)
     label = LabelInput()
     nn = [input] + cifar_net(filters=(16, 16, 32), first_std=0.01)
+    # Seeded: 120 steps at lr 0.001 is where this net leaves its initial plateau, and some
+    # draws leave it later (seeds 0-5: held-out loss margins +0.165, -0.019, +0.189, +0.075,
+    # +0.187, +0.100), so an unseeded run failed about one time in six.
+    set_seed(nn, 0)
     loss = Loss('softmaxloss')
     sgd = SGD(decay=0.004, momentum=0.9, lr_type='manual', step=(0, 60000, 65000),
               step_lr=(0.001, 0.0001, 0.00001))
