@@ -358,6 +358,33 @@ def test_both_input_gradient_routes_agree(small_chunks):
     np.testing.assert_allclose(src.grad, transposed, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("f,route", [(2, "transposed"), (5, "col2im")])
+def test_one_chunk_batch_reuses_forward_col(f, route):
+    """A training batch of one chunk keeps forward's col for backward: the gradients are
+    those of backward's own im2col, bit for bit, and a second backward (col used up by the
+    first) recomputes it and agrees too."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 6, 7))
+    dy = None
+    grads = {}
+    for mode in ("kept", "recomputed"):
+        layer, src = make_layer(x, f, 3, 1, 1)
+        assert (layer._transposed_pad() is not None) == (route == "transposed")
+        layer.train(mode == "kept")  # an evaluation-mode forward keeps nothing
+        layer.ComputeFeature(src)
+        assert (layer._kept_col is not None) == (mode == "kept")
+        if dy is None:
+            dy = rng.standard_normal(layer.data.shape)
+        for attempt in ("first", "again"):
+            layer.grad = dy.copy()
+            layer.ComputeGradient()
+            assert layer._kept_col is None
+            grads[mode, attempt] = [src.grad.copy()] + [p.grad.copy() for p in layer.params]
+    for key, got in grads.items():
+        for a, b in zip(got, grads["recomputed", "first"]):
+            np.testing.assert_array_equal(a, b, err_msg=str(key))
+
+
 # ----------------------------------------------------------------- parity with torch
 @pytest.fixture(scope="module")
 def torch():

@@ -86,10 +86,13 @@ def test_input_gradients_take_two_buffers_and_the_convolutions_share_their_scrat
         view = m.workspace.view(f"input_grad{slot}", 1, (1,), np.float32)
         assert view.base.size == size, slot
     assert sizes[0] == n * 6 * 12 * 12  # the first convolution's output gradient
-    # The convolutions' im2col columns: one buffer per part, not one per layer.
+    # The convolutions' im2col columns: one buffer per part, not one per layer, except the
+    # col of a batch that is one chunk, kept for backward: conv2's 10 images of 6x6 outputs
+    # (conv1's 12x12 outputs take two chunks).
     conv1, conv2 = m.layers[1], m.layers[5]
     assert not any(key.endswith("col") for key in conv1._buffers)
-    assert not any(key.endswith("col") for key in conv2._buffers)
+    assert [key for key in conv2._buffers if key.endswith("col")] == ["kept_col"]
+    assert conv2._buffers["kept_col"].shape == (6 * 5 * 5, n * 6 * 6)
     assert conv1.workspace is conv2.workspace is m.workspace
 
 

@@ -10,7 +10,8 @@ of G images after the other:
 Backward, for dy (N, F, OH, OW), chunk by chunk:
 
     dy_t, db += gather_sum(dy[chunk])    (F, G*OH*OW), (F,)
-    col = im2col(x[chunk])               recomputed: cheaper than keeping it (see below)
+    col = im2col(x[chunk])               recomputed: cheaper than keeping it (see below),
+                                         except for a batch of one chunk, which keeps it
     dW += dy_t @ col.T
     dx[chunk] = col2im(W_flat.T @ dy_t)  or, with stride 1, a convolution of dy (see
                                          ``_transposed_pad``); skipped when the source
@@ -20,9 +21,13 @@ Why chunks: a whole batch's col is large (82 MB for the CIFAR-10 conv2 at batch 
 writing it and reading it back in the GEMM runs at memory speed, and keeping it for
 backward would double the layer's memory. A chunk of about a thousand columns stays in
 the cache between im2col and the GEMM, and is still wide enough for BLAS to run near its
-peak. The batch is also cut into parts (``nnkit.parallel``), one per core,
-each running its own chunks with its own buffers: the im2col and layout kernels of one
-part then run while another part's GEMM does, instead of leaving cores idle.
+peak. A training batch of a single chunk (at most CHUNK_COLUMNS output pixels: batch 1 on
+CIFAR-10) keeps its one col (under 1 MB per layer for that net), and backward skips the
+im2col: the batch-1 step takes 0.98 of the time it took recomputing col (median of 5
+alternating pairs).
+The batch is also cut into parts (``nnkit.parallel``), one per core, each running its own
+chunks with its own buffers: the im2col and layout kernels of one part then run while
+another part's GEMM does, instead of leaving cores idle.
 
 Which way round: the products above write one row per filter, (F, G*OH*OW). OpenBLAS's
 AVX-512 kernels run the same products 1.3-2x faster the other way round, one row per output
@@ -104,6 +109,7 @@ class Convolution2D(Layer):
         self.bias = bool(bias)
         self._param_kwargs = dict(param_kwargs)  # kept verbatim for get_config
         self._x: np.ndarray | None = None  # the last forward's input, for backward
+        self._kept_col: np.ndarray | None = None  # its col, when backward may reuse it
         kwargs = dict(param_kwargs)
         self._w_spec = param_specs("w", init, kwargs, initializers.UNIFORM, owner)
         self._b_spec = param_specs("b", None, kwargs, initializers.ZERO, owner)
@@ -168,11 +174,13 @@ class Convolution2D(Layer):
         """
         return self.workspace.view(key, capacity, shape, self.dtype)
 
-    def _im2col(self, x: np.ndarray, chunk: int, key: str,
-                pad: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """im2col of the images ``x`` (at most ``chunk`` of them) into the buffers ``key``.
+    def _im2col_buffers(self, x: np.ndarray, chunk: int, key: str,
+                        pad: tuple[int, int] | None = None,
+                        own: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(col, padded scratch) for im2col of the images ``x`` (at most ``chunk``), unfilled.
 
-        Returns (col, the padded scratch). ``pad`` defaults to the layer's; the stride is
+        They are the workspace buffers ``key``, except a col that must outlive the call
+        (``own``: the layer's own buffer). ``pad`` defaults to the layer's; the stride is
         the layer's.
         """
         m, c, h, w = x.shape
@@ -180,9 +188,23 @@ class Convolution2D(Layer):
         ph, pw = pad or self.pad
         pixels = conv_output_size(h, kh, sh, ph) * conv_output_size(w, kw, sw, pw)
         rows, padded_shape = c * kh * kw, (c, h + 2 * ph, w + 2 * pw)
-        col = self._view(key + "col", rows * chunk * pixels, (rows, m * pixels))
+        if own:
+            col = self.buffer("kept_col", (rows, m * pixels))
+        else:
+            col = self._view(key + "col", rows * chunk * pixels, (rows, m * pixels))
         padded = self._view(key + "padded", chunk * math.prod(padded_shape), (m, *padded_shape))
-        _k.im2col(x, col, padded, kh, kw, sh, sw, ph, pw)
+        return col, padded
+
+    def _im2col(self, x: np.ndarray, chunk: int, key: str,
+                pad: tuple[int, int] | None = None,
+                own: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """im2col of the images ``x`` (at most ``chunk`` of them): ``_im2col_buffers`` filled.
+
+        Returns (col, the padded scratch).
+        """
+        col, padded = self._im2col_buffers(x, chunk, key, pad, own)
+        ph, pw = pad or self.pad
+        _k.im2col(x, col, padded, *self.kernel, *self.stride, ph, pw)
         return col, padded
 
     def _transposed_pad(self) -> tuple[int, int] | None:
@@ -212,11 +234,18 @@ class Convolution2D(Layer):
         bias = self._bias_array()
         y = self.buffer("y", (n, f, oh, ow))
         y3 = y.reshape(n, f, oh * ow)
+        # A batch of one chunk (small batches: one image at a time in training) keeps its
+        # col for backward, which then skips recomputing it: that col is at most
+        # CHUNK_COLUMNS columns, and at batch 1 im2col is a tenth of each layer's step.
+        keep = self.training and n <= chunk
+        self._kept_col = None
 
         def run(part: int, first: int, last: int) -> None:
             for start in range(first * chunk, min(n, last * chunk), chunk):
                 stop = min(n, start + chunk)
-                col, _ = self._im2col(x[start:stop], chunk, f"{part}")
+                col, _ = self._im2col(x[start:stop], chunk, f"{part}", own=keep)
+                if keep:
+                    self._kept_col = col
                 if PIXEL_ROWS:
                     # (G*OH*OW, F): one row per output pixel (module notes). The buffer is
                     # shared with backward's gathered dy.
@@ -263,6 +292,9 @@ class Convolution2D(Layer):
                 transposed = self.buffer("w_t", (c, f, *self.kernel))
                 np.copyto(transposed, wp.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
                 transposed = transposed.reshape(c, -1)
+        # Forward's col, if it kept it; used up below (col2im's dcol may take its buffer).
+        kept, self._kept_col = self._kept_col, None
+
         def part_grads(part: int) -> tuple[np.ndarray, np.ndarray]:
             """(dW, db) summed by one part: part 0's dW goes straight into the grad.
 
@@ -288,7 +320,10 @@ class Convolution2D(Layer):
                 else:
                     dy_t = self._view(f"fnp{part}", f * chunk * oh * ow, (f, pixels))
                     _k.gather_sum(dy3[start:stop], dy_t, db)
-                col, padded = self._im2col(x[start:stop], chunk, f"{part}")
+                if kept is not None:  # the batch is this one chunk (forward)
+                    col, padded = kept, self._im2col_buffers(x, chunk, f"{part}")[1]
+                else:
+                    col, padded = self._im2col(x[start:stop], chunk, f"{part}")
                 # dW = dy_t @ col.T (or its transpose col @ dy_t with PIXEL_ROWS): col.T is
                 # a transposed view, which BLAS takes as it is.
                 target = dw if start == lo else self.buffer(f"dw_chunk{part}", dw.shape)
