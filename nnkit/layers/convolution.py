@@ -1,4 +1,4 @@
-"""2-D convolution over NCHW images, as im2col + GEMM on a few images at a time.
+"""2-D convolution over NCHW images: im2col + GEMM on a few images at a time, or Winograd.
 
 Forward, for a batch x (N, C, H, W), weight W (F, C, kh, kw) and bias b (F,), one chunk
 of G images after the other:
@@ -39,6 +39,22 @@ alike, the per-filter rows slightly faster (the same step 80 against 85 ms). ``P
 picks the layout from the kernels numpy's OpenBLAS loaded, once per process, so results do
 not depend on timing; ``scatter_bias_rows`` and ``gather_rows_sum`` move between it and NCHW.
 
+Winograd: a 5x5, stride-1 forward pass with at least WINOGRAD_MIN_CHANNELS input channels
+and WINOGRAD_MIN_PIXELS output pixels per image, on more than one chunk of images, runs as
+Winograd F(2x2, 5x5) instead (``nnkit._kernels.winograd``): 36 GEMMs of (F, C) by
+(C, tiles), 2.8x fewer multiplications than the im2col GEMM, between an input and an output
+transform. On the CIFAR-10 CNN that is conv2 (32 channels, 16x16 outputs): its forward pass
+took 0.66 of the im2col route's time at batch 100 and 0.59 at batch 256
+(``benchmarks/winograd.py``, medians of 9 alternating rounds). conv3 (8x8 outputs, 16 tiles
+per image) gained little, 0.97 and 0.87, and its training step none (1.02, 0.97): the
+transforms' fixed cost per image plane is paid back over few tiles, hence
+WINOGRAD_MIN_PIXELS. Backward stays im2col: the weight gradient needs col anyway, and the
+input gradient of conv2 by Winograd too (a convolution of dy, as the transposed route
+computes it) gained nothing measurable: with it the layer's training step took 0.879 of the
+all-im2col step, without it 0.892 at batch 100, 0.835 and 0.841 at batch 256. Float32
+outputs differ from im2col's by up to about 1e-5 of the largest (the transforms scale by
+up to 5 and 1/24).
+
 Output size: OH = floor((H + 2*ph - kh) / sh) + 1, likewise OW (convolution floors).
 """
 from __future__ import annotations
@@ -50,6 +66,7 @@ import numpy as np
 
 from .. import initializers
 from .._kernels import im2col as _k
+from .._kernels import winograd as _winograd
 from .. import parallel
 from .base import GemmProduct, Layer, Param, pair, param_specs, reject_unknown
 
@@ -65,6 +82,29 @@ AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 #: Whether the products write one row per output pixel, (G*OH*OW, F), rather than one per
 #: filter (module notes): where numpy's OpenBLAS runs AVX-512 kernels. Fixed per process.
 PIXEL_ROWS = (parallel.blas_kernels() or "").lower() in AVX512_KERNELS
+
+
+#: Tiles (2x2 output blocks) per chunk of the Winograd route: V and M (36 x C and 36 x F
+#: rows, 1.2 MB each for 32 channels) stay near the cores. The CIFAR-10 conv2's forward
+#: pass at batch 100 over im2col's: 0.64 at 256 tiles, 0.68 at 512, 0.77 at 1024.
+WINOGRAD_TILES = 256
+#: The fewest input channels for which a 5x5 convolution takes the Winograd route: with
+#: few channels its GEMMs are too thin to win (the CIFAR-10 conv1, C = 3).
+WINOGRAD_MIN_CHANNELS = 16
+#: G of Winograd F(2x2, 5x5), the weight transform U = G g G^T (``nnkit._kernels.winograd``):
+#: row j is p^k / prod(p - q over the other points q) for p = 0, 1, -1, 2, -2, then infinity.
+WINOGRAD_G = np.array([[1 / 4, 0, 0, 0, 0],
+                       [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6],
+                       [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
+                       [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
+                       [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3],
+                       [0, 0, 0, 0, 1]])
+#: The fewest output pixels per image for which a 5x5 convolution takes the Winograd route:
+#: each image plane's transforms have a fixed cost, which 16 tiles (8x8 outputs, the
+#: CIFAR-10 conv3) do not pay back.
+WINOGRAD_MIN_PIXELS = 256
+#: Whether 5x5 stride-1 convolutions may take the Winograd route (tests turn it off).
+WINOGRAD = True
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -207,6 +247,51 @@ class Convolution2D(Layer):
         _k.im2col(x, col, padded, *self.kernel, *self.stride, ph, pw)
         return col, padded
 
+    def _winograd(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray,
+                  pad: tuple[int, int]) -> None:
+        """y = conv(x, w) + bias by Winograd F(2x2, 5x5), for a 5x5 kernel w (F, C, 5, 5),
+        stride 1, padding ``pad``; x (N, C, H, W) and y (N, F, OH, OW) contiguous.
+
+        The 36 GEMMs of each chunk of tiles take 36 * F * C multiplications per 2x2 tile
+        against the im2col GEMM's 100 * F * C (``nnkit._kernels.winograd``).
+        """
+        n, c = x.shape[:2]
+        f, oh, ow = y.shape[1:]
+        tile_rows, tile_cols = (oh + 1) // 2, (ow + 1) // 2
+        tiles = tile_rows * tile_cols
+        chunk = max(1, min(n, WINOGRAD_TILES // tiles))
+        # As many chunks as a multiple of the threads, so that the parts get equal work
+        # (the CIFAR-10 conv3 at batch 100: 7 chunks of 16 images would split 4 / 3).
+        chunks = -(-n // chunk)
+        chunks = -(-chunks // parallel.thread_count()) * parallel.thread_count()
+        chunk = max(1, -(-n // chunks))
+        # U[xi nu] (F, C): the transformed filters, in float64 then the layer's dtype.
+        u = np.ascontiguousarray(
+            np.einsum("ak,fckl,bl->abfc", WINOGRAD_G, w, WINOGRAD_G, optimize=True)
+            .reshape(36, f, c), dtype=self.dtype)
+
+        def run(part: int, first: int, last: int) -> None:
+            size = max(_winograd.input_scratch(*x.shape[2:], *pad),
+                       _winograd.output_scratch(oh, ow))
+            scratch = self._view(f"{part}wscratch", size, (size,))
+            for start in range(first * chunk, min(n, last * chunk), chunk):
+                stop = min(n, start + chunk)
+                t = (stop - start) * tiles
+                # The im2col route's col and output buffers: no more memory than it needs.
+                v = self._view(f"{part}col", 36 * c * chunk * tiles, (36, c, t))
+                m = self._view(f"fnp{part}", 36 * f * chunk * tiles, (36, f, t))
+                _winograd.winograd_input(x[start:stop], v, *pad, scratch)
+                np.matmul(u, v, out=m)
+                _winograd.winograd_output(m, bias, y[start:stop], scratch)
+
+        parallel.split(run, *_chunk_items(n, chunk, x[0].size), blas=True)
+
+    def _takes_winograd(self, channels: int, pixels: int) -> bool:
+        """Whether a forward pass of ``channels`` input channels and ``pixels`` output pixels
+        per image runs by Winograd (module notes)."""
+        return (WINOGRAD and self.kernel == (5, 5) and self.stride == (1, 1)
+                and channels >= WINOGRAD_MIN_CHANNELS and pixels >= WINOGRAD_MIN_PIXELS)
+
     def _transposed_pad(self) -> tuple[int, int] | None:
         """The padding that turns the input gradient into a plain convolution, if any.
 
@@ -239,6 +324,10 @@ class Convolution2D(Layer):
         # CHUNK_COLUMNS columns, and at batch 1 im2col is a tenth of each layer's step.
         keep = self.training and n <= chunk
         self._kept_col = None
+        if n > chunk and self._takes_winograd(x.shape[1], oh * ow):
+            self._winograd(x, self.params[0].data, bias, y, self.pad)
+            self._x = x
+            return y
 
         def run(part: int, first: int, last: int) -> None:
             for start in range(first * chunk, min(n, last * chunk), chunk):

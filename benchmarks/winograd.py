@@ -1,0 +1,83 @@
+"""The Winograd route of the 5x5 convolutions against their im2col route, side by side.
+
+    python benchmarks/winograd.py                  # CIFAR-10 conv2 and conv3, batch 100 and 256
+    python benchmarks/winograd.py --rounds 21 --tiles 512
+
+One process; each round times a layer's forward pass (evaluation mode) and its training
+pass (forward and backward) both ways, one right after the other, so that the machine's
+drift hits both alike. Prints the median ms of each route and the median of the per-round
+ratios (Winograd / im2col, lower is faster). The layers are the CIFAR-10 CNN's
+(``examples/cifar10_cnn.conf``) at their input shapes, float32, on nnkit's threads.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import nnkit.layers.convolution as convolution
+from nnkit import Convolution2D, ImageInput
+
+#: (name, input channels, filters, image side) of the CIFAR-10 CNN's 5x5 layers after conv1.
+LAYERS = [("conv2", 32, 32, 16), ("conv3", 32, 64, 8)]
+
+
+def timed(fn, reps: int) -> float:
+    """Median ms of ``reps`` calls of fn, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    """Times every layer, batch and pass both ways; prints one line each."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--reps", type=int, default=5, help="calls timed per round and route")
+    parser.add_argument("--batches", default="100,256")
+    parser.add_argument("--tiles", type=int, default=convolution.WINOGRAD_TILES,
+                        help="tiles per chunk (WINOGRAD_TILES)")
+    args = parser.parse_args()
+    convolution.WINOGRAD_TILES = args.tiles
+    # Every 5x5 layer takes the route, so that its cost shows where it loses too.
+    convolution.WINOGRAD_MIN_PIXELS = 1
+    rng = np.random.default_rng(0)
+    print("| layer | batch | pass | im2col ms | Winograd ms | Winograd / im2col (median of rounds) |")
+    print("|---|---|---|---|---|---|")
+    for name, c, f, side in LAYERS:
+        for n in map(int, args.batches.split(",")):
+            source = ImageInput(side, side, c)
+            layer = Convolution2D(f, 5, 1, 2, w_std=0.01)
+            source.Feed(rng.standard_normal((n, c, side, side)).astype(np.float32))
+            layer.ComputeFeature(source)
+            dy = rng.standard_normal(layer.data.shape).astype(np.float32)
+
+            def infer():
+                layer.ComputeFeature(source)
+
+            def train():
+                layer.ComputeFeature(source)
+                layer.grad = dy
+                layer.ComputeGradient()
+
+            for label, mode, fn in (("forward", False, infer), ("train", True, train)):
+                layer.train(mode)
+                times: dict[bool, list[float]] = {False: [], True: []}
+                for _ in range(args.rounds):
+                    for route in (False, True):
+                        convolution.WINOGRAD = route
+                        times[route].append(timed(fn, args.reps))
+                ratio = statistics.median(w / i for i, w in zip(times[False], times[True]))
+                print(f"| {name} | {n} | {label} | {statistics.median(times[False]):.2f} | "
+                      f"{statistics.median(times[True]):.2f} | {ratio:.3f} |", flush=True)
+    convolution.WINOGRAD = True
+
+
+if __name__ == "__main__":
+    main()

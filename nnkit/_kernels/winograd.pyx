@@ -1,0 +1,119 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
+"""Winograd F(2x2, 5x5) transforms: a 5x5, stride-1 convolution with 2.8x fewer GEMM flops.
+
+Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016): each 2x2
+block of outputs (a *tile*) is ``A^T [ (G g G^T) * (B^T d B) ] A`` for its 6x6 input patch
+``d`` and a 5x5 kernel ``g``, with ``*`` the elementwise product. Summed over input
+channels, the elementwise products become 36 independent GEMMs, one per cell (xi, nu) of
+the 6x6 transformed tile: ``M[xi nu] (F, T) = U[xi nu] (F, C) @ V[xi nu] (C, T)``, 36 * F * C
+multiplications per tile where the direct form takes 4 * 25 * F * C.
+
+The matrices follow from Toom-Cook interpolation at the points 0, 1, -1, 2, -2 and
+infinity (G is ``nnkit.layers.convolution.WINOGRAD_G``; ``tests/test_winograd.py`` checks
+that the three compute a correlation):
+
+    B^T = [[4, 0, -5, 0, 1, 0],      A^T = [[1, 1, 1, 1, 1, 0],
+           [0, -4, -4, 1, 1, 0],             [0, 1, -1, 2, -2, 1]]
+           [0, 4, -4, -1, 1, 0],
+           [0, -2, -1, 2, 1, 0],
+           [0, 2, -1, -2, 1, 0],
+           [0, 4, 0, -5, 0, 1]]
+
+These kernels do the input transform (``V`` from the images, zero padding included) and
+the output transform (``M`` to the NCHW output, plus the bias); the weight transform and
+the GEMMs are numpy's. Tiles are numbered image by image, then row by row: tile (g, th, tw)
+is column ``(g * TH + th) * TW + tw`` of V and M, with TH, TW = ceil(OH / 2), ceil(OW / 2).
+Outputs of a last, half-filled tile row or column are computed and dropped.
+
+The loops are C (``winograd.h``), one image plane at a time, with contiguous loads only.
+The row transform reads the 6 input columns of tile ``tw`` as ``e[tw], o[tw], e[tw+1],
+o[tw+1], e[tw+2], o[tw+2]``, the even and odd cells of the padded row. The column transform
+keeps even and odd rows apart, so that rows 2 th + 2 a and 2 th + 2 a + 1 of tile
+t = th * TW + tw sit at t + a * TW: it and the output transform run over all the tiles of
+a plane at once. Every function writes into
+arrays its caller owns (the scratch sizes are ``input_scratch`` and ``output_scratch``);
+none allocates.
+"""
+from cython cimport floating
+
+cdef extern from "winograd.h" nogil:
+    void nnkit_winograd_input_float(const float *x, Py_ssize_t g, Py_ssize_t c, Py_ssize_t h,
+                                    Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw, float *v,
+                                    float *scratch)
+    void nnkit_winograd_input_double(const double *x, Py_ssize_t g, Py_ssize_t c,
+                                     Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw,
+                                     double *v, double *scratch)
+    void nnkit_winograd_output_float(const float *m, const float *bias, Py_ssize_t g,
+                                     Py_ssize_t f, Py_ssize_t oh, Py_ssize_t ow, float *y,
+                                     float *scratch)
+    void nnkit_winograd_output_double(const double *m, const double *bias, Py_ssize_t g,
+                                      Py_ssize_t f, Py_ssize_t oh, Py_ssize_t ow, double *y,
+                                      double *scratch)
+
+
+cdef int _check(bint ok, str what) except -1:
+    if not ok:
+        raise ValueError(f"winograd kernel: {what}")
+    return 0
+
+
+cpdef Py_ssize_t input_scratch(Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw):
+    """Values of scratch ``winograd_input`` needs for (H, W) images padded by (ph, pw)."""
+    cdef Py_ssize_t th = (h + 2 * ph - 3) // 2, tw = (w + 2 * pw - 3) // 2
+    return 2 * (2 * th + 4) * (tw + 2) + 12 * (th + 2) * tw
+
+
+cpdef Py_ssize_t output_scratch(Py_ssize_t oh, Py_ssize_t ow):
+    """Values of scratch ``winograd_output`` needs for (OH, OW) outputs."""
+    return 16 * ((oh + 1) // 2) * ((ow + 1) // 2)
+
+
+def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
+                   Py_ssize_t ph, Py_ssize_t pw, floating[::1] scratch):
+    """V (36, C, G*TH*TW) = B^T d B of every 6x6 patch of the images x (G, C, H, W).
+
+    The convolution's padding is (ph, pw): output (OH, OW) = (H + 2 ph - 4, W + 2 pw - 4).
+    """
+    cdef Py_ssize_t g = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t oh = h + 2 * ph - 4, ow = w + 2 * pw - 4
+    _check(oh >= 1 and ow >= 1 and ph >= 0 and pw >= 0,
+           f"no 5x5 output for {h}x{w} images padded by ({ph}, {pw})")
+    cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
+    _check(v.shape[0] == 36 and v.shape[1] == c and v.shape[2] == tiles,
+           f"V is {tuple(v.shape)[:3]}, needs (36, {c}, {tiles})")
+    _check(scratch.shape[0] >= input_scratch(h, w, ph, pw),
+           f"scratch of {scratch.shape[0]} values, needs {input_scratch(h, w, ph, pw)}")
+    if g == 0 or c == 0:
+        return
+    with nogil:
+        if floating is float:
+            nnkit_winograd_input_float(&x[0, 0, 0, 0], g, c, h, w, ph, pw, &v[0, 0, 0],
+                                       &scratch[0])
+        else:
+            nnkit_winograd_input_double(&x[0, 0, 0, 0], g, c, h, w, ph, pw, &v[0, 0, 0],
+                                        &scratch[0])
+
+
+def winograd_output(const floating[:, :, ::1] m, const floating[::1] bias,
+                    floating[:, :, :, ::1] y, floating[::1] scratch):
+    """y (G, F, OH, OW) = A^T M A (+ bias) for the tiles M (36, F, G*TH*TW).
+
+    ``bias`` has F values, or none for no bias.
+    """
+    cdef Py_ssize_t g = y.shape[0], f = y.shape[1], oh = y.shape[2], ow = y.shape[3]
+    cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
+    _check(m.shape[0] == 36 and m.shape[1] == f and m.shape[2] == tiles,
+           f"M is {tuple(m.shape)[:3]}, needs (36, {f}, {tiles})")
+    _check(bias.shape[0] in (0, f), f"{bias.shape[0]} biases for {f} filters")
+    _check(scratch.shape[0] >= output_scratch(oh, ow),
+           f"scratch of {scratch.shape[0]} values, needs {output_scratch(oh, ow)}")
+    if g == 0 or f == 0 or oh == 0 or ow == 0:
+        return
+    cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
+    with nogil:
+        if floating is float:
+            nnkit_winograd_output_float(&m[0, 0, 0], b, g, f, oh, ow, &y[0, 0, 0, 0],
+                                        &scratch[0])
+        else:
+            nnkit_winograd_output_double(&m[0, 0, 0], b, g, f, oh, ow, &y[0, 0, 0, 0],
+                                         &scratch[0])

@@ -1,0 +1,159 @@
+"""Winograd F(2x2, 5x5): its kernels against a direct convolution, and the layer's route."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradcheck import Source, check_layer
+from nnkit._kernels import winograd as kernels
+from nnkit.layers import convolution
+from nnkit.layers.convolution import WINOGRAD_G, Convolution2D
+from test_convolution import make_layer, reference_conv
+
+# Toom-Cook at the points 0, 1, -1, 2, -2 and infinity, the matrices the kernels hardcode.
+B_T = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float)
+A_T = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], float)
+
+
+def winograd_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.ndarray:
+    """The kernels and numpy's GEMMs, as the layer chains them, for one chunk."""
+    n, c, h, width = x.shape
+    f = w.shape[0]
+    oh, ow = h + 2 * pad - 4, width + 2 * pad - 4
+    tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
+    u = np.einsum("ak,fckl,bl->abfc", WINOGRAD_G, w, WINOGRAD_G).reshape(36, f, c)
+    v = np.empty((36, c, tiles), x.dtype)
+    kernels.winograd_input(x, v, pad, pad, np.empty(kernels.input_scratch(h, width, pad, pad),
+                                                    x.dtype))
+    m = np.matmul(u.astype(x.dtype), v)
+    y = np.empty((n, f, oh, ow), x.dtype)
+    kernels.winograd_output(m, b.astype(x.dtype), y,
+                            np.empty(kernels.output_scratch(oh, ow), x.dtype))
+    return y
+
+
+def test_the_matrices_compute_a_1d_correlation():
+    """A^T ((G g) * (B^T d)) is the 'valid' correlation of 6 inputs with 5 taps."""
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        g, d = rng.standard_normal(5), rng.standard_normal(6)
+        np.testing.assert_allclose(A_T @ ((WINOGRAD_G @ g) * (B_T @ d)),
+                                   np.correlate(d, g, "valid"), rtol=1e-12, atol=1e-12)
+
+
+# (N, C, F, H, W, pad): odd and even outputs, a 1x1 output, a pad of 0 and one past the
+# kernel's reach, more filters than channels and fewer.
+SHAPES = [(2, 3, 4, 6, 7, 2), (3, 5, 2, 5, 5, 0), (1, 2, 3, 9, 4, 1), (2, 8, 6, 16, 16, 2),
+          (3, 4, 9, 8, 8, 2), (1, 1, 1, 1, 1, 2), (2, 3, 2, 7, 9, 3), (1, 2, 2, 12, 3, 4)]
+
+
+@pytest.mark.parametrize("n,c,f,h,w,pad", SHAPES)
+def test_kernels_match_a_direct_convolution(n, c, f, h, w, pad):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, c, h, w))
+    wt, b = rng.standard_normal((f, c, 5, 5)), rng.standard_normal(f)
+    expected = reference_conv(x, wt, b, (1, 1), (pad, pad))
+    np.testing.assert_allclose(winograd_conv(x, wt, b, pad), expected, rtol=1e-11, atol=1e-11)
+    # float32: the transforms scale by up to 5 and 1/24; still within 1e-5 of the largest.
+    got = winograd_conv(x.astype(np.float32), wt.astype(np.float32), b, pad)
+    assert got.dtype == np.float32
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_no_bias_adds_nothing():
+    rng = np.random.default_rng(2)
+    x, wt = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((2, 3, 5, 5))
+    np.testing.assert_allclose(winograd_conv(x, wt, np.zeros(0), 2),
+                               reference_conv(x, wt, None, (1, 1), (2, 2)), atol=1e-11)
+
+
+def test_kernels_check_their_arrays():
+    x = np.zeros((2, 3, 6, 6))
+    scratch = np.zeros(kernels.input_scratch(6, 6, 2, 2))
+    with pytest.raises(ValueError, match=r"V is \(36, 3, 17\), needs \(36, 3, 18\)"):
+        kernels.winograd_input(x, np.zeros((36, 3, 17)), 2, 2, scratch)
+    with pytest.raises(ValueError, match="scratch of 5 values"):
+        kernels.winograd_input(x, np.zeros((36, 3, 18)), 2, 2, np.zeros(5))
+    with pytest.raises(ValueError, match="no 5x5 output for 3x3 images"):
+        kernels.winograd_input(np.zeros((1, 1, 3, 3)), np.zeros((36, 1, 0)), 0, 0, scratch)
+    y, out_scratch = np.zeros((2, 4, 6, 6)), np.zeros(kernels.output_scratch(6, 6))
+    with pytest.raises(ValueError, match=r"M is \(36, 4, 5\), needs \(36, 4, 18\)"):
+        kernels.winograd_output(np.zeros((36, 4, 5)), np.zeros(4), y, out_scratch)
+    with pytest.raises(ValueError, match="3 biases for 4 filters"):
+        kernels.winograd_output(np.zeros((36, 4, 18)), np.zeros(3), y, out_scratch)
+
+
+@pytest.fixture
+def small_winograd(monkeypatch):
+    """The Winograd route for small test layers: few channels and pixels, small chunks."""
+    monkeypatch.setattr(convolution, "CHUNK_COLUMNS", 20)
+    monkeypatch.setattr(convolution, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(convolution, "WINOGRAD_MIN_PIXELS", 1)
+    monkeypatch.setattr(convolution, "WINOGRAD_TILES", 12)
+    calls = []
+    route = Convolution2D._winograd
+
+    def counted(self, *args):
+        calls.append(self)
+        return route(self, *args)
+
+    monkeypatch.setattr(Convolution2D, "_winograd", counted)
+    return calls
+
+
+@pytest.mark.parametrize("n,c,h,w,f,pad", [(5, 2, 6, 7, 3, 2), (4, 3, 5, 5, 2, 1)])
+def test_layer_route_matches_reference_and_gradients(small_winograd, n, c, h, w, f, pad):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c, h, w))
+    layer, src = make_layer(x, f, 5, 1, pad)
+    small_winograd.clear()
+    y = layer.ComputeFeature(src)
+    assert small_winograd == [layer]
+    w_, b = layer.GetParams()
+    np.testing.assert_allclose(y, reference_conv(x, w_, b, (1, 1), (pad, pad)),
+                               rtol=1e-10, atol=1e-11)
+    check_layer(layer, x)  # Winograd forward, im2col backward: one function's two sides
+    assert len(small_winograd) > 1
+
+
+def test_float32_route_agrees_with_im2col(monkeypatch):
+    """The CIFAR-10 conv2 at its shape, float32: both routes within 1e-5 of the largest."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
+    layer = Convolution2D(32, 5, 1, 2, w_std=0.05)
+    src = Source(x)
+    layer.ComputeFeature(src)
+    winograd = layer.data.copy()
+    monkeypatch.setattr(convolution, "WINOGRAD", False)
+    im2col = layer.ComputeFeature(src)
+    assert winograd.dtype == np.float32
+    assert not np.array_equal(winograd, im2col)  # the two routes did run
+    assert np.abs(winograd - im2col).max() <= 1e-5 * np.abs(im2col).max()
+
+
+# (N, C, H, F, kernel, stride, training, takes it): the CIFAR-10 layers at batch 100, and
+# what keeps a layer off the route.
+ROUTES = [
+    (100, 32, 16, 32, 5, 1, True, True),     # conv2
+    (100, 32, 16, 32, 5, 1, False, True),    # conv2, evaluation
+    (100, 32, 8, 64, 5, 1, True, False),     # conv3: 8x8 outputs, too few tiles
+    (100, 3, 32, 32, 5, 1, True, False),     # conv1: 3 channels
+    (4, 32, 16, 32, 5, 1, False, False),     # one im2col chunk
+    (100, 32, 16, 32, 3, 1, True, False),    # not 5x5
+    (100, 32, 36, 32, 5, 2, True, False),    # strided
+]
+
+
+@pytest.mark.parametrize("n,c,h,f,kernel,stride,training,takes", ROUTES)
+def test_which_layers_take_the_route(monkeypatch, n, c, h, f, kernel, stride, training, takes):
+    calls = []
+    monkeypatch.setattr(Convolution2D, "_winograd", lambda self, *args: calls.append(self))
+    layer = Convolution2D(f, kernel, stride, 2)
+    layer.train(training)
+    layer.ComputeFeature(Source(np.zeros((n, c, h, h), np.float32)))
+    assert bool(calls) == takes
+    monkeypatch.setattr(convolution, "WINOGRAD", False)
+    calls.clear()
+    layer.ComputeFeature(Source(np.zeros((n, c, h, h), np.float32)))
+    assert not calls
