@@ -7,7 +7,9 @@ One process; each round times a layer's forward pass (evaluation mode) and its t
 pass (forward and backward) both ways, one right after the other, so that the machine's
 drift hits both alike. Prints the median ms of each route and the median of the per-round
 ratios (Winograd / im2col, lower is faster). The layers are the CIFAR-10 CNN's
-(``examples/cifar10_cnn.conf``) at their input shapes, float32, on nnkit's threads.
+(``examples/cifar10_cnn.conf``) at their input shapes, float32, on nnkit's threads; conv3
+takes the Winograd route here although the layer leaves it off (``WINOGRAD_MIN_PIXELS``), so
+that its cost shows.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 /* Winograd F(2x2, 5x5) input and output transforms (nnkit/_kernels/winograd.pyx has the
  * algorithm and the layouts), for float and double.
  *
- * Each loop runs over every tile of one image plane (TH*TW of them, 64 on a 16x16 output),
- * reading and writing contiguous runs: restrict-qualified, so gcc vectorizes them without
- * alias checks. On x86-64 each is compiled twice, for the baseline SSE2 and for AVX2 + FMA,
+ * The loops run over the tiles of a tile row (the row transform) or of a whole image plane
+ * (TH*TW tiles, 64 on a 16x16 output: the column and output transforms), reading and
+ * writing contiguous runs through restrict-qualified parameters, so gcc vectorizes them. On x86-64 each is compiled twice, for the baseline SSE2 and for AVX2 + FMA,
  * and the CPU picks at run time (as scaled_tanh.h does).
  */
 #ifndef NNKIT_WINOGRAD_H

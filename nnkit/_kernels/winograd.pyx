@@ -30,9 +30,8 @@ The row transform reads the 6 input columns of tile ``tw`` as ``e[tw], o[tw], e[
 o[tw+1], e[tw+2], o[tw+2]``, the even and odd cells of the padded row. The column transform
 keeps even and odd rows apart, so that rows 2 th + 2 a and 2 th + 2 a + 1 of tile
 t = th * TW + tw sit at t + a * TW: it and the output transform run over all the tiles of
-a plane at once. Every function writes into
-arrays its caller owns (the scratch sizes are ``input_scratch`` and ``output_scratch``);
-none allocates.
+a plane at once. Every function writes into arrays its caller owns (the scratch sizes are
+``input_scratch`` and ``output_scratch``); none allocates.
 """
 from cython cimport floating
 
@@ -49,12 +48,6 @@ cdef extern from "winograd.h" nogil:
     void nnkit_winograd_output_double(const double *m, const double *bias, Py_ssize_t g,
                                       Py_ssize_t f, Py_ssize_t oh, Py_ssize_t ow, double *y,
                                       double *scratch)
-
-
-cdef int _check(bint ok, str what) except -1:
-    if not ok:
-        raise ValueError(f"winograd kernel: {what}")
-    return 0
 
 
 cpdef Py_ssize_t input_scratch(Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw):
@@ -76,13 +69,15 @@ def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
     """
     cdef Py_ssize_t g = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t oh = h + 2 * ph - 4, ow = w + 2 * pw - 4
-    _check(oh >= 1 and ow >= 1 and ph >= 0 and pw >= 0,
-           f"no 5x5 output for {h}x{w} images padded by ({ph}, {pw})")
+    if not (oh >= 1 and ow >= 1 and ph >= 0 and pw >= 0):
+        raise ValueError(f"winograd kernel: no 5x5 output for {h}x{w} images padded by "
+                         f"({ph}, {pw})")
     cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
-    _check(v.shape[0] == 36 and v.shape[1] == c and v.shape[2] == tiles,
-           f"V is {tuple(v.shape)[:3]}, needs (36, {c}, {tiles})")
-    _check(scratch.shape[0] >= input_scratch(h, w, ph, pw),
-           f"scratch of {scratch.shape[0]} values, needs {input_scratch(h, w, ph, pw)}")
+    if not (v.shape[0] == 36 and v.shape[1] == c and v.shape[2] == tiles):
+        raise ValueError(f"winograd kernel: V is {tuple(v.shape)[:3]}, needs (36, {c}, {tiles})")
+    if scratch.shape[0] < input_scratch(h, w, ph, pw):
+        raise ValueError(f"winograd kernel: scratch of {scratch.shape[0]} values, needs "
+                         f"{input_scratch(h, w, ph, pw)}")
     if g == 0 or c == 0:
         return
     with nogil:
@@ -102,11 +97,13 @@ def winograd_output(const floating[:, :, ::1] m, const floating[::1] bias,
     """
     cdef Py_ssize_t g = y.shape[0], f = y.shape[1], oh = y.shape[2], ow = y.shape[3]
     cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
-    _check(m.shape[0] == 36 and m.shape[1] == f and m.shape[2] == tiles,
-           f"M is {tuple(m.shape)[:3]}, needs (36, {f}, {tiles})")
-    _check(bias.shape[0] in (0, f), f"{bias.shape[0]} biases for {f} filters")
-    _check(scratch.shape[0] >= output_scratch(oh, ow),
-           f"scratch of {scratch.shape[0]} values, needs {output_scratch(oh, ow)}")
+    if not (m.shape[0] == 36 and m.shape[1] == f and m.shape[2] == tiles):
+        raise ValueError(f"winograd kernel: M is {tuple(m.shape)[:3]}, needs (36, {f}, {tiles})")
+    if bias.shape[0] not in (0, f):
+        raise ValueError(f"winograd kernel: {bias.shape[0]} biases for {f} filters")
+    if scratch.shape[0] < output_scratch(oh, ow):
+        raise ValueError(f"winograd kernel: scratch of {scratch.shape[0]} values, needs "
+                         f"{output_scratch(oh, ow)}")
     if g == 0 or f == 0 or oh == 0 or ow == 0:
         return
     cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL

@@ -24,10 +24,9 @@ the cache between im2col and the GEMM, and is still wide enough for BLAS to run 
 peak. A training batch of a single chunk (at most CHUNK_COLUMNS output pixels: batch 1 on
 CIFAR-10) keeps its one col (under 1 MB per layer for that net), and backward skips the
 im2col: the batch-1 step takes 0.98 of the time it took recomputing col (median of 5
-alternating pairs).
-The batch is also cut into parts (``nnkit.parallel``), one per core, each running its own
-chunks with its own buffers: the im2col and layout kernels of one part then run while
-another part's GEMM does, instead of leaving cores idle.
+alternating pairs). The batch is also cut into parts (``nnkit.parallel``), one per core,
+each running its own chunks with its own buffers: the im2col and layout kernels of one
+part then run while another part's GEMM does, instead of leaving cores idle.
 
 Which way round: the products above write one row per filter, (F, G*OH*OW). OpenBLAS's
 AVX-512 kernels run the same products 1.3-2x faster the other way round, one row per output
@@ -99,6 +98,9 @@ WINOGRAD_G = np.array([[1 / 4, 0, 0, 0, 0],
                        [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
                        [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3],
                        [0, 0, 0, 0, 1]])
+#: (36, 25): row xi*6 + nu holds G[xi, k] G[nu, l] at column k*5 + l, so that one GEMM with
+#: the filters as rows of 25 taps gives every U[xi nu] = (G g G^T)[xi, nu] at once.
+WINOGRAD_KRON = np.kron(WINOGRAD_G, WINOGRAD_G)
 #: The fewest output pixels per image for which a 5x5 convolution takes the Winograd route:
 #: each image plane's transforms have a fixed cost, which 16 tiles (8x8 outputs, the
 #: CIFAR-10 conv3) do not pay back.
@@ -265,12 +267,14 @@ class Convolution2D(Layer):
         chunks = -(-n // chunk)
         chunks = -(-chunks // parallel.thread_count()) * parallel.thread_count()
         chunk = max(1, -(-n // chunks))
-        # U[xi nu] (F, C): the transformed filters, in float64 then the layer's dtype.
-        u = np.ascontiguousarray(
-            np.einsum("ak,fckl,bl->abfc", WINOGRAD_G, w, WINOGRAD_G, optimize=True)
-            .reshape(36, f, c), dtype=self.dtype)
+        kron = WINOGRAD_KRON.astype(self.dtype)
 
         def run(part: int, first: int, last: int) -> None:
+            # U[xi nu] (F, C), the transformed filters: one small GEMM (0.04 ms for conv2,
+            # where an einsum took 0.87), done by each part under the split's one-thread
+            # BLAS: outside a split, OpenBLAS's threads would spin against the parts.
+            u = self.buffer(f"winograd_u{part}", (36, f, c))
+            np.matmul(kron, w.reshape(f * c, 25).T, out=u.reshape(36, f * c))
             size = max(_winograd.input_scratch(*x.shape[2:], *pad),
                        _winograd.output_scratch(oh, ow))
             scratch = self._view(f"{part}wscratch", size, (size,))
@@ -321,7 +325,7 @@ class Convolution2D(Layer):
         y3 = y.reshape(n, f, oh * ow)
         # A batch of one chunk (small batches: one image at a time in training) keeps its
         # col for backward, which then skips recomputing it: that col is at most
-        # CHUNK_COLUMNS columns, and at batch 1 im2col is a tenth of each layer's step.
+        # CHUNK_COLUMNS columns (module notes).
         keep = self.training and n <= chunk
         self._kept_col = None
         if n > chunk and self._takes_winograd(x.shape[1], oh * ow):
