@@ -1,15 +1,15 @@
 """The Winograd route of the 5x5 convolutions against their im2col route, side by side.
 
-    python benchmarks/winograd.py                  # CIFAR-10 conv2 and conv3, batch 100 and 256
+    python benchmarks/winograd.py                  # CIFAR-10 conv1-3, batch 100 and 256
     python benchmarks/winograd.py --rounds 21 --tiles 512
 
 One process; each round times a layer's forward pass (evaluation mode) and its training
-pass (forward and backward) both ways, one right after the other, so that the machine's
-drift hits both alike. Prints the median ms of each route and the median of the per-round
-ratios (Winograd / im2col, lower is faster). The layers are the CIFAR-10 CNN's
-(``examples/cifar10_cnn.conf``) at their input shapes, float32, on nnkit's threads; conv3
-takes the Winograd route here although the layer leaves it off (``WINOGRAD_MIN_PIXELS``), so
-that its cost shows.
+pass (forward and backward, the input gradient included except for conv1, the first layer)
+both ways, one right after the other, so that the machine's drift hits both alike. Prints
+the median ms of each route and the median of the per-round ratios (Winograd / im2col,
+lower is faster). The layers are the CIFAR-10 CNN's (``examples/cifar10_cnn.conf``) at their
+input shapes, float32, on nnkit's threads; conv1 takes the Winograd route here although the
+layer leaves it off (``WINOGRAD_MIN_CHANNELS``), so that its cost shows.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import time
 import numpy as np
 
 import nnkit.layers.convolution as convolution
-from nnkit import Convolution2D, ImageInput
+from nnkit import Activation, Convolution2D, ImageInput
 
-#: (name, input channels, filters, image side) of the CIFAR-10 CNN's 5x5 layers after conv1.
-LAYERS = [("conv2", 32, 32, 16), ("conv3", 32, 64, 8)]
+#: (name, input channels, filters, image side) of the CIFAR-10 CNN's 5x5 layers. conv1, the
+#: first layer, computes no input gradient.
+LAYERS = [("conv1", 3, 32, 32), ("conv2", 32, 32, 16), ("conv3", 32, 64, 8)]
 
 
 def timed(fn, reps: int) -> float:
@@ -49,14 +50,21 @@ def main() -> None:
     convolution.WINOGRAD_TILES = args.tiles
     # Every 5x5 layer takes the route, so that its cost shows where it loses too.
     convolution.WINOGRAD_MIN_PIXELS = 1
+    convolution.WINOGRAD_MIN_CHANNELS = 1
     rng = np.random.default_rng(0)
     print("| layer | batch | pass | im2col ms | Winograd ms | Winograd / im2col (median of rounds) |")
     print("|---|---|---|---|---|---|")
     for name, c, f, side in LAYERS:
         for n in map(int, args.batches.split(",")):
-            source = ImageInput(side, side, c)
+            images = ImageInput(side, side, c)
+            images.Feed(rng.standard_normal((n, c, side, side)).astype(np.float32))
+            source = images
+            if name != "conv1":
+                # A layer between: the convolution then computes its input gradient, as
+                # conv2 and conv3 do in the network.
+                source = Activation("relu")
+                source.ComputeFeature(images)
             layer = Convolution2D(f, 5, 1, 2, w_std=0.01)
-            source.Feed(rng.standard_normal((n, c, side, side)).astype(np.float32))
             layer.ComputeFeature(source)
             dy = rng.standard_normal(layer.data.shape).astype(np.float32)
 

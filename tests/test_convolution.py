@@ -405,7 +405,9 @@ TORCH_CONFIGS = [
 
 
 @pytest.mark.parametrize("n,c,h,w,f,kernel,stride,pad", TORCH_CONFIGS)
-def test_torch_parity(torch, n, c, h, w, f, kernel, stride, pad):
+def test_torch_parity(torch, monkeypatch, n, c, h, w, f, kernel, stride, pad):
+    """The im2col routes against PyTorch (test_winograd.py has the Winograd route's)."""
+    monkeypatch.setattr(convolution, "WINOGRAD", False)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     layer, src = make_layer(x, f, kernel, stride, pad, seed=8)

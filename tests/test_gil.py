@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from gradcheck import Source
-from nnkit.layers import LRN2D, Activation, Convolution2D, MaxPooling2D
+from nnkit.layers import LRN2D, Activation, Convolution2D, MaxPooling2D, convolution
 
 PERIOD = 0.01
 
@@ -51,7 +51,10 @@ def test_heartbeat_is_never_late_while_a_large_cnn_step_runs():
                   LRN2D(3, alpha=5e-5, beta=0.75)]
 
         def cnn_step():
-            for _ in range(5):  # long enough (> 0.5 s) even with the kernels in parallel
+            # Long enough (> 0.5 s) even with the kernels in parallel; the convolution's
+            # Winograd route and its im2col route in turn.
+            for i in range(8):
+                convolution.WINOGRAD = i % 2 == 0
                 src = Source(x)
                 below = src
                 for layer in layers:
@@ -69,6 +72,7 @@ def test_heartbeat_is_never_late_while_a_large_cnn_step_runs():
         control_rate, _ = heartbeat_rate(lambda: sum(range(n)))
     finally:
         sys.setswitchinterval(old)
+        convolution.WINOGRAD = True
     assert duration > 0.5, f"the CNN step took only {duration:.3f} s: too short to prove anything"
     assert control_rate < 0.3 * idle_rate, \
         f"control: a GIL-holding call left the heartbeat at {control_rate:.0f}/s (idle {idle_rate:.0f}/s)"

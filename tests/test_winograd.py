@@ -1,10 +1,11 @@
-"""Winograd F(2x2, 5x5): its kernels against a direct convolution, and the layer's route."""
+"""Winograd F(2x2, 5x5): its kernels against a direct convolution and their adjoints, and the
+layer's route forward and backward."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gradcheck import Source, check_layer
+from gradcheck import Source, check_layer, run
 from nnkit._kernels import winograd as kernels
 from nnkit.layers import convolution
 from nnkit.layers.convolution import WINOGRAD_G, Convolution2D
@@ -84,6 +85,48 @@ def test_kernels_check_their_arrays():
         kernels.winograd_output(np.zeros((36, 4, 18)), np.zeros(3), y, out_scratch)
 
 
+def grad_output_reference(dy: np.ndarray) -> np.ndarray:
+    """A dY A^T of every 2x2 tile of dy (N, F, OH, OW), zero past the edge: (36, F, tiles)."""
+    n, f, oh, ow = dy.shape
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    padded = np.zeros((n, f, 2 * th, 2 * tw))
+    padded[:, :, :oh, :ow] = dy
+    tiles = padded.reshape(n, f, th, 2, tw, 2).transpose(0, 1, 2, 4, 3, 5)  # n f th tw i j
+    dm = np.einsum("xi,nfabij,uj->xufnab", A_T.T, tiles, A_T.T)
+    return dm.reshape(36, f, n * th * tw)
+
+
+@pytest.mark.parametrize("n,f,oh,ow", [(2, 3, 4, 6), (1, 2, 5, 7), (3, 1, 1, 1), (2, 4, 16, 16)])
+def test_grad_output_is_the_adjoint_of_the_output_transform(n, f, oh, ow):
+    rng = np.random.default_rng(5)
+    dy = rng.standard_normal((n, f, oh, ow))
+    tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
+    scratch = np.empty(kernels.output_scratch(oh, ow))
+    dm, db = np.empty((36, f, tiles)), np.full(f, 0.5)
+    kernels.winograd_grad_output(dy, dm, db, scratch)
+    np.testing.assert_allclose(dm, grad_output_reference(dy), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(db, 0.5 + dy.sum(axis=(0, 2, 3)), rtol=1e-13)  # added to
+    # <output(M), dy> = <M, grad_output(dy)>: the gradient of the output transform.
+    m, y = rng.standard_normal((36, f, tiles)), np.empty((n, f, oh, ow))
+    kernels.winograd_output(m, np.zeros(0), y, scratch)
+    np.testing.assert_allclose(np.vdot(y, dy), np.vdot(m, dm), rtol=1e-12)
+    # float32, and no bias gradient asked for.
+    dm32 = np.empty((36, f, tiles), np.float32)
+    kernels.winograd_grad_output(dy.astype(np.float32), dm32, np.zeros(0),
+                                 scratch.astype(np.float32))
+    np.testing.assert_allclose(dm32, dm, rtol=1e-5, atol=1e-5)
+
+
+def test_grad_output_checks_its_arrays():
+    dy, scratch = np.zeros((2, 4, 6, 6)), np.zeros(kernels.output_scratch(6, 6))
+    with pytest.raises(ValueError, match=r"dM is \(36, 4, 5\), needs \(36, 4, 18\)"):
+        kernels.winograd_grad_output(dy, np.zeros((36, 4, 5)), np.zeros(4), scratch)
+    with pytest.raises(ValueError, match="3 bias gradients for 4 filters"):
+        kernels.winograd_grad_output(dy, np.zeros((36, 4, 18)), np.zeros(3), scratch)
+    with pytest.raises(ValueError, match="scratch of 5 values"):
+        kernels.winograd_grad_output(dy, np.zeros((36, 4, 18)), np.zeros(4), np.zeros(5))
+
+
 @pytest.fixture
 def small_winograd(monkeypatch):
     """The Winograd route for small test layers: few channels and pixels, small chunks."""
@@ -92,44 +135,81 @@ def small_winograd(monkeypatch):
     monkeypatch.setattr(convolution, "WINOGRAD_MIN_PIXELS", 1)
     monkeypatch.setattr(convolution, "WINOGRAD_TILES", 12)
     calls = []
-    route = Convolution2D._winograd
+    for name in ("_winograd", "_winograd_backward"):
+        route = getattr(Convolution2D, name)
 
-    def counted(self, *args):
-        calls.append(self)
-        return route(self, *args)
+        def counted(self, *args, route=route, name=name):
+            calls.append((name, self))
+            return route(self, *args)
 
-    monkeypatch.setattr(Convolution2D, "_winograd", counted)
+        monkeypatch.setattr(Convolution2D, name, counted)
     return calls
 
 
-@pytest.mark.parametrize("n,c,h,w,f,pad", [(5, 2, 6, 7, 3, 2), (4, 3, 5, 5, 2, 1)])
+@pytest.mark.parametrize("n,c,h,w,f,pad", [(5, 2, 6, 7, 3, 2), (4, 3, 5, 5, 2, 1),
+                                            (3, 2, 4, 5, 3, 4), (8, 3, 6, 6, 2, 0)])
 def test_layer_route_matches_reference_and_gradients(small_winograd, n, c, h, w, f, pad):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((n, c, h, w))
     layer, src = make_layer(x, f, 5, 1, pad)
     small_winograd.clear()
     y = layer.ComputeFeature(src)
-    assert small_winograd == [layer]
+    assert small_winograd == [("_winograd", layer)]
     w_, b = layer.GetParams()
     np.testing.assert_allclose(y, reference_conv(x, w_, b, (1, 1), (pad, pad)),
                                rtol=1e-10, atol=1e-11)
-    check_layer(layer, x)  # Winograd forward, im2col backward: one function's two sides
-    assert len(small_winograd) > 1
+    check_layer(layer, x)  # forward and backward by Winograd
+    assert ("_winograd_backward", layer) in small_winograd
 
 
-def test_float32_route_agrees_with_im2col(monkeypatch):
-    """The CIFAR-10 conv2 at its shape, float32: both routes within 1e-5 of the largest."""
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
-    layer = Convolution2D(32, 5, 1, 2, w_std=0.05)
-    src = Source(x)
-    layer.ComputeFeature(src)
-    winograd = layer.data.copy()
+def test_layer_gradients_match_im2col_and_without_input_gradient(small_winograd, monkeypatch):
+    """The Winograd backward pass against im2col's, in float64, with and without dx."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 3, 7, 6))
+    layer, _ = make_layer(x, 4, 5, 1, 2)
+    dy = rng.standard_normal((5, 4, 7, 6))
+    y, dx = run(layer, x, dy)
+    grads = [p.grad.copy() for p in layer.params]
+    assert ("_winograd_backward", layer) in small_winograd
+    layer.ComputeFeature(Source(x))
+    for p in layer.params:
+        p.grad[...] = np.nan  # each is written again
+    assert layer.backward(dy, need_input_grad=False) is None  # no dx: the weight gradient alone
+    for p, g in zip(layer.params, grads):
+        np.testing.assert_allclose(p.grad, g, rtol=1e-12, atol=1e-12)
     monkeypatch.setattr(convolution, "WINOGRAD", False)
-    im2col = layer.ComputeFeature(src)
-    assert winograd.dtype == np.float32
-    assert not np.array_equal(winograd, im2col)  # the two routes did run
-    assert np.abs(winograd - im2col).max() <= 1e-5 * np.abs(im2col).max()
+    y_im2col, dx_im2col = run(layer, x, dy)
+    np.testing.assert_allclose(y, y_im2col, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(dx, dx_im2col, rtol=1e-10, atol=1e-11)
+    for p, g in zip(layer.params, grads):
+        np.testing.assert_allclose(g, p.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_a_padding_past_the_kernel_keeps_backward_on_im2col(small_winograd):
+    x = np.random.default_rng(7).standard_normal((4, 2, 3, 3))
+    layer, src = make_layer(x, 2, 5, 1, 5)
+    check_layer(layer, x)
+    assert ("_winograd", layer) in small_winograd
+    assert ("_winograd_backward", layer) not in small_winograd
+
+
+@pytest.mark.parametrize("c,f,side", [(32, 32, 16), (32, 64, 8)])
+def test_float32_route_agrees_with_im2col(monkeypatch, c, f, side):
+    """The CIFAR-10 conv2 and conv3 at their shapes, float32: output, input and parameter
+    gradients of both routes within 2e-5 of the largest."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((100, c, side, side)).astype(np.float32)
+    dy = rng.standard_normal((100, f, side, side)).astype(np.float32)
+    layer = Convolution2D(f, 5, 1, 2, w_std=0.05)
+    results = {}
+    for route in (True, False):
+        monkeypatch.setattr(convolution, "WINOGRAD", route)
+        y, dx = run(layer, x, dy)
+        results[route] = [y, dx] + [p.grad.copy() for p in layer.params]
+    for winograd, im2col in zip(results[True], results[False]):
+        assert winograd.dtype == np.float32
+        assert np.abs(winograd - im2col).max() <= 2e-5 * np.abs(im2col).max()
+    assert not np.array_equal(results[True][0], results[False][0])  # both routes did run
 
 
 # (N, C, H, F, kernel, stride, training, takes it): the CIFAR-10 layers at batch 100, and
@@ -137,7 +217,8 @@ def test_float32_route_agrees_with_im2col(monkeypatch):
 ROUTES = [
     (100, 32, 16, 32, 5, 1, True, True),     # conv2
     (100, 32, 16, 32, 5, 1, False, True),    # conv2, evaluation
-    (100, 32, 8, 64, 5, 1, True, False),     # conv3: 8x8 outputs, too few tiles
+    (100, 32, 8, 64, 5, 1, True, True),      # conv3
+    (100, 32, 4, 64, 5, 1, True, False),     # 4x4 outputs, too few tiles
     (100, 3, 32, 32, 5, 1, True, False),     # conv1: 3 channels
     (4, 32, 16, 32, 5, 1, False, False),     # one im2col chunk
     (100, 32, 16, 32, 3, 1, True, False),    # not 5x5
@@ -157,3 +238,26 @@ def test_which_layers_take_the_route(monkeypatch, n, c, h, f, kernel, stride, tr
     calls.clear()
     layer.ComputeFeature(Source(np.zeros((n, c, h, h), np.float32)))
     assert not calls
+
+
+@pytest.mark.parametrize("n,c,side,f", [(34, 32, 16, 32), (34, 32, 8, 64), (40, 16, 6, 24)])
+def test_torch_parity(n, c, side, f):
+    """The route (forward, input and parameter gradients) against PyTorch, float32: within
+    2e-5 of the largest value, as against im2col."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, c, side, side)).astype(np.float32)
+    layer, _ = make_layer(x, f, 5, 1, 2, seed=9)
+    assert layer._takes_winograd(c, side * side)  # and more than one chunk:
+    assert n > convolution._chunk_size(n, side * side)
+    dy = rng.standard_normal((n, f, side, side)).astype(np.float32)
+    y, dx = run(layer, x, dy)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.params[0].data, requires_grad=True)
+    bt = torch.tensor(layer.params[1].data, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, padding=2)
+    yt.backward(torch.tensor(dy))
+    for got, expected in [(y, yt), (dx, xt.grad), (layer.params[0].grad, wt.grad),
+                          (layer.params[1].grad, bt.grad)]:
+        expected = expected.detach().numpy()
+        assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max()

@@ -1,10 +1,11 @@
-/* Winograd F(2x2, 5x5) input and output transforms (nnkit/_kernels/winograd.pyx has the
- * algorithm and the layouts), for float and double.
+/* Winograd F(2x2, 5x5) input and output transforms and the output transform's adjoint
+ * (nnkit/_kernels/winograd.pyx has the algorithm and the layouts), for float and double.
  *
  * The loops run over the tiles of a tile row (the row transform) or of a whole image plane
- * (TH*TW tiles, 64 on a 16x16 output: the column and output transforms), reading and
- * writing contiguous runs through restrict-qualified parameters, so gcc vectorizes them. On x86-64 each is compiled twice, for the baseline SSE2 and for AVX2 + FMA,
- * and the CPU picks at run time (as scaled_tanh.h does).
+ * (TH*TW tiles, 64 on a 16x16 output: the column, output and adjoint transforms), reading
+ * and writing contiguous runs through restrict-qualified parameters, so gcc vectorizes
+ * them. On x86-64 each is compiled twice, for the baseline SSE2 and for AVX2 + FMA, and the
+ * CPU picks at run time (as scaled_tanh.h does).
  */
 #ifndef NNKIT_WINOGRAD_H
 #define NNKIT_WINOGRAD_H
@@ -83,6 +84,18 @@ static void nnkit_winograd_output_double(const double *m, const double *bias, pt
                                          ptrdiff_t f, ptrdiff_t oh, ptrdiff_t ow, double *y,
                                          double *scratch) {
     NNKIT_WINO_DISPATCH(nnkit_winograd_output, double, m, bias, g, f, oh, ow, y, scratch);
+}
+
+static void nnkit_winograd_grad_output_float(const float *dy, ptrdiff_t g, ptrdiff_t f,
+                                             ptrdiff_t oh, ptrdiff_t ow, float *dm, double *db,
+                                             float *scratch) {
+    NNKIT_WINO_DISPATCH(nnkit_winograd_grad_output, float, dy, g, f, oh, ow, dm, db, scratch);
+}
+
+static void nnkit_winograd_grad_output_double(const double *dy, ptrdiff_t g, ptrdiff_t f,
+                                              ptrdiff_t oh, ptrdiff_t ow, double *dm,
+                                              double *db, double *scratch) {
+    NNKIT_WINO_DISPATCH(nnkit_winograd_grad_output, double, dy, g, f, oh, ow, dm, db, scratch);
 }
 
 #endif

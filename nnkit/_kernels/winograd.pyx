@@ -19,9 +19,11 @@ that the three compute a correlation):
            [0, 2, -1, -2, 1, 0],
            [0, 4, 0, -5, 0, 1]]
 
-These kernels do the input transform (``V`` from the images, zero padding included) and
-the output transform (``M`` to the NCHW output, plus the bias); the weight transform and
-the GEMMs are numpy's. Tiles are numbered image by image, then row by row: tile (g, th, tw)
+These kernels do the input transform (``V`` from the images, zero padding included), the
+output transform (``M`` to the NCHW output, plus the bias) and its adjoint for the weight
+gradient (``dM = A dY A^T`` from the output gradient, whose GEMMs with V give
+``dU[xi nu] = dM[xi nu] @ V[xi nu].T`` and, through G, the filters' gradient
+``G^T dU G``); the weight transform and the GEMMs are numpy's. Tiles are numbered image by image, then row by row: tile (g, th, tw)
 is column ``(g * TH + th) * TW + tw`` of V and M, with TH, TW = ceil(OH / 2), ceil(OW / 2).
 Outputs of a last, half-filled tile row or column are computed and dropped.
 
@@ -48,6 +50,12 @@ cdef extern from "winograd.h" nogil:
     void nnkit_winograd_output_double(const double *m, const double *bias, Py_ssize_t g,
                                       Py_ssize_t f, Py_ssize_t oh, Py_ssize_t ow, double *y,
                                       double *scratch)
+    void nnkit_winograd_grad_output_float(const float *dy, Py_ssize_t g, Py_ssize_t f,
+                                          Py_ssize_t oh, Py_ssize_t ow, float *dm, double *db,
+                                          float *scratch)
+    void nnkit_winograd_grad_output_double(const double *dy, Py_ssize_t g, Py_ssize_t f,
+                                           Py_ssize_t oh, Py_ssize_t ow, double *dm,
+                                           double *db, double *scratch)
 
 
 cpdef Py_ssize_t input_scratch(Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw):
@@ -57,7 +65,8 @@ cpdef Py_ssize_t input_scratch(Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssi
 
 
 cpdef Py_ssize_t output_scratch(Py_ssize_t oh, Py_ssize_t ow):
-    """Values of scratch ``winograd_output`` needs for (OH, OW) outputs."""
+    """Values of scratch ``winograd_output`` and ``winograd_grad_output`` need for (OH, OW)
+    outputs."""
     return 16 * ((oh + 1) // 2) * ((ow + 1) // 2)
 
 
@@ -114,3 +123,33 @@ def winograd_output(const floating[:, :, ::1] m, const floating[::1] bias,
         else:
             nnkit_winograd_output_double(&m[0, 0, 0], b, g, f, oh, ow, &y[0, 0, 0, 0],
                                          &scratch[0])
+
+
+def winograd_grad_output(const floating[:, :, :, ::1] dy, floating[:, :, ::1] dm,
+                         double[::1] db, floating[::1] scratch):
+    """dM (36, F, G*TH*TW) = A dY A^T for the 2x2 tiles dY of dy (G, F, OH, OW); db += sums.
+
+    The adjoint of ``winograd_output``: the gradient of its M for the output gradient dy
+    (outputs past the edge, which it drops, count as zero). ``db`` has F values, to which
+    the sum of each filter's planes is added, or none.
+    """
+    cdef Py_ssize_t g = dy.shape[0], f = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3]
+    cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
+    if not (dm.shape[0] == 36 and dm.shape[1] == f and dm.shape[2] == tiles):
+        raise ValueError(f"winograd kernel: dM is {tuple(dm.shape)[:3]}, needs "
+                         f"(36, {f}, {tiles})")
+    if db.shape[0] not in (0, f):
+        raise ValueError(f"winograd kernel: {db.shape[0]} bias gradients for {f} filters")
+    if scratch.shape[0] < output_scratch(oh, ow):
+        raise ValueError(f"winograd kernel: scratch of {scratch.shape[0]} values, needs "
+                         f"{output_scratch(oh, ow)}")
+    if g == 0 or f == 0 or oh == 0 or ow == 0:
+        return
+    cdef double* sums = &db[0] if db.shape[0] > 0 else NULL
+    with nogil:
+        if floating is float:
+            nnkit_winograd_grad_output_float(&dy[0, 0, 0, 0], g, f, oh, ow, &dm[0, 0, 0],
+                                             sums, &scratch[0])
+        else:
+            nnkit_winograd_grad_output_double(&dy[0, 0, 0, 0], g, f, oh, ow, &dm[0, 0, 0],
+                                              sums, &scratch[0])

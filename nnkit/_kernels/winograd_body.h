@@ -124,3 +124,71 @@ WINO_ATTR static void WINO_NAME(nnkit_winograd_output)(
         }
     }
 }
+
+/* o_k[i] = (A y)[k] for y = (y0[i], y1[i]), i < n: A = (A^T)^T of F(2, 5), the adjoint of
+ * collapse6. Separate restrict parameters, as for transform6. */
+WINO_ATTR static void WINO_NAME(expand6)(
+        const WINO_T *restrict y0, const WINO_T *restrict y1, WINO_T *restrict o0,
+        WINO_T *restrict o1, WINO_T *restrict o2, WINO_T *restrict o3, WINO_T *restrict o4,
+        WINO_T *restrict o5, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        o0[i] = y0[i];
+        o1[i] = y0[i] + y1[i];
+        o2[i] = y0[i] - y1[i];
+        o3[i] = y0[i] + 2 * y1[i];
+        o4[i] = y0[i] - 2 * y1[i];
+        o5[i] = y1[i];
+    }
+}
+
+/* dM (36, F, G*TH*TW) = A dY A^T for every 2x2 tile dY of dy (G, F, OH, OW), the outputs
+ * past a last, half-filled tile row or column taken as zero: the adjoint of the output
+ * transform. db[f] += the sum of dy's planes of filter f, unless db is NULL. */
+WINO_ATTR static void WINO_NAME(nnkit_winograd_grad_output)(
+        const WINO_T *restrict dy, ptrdiff_t g_count, ptrdiff_t f_count, ptrdiff_t oh,
+        ptrdiff_t ow, WINO_T *restrict dm, double *restrict db, WINO_T *restrict scratch) {
+    const ptrdiff_t th_count = (oh + 1) / 2, tw_count = (ow + 1) / 2;
+    const ptrdiff_t plane_tiles = th_count * tw_count;
+    const ptrdiff_t cell = f_count * g_count * plane_tiles;
+    WINO_T *restrict q = scratch;                       /* q[2 i + j][t]: dY[i, j] */
+    WINO_T *restrict z = scratch + 4 * plane_tiles;     /* z[6 i + nu][t]: A over j */
+    const ptrdiff_t full = ow / 2;
+    for (ptrdiff_t g = 0; g < g_count; g++) {
+        for (ptrdiff_t f = 0; f < f_count; f++) {
+            const WINO_T *plane = dy + (g * f_count + f) * oh * ow;
+            if ((oh | ow) & 1)
+                for (ptrdiff_t k = 0; k < 4 * plane_tiles; k++)
+                    q[k] = 0;
+            double sum = 0;
+            for (ptrdiff_t row = 0; row < oh; row++) {
+                const ptrdiff_t th = row >> 1, i = row & 1;
+                WINO_T *even = q + 2 * i * plane_tiles + th * tw_count;
+                WINO_T *odd = even + plane_tiles;
+                const WINO_T *yr = plane + row * ow;
+                for (ptrdiff_t tw = 0; tw < full; tw++) {
+                    even[tw] = yr[2 * tw];
+                    odd[tw] = yr[2 * tw + 1];
+                }
+                if (ow & 1)
+                    even[full] = yr[ow - 1];
+                for (ptrdiff_t k = 0; k < ow; k++)
+                    sum += yr[k];
+            }
+            if (db)
+                db[f] += sum;
+            for (ptrdiff_t i = 0; i < 2; i++) {  /* A over j: z[6 i + nu] */
+                WINO_T *zi = z + 6 * i * plane_tiles;
+                WINO_NAME(expand6)(q + 2 * i * plane_tiles, q + (2 * i + 1) * plane_tiles, zi,
+                                   zi + plane_tiles, zi + 2 * plane_tiles, zi + 3 * plane_tiles,
+                                   zi + 4 * plane_tiles, zi + 5 * plane_tiles, plane_tiles);
+            }
+            WINO_T *out = dm + f * (g_count * plane_tiles) + g * plane_tiles;
+            for (ptrdiff_t nu = 0; nu < 6; nu++) {  /* A over i: dM[6 xi + nu] */
+                WINO_T *on = out + nu * cell;
+                WINO_NAME(expand6)(z + nu * plane_tiles, z + (6 + nu) * plane_tiles, on,
+                                   on + 6 * cell, on + 12 * cell, on + 18 * cell,
+                                   on + 24 * cell, on + 30 * cell, plane_tiles);
+            }
+        }
+    }
+}

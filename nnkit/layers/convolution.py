@@ -38,28 +38,29 @@ alike, the per-filter rows slightly faster (the same step 80 against 85 ms). ``P
 picks the layout from the kernels numpy's OpenBLAS loaded, once per process, so results do
 not depend on timing; ``scatter_bias_rows`` and ``gather_rows_sum`` move between it and NCHW.
 
-Winograd: a 5x5, stride-1 forward pass with at least WINOGRAD_MIN_CHANNELS input channels
-and WINOGRAD_MIN_PIXELS output pixels per image, on more than one chunk of images, runs as
+Winograd: a 5x5, stride-1 layer with at least WINOGRAD_MIN_CHANNELS input channels and
+WINOGRAD_MIN_PIXELS output pixels per image, on more than one chunk of images, runs as
 Winograd F(2x2, 5x5) instead (``nnkit._kernels.winograd``): 36 GEMMs of (F, C) by
 (C, tiles), 2.8x fewer multiplications than the im2col GEMM, between an input and an output
-transform. On the CIFAR-10 CNN that is conv2 (32 channels, 16x16 outputs): its forward pass
-took 0.66 of the im2col route's time at batch 100 and 0.59 at batch 256
-(``benchmarks/winograd.py``, medians of 9 alternating rounds). conv3 (8x8 outputs, 16 tiles
-per image) gained little, 0.97 and 0.87, and its training step none (1.02, 0.97): the
-transforms' fixed cost per image plane is paid back over few tiles, hence
-WINOGRAD_MIN_PIXELS. Backward stays im2col: the weight gradient needs col anyway, and the
-input gradient of conv2 by Winograd too (a convolution of dy, as the transposed route
-computes it) gained nothing measurable: with it the layer's training step took 0.879 of the
-all-im2col step, without it 0.892 at batch 100, 0.835 and 0.841 at batch 256. Float32
-outputs differ from im2col's by up to about 1e-5 of the largest (the transforms scale by
-up to 5 and 1/24).
+transform. Backward too: the weight gradient is the forward pass's adjoint (36 GEMMs of
+the transformed dy by the transformed input, then ``G^T dU G``), the input gradient a
+Winograd convolution of dy (``_winograd_backward``). On the CIFAR-10 CNN that is conv2 (32
+channels, 16x16 outputs) and conv3 (8x8 outputs): forward and backward together (the
+input gradient included) took 0.58 and 0.72 of the im2col route's time at batch 100, 0.59
+and 0.74 at batch 256, the forward pass alone 0.57 and 0.70, and the whole training step
+58 against 72 ms (``benchmarks/winograd.py``, medians of 7 alternating rounds; ``nnkit
+time``). Layers with 6x6 outputs gained as much, 4x4 ones not in forward at batch 100 (1.29;
+one run of 5 rounds), hence WINOGRAD_MIN_PIXELS; conv1 (3 channels) lost, 1.35 in forward
+and 1.54 in training, its GEMMs too thin. A padding past 4 (past the kernel's reach) keeps
+backward on im2col. Float32 outputs and gradients differ from im2col's by up to about 1e-5
+of the largest (the transforms scale by up to 5 and 1/24).
 
 Output size: OH = floor((H + 2*ph - kh) / sh) + 1, likewise OW (convolution floors).
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -102,9 +103,9 @@ WINOGRAD_G = np.array([[1 / 4, 0, 0, 0, 0],
 #: the filters as rows of 25 taps gives every U[xi nu] = (G g G^T)[xi, nu] at once.
 WINOGRAD_KRON = np.kron(WINOGRAD_G, WINOGRAD_G)
 #: The fewest output pixels per image for which a 5x5 convolution takes the Winograd route:
-#: each image plane's transforms have a fixed cost, which 16 tiles (8x8 outputs, the
-#: CIFAR-10 conv3) do not pay back.
-WINOGRAD_MIN_PIXELS = 256
+#: each image plane's transforms have a fixed cost, which the 4 tiles of a 4x4 output did
+#: not pay back in forward at batch 100 (module notes).
+WINOGRAD_MIN_PIXELS = 36
 #: Whether 5x5 stride-1 convolutions may take the Winograd route (tests turn it off).
 WINOGRAD = True
 
@@ -259,14 +260,8 @@ class Convolution2D(Layer):
         """
         n, c = x.shape[:2]
         f, oh, ow = y.shape[1:]
-        tile_rows, tile_cols = (oh + 1) // 2, (ow + 1) // 2
-        tiles = tile_rows * tile_cols
-        chunk = max(1, min(n, WINOGRAD_TILES // tiles))
-        # As many chunks as a multiple of the threads, so that the parts get equal work
-        # (the CIFAR-10 conv3 at batch 100: 7 chunks of 16 images would split 4 / 3).
-        chunks = -(-n // chunk)
-        chunks = -(-chunks // parallel.thread_count()) * parallel.thread_count()
-        chunk = max(1, -(-n // chunks))
+        tiles = _tiles(oh, ow)
+        chunk = _winograd_chunk(n, tiles)
         kron = WINOGRAD_KRON.astype(self.dtype)
 
         def run(part: int, first: int, last: int) -> None:
@@ -289,6 +284,79 @@ class Convolution2D(Layer):
                 _winograd.winograd_output(m, bias, y[start:stop], scratch)
 
         parallel.split(run, *_chunk_items(n, chunk, x[0].size), blas=True)
+
+    def _winograd_backward(self, x: np.ndarray, dy: np.ndarray, dx: np.ndarray | None) -> None:
+        """dW, db (into the grads) and dx (if not None) by Winograd F(2x2, 5x5) (module notes).
+
+        For x (N, C, H, W) and dy (N, F, OH, OW) of a 5x5, stride-1 layer padded by at most
+        4. Per chunk of tiles: the weight gradient is the adjoint of the forward pass,
+        ``dU[xi nu] += dM[xi nu] @ V[xi nu].T`` with ``dM = A dY A^T`` and V the input
+        transform, and ``dW = G^T dU G`` once per batch; the input gradient is the
+        convolution of dy, padded by 4 - pad, with the filters transposed and flipped
+        (``_transposed_pad``), itself by Winograd.
+        """
+        n, c, h, w = x.shape
+        f, oh, ow = dy.shape[1:]
+        ph, pw = self.pad
+        tpad = (4 - ph, 4 - pw)
+        tiles, dx_tiles = _tiles(oh, ow), _tiles(h, w)
+        chunk = _winograd_chunk(n, tiles)
+        kron = WINOGRAD_KRON.astype(self.dtype)
+        wp = self.params[0]
+        flipped = None
+        if dx is not None:
+            flipped = self.buffer("w_t", (c, f, 5, 5))
+            np.copyto(flipped, wp.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        no_bias = self.buffer("no_bias", (0,))
+        # Both GEMM operands of either product fit the im2col route's col and output buffers.
+        capacity = 36 * max(c, f) * chunk * max(tiles, dx_tiles)
+        scratch_size = max(_winograd.input_scratch(h, w, ph, pw),
+                           _winograd.output_scratch(oh, ow),
+                           _winograd.input_scratch(oh, ow, *tpad),
+                           _winograd.output_scratch(h, w))
+
+        def part_grads(part: int) -> tuple[np.ndarray, np.ndarray]:
+            """(dW, db) summed by one part: part 0's dW goes straight into the grad."""
+            dw = wp.grad if part == 0 else self.buffer(f"dw{part}", wp.grad.shape)
+            return dw, self.buffer(f"db{part}", (f if self.bias else 0,), np.float64)
+
+        def run(part: int, first: int, last: int) -> None:
+            dw, db = part_grads(part)
+            db[...] = 0  # the adjoint transform accumulates over the chunks, in double
+            du = self.buffer(f"winograd_du{part}", (36, f, c))
+            du_chunk = self.buffer(f"winograd_du_chunk{part}", (36, f, c))
+            if flipped is not None:
+                ut = self.buffer(f"winograd_ut{part}", (36, c, f))
+                np.matmul(kron, flipped.reshape(c * f, 25).T, out=ut.reshape(36, c * f))
+            scratch = self._view(f"{part}wscratch", scratch_size, (scratch_size,))
+            lo = first * chunk
+            for start in range(lo, min(n, last * chunk), chunk):
+                stop = min(n, start + chunk)
+                t = (stop - start) * tiles
+                v = self._view(f"{part}col", capacity, (36, c, t))
+                dm = self._view(f"fnp{part}", capacity, (36, f, t))
+                _winograd.winograd_input(x[start:stop], v, ph, pw, scratch)
+                _winograd.winograd_grad_output(dy[start:stop], dm, db, scratch)
+                # V transposed is a view BLAS takes as it is.
+                np.matmul(dm, v.transpose(0, 2, 1), out=du if start == lo else du_chunk)
+                if start != lo:
+                    du += du_chunk
+                if flipped is not None:  # V and dM are used up: dy's tiles take them
+                    t = (stop - start) * dx_tiles
+                    vt = self._view(f"{part}col", capacity, (36, f, t))
+                    mt = self._view(f"fnp{part}", capacity, (36, c, t))
+                    _winograd.winograd_input(dy[start:stop], vt, *tpad, scratch)
+                    np.matmul(ut, vt, out=mt)
+                    _winograd.winograd_output(mt, no_bias, dx[start:stop], scratch)
+            # dW = G^T dU G, per part under the split's one-thread BLAS (as the weight
+            # transform: outside a split, OpenBLAS's threads would spin against the next
+            # split's parts, which slowed this layer's backward pass twofold).
+            np.matmul(du.reshape(36, f * c).T, kron, out=dw.reshape(f * c, 25))
+
+        ranges = parallel.split(run, *_chunk_items(n, chunk, x[0].size), blas=True)
+        dw, db = _sum_parts(part_grads, len(ranges))
+        if self.bias:
+            self.params[1].grad[...] = db
 
     def _takes_winograd(self, channels: int, pixels: int) -> bool:
         """Whether a forward pass of ``channels`` input channels and ``pixels`` output pixels
@@ -376,9 +444,12 @@ class Convolution2D(Layer):
         wp = self.params[0]
         weight = wp.data.reshape(f, -1)
         dy3 = dy.reshape(n, f, oh * ow)
-        dx = transposed = tpad = None
+        dx = self.input_grad_buffer(x.shape) if need_input_grad else None
+        if n > chunk and self._takes_winograd(c, oh * ow) and max(self.pad) <= 4:
+            self._winograd_backward(x, dy, dx)
+            return dx
+        transposed = tpad = None
         if need_input_grad:
-            dx = self.input_grad_buffer(x.shape)
             tpad = self._transposed_pad()
             if tpad is not None:
                 # (C, F*kh*kw): the weights transposed and flipped in space, once per batch.
@@ -446,11 +517,7 @@ class Convolution2D(Layer):
                     _k.col2im(col, dx[start:stop], padded, *self._geometry())
 
         ranges = parallel.split(run, *_chunk_items(n, chunk, x[0].size), blas=True)
-        dw, db = part_grads(0)
-        for part in range(1, len(ranges)):
-            dw_part, db_part = part_grads(part)
-            dw += dw_part
-            db += db_part
+        dw, db = _sum_parts(part_grads, len(ranges))
         if PIXEL_ROWS:
             np.copyto(wp.grad.reshape(f, -1), dw.T)
         if self.bias:
@@ -483,6 +550,35 @@ def _chunk_items(n: int, chunk: int, image_values: int) -> tuple[int, int]:
     calls ``run(part, first, last)`` for chunks first .. last - 1.
     """
     return -(-n // chunk), chunk * image_values
+
+
+def _sum_parts(part_grads: Callable[[int], tuple[np.ndarray, np.ndarray]],
+               parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Part 0's (dW, db) of a split backward pass, every other part's added in."""
+    dw, db = part_grads(0)
+    for part in range(1, parts):
+        dw_part, db_part = part_grads(part)
+        dw += dw_part
+        db += db_part
+    return dw, db
+
+
+def _tiles(oh: int, ow: int) -> int:
+    """Winograd F(2x2, 5x5) tiles (2x2 output blocks) of one (OH, OW) output plane."""
+    return ((oh + 1) // 2) * ((ow + 1) // 2)
+
+
+def _winograd_chunk(n: int, tiles: int) -> int:
+    """Images per chunk of the Winograd route, for ``tiles`` tiles per image.
+
+    About WINOGRAD_TILES tiles, in as many chunks as a multiple of the threads, so that the
+    parts get equal work (the CIFAR-10 conv3 at batch 100: 7 chunks of 16 images would
+    split 4 / 3).
+    """
+    chunk = max(1, min(n, WINOGRAD_TILES // tiles))
+    chunks = -(-n // chunk)
+    chunks = -(-chunks // parallel.thread_count()) * parallel.thread_count()
+    return max(1, -(-n // chunks))
 
 
 def _chunk_size(n: int, pixels: int) -> int:
