@@ -238,6 +238,35 @@ def test_batch_size_changes_between_calls(kind):
         assert dx.shape == x.shape
 
 
+def test_max_evaluation_mode_pools_alike_and_backward_finds_the_maxima_again():
+    """Evaluation mode records no positions (the unrolled windows without them, and the
+    general path); its outputs are training mode's, bit for bit, and a backward pass after
+    it routes the gradient as after a training forward."""
+    rng = np.random.default_rng(12)
+    ties = rng.integers(0, 3, (2, 3, 9, 8)).astype(np.float32)
+    nan = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    nan[0, 0, 2, 3] = nan[1, 1, 0, 0] = np.nan
+    for x in (ties, nan, rng.standard_normal((3, 4, 32, 32)).astype(np.float32)):
+        for k, s, p in ((3, 2, 1), (2, 2, 0), (3, 1, 1), (3, 2, 0)):
+            layer = MaxPooling2D(k, s, p)
+            dy = rng.standard_normal((x.shape[0], *layer.output_shape(x.shape[1:])))
+            trained = run(layer, x, dy.astype(np.float32))
+            layer.train(False)
+            assert layer.ComputeFeature(Source(x)) is layer.data
+            np.testing.assert_array_equal(layer.data, trained[0])
+            assert layer._argmax is None  # none recorded
+            layer.grad = dy.astype(np.float32)
+            np.testing.assert_array_equal(layer.backward(layer.grad), trained[1])
+            np.testing.assert_array_equal(layer.data, trained[0])  # left as it was
+
+
+def test_max_backward_before_forward_names_the_layer():
+    layer = MaxPooling2D(name="pool1")
+    layer.build((2, 9, 9))
+    with pytest.raises(RuntimeError, match="pool1.*backward called before forward"):
+        layer.backward(np.ones((1, 2, 4, 4), np.float32))
+
+
 def test_backward_without_input_grad_returns_none():
     for layer in (MaxPooling2D(), AvgPooling2D()):
         layer.ComputeFeature(Source(np.ones((1, 1, 5, 5), np.float32)))

@@ -178,6 +178,21 @@ cdef inline void _max_row(const floating* s, Py_ssize_t count, Py_ssize_t kh, Py
         where[i] = w
 
 
+cdef inline void _max_row_values(const floating* s, Py_ssize_t count, Py_ssize_t kh,
+                                 Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pitch,
+                                 floating* best) noexcept nogil:
+    """``_max_row`` without the positions (inference): one max per cell, no blend."""
+    cdef Py_ssize_t i, dh, j
+    cdef floating v, b
+    for i in range(count):
+        b = s[i]
+        for dh in range(kh):
+            for j in range(kw):
+                v = s[_offset(dh, j, sw, pitch) + i]
+                b = v if v > b else b
+        best[i] = b
+
+
 def max_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int[:, :, ::1] argmax,
                 const int[::1] src, const int[:, ::1] phases, const int[:, ::1] border,
                 floating[::1] scratch, floating[::1] best, int[::1] where,
@@ -185,8 +200,8 @@ def max_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int[:, :, ::
     """y[p, oh, ow] = max of x[p] over the window; argmax gets its flat index h * W + w.
 
     ``src``, ``phases``, ``border``: the tables (see the module notes); ``best``/``where``:
-    one row of ``count`` outputs. The first maximum in row-major window order wins ties; a NaN wins
-    over any number.
+    one row of ``count`` outputs. The first maximum in row-major window order wins ties; a
+    NaN wins over any number. An argmax of no planes records no positions (inference).
     """
     cdef Py_ssize_t planes = x.shape[0], out_h = y.shape[1], out_w = y.shape[2]
     cdef Py_ssize_t count = best.shape[0], rows = (out_h - 1) * sh + kh
@@ -197,10 +212,12 @@ def max_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int[:, :, ::
     cdef floating* d
     cdef const floating* xp
     cdef bint nan
+    cdef bint positions = argmax.shape[0] > 0
     _expect("number of output planes", y.shape[0], planes)
-    _expect("argmax rows", argmax.shape[1], out_h)
-    _expect("argmax columns", argmax.shape[2], out_w)
-    _expect("number of argmax planes", argmax.shape[0], planes)
+    if positions:
+        _expect("argmax rows", argmax.shape[1], out_h)
+        _expect("argmax columns", argmax.shape[2], out_w)
+        _expect("number of argmax planes", argmax.shape[0], planes)
     _expect("len(src)", src.shape[0], rows * sw * pitch)
     _expect("len(phases)", phases.shape[0], sw)
     _expect("phases.shape[1]", phases.shape[1], 2)
@@ -219,7 +236,11 @@ def max_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int[:, :, ::
             for oh in range(out_h):
                 row = _offset(oh * sh, 0, sw, pitch)  # the row's first window cell
                 # The usual windows unrolled; any other (or NaNs), one pass per window cell.
-                if kh == 3 and kw == 3 and sw == 2 and not nan:
+                if kh == 3 and kw == 3 and sw == 2 and not nan and not positions:
+                    _max_row_values(s + row, count, 3, 3, 2, pitch, &best[0])
+                elif kh == 2 and kw == 2 and sw == 2 and not nan and not positions:
+                    _max_row_values(s + row, count, 2, 2, 2, pitch, &best[0])
+                elif kh == 3 and kw == 3 and sw == 2 and not nan:
                     _max_row(s + row, count, 3, 3, 2, pitch, &best[0], &where[0])
                 elif kh == 2 and kw == 2 and sw == 2 and not nan:
                     _max_row(s + row, count, 2, 2, 2, pitch, &best[0], &where[0])
@@ -235,7 +256,8 @@ def max_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, int[:, :, ::
                     for ow in range(out_w):
                         i = g * wq + ow
                         y[p0 + g, oh, ow] = best[i]
-                        argmax[p0 + g, oh, ow] = src[row + where[i] + ow]
+                        if positions:
+                            argmax[p0 + g, oh, ow] = src[row + where[i] + ow]
 
 
 def max_backward(const floating[:, :, ::1] dy, const int[:, :, ::1] argmax,
