@@ -313,8 +313,10 @@ def test_the_layout_follows_the_blas_kernels(core):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Chunks of a few output pixels, so that small test batches take several chunks."""
+    """Chunks of a few output pixels, so that small test batches take several chunks (and
+    no wider chunks for cols of few rows)."""
     monkeypatch.setattr(convolution, "CHUNK_COLUMNS", 80)
+    monkeypatch.setattr(convolution, "CHUNK_VALUES", 0)
 
 
 # (N, C, H, W, F, kernel, stride, pad, dx route). At 80 columns per chunk these batches
@@ -329,6 +331,20 @@ CHUNK_CONFIGS = [
 ]
 
 
+def w_rows(layer: Convolution2D) -> int:
+    """The rows of the layer's col, C*kh*kw."""
+    return layer.params[0].data[0].size
+
+
+def test_chunk_sizes_of_the_cifar10_layers():
+    """1024 columns, or more for a col of few rows: 400 * 1024 values (the module notes)."""
+    assert convolution._chunk_size(100, 32 * 32, 3 * 25) == 5     # conv1: 5461 columns
+    assert convolution._chunk_size(100, 16 * 16, 32 * 25) == 4    # conv2: 1024 columns
+    assert convolution._chunk_size(100, 8 * 8, 32 * 25) == 16     # conv3
+    assert convolution._chunk_size(3, 32 * 32, 3 * 25) == 3       # never more than the batch
+    assert convolution._chunk_size(100, 64 * 64, 32 * 25) == 1    # at least one image
+
+
 @pytest.mark.parametrize("n,c,h,w,f,kernel,stride,pad,route", CHUNK_CONFIGS)
 def test_chunked_layer_matches_reference_and_gradients(small_chunks, n, c, h, w, f, kernel,
                                                        stride, pad, route):
@@ -337,7 +353,7 @@ def test_chunked_layer_matches_reference_and_gradients(small_chunks, n, c, h, w,
     layer, src = make_layer(x, f, kernel, stride, pad)
     assert (layer._transposed_pad() is not None) == (route == "transposed")
     y = layer.ComputeFeature(src)
-    assert convolution._chunk_size(n, y[0, 0].size) < n  # more than one chunk
+    assert convolution._chunk_size(n, y[0, 0].size, w_rows(layer)) < n  # more than one chunk
     w_, b = layer.GetParams()
     np.testing.assert_allclose(y, reference_conv(x, w_, b, layer.stride, layer.pad),
                                rtol=1e-10, atol=1e-12)

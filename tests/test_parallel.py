@@ -117,6 +117,7 @@ LAYERS = {
 def test_layers_give_the_same_results_however_split(threads, monkeypatch, name, dtype):
     # Small chunks too, so that each part of the batch runs several convolution chunks.
     monkeypatch.setattr(convolution, "CHUNK_COLUMNS", 60)
+    monkeypatch.setattr(convolution, "CHUNK_VALUES", 0)
     x = np.random.default_rng(1).standard_normal((7, 4, 9, 8)).astype(dtype)
     threads(1)
     alone = _run_layer(LAYERS[name], x)
@@ -136,6 +137,7 @@ def test_layers_give_the_same_results_however_split(threads, monkeypatch, name, 
 def test_conv_gradients_when_a_split_finds_the_helpers_busy(threads, monkeypatch):
     # A split that runs alone must not add the other parts' sums left by an earlier split.
     monkeypatch.setattr(convolution, "CHUNK_COLUMNS", 60)
+    monkeypatch.setattr(convolution, "CHUNK_VALUES", 0)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((7, 4, 9, 8))
     threads(3)

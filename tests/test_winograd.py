@@ -131,6 +131,7 @@ def test_grad_output_checks_its_arrays():
 def small_winograd(monkeypatch):
     """The Winograd route for small test layers: few channels and pixels, small chunks."""
     monkeypatch.setattr(convolution, "CHUNK_COLUMNS", 20)
+    monkeypatch.setattr(convolution, "CHUNK_VALUES", 0)
     monkeypatch.setattr(convolution, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(convolution, "WINOGRAD_MIN_PIXELS", 1)
     monkeypatch.setattr(convolution, "WINOGRAD_TILES", 12)
@@ -249,7 +250,7 @@ def test_torch_parity(n, c, side, f):
     x = rng.standard_normal((n, c, side, side)).astype(np.float32)
     layer, _ = make_layer(x, f, 5, 1, 2, seed=9)
     assert layer._takes_winograd(c, side * side)  # and more than one chunk:
-    assert n > convolution._chunk_size(n, side * side)
+    assert n > convolution._chunk_size(n, side * side, c * 25)
     dy = rng.standard_normal((n, f, side, side)).astype(np.float32)
     y, dx = run(layer, x, dy)
     xt = torch.tensor(x, requires_grad=True)

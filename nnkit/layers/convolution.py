@@ -21,10 +21,10 @@ Why chunks: a whole batch's col is large (82 MB for the CIFAR-10 conv2 at batch 
 writing it and reading it back in the GEMM runs at memory speed, and keeping it for
 backward would double the layer's memory. A chunk of about a thousand columns stays in
 the cache between im2col and the GEMM, and is still wide enough for BLAS to run near its
-peak. A training batch of a single chunk (at most CHUNK_COLUMNS output pixels: batch 1 on
-CIFAR-10) keeps its one col (under 1 MB per layer for that net), and backward skips the
-im2col: the batch-1 step takes 0.98 of the time it took recomputing col (median of 5
-alternating pairs). The batch is also cut into parts (``nnkit.parallel``), one per core,
+peak; a col of few rows takes more columns, up to CHUNK_VALUES values. A training batch
+of a single chunk (batch 1 on CIFAR-10, and up to 5 images for its conv1) keeps its one
+col (at most 1.6 MB per layer), and backward skips the im2col: the batch-1 step takes
+0.98 of the time it took recomputing col (median of 5 alternating pairs). The batch is also cut into parts (``nnkit.parallel``), one per core,
 each running its own chunks with its own buffers: the im2col and layout kernels of one
 part then run while another part's GEMM does, instead of leaving cores idle.
 
@@ -76,6 +76,13 @@ IntPair = int | tuple[int, int]
 #: enough for col (C*kh*kw rows) to stay in the cache between im2col and the GEMM. On the
 #: CIFAR-10 CNN, 512 to 1536 measured alike and 4096 10-15% slower.
 CHUNK_COLUMNS = 1024
+#: A col of few rows (C*kh*kw: 75 for the CIFAR-10 conv1) takes more columns, up to this
+#: many values (1.6 MB in float32): the BLAS runs its thin products as fast on wider chunks
+#: (conv1's, 71-77 GFLOP/s from 1024 to 4096 columns on one thread), and fewer chunks cost
+#: less Python per image. The CIFAR-10 CNN at batch 100 (conv1 then takes 5 images per chunk
+#: instead of 1): inference 0.942, training 0.930 of the time at CHUNK_COLUMNS (medians of 7
+#: alternating rounds); twice as many values (21 images, 5 chunks for 2 cores) gained nothing.
+CHUNK_VALUES = 400 * 1024
 
 #: OpenBLAS's kernel sets with AVX-512 (threadpoolctl's names, lower case).
 AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
@@ -386,7 +393,7 @@ class Convolution2D(Layer):
         x = np.ascontiguousarray(x)
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
-        chunk = _chunk_size(n, oh * ow)
+        chunk = _chunk_size(n, oh * ow, x.shape[1] * self.kernel[0] * self.kernel[1])
         weight = self.params[0].data.reshape(f, -1)
         bias = self._bias_array()
         y = self.buffer("y", (n, f, oh, ow))
@@ -440,7 +447,7 @@ class Convolution2D(Layer):
         dy = np.ascontiguousarray(dy, dtype=self.dtype)
         n, f, oh, ow = dy.shape
         c = x.shape[1]
-        chunk = _chunk_size(n, oh * ow)
+        chunk = _chunk_size(n, oh * ow, x.shape[1] * self.kernel[0] * self.kernel[1])
         wp = self.params[0]
         weight = wp.data.reshape(f, -1)
         dy3 = dy.reshape(n, f, oh * ow)
@@ -581,6 +588,9 @@ def _winograd_chunk(n: int, tiles: int) -> int:
     return max(1, -(-n // chunks))
 
 
-def _chunk_size(n: int, pixels: int) -> int:
-    """Images per chunk: at most CHUNK_COLUMNS output pixels, at least one image."""
-    return max(1, min(n, CHUNK_COLUMNS // pixels))
+def _chunk_size(n: int, pixels: int, rows: int) -> int:
+    """Images per chunk, for ``pixels`` output pixels per image and col ``rows`` (C*kh*kw):
+    at most CHUNK_COLUMNS columns, or CHUNK_VALUES values of col if that is more; at least
+    one image."""
+    columns = max(CHUNK_COLUMNS, CHUNK_VALUES // rows)
+    return max(1, min(n, columns // pixels))
