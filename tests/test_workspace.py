@@ -8,6 +8,7 @@ import numpy as np
 
 from nnkit import (SGD, Activation, AvgPooling2D, Convolution2D, Dense, ImageInput, LRN2D,
                    MaxPooling2D, Sequential)
+from nnkit.layers import convolution
 from nnkit.layers.base import Workspace
 
 
@@ -72,7 +73,11 @@ def test_a_training_step_matches_the_same_step_by_hand_bit_for_bit():
         np.testing.assert_array_equal(p.grad, q.grad, err_msg=p.full_name)
 
 
-def test_input_gradients_take_two_buffers_and_the_convolutions_share_their_scratch():
+def test_input_gradients_take_two_buffers_and_the_convolutions_share_their_scratch(
+        monkeypatch):
+    # Chunks of at most 1024 columns, whatever the rows of col (conv1's would take the
+    # whole batch in one chunk, and keep its col, under CHUNK_VALUES).
+    monkeypatch.setattr(convolution, "CHUNK_VALUES", 0)
     m = cnn()
     m.train_on_batch(*batch(1))
     assert all("dx" not in layer._buffers for layer in m.layers)  # none of their own
