@@ -337,8 +337,8 @@ def w_rows(layer: Convolution2D) -> int:
 
 
 def test_chunk_sizes_of_the_cifar10_layers():
-    """1024 columns, or more for a col of few rows: 400 * 1024 values (the module notes)."""
-    assert convolution._chunk_size(100, 32 * 32, 3 * 25) == 5     # conv1: 5461 columns
+    """1024 columns, or more for a col of few rows: 256 * 1024 values (the module notes)."""
+    assert convolution._chunk_size(100, 32 * 32, 3 * 25) == 3     # conv1: 3495 columns
     assert convolution._chunk_size(100, 16 * 16, 32 * 25) == 4    # conv2: 1024 columns
     assert convolution._chunk_size(100, 8 * 8, 32 * 25) == 16     # conv3
     assert convolution._chunk_size(3, 32 * 32, 3 * 25) == 3       # never more than the batch

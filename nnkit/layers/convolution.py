@@ -22,8 +22,8 @@ writing it and reading it back in the GEMM runs at memory speed, and keeping it 
 backward would double the layer's memory. A chunk of about a thousand columns stays in
 the cache between im2col and the GEMM, and is still wide enough for BLAS to run near its
 peak; a col of few rows takes more columns, up to CHUNK_VALUES values. A training batch
-of a single chunk (batch 1 on CIFAR-10, and up to 5 images for its conv1) keeps its one
-col (at most 1.6 MB per layer), and backward skips the im2col: the batch-1 step takes
+of a single chunk (batch 1 on CIFAR-10, and up to 3 images for its conv1) keeps its one
+col (under 1 MB per layer for that net), and backward skips the im2col: the batch-1 step takes
 0.98 of the time it took recomputing col (median of 5 alternating pairs). The batch is also cut into parts (``nnkit.parallel``), one per core,
 each running its own chunks with its own buffers: the im2col and layout kernels of one
 part then run while another part's GEMM does, instead of leaving cores idle.
@@ -77,12 +77,12 @@ IntPair = int | tuple[int, int]
 #: CIFAR-10 CNN, 512 to 1536 measured alike and 4096 10-15% slower.
 CHUNK_COLUMNS = 1024
 #: A col of few rows (C*kh*kw: 75 for the CIFAR-10 conv1) takes more columns, up to this
-#: many values (1.6 MB in float32): the BLAS runs its thin products as fast on wider chunks
+#: many values (1 MB in float32): the BLAS runs its thin products as fast on wider chunks
 #: (conv1's, 71-77 GFLOP/s from 1024 to 4096 columns on one thread), and fewer chunks cost
-#: less Python per image. The CIFAR-10 CNN at batch 100 (conv1 then takes 5 images per chunk
-#: instead of 1): inference 0.942, training 0.930 of the time at CHUNK_COLUMNS (medians of 7
-#: alternating rounds); twice as many values (21 images, 5 chunks for 2 cores) gained nothing.
-CHUNK_VALUES = 400 * 1024
+#: less Python per image. The CIFAR-10 CNN at batch 100, conv1 taking 3 images per chunk
+#: instead of 1: inference 0.936 of the time at CHUNK_COLUMNS (medians of 7 alternating
+#: rounds); 5 images gave 0.942 (training 0.930), 21 images (5 chunks for 2 cores) 1.016.
+CHUNK_VALUES = 256 * 1024
 
 #: OpenBLAS's kernel sets with AVX-512 (threadpoolctl's names, lower case).
 AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
@@ -93,7 +93,10 @@ PIXEL_ROWS = (parallel.blas_kernels() or "").lower() in AVX512_KERNELS
 
 #: Tiles (2x2 output blocks) per chunk of the Winograd route: V and M (36 x C and 36 x F
 #: rows, 1.2 MB each for 32 channels) stay near the cores. The CIFAR-10 conv2's forward
-#: pass at batch 100 over im2col's: 0.64 at 256 tiles, 0.68 at 512, 0.77 at 1024.
+#: pass at batch 100 over im2col's: 0.64 at 256 tiles, 0.68 at 512, 0.77 at 1024. A layer
+#: of more than 32 channels in or out takes proportionally fewer, so that V and M stay at
+#: that size: the CIFAR-10 conv3 (64 filters) takes 128, and its training pass 0.77 of
+#: im2col's instead of 0.72 at 256 (batch 100), for 1.5 MB less peak memory in the step.
 WINOGRAD_TILES = 256
 #: The fewest input channels for which a 5x5 convolution takes the Winograd route: with
 #: few channels its GEMMs are too thin to win (the CIFAR-10 conv1, C = 3).
@@ -268,7 +271,7 @@ class Convolution2D(Layer):
         n, c = x.shape[:2]
         f, oh, ow = y.shape[1:]
         tiles = _tiles(oh, ow)
-        chunk = _winograd_chunk(n, tiles)
+        chunk = _winograd_chunk(n, tiles, max(c, f))
         kron = WINOGRAD_KRON.astype(self.dtype)
 
         def run(part: int, first: int, last: int) -> None:
@@ -307,7 +310,7 @@ class Convolution2D(Layer):
         ph, pw = self.pad
         tpad = (4 - ph, 4 - pw)
         tiles, dx_tiles = _tiles(oh, ow), _tiles(h, w)
-        chunk = _winograd_chunk(n, tiles)
+        chunk = _winograd_chunk(n, tiles, max(c, f))
         kron = WINOGRAD_KRON.astype(self.dtype)
         wp = self.params[0]
         flipped = None
@@ -315,8 +318,9 @@ class Convolution2D(Layer):
             flipped = self.buffer("w_t", (c, f, 5, 5))
             np.copyto(flipped, wp.data.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         no_bias = self.buffer("no_bias", (0,))
-        # Both GEMM operands of either product fit the im2col route's col and output buffers.
-        capacity = 36 * max(c, f) * chunk * max(tiles, dx_tiles)
+        # The im2col route's col and output buffers hold the tiles of C and of F channels
+        # (x's and the output's, then dx's and dy's): no more memory than forward needs.
+        c_capacity, f_capacity = (36 * k * chunk * max(tiles, dx_tiles) for k in (c, f))
         scratch_size = max(_winograd.input_scratch(h, w, ph, pw),
                            _winograd.output_scratch(oh, ow),
                            _winograd.input_scratch(oh, ow, *tpad),
@@ -340,18 +344,18 @@ class Convolution2D(Layer):
             for start in range(lo, min(n, last * chunk), chunk):
                 stop = min(n, start + chunk)
                 t = (stop - start) * tiles
-                v = self._view(f"{part}col", capacity, (36, c, t))
-                dm = self._view(f"fnp{part}", capacity, (36, f, t))
+                v = self._view(f"{part}col", c_capacity, (36, c, t))
+                dm = self._view(f"fnp{part}", f_capacity, (36, f, t))
                 _winograd.winograd_input(x[start:stop], v, ph, pw, scratch)
                 _winograd.winograd_grad_output(dy[start:stop], dm, db, scratch)
                 # V transposed is a view BLAS takes as it is.
                 np.matmul(dm, v.transpose(0, 2, 1), out=du if start == lo else du_chunk)
                 if start != lo:
                     du += du_chunk
-                if flipped is not None:  # V and dM are used up: dy's tiles take them
+                if flipped is not None:  # V and dM are used up: dy's and dx's tiles
                     t = (stop - start) * dx_tiles
-                    vt = self._view(f"{part}col", capacity, (36, f, t))
-                    mt = self._view(f"fnp{part}", capacity, (36, c, t))
+                    vt = self._view(f"fnp{part}", f_capacity, (36, f, t))
+                    mt = self._view(f"{part}col", c_capacity, (36, c, t))
                     _winograd.winograd_input(dy[start:stop], vt, *tpad, scratch)
                     np.matmul(ut, vt, out=mt)
                     _winograd.winograd_output(mt, no_bias, dx[start:stop], scratch)
@@ -575,14 +579,16 @@ def _tiles(oh: int, ow: int) -> int:
     return ((oh + 1) // 2) * ((ow + 1) // 2)
 
 
-def _winograd_chunk(n: int, tiles: int) -> int:
-    """Images per chunk of the Winograd route, for ``tiles`` tiles per image.
+def _winograd_chunk(n: int, tiles: int, channels: int) -> int:
+    """Images per chunk of the Winograd route, for ``tiles`` tiles per image and at most
+    ``channels`` channels in or out.
 
-    About WINOGRAD_TILES tiles, in as many chunks as a multiple of the threads, so that the
-    parts get equal work (the CIFAR-10 conv3 at batch 100: 7 chunks of 16 images would
-    split 4 / 3).
+    About WINOGRAD_TILES tiles, fewer for more than 32 channels (V and M then hold no more
+    than at 32), in as many chunks as a multiple of the threads, so that the parts get
+    equal work (the CIFAR-10 conv3 at batch 100: 7 chunks of 16 images would split 4 / 3).
     """
-    chunk = max(1, min(n, WINOGRAD_TILES // tiles))
+    budget = WINOGRAD_TILES * 32 // max(32, channels)
+    chunk = max(1, min(n, budget // tiles))
     chunks = -(-n // chunk)
     chunks = -(-chunks // parallel.thread_count()) * parallel.thread_count()
     return max(1, -(-n // chunks))
