@@ -70,6 +70,27 @@ cpdef Py_ssize_t output_scratch(Py_ssize_t oh, Py_ssize_t ow):
     return 16 * ((oh + 1) // 2) * ((ow + 1) // 2)
 
 
+cdef int _check_scratch(Py_ssize_t have, Py_ssize_t need) except -1:
+    """Raises unless a kernel's scratch holds ``need`` values."""
+    if have < need:
+        raise ValueError(f"winograd kernel: scratch of {have} values, needs {need}")
+    return 0
+
+
+cdef int _check_output_tiles(str name, tuple shape, Py_ssize_t g, Py_ssize_t f,
+                             Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t per_filter, str what,
+                             Py_ssize_t scratch) except -1:
+    """The checks of the output transform and its adjoint: tiles ``name`` (36, F, tiles) of
+    G (OH, OW) planes per filter, ``per_filter`` values (``what``) for F filters or none,
+    and the scratch."""
+    cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
+    if shape != (36, f, tiles):
+        raise ValueError(f"winograd kernel: {name} is {shape}, needs (36, {f}, {tiles})")
+    if per_filter not in (0, f):
+        raise ValueError(f"winograd kernel: {per_filter} {what} for {f} filters")
+    return _check_scratch(scratch, output_scratch(oh, ow))
+
+
 def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
                    Py_ssize_t ph, Py_ssize_t pw, floating[::1] scratch):
     """V (36, C, G*TH*TW) = B^T d B of every 6x6 patch of the images x (G, C, H, W).
@@ -84,9 +105,7 @@ def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
     cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
     if not (v.shape[0] == 36 and v.shape[1] == c and v.shape[2] == tiles):
         raise ValueError(f"winograd kernel: V is {tuple(v.shape)[:3]}, needs (36, {c}, {tiles})")
-    if scratch.shape[0] < input_scratch(h, w, ph, pw):
-        raise ValueError(f"winograd kernel: scratch of {scratch.shape[0]} values, needs "
-                         f"{input_scratch(h, w, ph, pw)}")
+    _check_scratch(scratch.shape[0], input_scratch(h, w, ph, pw))
     if g == 0 or c == 0:
         return
     with nogil:
@@ -105,14 +124,8 @@ def winograd_output(const floating[:, :, ::1] m, const floating[::1] bias,
     ``bias`` has F values, or none for no bias.
     """
     cdef Py_ssize_t g = y.shape[0], f = y.shape[1], oh = y.shape[2], ow = y.shape[3]
-    cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
-    if not (m.shape[0] == 36 and m.shape[1] == f and m.shape[2] == tiles):
-        raise ValueError(f"winograd kernel: M is {tuple(m.shape)[:3]}, needs (36, {f}, {tiles})")
-    if bias.shape[0] not in (0, f):
-        raise ValueError(f"winograd kernel: {bias.shape[0]} biases for {f} filters")
-    if scratch.shape[0] < output_scratch(oh, ow):
-        raise ValueError(f"winograd kernel: scratch of {scratch.shape[0]} values, needs "
-                         f"{output_scratch(oh, ow)}")
+    _check_output_tiles("M", tuple(m.shape)[:3], g, f, oh, ow, bias.shape[0], "biases",
+                        scratch.shape[0])
     if g == 0 or f == 0 or oh == 0 or ow == 0:
         return
     cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
@@ -134,15 +147,8 @@ def winograd_grad_output(const floating[:, :, :, ::1] dy, floating[:, :, ::1] dm
     the sum of each filter's planes is added, or none.
     """
     cdef Py_ssize_t g = dy.shape[0], f = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3]
-    cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
-    if not (dm.shape[0] == 36 and dm.shape[1] == f and dm.shape[2] == tiles):
-        raise ValueError(f"winograd kernel: dM is {tuple(dm.shape)[:3]}, needs "
-                         f"(36, {f}, {tiles})")
-    if db.shape[0] not in (0, f):
-        raise ValueError(f"winograd kernel: {db.shape[0]} bias gradients for {f} filters")
-    if scratch.shape[0] < output_scratch(oh, ow):
-        raise ValueError(f"winograd kernel: scratch of {scratch.shape[0]} values, needs "
-                         f"{output_scratch(oh, ow)}")
+    _check_output_tiles("dM", tuple(dm.shape)[:3], g, f, oh, ow, db.shape[0],
+                        "bias gradients", scratch.shape[0])
     if g == 0 or f == 0 or oh == 0 or ow == 0:
         return
     cdef double* sums = &db[0] if db.shape[0] > 0 else NULL

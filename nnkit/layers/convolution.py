@@ -23,10 +23,11 @@ backward would double the layer's memory. A chunk of about a thousand columns st
 the cache between im2col and the GEMM, and is still wide enough for BLAS to run near its
 peak; a col of few rows takes more columns, up to CHUNK_VALUES values. A training batch
 of a single chunk (batch 1 on CIFAR-10, and up to 3 images for its conv1) keeps its one
-col (under 1 MB per layer for that net), and backward skips the im2col: the batch-1 step takes
-0.98 of the time it took recomputing col (median of 5 alternating pairs). The batch is also cut into parts (``nnkit.parallel``), one per core,
-each running its own chunks with its own buffers: the im2col and layout kernels of one
-part then run while another part's GEMM does, instead of leaving cores idle.
+col (under 1 MB per layer for that net), and backward skips the im2col: the batch-1 step
+takes 0.98 of the time it took recomputing col (median of 5 alternating pairs). The batch
+is also cut into parts (``nnkit.parallel``), one per core, each running its own chunks
+with its own buffers: the im2col and layout kernels of one part then run while another
+part's GEMM does, instead of leaving cores idle.
 
 Which way round: the products above write one row per filter, (F, G*OH*OW). OpenBLAS's
 AVX-512 kernels run the same products 1.3-2x faster the other way round, one row per output
@@ -46,10 +47,12 @@ transform. Backward too: the weight gradient is the forward pass's adjoint (36 G
 the transformed dy by the transformed input, then ``G^T dU G``), the input gradient a
 Winograd convolution of dy (``_winograd_backward``). On the CIFAR-10 CNN that is conv2 (32
 channels, 16x16 outputs) and conv3 (8x8 outputs): forward and backward together (the
-input gradient included) took 0.58 and 0.72 of the im2col route's time at batch 100, 0.59
-and 0.74 at batch 256, the forward pass alone 0.57 and 0.70, and the whole training step
-58 against 72 ms (``benchmarks/winograd.py``, medians of 7 alternating rounds; ``nnkit
-time``). Layers with 6x6 outputs gained as much, 4x4 ones not in forward at batch 100 (1.29;
+input gradient included) took 0.58 and 0.77 of the im2col route's time at batch 100, 0.59
+and 0.77 at batch 256, the forward pass alone 0.57 and 0.76 (``benchmarks/winograd.py``,
+medians of 7 alternating rounds; conv3 with its 128 tiles per chunk, WINOGRAD_TILES), and
+the whole training step 0.78 of its time with the Winograd forward pass of conv2 only, at
+batch 100 and 256 (with the wider conv1 chunks below; ``benchmarks/compare.py
+--baseline``, RESULTS.md round 7). Layers with 6x6 outputs gained as much, 4x4 ones not in forward at batch 100 (1.29;
 one run of 5 rounds), hence WINOGRAD_MIN_PIXELS; conv1 (3 channels) lost, 1.35 in forward
 and 1.54 in training, its GEMMs too thin. A padding past 4 (past the kernel's reach) keeps
 backward on im2col. Float32 outputs and gradients differ from im2col's by up to about 1e-5
@@ -59,6 +62,7 @@ Output size: OH = floor((H + 2*ph - kh) / sh) + 1, likewise OW (convolution floo
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -118,6 +122,12 @@ WINOGRAD_KRON = np.kron(WINOGRAD_G, WINOGRAD_G)
 WINOGRAD_MIN_PIXELS = 36
 #: Whether 5x5 stride-1 convolutions may take the Winograd route (tests turn it off).
 WINOGRAD = True
+
+
+@functools.cache
+def _winograd_kron(dtype: np.dtype) -> np.ndarray:
+    """WINOGRAD_KRON in ``dtype``, made once (the Winograd route reads it every batch)."""
+    return WINOGRAD_KRON.astype(dtype)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -272,7 +282,7 @@ class Convolution2D(Layer):
         f, oh, ow = y.shape[1:]
         tiles = _tiles(oh, ow)
         chunk = _winograd_chunk(n, tiles, max(c, f))
-        kron = WINOGRAD_KRON.astype(self.dtype)
+        kron = _winograd_kron(np.dtype(self.dtype))
 
         def run(part: int, first: int, last: int) -> None:
             # U[xi nu] (F, C), the transformed filters: one small GEMM (0.04 ms for conv2,
@@ -311,7 +321,7 @@ class Convolution2D(Layer):
         tpad = (4 - ph, 4 - pw)
         tiles, dx_tiles = _tiles(oh, ow), _tiles(h, w)
         chunk = _winograd_chunk(n, tiles, max(c, f))
-        kron = WINOGRAD_KRON.astype(self.dtype)
+        kron = _winograd_kron(np.dtype(self.dtype))
         wp = self.params[0]
         flipped = None
         if dx is not None:
@@ -397,7 +407,7 @@ class Convolution2D(Layer):
         x = np.ascontiguousarray(x)
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
-        chunk = _chunk_size(n, oh * ow, x.shape[1] * self.kernel[0] * self.kernel[1])
+        chunk = _chunk_size(n, oh * ow, x.shape[1] * math.prod(self.kernel))
         weight = self.params[0].data.reshape(f, -1)
         bias = self._bias_array()
         y = self.buffer("y", (n, f, oh, ow))
@@ -451,7 +461,7 @@ class Convolution2D(Layer):
         dy = np.ascontiguousarray(dy, dtype=self.dtype)
         n, f, oh, ow = dy.shape
         c = x.shape[1]
-        chunk = _chunk_size(n, oh * ow, x.shape[1] * self.kernel[0] * self.kernel[1])
+        chunk = _chunk_size(n, oh * ow, x.shape[1] * math.prod(self.kernel))
         wp = self.params[0]
         weight = wp.data.reshape(f, -1)
         dy3 = dy.reshape(n, f, oh * ow)
