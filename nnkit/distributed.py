@@ -1,8 +1,9 @@
 """Data-parallel training over MPI: ``mpiexec -n N nnkit train job.conf``, ``fit(..., distributed=True)``.
 
 Every rank holds the whole model and the whole data set, and draws the same example order.
-Each global batch is cut into ``size`` contiguous shards (uneven when the batch does not
-divide: ``np.array_split``), one per rank. After the backward pass, :meth:`World.reduce`
+Each global batch of n examples is cut into ``size`` contiguous shards, one per rank (rank r
+takes examples ``n r // size`` up to ``n (r + 1) // size``: uneven when n does not divide); a
+batch of fewer examples than ranks goes whole to every rank, each weighted ``1 / size``. After the backward pass, :meth:`World.reduce`
 weights each rank's gradients (the mean over its shard) by its shard's size, packs every
 parameter's gradient into one contiguous buffer in the model's parameter order, and sums it
 with a single ``MPI_Allreduce``; dividing by the global batch size gives the gradient of the
@@ -68,32 +69,40 @@ class World:
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
         self.allreduce_seconds = 0.0
-        self._n_local = self._n_global = 0
+        self._n_global = 0  # examples in the last global batch (0: none sharded yet)
+        self._weight = 0.0
         #: Where this rank's shard of the last global batch starts (Dropout's example streams).
         self.first_example = 0
         self._buffers: dict[tuple[int, np.dtype], np.ndarray] = {}  # one per size: per-layer reduces
 
     # ------------------------------------------------------------------ sharding and reduction
     def shard(self, idx: np.ndarray) -> np.ndarray:
-        """This rank's contiguous share of the global batch ``idx`` (remembered for :meth:`reduce`)."""
+        """This rank's contiguous share of the global batch ``idx`` (remembered for :meth:`reduce`).
+
+        A batch of fewer examples than ranks (an epoch's tail, say after ``set batch_size``) is
+        not cut: every rank takes all of it with weight ``1 / size``, so the reduced gradient,
+        the synchronised statistics and the Dropout masks are still one process's.
+        """
         n = len(idx)
-        if n < self.size:
-            raise ValueError(f"distributed training: a batch of {n} examples cannot be shared by "
-                             f"{self.size} ranks (use a batch size, and a data set, whose batches "
-                             f"have at least {self.size} examples)")
-        bounds = [n * r // self.size for r in range(self.size + 1)]
+        if n == 0:
+            raise ValueError("distributed training: an empty batch has nothing to share")
         self._n_global = n
-        self._n_local = bounds[self.rank + 1] - bounds[self.rank]
-        self.first_example = bounds[self.rank]
-        return idx[bounds[self.rank]:bounds[self.rank + 1]]
+        if n < self.size:
+            self._weight = 1.0 / self.size
+            self.first_example = 0
+            return idx
+        lo, hi = n * self.rank // self.size, n * (self.rank + 1) // self.size
+        self._weight = (hi - lo) / n
+        self.first_example = lo
+        return idx[lo:hi]
 
     @property
     def shard_weight(self) -> float:
-        """This rank's share of the last global batch (:meth:`shard`): local / global examples."""
+        """This rank's weight in the last global batch (:meth:`shard`): its share of the examples."""
         if self._n_global == 0:
             raise RuntimeError("distributed training: no batch was sharded yet; take this rank's "
                                "examples with world.shard(batch_indices) first")
-        return self._n_local / self._n_global
+        return self._weight
 
     def allreduce(self, array: np.ndarray, weighted: bool = False) -> np.ndarray:
         """Sums the contiguous ``array`` over the ranks, in place; returns it.
