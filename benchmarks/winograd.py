@@ -9,7 +9,7 @@ both ways, one right after the other, so that the machine's drift hits both alik
 the median ms of each route and the median of the per-round ratios (Winograd / im2col,
 lower is faster). The layers are the CIFAR-10 CNN's (``examples/cifar10_cnn.conf``) at their
 input shapes, float32, on nnkit's threads; conv1 takes the Winograd route here although the
-layer leaves it off (``WINOGRAD_MIN_CHANNELS``), so that its cost shows.
+layer keeps its backward pass on im2col (``WINOGRAD_MIN_CHANNELS``), so that its cost shows.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from nnkit import Activation, Convolution2D, ImageInput
 #: (name, input channels, filters, image side) of the CIFAR-10 CNN's 5x5 layers. conv1, the
 #: first layer, computes no input gradient.
 LAYERS = [("conv1", 3, 32, 32), ("conv2", 32, 32, 16), ("conv3", 32, 64, 8)]
+#: A layer of 4x4 outputs (one tile per image), for WINOGRAD_MIN_PIXELS: ``--layers 4x4``.
+SMALL = ("4x4", 32, 64, 4)
 
 
 def timed(fn, reps: int) -> float:
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--reps", type=int, default=5, help="calls timed per round and route")
     parser.add_argument("--batches", default="100,256")
+    parser.add_argument("--layers", default="conv1,conv2,conv3",
+                        help="of conv1, conv2, conv3 and 4x4 (a layer of 4x4 outputs)")
     parser.add_argument("--tiles", type=int, default=convolution.WINOGRAD_TILES,
                         help="tiles per chunk (WINOGRAD_TILES)")
     args = parser.parse_args()
@@ -54,7 +58,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print("| layer | batch | pass | im2col ms | Winograd ms | Winograd / im2col (median of rounds) |")
     print("|---|---|---|---|---|---|")
-    for name, c, f, side in LAYERS:
+    chosen = args.layers.split(",")
+    for name, c, f, side in [layer for layer in LAYERS + [SMALL] if layer[0] in chosen]:
         for n in map(int, args.batches.split(",")):
             images = ImageInput(side, side, c)
             images.Feed(rng.standard_normal((n, c, side, side)).astype(np.float32))

@@ -1,6 +1,8 @@
-"""Winograd F(2x2, 5x5): its kernels against a direct convolution and their adjoints, and the
-layer's route forward and backward."""
+"""Winograd F(4x4, 5x5): its matrices from the Toom-Cook points, its kernels against a direct
+convolution and their adjoints, and the layer's route forward and backward."""
 from __future__ import annotations
+
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -11,10 +13,31 @@ from nnkit.layers import convolution
 from nnkit.layers.convolution import WINOGRAD_G, Convolution2D
 from test_convolution import make_layer, reference_conv
 
-# Toom-Cook at the points 0, 1, -1, 2, -2 and infinity, the matrices the kernels hardcode.
-B_T = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float)
-A_T = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], float)
+CELLS, TILE = kernels.CELLS, kernels.TILE
+# Toom-Cook at the points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity: the matrices the kernels
+# hardcode (row 0 of B^T and of G with their signs flipped, which leaves the products alike).
+POINTS = [Fraction(p) for p in (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))]
+B_T = np.array([[1, 0, -21 / 4, 0, 21 / 4, 0, -1, 0],
+                [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+                [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0],
+                [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+                [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0],
+                [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+                [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0],
+                [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]])
+A_T = np.array([[float(p ** i) for p in POINTS] + [float(i == TILE - 1)] for i in range(TILE)])
+
+
+def test_g_follows_from_the_points():
+    """Row j of G is p_j^k / prod over the other points q of (p_j - q); infinity's is e_4."""
+    rows = []
+    for p in POINTS:
+        scale = np.prod([p - q for q in POINTS if q != p])
+        rows.append([float(p ** k / scale) for k in range(5)])
+    rows.append([0, 0, 0, 0, 1])
+    rows[0] = [-v for v in rows[0]]  # the flipped sign
+    np.testing.assert_allclose(WINOGRAD_G, rows, rtol=1e-15, atol=1e-15)
+    assert A_T.tolist()[1] == [0, 1, -1, 2, -2, 0.5, -0.5, 0]
 
 
 def winograd_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.ndarray:
@@ -22,9 +45,9 @@ def winograd_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.n
     n, c, h, width = x.shape
     f = w.shape[0]
     oh, ow = h + 2 * pad - 4, width + 2 * pad - 4
-    tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
-    u = np.einsum("ak,fckl,bl->abfc", WINOGRAD_G, w, WINOGRAD_G).reshape(36, f, c)
-    v = np.empty((36, c, tiles), x.dtype)
+    tiles = n * kernels.plane_tiles(oh, ow)
+    u = np.einsum("ak,fckl,bl->abfc", WINOGRAD_G, w, WINOGRAD_G).reshape(CELLS, f, c)
+    v = np.empty((CELLS, c, tiles), x.dtype)
     kernels.winograd_input(x, v, pad, pad, np.empty(kernels.input_scratch(h, width, pad, pad),
                                                     x.dtype))
     m = np.matmul(u.astype(x.dtype), v)
@@ -35,12 +58,17 @@ def winograd_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.n
 
 
 def test_the_matrices_compute_a_1d_correlation():
-    """A^T ((G g) * (B^T d)) is the 'valid' correlation of 6 inputs with 5 taps."""
+    """A^T ((G g) * (B^T d)) is the 'valid' correlation of 8 inputs with 5 taps."""
     rng = np.random.default_rng(0)
     for _ in range(5):
-        g, d = rng.standard_normal(5), rng.standard_normal(6)
+        g, d = rng.standard_normal(5), rng.standard_normal(8)
         np.testing.assert_allclose(A_T @ ((WINOGRAD_G @ g) * (B_T @ d)),
                                    np.correlate(d, g, "valid"), rtol=1e-12, atol=1e-12)
+
+
+def test_plane_tiles_are_4x4_blocks():
+    assert [kernels.plane_tiles(s, s) for s in (1, 4, 5, 8, 16)] == [1, 1, 4, 4, 16]
+    assert kernels.plane_tiles(6, 13) == 2 * 4
 
 
 # (N, C, F, H, W, pad): odd and even outputs, a 1x1 output, a pad of 0 and one past the
@@ -56,7 +84,7 @@ def test_kernels_match_a_direct_convolution(n, c, f, h, w, pad):
     wt, b = rng.standard_normal((f, c, 5, 5)), rng.standard_normal(f)
     expected = reference_conv(x, wt, b, (1, 1), (pad, pad))
     np.testing.assert_allclose(winograd_conv(x, wt, b, pad), expected, rtol=1e-11, atol=1e-11)
-    # float32: the transforms scale by up to 5 and 1/24; still within 1e-5 of the largest.
+    # float32: the transforms scale by up to 21/4 and 1/90; still within 1e-5 of the largest.
     got = winograd_conv(x.astype(np.float32), wt.astype(np.float32), b, pad)
     assert got.dtype == np.float32
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
@@ -70,48 +98,49 @@ def test_no_bias_adds_nothing():
 
 
 def test_kernels_check_their_arrays():
-    x = np.zeros((2, 3, 6, 6))
+    x = np.zeros((2, 3, 6, 6))  # 6x6 outputs: 2x2 tiles per image
     scratch = np.zeros(kernels.input_scratch(6, 6, 2, 2))
-    with pytest.raises(ValueError, match=r"V is \(36, 3, 17\), needs \(36, 3, 18\)"):
-        kernels.winograd_input(x, np.zeros((36, 3, 17)), 2, 2, scratch)
+    with pytest.raises(ValueError, match=r"V is \(64, 3, 7\), needs \(64, 3, 8\)"):
+        kernels.winograd_input(x, np.zeros((64, 3, 7)), 2, 2, scratch)
     with pytest.raises(ValueError, match="scratch of 5 values"):
-        kernels.winograd_input(x, np.zeros((36, 3, 18)), 2, 2, np.zeros(5))
+        kernels.winograd_input(x, np.zeros((64, 3, 8)), 2, 2, np.zeros(5))
     with pytest.raises(ValueError, match="no 5x5 output for 3x3 images"):
-        kernels.winograd_input(np.zeros((1, 1, 3, 3)), np.zeros((36, 1, 0)), 0, 0, scratch)
+        kernels.winograd_input(np.zeros((1, 1, 3, 3)), np.zeros((64, 1, 0)), 0, 0, scratch)
     y, out_scratch = np.zeros((2, 4, 6, 6)), np.zeros(kernels.output_scratch(6, 6))
-    with pytest.raises(ValueError, match=r"M is \(36, 4, 5\), needs \(36, 4, 18\)"):
-        kernels.winograd_output(np.zeros((36, 4, 5)), np.zeros(4), y, out_scratch)
+    with pytest.raises(ValueError, match=r"M is \(36, 4, 8\), needs \(64, 4, 8\)"):
+        kernels.winograd_output(np.zeros((36, 4, 8)), np.zeros(4), y, out_scratch)
     with pytest.raises(ValueError, match="3 biases for 4 filters"):
-        kernels.winograd_output(np.zeros((36, 4, 18)), np.zeros(3), y, out_scratch)
+        kernels.winograd_output(np.zeros((64, 4, 8)), np.zeros(3), y, out_scratch)
 
 
 def grad_output_reference(dy: np.ndarray) -> np.ndarray:
-    """A dY A^T of every 2x2 tile of dy (N, F, OH, OW), zero past the edge: (36, F, tiles)."""
+    """A dY A^T of every 4x4 tile of dy (N, F, OH, OW), zero past the edge: (64, F, tiles)."""
     n, f, oh, ow = dy.shape
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    padded = np.zeros((n, f, 2 * th, 2 * tw))
+    th, tw = -(-oh // TILE), -(-ow // TILE)
+    padded = np.zeros((n, f, TILE * th, TILE * tw))
     padded[:, :, :oh, :ow] = dy
-    tiles = padded.reshape(n, f, th, 2, tw, 2).transpose(0, 1, 2, 4, 3, 5)  # n f th tw i j
+    tiles = padded.reshape(n, f, th, TILE, tw, TILE).transpose(0, 1, 2, 4, 3, 5)  # n f th tw i j
     dm = np.einsum("xi,nfabij,uj->xufnab", A_T.T, tiles, A_T.T)
-    return dm.reshape(36, f, n * th * tw)
+    return dm.reshape(CELLS, f, n * th * tw)
 
 
-@pytest.mark.parametrize("n,f,oh,ow", [(2, 3, 4, 6), (1, 2, 5, 7), (3, 1, 1, 1), (2, 4, 16, 16)])
+@pytest.mark.parametrize("n,f,oh,ow", [(2, 3, 4, 6), (1, 2, 5, 7), (3, 1, 1, 1), (2, 4, 16, 16),
+                                       (1, 2, 11, 9)])
 def test_grad_output_is_the_adjoint_of_the_output_transform(n, f, oh, ow):
     rng = np.random.default_rng(5)
     dy = rng.standard_normal((n, f, oh, ow))
-    tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
+    tiles = n * kernels.plane_tiles(oh, ow)
     scratch = np.empty(kernels.output_scratch(oh, ow))
-    dm, db = np.empty((36, f, tiles)), np.full(f, 0.5)
+    dm, db = np.empty((CELLS, f, tiles)), np.full(f, 0.5)
     kernels.winograd_grad_output(dy, dm, db, scratch)
     np.testing.assert_allclose(dm, grad_output_reference(dy), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(db, 0.5 + dy.sum(axis=(0, 2, 3)), rtol=1e-13)  # added to
     # <output(M), dy> = <M, grad_output(dy)>: the gradient of the output transform.
-    m, y = rng.standard_normal((36, f, tiles)), np.empty((n, f, oh, ow))
+    m, y = rng.standard_normal((CELLS, f, tiles)), np.empty((n, f, oh, ow))
     kernels.winograd_output(m, np.zeros(0), y, scratch)
     np.testing.assert_allclose(np.vdot(y, dy), np.vdot(m, dm), rtol=1e-12)
     # float32, and no bias gradient asked for.
-    dm32 = np.empty((36, f, tiles), np.float32)
+    dm32 = np.empty((CELLS, f, tiles), np.float32)
     kernels.winograd_grad_output(dy.astype(np.float32), dm32, np.zeros(0),
                                  scratch.astype(np.float32))
     np.testing.assert_allclose(dm32, dm, rtol=1e-5, atol=1e-5)
@@ -119,12 +148,12 @@ def test_grad_output_is_the_adjoint_of_the_output_transform(n, f, oh, ow):
 
 def test_grad_output_checks_its_arrays():
     dy, scratch = np.zeros((2, 4, 6, 6)), np.zeros(kernels.output_scratch(6, 6))
-    with pytest.raises(ValueError, match=r"dM is \(36, 4, 5\), needs \(36, 4, 18\)"):
-        kernels.winograd_grad_output(dy, np.zeros((36, 4, 5)), np.zeros(4), scratch)
+    with pytest.raises(ValueError, match=r"dM is \(64, 4, 5\), needs \(64, 4, 8\)"):
+        kernels.winograd_grad_output(dy, np.zeros((64, 4, 5)), np.zeros(4), scratch)
     with pytest.raises(ValueError, match="3 bias gradients for 4 filters"):
-        kernels.winograd_grad_output(dy, np.zeros((36, 4, 18)), np.zeros(3), scratch)
+        kernels.winograd_grad_output(dy, np.zeros((64, 4, 8)), np.zeros(3), scratch)
     with pytest.raises(ValueError, match="scratch of 5 values"):
-        kernels.winograd_grad_output(dy, np.zeros((36, 4, 18)), np.zeros(4), np.zeros(5))
+        kernels.winograd_grad_output(dy, np.zeros((64, 4, 8)), np.zeros(4), np.zeros(5))
 
 
 @pytest.fixture
@@ -220,7 +249,7 @@ ROUTES = [
     (100, 32, 16, 32, 5, 1, False, True),    # conv2, evaluation
     (100, 32, 8, 64, 5, 1, True, True),      # conv3
     (100, 32, 4, 64, 5, 1, True, False),     # 4x4 outputs, too few tiles
-    (100, 3, 32, 32, 5, 1, True, False),     # conv1: 3 channels
+    (100, 3, 32, 32, 5, 1, True, True),      # conv1: 3 channels, forward only
     (4, 32, 16, 32, 5, 1, False, False),     # one im2col chunk
     (100, 32, 16, 32, 3, 1, True, False),    # not 5x5
     (100, 32, 36, 32, 5, 2, True, False),    # strided
@@ -239,6 +268,17 @@ def test_which_layers_take_the_route(monkeypatch, n, c, h, f, kernel, stride, tr
     calls.clear()
     layer.ComputeFeature(Source(np.zeros((n, c, h, h), np.float32)))
     assert not calls
+
+
+@pytest.mark.parametrize("c,takes", [(3, False), (16, True)])
+def test_backward_takes_the_route_from_16_channels(monkeypatch, c, takes):
+    calls = []
+    monkeypatch.setattr(Convolution2D, "_winograd_backward",
+                        lambda self, *args: calls.append(self))
+    x = np.zeros((100, c, 16, 16), np.float32)
+    layer, _ = make_layer(x, 8, 5, 1, 2)
+    run(layer, x, np.zeros((100, 8, 16, 16), np.float32))
+    assert bool(calls) == takes
 
 
 @pytest.mark.parametrize("n,c,side,f", [(34, 32, 16, 32), (34, 32, 8, 64), (40, 16, 6, 24)])

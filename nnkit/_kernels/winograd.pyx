@@ -1,41 +1,49 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
-"""Winograd F(2x2, 5x5) transforms: a 5x5, stride-1 convolution with 2.8x fewer GEMM flops.
+"""Winograd F(4x4, 5x5) transforms: a 5x5, stride-1 convolution with 6.25x fewer GEMM flops.
 
-Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016): each 2x2
-block of outputs (a *tile*) is ``A^T [ (G g G^T) * (B^T d B) ] A`` for its 6x6 input patch
+Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016): each 4x4
+block of outputs (a *tile*) is ``A^T [ (G g G^T) * (B^T d B) ] A`` for its 8x8 input patch
 ``d`` and a 5x5 kernel ``g``, with ``*`` the elementwise product. Summed over input
-channels, the elementwise products become 36 independent GEMMs, one per cell (xi, nu) of
-the 6x6 transformed tile: ``M[xi nu] (F, T) = U[xi nu] (F, C) @ V[xi nu] (C, T)``, 36 * F * C
-multiplications per tile where the direct form takes 4 * 25 * F * C.
+channels, the elementwise products become 64 independent GEMMs, one per cell (xi, nu) of
+the 8x8 transformed tile: ``M[xi nu] (F, T) = U[xi nu] (F, C) @ V[xi nu] (C, T)``, 64 * F * C
+multiplications per tile where the direct form takes 16 * 25 * F * C.
 
-The matrices follow from Toom-Cook interpolation at the points 0, 1, -1, 2, -2 and
-infinity (G is ``nnkit.layers.convolution.WINOGRAD_G``; ``tests/test_winograd.py`` checks
-that the three compute a correlation):
+The matrices follow from Toom-Cook interpolation at the points 0, 1, -1, 2, -2, 1/2, -1/2
+and infinity (G is ``nnkit.layers.convolution.WINOGRAD_G``; ``tests/test_winograd.py``
+derives all three from the points and checks that they compute a correlation):
 
-    B^T = [[4, 0, -5, 0, 1, 0],      A^T = [[1, 1, 1, 1, 1, 0],
-           [0, -4, -4, 1, 1, 0],             [0, 1, -1, 2, -2, 1]]
-           [0, 4, -4, -1, 1, 0],
-           [0, -2, -1, 2, 1, 0],
-           [0, 2, -1, -2, 1, 0],
-           [0, 4, 0, -5, 0, 1]]
+    B^T = [[1, 0, -21/4, 0, 21/4, 0, -1, 0],      A^T = [[1, 1, 1, 1, 1, 1, 1, 0],
+           [0, 1, 1, -17/4, -17/4, 1, 1, 0],             [0, 1, -1, 2, -2, 1/2, -1/2, 0],
+           [0, -1, 1, 17/4, -17/4, -1, 1, 0],            [0, 1, 1, 4, 4, 1/4, 1/4, 0],
+           [0, 1/2, 1/4, -5/2, -5/4, 2, 1, 0],           [0, 1, -1, 8, -8, 1/8, -1/8, 1]]
+           [0, -1/2, 1/4, 5/2, -5/4, -2, 1, 0],
+           [0, 2, 4, -5/2, -5, 1/2, 1, 0],
+           [0, -2, 4, 5/2, -5, -1/2, 1, 0],
+           [0, -1, 0, 21/4, 0, -21/4, 0, 1]]
 
 These kernels do the input transform (``V`` from the images, zero padding included), the
 output transform (``M`` to the NCHW output, plus the bias) and its adjoint for the weight
 gradient (``dM = A dY A^T`` from the output gradient, whose GEMMs with V give
 ``dU[xi nu] = dM[xi nu] @ V[xi nu].T`` and, through G, the filters' gradient
-``G^T dU G``); the weight transform and the GEMMs are numpy's. Tiles are numbered image by image, then row by row: tile (g, th, tw)
-is column ``(g * TH + th) * TW + tw`` of V and M, with TH, TW = ceil(OH / 2), ceil(OW / 2).
-Outputs of a last, half-filled tile row or column are computed and dropped.
+``G^T dU G``); the weight transform and the GEMMs are numpy's. Tiles are numbered image by
+image, then row by row: tile (g, th, tw) is column ``(g * TH + th) * TW + tw`` of V and M,
+with TH, TW = ceil(OH / 4), ceil(OW / 4). Outputs of a last, partly filled tile row or
+column are computed and dropped.
 
 The loops are C (``winograd.h``), one image plane at a time, with contiguous loads only.
-The row transform reads the 6 input columns of tile ``tw`` as ``e[tw], o[tw], e[tw+1],
-o[tw+1], e[tw+2], o[tw+2]``, the even and odd cells of the padded row. The column transform
-keeps even and odd rows apart, so that rows 2 th + 2 a and 2 th + 2 a + 1 of tile
-t = th * TW + tw sit at t + a * TW: it and the output transform run over all the tiles of
-a plane at once. Every function writes into arrays its caller owns (the scratch sizes are
-``input_scratch`` and ``output_scratch``); none allocates.
+The row transform reads the 8 input columns of tile ``tw`` as ``p0[tw], ..., p3[tw],
+p0[tw+1], ..., p3[tw+1]``, where ``pk`` holds the cells 4j + k of the padded row. The column
+transform keeps the rows of each phase (row mod 4) apart, so that row 4 th + a of tile
+t = th * TW + tw sits at t + (a / 4) * TW of its phase: it and the output transform run over
+all the tiles of a plane at once. Every function writes into arrays its caller owns (the
+scratch sizes are ``input_scratch`` and ``output_scratch``); none allocates.
 """
 from cython cimport floating
+
+#: Cells of a transformed tile (8 x 8): the GEMMs per chunk, V's and M's first axis.
+CELLS = 64
+#: Outputs per tile side.
+TILE = 4
 
 cdef extern from "winograd.h" nogil:
     void nnkit_winograd_input_float(const float *x, Py_ssize_t g, Py_ssize_t c, Py_ssize_t h,
@@ -60,14 +68,19 @@ cdef extern from "winograd.h" nogil:
 
 cpdef Py_ssize_t input_scratch(Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw):
     """Values of scratch ``winograd_input`` needs for (H, W) images padded by (ph, pw)."""
-    cdef Py_ssize_t th = (h + 2 * ph - 3) // 2, tw = (w + 2 * pw - 3) // 2
-    return 2 * (2 * th + 4) * (tw + 2) + 12 * (th + 2) * tw
+    cdef Py_ssize_t th = (h + 2 * ph - 1) // 4, tw = (w + 2 * pw - 1) // 4
+    return 4 * (4 * th + 4) * (tw + 1) + 32 * (th + 1) * tw
 
 
 cpdef Py_ssize_t output_scratch(Py_ssize_t oh, Py_ssize_t ow):
     """Values of scratch ``winograd_output`` and ``winograd_grad_output`` need for (OH, OW)
     outputs."""
-    return 16 * ((oh + 1) // 2) * ((ow + 1) // 2)
+    return 48 * plane_tiles(oh, ow)
+
+
+cpdef Py_ssize_t plane_tiles(Py_ssize_t oh, Py_ssize_t ow):
+    """Tiles (4x4 output blocks) of one (OH, OW) output plane: ceil(OH / 4) * ceil(OW / 4)."""
+    return ((oh + 3) // 4) * ((ow + 3) // 4)
 
 
 cdef int _check_scratch(Py_ssize_t have, Py_ssize_t need) except -1:
@@ -80,12 +93,12 @@ cdef int _check_scratch(Py_ssize_t have, Py_ssize_t need) except -1:
 cdef int _check_output_tiles(str name, tuple shape, Py_ssize_t g, Py_ssize_t f,
                              Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t per_filter, str what,
                              Py_ssize_t scratch) except -1:
-    """The checks of the output transform and its adjoint: tiles ``name`` (36, F, tiles) of
+    """The checks of the output transform and its adjoint: tiles ``name`` (64, F, tiles) of
     G (OH, OW) planes per filter, ``per_filter`` values (``what``) for F filters or none,
     and the scratch."""
-    cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
-    if shape != (36, f, tiles):
-        raise ValueError(f"winograd kernel: {name} is {shape}, needs (36, {f}, {tiles})")
+    cdef Py_ssize_t tiles = g * plane_tiles(oh, ow)
+    if shape != (CELLS, f, tiles):
+        raise ValueError(f"winograd kernel: {name} is {shape}, needs ({CELLS}, {f}, {tiles})")
     if per_filter not in (0, f):
         raise ValueError(f"winograd kernel: {per_filter} {what} for {f} filters")
     return _check_scratch(scratch, output_scratch(oh, ow))
@@ -93,7 +106,7 @@ cdef int _check_output_tiles(str name, tuple shape, Py_ssize_t g, Py_ssize_t f,
 
 def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
                    Py_ssize_t ph, Py_ssize_t pw, floating[::1] scratch):
-    """V (36, C, G*TH*TW) = B^T d B of every 6x6 patch of the images x (G, C, H, W).
+    """V (64, C, G*TH*TW) = B^T d B of every 8x8 patch of the images x (G, C, H, W).
 
     The convolution's padding is (ph, pw): output (OH, OW) = (H + 2 ph - 4, W + 2 pw - 4).
     """
@@ -102,9 +115,9 @@ def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
     if not (oh >= 1 and ow >= 1 and ph >= 0 and pw >= 0):
         raise ValueError(f"winograd kernel: no 5x5 output for {h}x{w} images padded by "
                          f"({ph}, {pw})")
-    cdef Py_ssize_t tiles = g * ((oh + 1) // 2) * ((ow + 1) // 2)
-    if not (v.shape[0] == 36 and v.shape[1] == c and v.shape[2] == tiles):
-        raise ValueError(f"winograd kernel: V is {tuple(v.shape)[:3]}, needs (36, {c}, {tiles})")
+    cdef Py_ssize_t tiles = g * plane_tiles(oh, ow)
+    if not (v.shape[0] == CELLS and v.shape[1] == c and v.shape[2] == tiles):
+        raise ValueError(f"winograd kernel: V is {tuple(v.shape)[:3]}, needs ({CELLS}, {c}, {tiles})")
     _check_scratch(scratch.shape[0], input_scratch(h, w, ph, pw))
     if g == 0 or c == 0:
         return
@@ -119,7 +132,7 @@ def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
 
 def winograd_output(const floating[:, :, ::1] m, const floating[::1] bias,
                     floating[:, :, :, ::1] y, floating[::1] scratch):
-    """y (G, F, OH, OW) = A^T M A (+ bias) for the tiles M (36, F, G*TH*TW).
+    """y (G, F, OH, OW) = A^T M A (+ bias) for the tiles M (64, F, G*TH*TW).
 
     ``bias`` has F values, or none for no bias.
     """
@@ -140,7 +153,7 @@ def winograd_output(const floating[:, :, ::1] m, const floating[::1] bias,
 
 def winograd_grad_output(const floating[:, :, :, ::1] dy, floating[:, :, ::1] dm,
                          double[::1] db, floating[::1] scratch):
-    """dM (36, F, G*TH*TW) = A dY A^T for the 2x2 tiles dY of dy (G, F, OH, OW); db += sums.
+    """dM (64, F, G*TH*TW) = A dY A^T for the 4x4 tiles dY of dy (G, F, OH, OW); db += sums.
 
     The adjoint of ``winograd_output``: the gradient of its M for the output gradient dy
     (outputs past the edge, which it drops, count as zero). ``db`` has F values, to which

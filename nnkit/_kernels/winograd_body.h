@@ -1,193 +1,234 @@
-/* One instance of the Winograd F(2x2, 5x5) transforms (see winograd.h), for the element
+/* One instance of the Winograd F(4x4, 5x5) transforms (see winograd.h), for the element
  * type WINO_T, named with WINO_NAME(base), compiled with the attributes WINO_ATTR.
  * Included once per (type, instruction set); defines nothing else.
  */
 
-/* o_k[i] = (B^T d)[k] for d = (d0[i], ..., d5[i]), i < n: B^T of F(2, 5). The six outputs
- * are separate restrict parameters: gcc 12 does not vectorize the loop when they are
- * offsets of one pointer (seen with -fopt-info-vec). */
-WINO_ATTR static void WINO_NAME(transform6)(
+/* o_k[i] = (B^T d)[k] for d = (d0[i], ..., d7[i]), i < n: B^T of F(4, 5). The eight
+ * outputs are separate restrict parameters: gcc 12 does not vectorize the loop when they
+ * are offsets of one pointer (seen with -fopt-info-vec). */
+WINO_ATTR static void WINO_NAME(transform8)(
         const WINO_T *restrict d0, const WINO_T *restrict d1, const WINO_T *restrict d2,
         const WINO_T *restrict d3, const WINO_T *restrict d4, const WINO_T *restrict d5,
+        const WINO_T *restrict d6, const WINO_T *restrict d7,
         WINO_T *restrict o0, WINO_T *restrict o1, WINO_T *restrict o2, WINO_T *restrict o3,
-        WINO_T *restrict o4, WINO_T *restrict o5, ptrdiff_t n) {
+        WINO_T *restrict o4, WINO_T *restrict o5, WINO_T *restrict o6, WINO_T *restrict o7,
+        ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) {
-        o0[i] = 4 * d0[i] - 5 * d2[i] + d4[i];
-        o1[i] = -4 * (d1[i] + d2[i]) + d3[i] + d4[i];
-        o2[i] = 4 * (d1[i] - d2[i]) - d3[i] + d4[i];
-        o3[i] = 2 * (d3[i] - d1[i]) - d2[i] + d4[i];
-        o4[i] = 2 * (d1[i] - d3[i]) - d2[i] + d4[i];
-        o5[i] = 4 * d1[i] - 5 * d3[i] + d5[i];
+        const WINO_T a1 = d1[i], a2 = d2[i], a3 = d3[i], a4 = d4[i], a5 = d5[i], a6 = d6[i];
+        o0[i] = d0[i] - d6[i] + (WINO_T)5.25 * (a4 - a2);
+        o7[i] = d7[i] - a1 + (WINO_T)5.25 * (a3 - a5);
+        /* The other rows pair up as s + t and s - t (points p and -p). */
+        const WINO_T s1 = a2 + a6 - (WINO_T)4.25 * a4, t1 = a1 + a5 - (WINO_T)4.25 * a3;
+        o1[i] = s1 + t1;
+        o2[i] = s1 - t1;
+        const WINO_T s2 = (WINO_T)0.25 * a2 - (WINO_T)1.25 * a4 + a6;
+        const WINO_T t2 = (WINO_T)0.5 * a1 - (WINO_T)2.5 * a3 + 2 * a5;
+        o3[i] = s2 + t2;
+        o4[i] = s2 - t2;
+        const WINO_T s3 = 4 * a2 - 5 * a4 + a6, t3 = 2 * a1 - (WINO_T)2.5 * a3 + (WINO_T)0.5 * a5;
+        o5[i] = s3 + t3;
+        o6[i] = s3 - t3;
     }
 }
 
-/* V (36, C, G*TH*TW) = B^T d B for every 6x6 patch d of x (G, C, H, W), pad (ph, pw). */
+/* V (64, C, G*TH*TW) = B^T d B for every 8x8 patch d of x (G, C, H, W), pad (ph, pw). */
 WINO_ATTR static void WINO_NAME(nnkit_winograd_input)(
         const WINO_T *restrict x, ptrdiff_t g_count, ptrdiff_t c_count, ptrdiff_t h,
         ptrdiff_t w, ptrdiff_t ph, ptrdiff_t pw, WINO_T *restrict v,
         WINO_T *restrict scratch) {
-    const ptrdiff_t th_count = (h + 2 * ph - 3) / 2, tw_count = (w + 2 * pw - 3) / 2;
-    const ptrdiff_t rows = 2 * th_count + 4, half = tw_count + 2;  /* padded rows, E/O cells */
+    const ptrdiff_t th_count = (h + 2 * ph - 1) / 4, tw_count = (w + 2 * pw - 1) / 4;
+    const ptrdiff_t rows = 4 * th_count + 4, quarter = tw_count + 1;  /* padded rows, cells */
     const ptrdiff_t plane_tiles = th_count * tw_count;
     const ptrdiff_t cell = c_count * g_count * plane_tiles;        /* V's stride per cell */
-    /* e, o: even and odd cells of each padded row; u[nu][parity][k][tw]: the row transform
-     * of padded row 2k + parity (th_count + 2 rows of each parity). */
-    WINO_T *restrict e = scratch, *restrict o = scratch + rows * half;
-    WINO_T *restrict u = o + rows * half;
-    const ptrdiff_t u_rows = (th_count + 2) * tw_count;            /* per (nu, parity) */
+    /* p[k]: the cells 4j + k of each padded row (k < 4); u[nu][phase][a][tw]: the row
+     * transform of padded row 4a + phase (th_count + 1 rows of each phase). */
+    WINO_T *restrict p = scratch;
+    WINO_T *restrict u = p + 4 * rows * quarter;
+    const ptrdiff_t u_rows = (th_count + 1) * tw_count;            /* per (nu, phase) */
     for (ptrdiff_t g = 0; g < g_count; g++) {
         for (ptrdiff_t c = 0; c < c_count; c++) {
             const WINO_T *plane = x + (g * c_count + c) * h * w;
             for (ptrdiff_t r = 0; r < rows; r++) {
                 const ptrdiff_t ir = r - ph;
-                WINO_T *er = e + r * half, *or_ = o + r * half;
-                for (ptrdiff_t k = 0; k < half; k++) {
-                    const ptrdiff_t c0 = 2 * k - pw, c1 = c0 + 1;
-                    const int inside = 0 <= ir && ir < h;
-                    er[k] = inside && 0 <= c0 && c0 < w ? plane[ir * w + c0] : 0;
-                    or_[k] = inside && 0 <= c1 && c1 < w ? plane[ir * w + c1] : 0;
+                const int inside = 0 <= ir && ir < h;
+                WINO_T *p0 = p + r * quarter, *p1 = p0 + rows * quarter;
+                WINO_T *p2 = p1 + rows * quarter, *p3 = p2 + rows * quarter;
+                for (ptrdiff_t j = 0; j < quarter; j++) {
+                    const ptrdiff_t c0 = 4 * j - pw;
+                    p0[j] = inside && 0 <= c0 && c0 < w ? plane[ir * w + c0] : 0;
+                    p1[j] = inside && 0 <= c0 + 1 && c0 + 1 < w ? plane[ir * w + c0 + 1] : 0;
+                    p2[j] = inside && 0 <= c0 + 2 && c0 + 2 < w ? plane[ir * w + c0 + 2] : 0;
+                    p3[j] = inside && 0 <= c0 + 3 && c0 + 3 < w ? plane[ir * w + c0 + 3] : 0;
                 }
-                /* Row transform: 6 outputs per tile from cells e[tw..tw+2], o[tw..tw+2]. */
-                WINO_T *ur = u + (r & 1) * u_rows + (r >> 1) * tw_count;
-                WINO_NAME(transform6)(er, or_, er + 1, or_ + 1, er + 2, or_ + 2, ur,
-                                      ur + 2 * u_rows, ur + 4 * u_rows, ur + 6 * u_rows,
-                                      ur + 8 * u_rows, ur + 10 * u_rows, tw_count);
+                /* Row transform: 8 outputs per tile from cells tw and tw + 1 of each phase. */
+                WINO_T *ur = u + (r & 3) * u_rows + (r >> 2) * tw_count;
+                const ptrdiff_t s = 4 * u_rows;                          /* next nu */
+                WINO_NAME(transform8)(p0, p1, p2, p3, p0 + 1, p1 + 1, p2 + 1, p3 + 1,
+                                      ur, ur + s, ur + 2 * s, ur + 3 * s, ur + 4 * s,
+                                      ur + 5 * s, ur + 6 * s, ur + 7 * s, tw_count);
             }
-            /* Column transform B^T over rows 2th .. 2th+5: for tile t = th*TW + tw, row
-             * 2th + 2a is even row th + a, at t + a*TW: every read runs over the plane. */
+            /* Column transform B^T over rows 4th .. 4th+7: for tile t = th*TW + tw, row
+             * 4th + a is row th + a/4 of phase a%4, at t + (a/4)*TW: every read runs over
+             * the plane. */
             WINO_T *out = v + c * (g_count * plane_tiles) + g * plane_tiles;
-            for (ptrdiff_t nu = 0; nu < 6; nu++) {
-                const WINO_T *ue = u + 2 * nu * u_rows, *uo = ue + u_rows;
+            for (ptrdiff_t nu = 0; nu < 8; nu++) {
+                const WINO_T *u0 = u + 4 * nu * u_rows, *u1 = u0 + u_rows;
+                const WINO_T *u2 = u1 + u_rows, *u3 = u2 + u_rows;
                 WINO_T *vn = out + nu * cell;
-                WINO_NAME(transform6)(ue, uo, ue + tw_count, uo + tw_count, ue + 2 * tw_count,
-                                      uo + 2 * tw_count, vn, vn + 6 * cell, vn + 12 * cell,
-                                      vn + 18 * cell, vn + 24 * cell, vn + 30 * cell,
-                                      plane_tiles);
+                const ptrdiff_t s = 8 * cell;                            /* next xi */
+                WINO_NAME(transform8)(u0, u1, u2, u3, u0 + tw_count, u1 + tw_count,
+                                      u2 + tw_count, u3 + tw_count, vn, vn + s, vn + 2 * s,
+                                      vn + 3 * s, vn + 4 * s, vn + 5 * s, vn + 6 * s,
+                                      vn + 7 * s, plane_tiles);
             }
         }
     }
 }
 
-/* y0[i] = (A^T m)[0] + b, y1[i] = (A^T m)[1] + b for m = (m0[i], ..., m5[i]), i < n: A^T of
- * F(2, 5). Separate restrict parameters, as for transform6. */
-WINO_ATTR static void WINO_NAME(collapse6)(
+/* y_k[i] = (A^T m)[k] + b for m = (m0[i], ..., m7[i]), i < n: A^T of F(4, 5).
+ * Separate restrict parameters, as for transform8. */
+WINO_ATTR static void WINO_NAME(collapse8)(
         const WINO_T *restrict m0, const WINO_T *restrict m1, const WINO_T *restrict m2,
         const WINO_T *restrict m3, const WINO_T *restrict m4, const WINO_T *restrict m5,
-        WINO_T *restrict y0, WINO_T *restrict y1, WINO_T b, ptrdiff_t n) {
+        const WINO_T *restrict m6, const WINO_T *restrict m7,
+        WINO_T *restrict y0, WINO_T *restrict y1, WINO_T *restrict y2, WINO_T *restrict y3,
+        WINO_T b, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) {
-        y0[i] = m0[i] + m1[i] + m2[i] + m3[i] + m4[i] + b;
-        y1[i] = m1[i] - m2[i] + 2 * (m3[i] - m4[i]) + m5[i] + b;
+        const WINO_T p1 = m1[i] + m2[i], q1 = m1[i] - m2[i];   /* points +-1, +-2, +-1/2 */
+        const WINO_T p2 = m3[i] + m4[i], q2 = m3[i] - m4[i];
+        const WINO_T p3 = m5[i] + m6[i], q3 = m5[i] - m6[i];
+        y0[i] = m0[i] + p1 + p2 + p3 + b;
+        y1[i] = q1 + 2 * q2 + (WINO_T)0.5 * q3 + b;
+        y2[i] = p1 + 4 * p2 + (WINO_T)0.25 * p3 + b;
+        y3[i] = q1 + 8 * q2 + (WINO_T)0.125 * q3 + m7[i] + b;
     }
 }
 
-/* y (G, F, OH, OW) = A^T M A (+ bias, if not NULL) for the tiles M (36, F, G*TH*TW). */
+/* y (G, F, OH, OW) = A^T M A (+ bias, if not NULL) for the tiles M (64, F, G*TH*TW). */
 WINO_ATTR static void WINO_NAME(nnkit_winograd_output)(
         const WINO_T *restrict m, const WINO_T *restrict bias, ptrdiff_t g_count,
         ptrdiff_t f_count, ptrdiff_t oh, ptrdiff_t ow, WINO_T *restrict y,
         WINO_T *restrict scratch) {
-    const ptrdiff_t th_count = (oh + 1) / 2, tw_count = (ow + 1) / 2;
+    const ptrdiff_t th_count = (oh + 3) / 4, tw_count = (ow + 3) / 4;
     const ptrdiff_t plane_tiles = th_count * tw_count;
     const ptrdiff_t cell = f_count * g_count * plane_tiles;
-    WINO_T *restrict z = scratch;                       /* z[2 xi + j][t]: A^T over nu */
-    WINO_T *restrict q = scratch + 12 * plane_tiles;    /* q[2 i + j][t]: the outputs */
+    WINO_T *restrict z = scratch;                       /* z[4 xi + j][t]: A^T over nu */
+    WINO_T *restrict q = scratch + 32 * plane_tiles;    /* q[4 i + j][t]: the outputs */
+    const ptrdiff_t pt = plane_tiles;
     for (ptrdiff_t g = 0; g < g_count; g++) {
         for (ptrdiff_t f = 0; f < f_count; f++) {
             const WINO_T b = bias ? bias[f] : 0;
             const WINO_T *in = m + f * (g_count * plane_tiles) + g * plane_tiles;
-            for (ptrdiff_t xi = 0; xi < 6; xi++) {
-                const WINO_T *mx = in + 6 * xi * cell;
-                WINO_T *z0 = z + 2 * xi * plane_tiles;
-                WINO_NAME(collapse6)(mx, mx + cell, mx + 2 * cell, mx + 3 * cell, mx + 4 * cell,
-                                     mx + 5 * cell, z0, z0 + plane_tiles, 0, plane_tiles);
+            for (ptrdiff_t xi = 0; xi < 8; xi++) {
+                const WINO_T *mx = in + 8 * xi * cell;
+                WINO_T *z0 = z + 4 * xi * pt;
+                WINO_NAME(collapse8)(mx, mx + cell, mx + 2 * cell, mx + 3 * cell, mx + 4 * cell,
+                                     mx + 5 * cell, mx + 6 * cell, mx + 7 * cell,
+                                     z0, z0 + pt, z0 + 2 * pt, z0 + 3 * pt, 0, pt);
             }
-            for (ptrdiff_t j = 0; j < 2; j++) {  /* A^T over xi: q[2 i + j] */
-                const WINO_T *zj = z + j * plane_tiles;
-                const ptrdiff_t s = 2 * plane_tiles;             /* next xi */
-                WINO_NAME(collapse6)(zj, zj + s, zj + 2 * s, zj + 3 * s, zj + 4 * s, zj + 5 * s,
-                                     q + j * plane_tiles, q + (2 + j) * plane_tiles, b,
-                                     plane_tiles);
+            for (ptrdiff_t j = 0; j < 4; j++) {  /* A^T over xi: q[4 i + j] */
+                const WINO_T *zj = z + j * pt;
+                const ptrdiff_t s = 4 * pt;                      /* next xi */
+                WINO_NAME(collapse8)(zj, zj + s, zj + 2 * s, zj + 3 * s, zj + 4 * s, zj + 5 * s,
+                                     zj + 6 * s, zj + 7 * s, q + j * pt, q + (4 + j) * pt,
+                                     q + (8 + j) * pt, q + (12 + j) * pt, b, pt);
             }
             WINO_T *plane = y + (g * f_count + f) * oh * ow;
+            const ptrdiff_t full = ow / 4, rest = ow & 3;
             for (ptrdiff_t row = 0; row < oh; row++) {
-                const ptrdiff_t th = row >> 1, i = row & 1;
-                const WINO_T *even = q + 2 * i * plane_tiles + th * tw_count;
-                const WINO_T *odd = even + plane_tiles;
+                const ptrdiff_t th = row >> 2, i = row & 3;
+                const WINO_T *q0 = q + 4 * i * pt + th * tw_count;
+                const WINO_T *q1 = q0 + pt, *q2 = q1 + pt, *q3 = q2 + pt;
                 WINO_T *yr = plane + row * ow;
-                const ptrdiff_t full = ow / 2;
                 for (ptrdiff_t tw = 0; tw < full; tw++) {
-                    yr[2 * tw] = even[tw];
-                    yr[2 * tw + 1] = odd[tw];
+                    yr[4 * tw] = q0[tw];
+                    yr[4 * tw + 1] = q1[tw];
+                    yr[4 * tw + 2] = q2[tw];
+                    yr[4 * tw + 3] = q3[tw];
                 }
-                if (ow & 1)
-                    yr[ow - 1] = even[full];
+                const WINO_T *last[3] = {q0, q1, q2};
+                for (ptrdiff_t j = 0; j < rest; j++)
+                    yr[4 * full + j] = last[j][full];
             }
         }
     }
 }
 
-/* o_k[i] = (A y)[k] for y = (y0[i], y1[i]), i < n: A = (A^T)^T of F(2, 5), the adjoint of
- * collapse6. Separate restrict parameters, as for transform6. */
-WINO_ATTR static void WINO_NAME(expand6)(
-        const WINO_T *restrict y0, const WINO_T *restrict y1, WINO_T *restrict o0,
-        WINO_T *restrict o1, WINO_T *restrict o2, WINO_T *restrict o3, WINO_T *restrict o4,
-        WINO_T *restrict o5, ptrdiff_t n) {
+/* o_k[i] = (A y)[k] for y = (y0[i], ..., y3[i]), i < n: A = (A^T)^T of F(4, 5), the
+ * adjoint of collapse8. Separate restrict parameters, as for transform8. */
+WINO_ATTR static void WINO_NAME(expand8)(
+        const WINO_T *restrict y0, const WINO_T *restrict y1, const WINO_T *restrict y2,
+        const WINO_T *restrict y3, WINO_T *restrict o0, WINO_T *restrict o1,
+        WINO_T *restrict o2, WINO_T *restrict o3, WINO_T *restrict o4, WINO_T *restrict o5,
+        WINO_T *restrict o6, WINO_T *restrict o7, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) {
-        o0[i] = y0[i];
-        o1[i] = y0[i] + y1[i];
-        o2[i] = y0[i] - y1[i];
-        o3[i] = y0[i] + 2 * y1[i];
-        o4[i] = y0[i] - 2 * y1[i];
-        o5[i] = y1[i];
+        const WINO_T a0 = y0[i], a1 = y1[i], a2 = y2[i], a3 = y3[i];
+        const WINO_T s1 = a0 + a2, t1 = a1 + a3;
+        const WINO_T s2 = a0 + 4 * a2, t2 = 2 * a1 + 8 * a3;
+        const WINO_T s3 = a0 + (WINO_T)0.25 * a2, t3 = (WINO_T)0.5 * a1 + (WINO_T)0.125 * a3;
+        o0[i] = a0;
+        o1[i] = s1 + t1;
+        o2[i] = s1 - t1;
+        o3[i] = s2 + t2;
+        o4[i] = s2 - t2;
+        o5[i] = s3 + t3;
+        o6[i] = s3 - t3;
+        o7[i] = a3;
     }
 }
 
-/* dM (36, F, G*TH*TW) = A dY A^T for every 2x2 tile dY of dy (G, F, OH, OW), the outputs
- * past a last, half-filled tile row or column taken as zero: the adjoint of the output
+/* dM (64, F, G*TH*TW) = A dY A^T for every 4x4 tile dY of dy (G, F, OH, OW), the outputs
+ * past a last, partly filled tile row or column taken as zero: the adjoint of the output
  * transform. db[f] += the sum of dy's planes of filter f, unless db is NULL. */
 WINO_ATTR static void WINO_NAME(nnkit_winograd_grad_output)(
         const WINO_T *restrict dy, ptrdiff_t g_count, ptrdiff_t f_count, ptrdiff_t oh,
         ptrdiff_t ow, WINO_T *restrict dm, double *restrict db, WINO_T *restrict scratch) {
-    const ptrdiff_t th_count = (oh + 1) / 2, tw_count = (ow + 1) / 2;
-    const ptrdiff_t plane_tiles = th_count * tw_count;
+    const ptrdiff_t th_count = (oh + 3) / 4, tw_count = (ow + 3) / 4;
+    const ptrdiff_t plane_tiles = th_count * tw_count, pt = plane_tiles;
     const ptrdiff_t cell = f_count * g_count * plane_tiles;
-    WINO_T *restrict q = scratch;                       /* q[2 i + j][t]: dY[i, j] */
-    WINO_T *restrict z = scratch + 4 * plane_tiles;     /* z[6 i + nu][t]: A over j */
-    const ptrdiff_t full = ow / 2;
+    WINO_T *restrict q = scratch;                       /* q[4 i + j][t]: dY[i, j] */
+    WINO_T *restrict z = scratch + 16 * pt;             /* z[8 i + nu][t]: A over j */
+    const ptrdiff_t full = ow / 4, rest = ow & 3;
     for (ptrdiff_t g = 0; g < g_count; g++) {
         for (ptrdiff_t f = 0; f < f_count; f++) {
             const WINO_T *plane = dy + (g * f_count + f) * oh * ow;
-            if ((oh | ow) & 1)
-                for (ptrdiff_t k = 0; k < 4 * plane_tiles; k++)
+            if ((oh | ow) & 3)
+                for (ptrdiff_t k = 0; k < 16 * pt; k++)
                     q[k] = 0;
             double sum = 0;
             for (ptrdiff_t row = 0; row < oh; row++) {
-                const ptrdiff_t th = row >> 1, i = row & 1;
-                WINO_T *even = q + 2 * i * plane_tiles + th * tw_count;
-                WINO_T *odd = even + plane_tiles;
+                const ptrdiff_t th = row >> 2, i = row & 3;
+                WINO_T *q0 = q + 4 * i * pt + th * tw_count;
+                WINO_T *q1 = q0 + pt, *q2 = q1 + pt, *q3 = q2 + pt;
                 const WINO_T *yr = plane + row * ow;
                 for (ptrdiff_t tw = 0; tw < full; tw++) {
-                    even[tw] = yr[2 * tw];
-                    odd[tw] = yr[2 * tw + 1];
+                    q0[tw] = yr[4 * tw];
+                    q1[tw] = yr[4 * tw + 1];
+                    q2[tw] = yr[4 * tw + 2];
+                    q3[tw] = yr[4 * tw + 3];
                 }
-                if (ow & 1)
-                    even[full] = yr[ow - 1];
+                WINO_T *last[3] = {q0, q1, q2};
+                for (ptrdiff_t j = 0; j < rest; j++)
+                    last[j][full] = yr[4 * full + j];
                 for (ptrdiff_t k = 0; k < ow; k++)
                     sum += yr[k];
             }
             if (db)
                 db[f] += sum;
-            for (ptrdiff_t i = 0; i < 2; i++) {  /* A over j: z[6 i + nu] */
-                WINO_T *zi = z + 6 * i * plane_tiles;
-                WINO_NAME(expand6)(q + 2 * i * plane_tiles, q + (2 * i + 1) * plane_tiles, zi,
-                                   zi + plane_tiles, zi + 2 * plane_tiles, zi + 3 * plane_tiles,
-                                   zi + 4 * plane_tiles, zi + 5 * plane_tiles, plane_tiles);
+            for (ptrdiff_t i = 0; i < 4; i++) {  /* A over j: z[8 i + nu] */
+                const WINO_T *qi = q + 4 * i * pt;
+                WINO_T *zi = z + 8 * i * pt;
+                WINO_NAME(expand8)(qi, qi + pt, qi + 2 * pt, qi + 3 * pt, zi, zi + pt,
+                                   zi + 2 * pt, zi + 3 * pt, zi + 4 * pt, zi + 5 * pt,
+                                   zi + 6 * pt, zi + 7 * pt, pt);
             }
             WINO_T *out = dm + f * (g_count * plane_tiles) + g * plane_tiles;
-            for (ptrdiff_t nu = 0; nu < 6; nu++) {  /* A over i: dM[6 xi + nu] */
+            for (ptrdiff_t nu = 0; nu < 8; nu++) {  /* A over i: dM[8 xi + nu] */
                 WINO_T *on = out + nu * cell;
-                WINO_NAME(expand6)(z + nu * plane_tiles, z + (6 + nu) * plane_tiles, on,
-                                   on + 6 * cell, on + 12 * cell, on + 18 * cell,
-                                   on + 24 * cell, on + 30 * cell, plane_tiles);
+                const ptrdiff_t s = 8 * cell;                    /* next xi */
+                WINO_NAME(expand8)(z + nu * pt, z + (8 + nu) * pt, z + (16 + nu) * pt,
+                                   z + (24 + nu) * pt, on, on + s, on + 2 * s, on + 3 * s,
+                                   on + 4 * s, on + 5 * s, on + 6 * s, on + 7 * s, pt);
             }
         }
     }

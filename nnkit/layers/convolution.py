@@ -39,24 +39,28 @@ alike, the per-filter rows slightly faster (the same step 80 against 85 ms). ``P
 picks the layout from the kernels numpy's OpenBLAS loaded, once per process, so results do
 not depend on timing; ``scatter_bias_rows`` and ``gather_rows_sum`` move between it and NCHW.
 
-Winograd: a 5x5, stride-1 layer with at least WINOGRAD_MIN_CHANNELS input channels and
-WINOGRAD_MIN_PIXELS output pixels per image, on more than one chunk of images, runs as
-Winograd F(2x2, 5x5) instead (``nnkit._kernels.winograd``): 36 GEMMs of (F, C) by
-(C, tiles), 2.8x fewer multiplications than the im2col GEMM, between an input and an output
-transform. Backward too: the weight gradient is the forward pass's adjoint (36 GEMMs of
-the transformed dy by the transformed input, then ``G^T dU G``), the input gradient a
-Winograd convolution of dy (``_winograd_backward``). On the CIFAR-10 CNN that is conv2 (32
-channels, 16x16 outputs) and conv3 (8x8 outputs): forward and backward together (the
-input gradient included) took 0.58 and 0.77 of the im2col route's time at batch 100, 0.59
-and 0.77 at batch 256, the forward pass alone 0.57 and 0.76 (``benchmarks/winograd.py``,
-medians of 7 alternating rounds; conv3 with its 128 tiles per chunk, WINOGRAD_TILES), and
-the whole training step 0.78 of its time with the Winograd forward pass of conv2 only, at
-batch 100 and 256 (with the wider conv1 chunks below; ``benchmarks/compare.py
---baseline``, RESULTS.md round 7). Layers with 6x6 outputs gained as much, 4x4 ones not in forward at batch 100 (1.29;
-one run of 5 rounds), hence WINOGRAD_MIN_PIXELS; conv1 (3 channels) lost, 1.35 in forward
-and 1.54 in training, its GEMMs too thin. A padding past 4 (past the kernel's reach) keeps
+Winograd: a 5x5, stride-1 layer with at least WINOGRAD_MIN_PIXELS output pixels per image,
+on more than one chunk of images, runs as Winograd F(4x4, 5x5) instead
+(``nnkit._kernels.winograd``): 64 GEMMs of (F, C) by (C, tiles), 6.25x fewer
+multiplications than the im2col GEMM, between an input and an output transform. Backward
+too, given WINOGRAD_MIN_CHANNELS input channels: the weight gradient is the forward pass's
+adjoint (64 GEMMs of the transformed dy by the transformed input, then ``G^T dU G``), the
+input gradient a Winograd convolution of dy (``_winograd_backward``). Times over the im2col
+route's on the CIFAR-10 CNN (``benchmarks/winograd.py --rounds 7``, medians of the rounds'
+ratios; batch 100, then 256):
+
+| layer | forward | forward + backward (the input gradient included) |
+|---|---|---|
+| conv2 (32 channels, 16x16 outputs) | 0.35, 0.40 | 0.36, 0.40 |
+| conv3 (32 to 64 channels, 8x8 outputs) | 0.46, 0.66 | 0.51, 0.64 |
+| conv1 (3 channels, 32x32 outputs) | 0.90, 0.91 | 1.17, 1.14 (backward on im2col in the layer) |
+
+F(2x2, 5x5), which this route ran before (36 GEMMs, 2.8x fewer multiplications), measured
+in the same session 0.58 (forward) and 0.59 (training) for conv2 at both batches, 0.81 and
+0.80 for conv3 at batch 256, and 1.68 in forward for conv1. Layers of 4x4 outputs (one tile per image) gained at batch 100
+and lost at 256, hence WINOGRAD_MIN_PIXELS. A padding past 4 (past the kernel's reach) keeps
 backward on im2col. Float32 outputs and gradients differ from im2col's by up to about 1e-5
-of the largest (the transforms scale by up to 5 and 1/24).
+of the largest (the transforms scale by up to 21/4 and 1/90).
 
 Output size: OH = floor((H + 2*ph - kh) / sh) + 1, likewise OW (convolution floors).
 """
@@ -95,30 +99,37 @@ AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 PIXEL_ROWS = (parallel.blas_kernels() or "").lower() in AVX512_KERNELS
 
 
-#: Tiles (2x2 output blocks) per chunk of the Winograd route: V and M (36 x C and 36 x F
-#: rows, 1.2 MB each for 32 channels) stay near the cores. The CIFAR-10 conv2's forward
-#: pass at batch 100 over im2col's: 0.64 at 256 tiles, 0.68 at 512, 0.77 at 1024. A layer
-#: of more than 32 channels in or out takes proportionally fewer, so that V and M stay at
-#: that size: the CIFAR-10 conv3 (64 filters) takes 128, and its training pass 0.77 of
-#: im2col's instead of 0.72 at 256 (batch 100), for 1.5 MB less peak memory in the step.
-WINOGRAD_TILES = 256
-#: The fewest input channels for which a 5x5 convolution takes the Winograd route: with
-#: few channels its GEMMs are too thin to win (the CIFAR-10 conv1, C = 3).
+#: Tiles (4x4 output blocks) per chunk of the Winograd route: V and M (64 x C and 64 x F
+#: rows, 1.6 MB each for 32 channels) stay near the cores. The CIFAR-10 conv2's forward
+#: pass at batch 100 over im2col's: 0.42 at 128 tiles, 0.35 at 256, 0.32 at 384, 0.33 at
+#: 512, 0.47 at 1024 (5 rounds each); 192 (0.39 against 256's 0.36 in one 7-round run, and
+#: 0.40 against 0.44 at batch 256) keeps the CIFAR-10 step 2 MB smaller. A layer of more
+#: than 32 channels in or out takes proportionally fewer, so that V and M stay at that
+#: size: the CIFAR-10 conv3 (64 filters) takes 96.
+WINOGRAD_TILES = 192
+#: The fewest input channels for which a 5x5 convolution's backward pass takes the Winograd
+#: route: with few channels its weight-gradient GEMMs are too thin to win (the CIFAR-10
+#: conv1, C = 3: forward 0.90 of im2col's time, forward and backward 1.17).
 WINOGRAD_MIN_CHANNELS = 16
-#: G of Winograd F(2x2, 5x5), the weight transform U = G g G^T (``nnkit._kernels.winograd``):
-#: row j is p^k / prod(p - q over the other points q) for p = 0, 1, -1, 2, -2, then infinity.
-WINOGRAD_G = np.array([[1 / 4, 0, 0, 0, 0],
-                       [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6],
-                       [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
-                       [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
-                       [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3],
+#: G of Winograd F(4x4, 5x5), the weight transform U = G g G^T (``nnkit._kernels.winograd``):
+#: row j is p^k / prod(p - q over the other points q) for p = 0, 1, -1, 2, -2, 1/2, -1/2
+#: (row 0's sign flipped, as is B^T's row 0), then infinity.
+WINOGRAD_G = np.array([[1, 0, 0, 0, 0],
+                       [-2 / 9, -2 / 9, -2 / 9, -2 / 9, -2 / 9],
+                       [-2 / 9, 2 / 9, -2 / 9, 2 / 9, -2 / 9],
+                       [1 / 90, 2 / 90, 4 / 90, 8 / 90, 16 / 90],
+                       [1 / 90, -2 / 90, 4 / 90, -8 / 90, 16 / 90],
+                       [32 / 45, 16 / 45, 8 / 45, 4 / 45, 2 / 45],
+                       [32 / 45, -16 / 45, 8 / 45, -4 / 45, 2 / 45],
                        [0, 0, 0, 0, 1]])
-#: (36, 25): row xi*6 + nu holds G[xi, k] G[nu, l] at column k*5 + l, so that one GEMM with
+#: Cells of a transformed tile: the route's GEMMs per chunk.
+WINOGRAD_CELLS = _winograd.CELLS
+#: (64, 25): row xi*8 + nu holds G[xi, k] G[nu, l] at column k*5 + l, so that one GEMM with
 #: the filters as rows of 25 taps gives every U[xi nu] = (G g G^T)[xi, nu] at once.
 WINOGRAD_KRON = np.kron(WINOGRAD_G, WINOGRAD_G)
 #: The fewest output pixels per image for which a 5x5 convolution takes the Winograd route:
-#: each image plane's transforms have a fixed cost, which the 4 tiles of a 4x4 output did
-#: not pay back in forward at batch 100 (module notes).
+#: each image plane's transforms have a fixed cost, which the one tile of a 4x4 output paid
+#: back at batch 100 (forward 0.63 of im2col's time) but not at 256 (1.38; module notes).
 WINOGRAD_MIN_PIXELS = 36
 #: Whether 5x5 stride-1 convolutions may take the Winograd route (tests turn it off).
 WINOGRAD = True
@@ -272,15 +283,15 @@ class Convolution2D(Layer):
 
     def _winograd(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, y: np.ndarray,
                   pad: tuple[int, int]) -> None:
-        """y = conv(x, w) + bias by Winograd F(2x2, 5x5), for a 5x5 kernel w (F, C, 5, 5),
+        """y = conv(x, w) + bias by Winograd F(4x4, 5x5), for a 5x5 kernel w (F, C, 5, 5),
         stride 1, padding ``pad``; x (N, C, H, W) and y (N, F, OH, OW) contiguous.
 
-        The 36 GEMMs of each chunk of tiles take 36 * F * C multiplications per 2x2 tile
-        against the im2col GEMM's 100 * F * C (``nnkit._kernels.winograd``).
+        The 64 GEMMs of each chunk of tiles take 64 * F * C multiplications per 4x4 tile
+        against the im2col GEMM's 400 * F * C (``nnkit._kernels.winograd``).
         """
         n, c = x.shape[:2]
         f, oh, ow = y.shape[1:]
-        tiles = _tiles(oh, ow)
+        tiles = _winograd.plane_tiles(oh, ow)
         chunk = _winograd_chunk(n, tiles, max(c, f))
         kron = _winograd_kron(np.dtype(self.dtype))
 
@@ -288,8 +299,8 @@ class Convolution2D(Layer):
             # U[xi nu] (F, C), the transformed filters: one small GEMM (0.04 ms for conv2,
             # where an einsum took 0.87), done by each part under the split's one-thread
             # BLAS: outside a split, OpenBLAS's threads would spin against the parts.
-            u = self.buffer(f"winograd_u{part}", (36, f, c))
-            np.matmul(kron, w.reshape(f * c, 25).T, out=u.reshape(36, f * c))
+            u = self._view(f"{part}wu", WINOGRAD_CELLS * f * c, (WINOGRAD_CELLS, f, c))
+            np.matmul(kron, w.reshape(f * c, 25).T, out=u.reshape(WINOGRAD_CELLS, f * c))
             size = max(_winograd.input_scratch(*x.shape[2:], *pad),
                        _winograd.output_scratch(oh, ow))
             scratch = self._view(f"{part}wscratch", size, (size,))
@@ -297,8 +308,8 @@ class Convolution2D(Layer):
                 stop = min(n, start + chunk)
                 t = (stop - start) * tiles
                 # The im2col route's col and output buffers: no more memory than it needs.
-                v = self._view(f"{part}col", 36 * c * chunk * tiles, (36, c, t))
-                m = self._view(f"fnp{part}", 36 * f * chunk * tiles, (36, f, t))
+                v = self._view(f"{part}col", WINOGRAD_CELLS * c * chunk * tiles, (WINOGRAD_CELLS, c, t))
+                m = self._view(f"fnp{part}", WINOGRAD_CELLS * f * chunk * tiles, (WINOGRAD_CELLS, f, t))
                 _winograd.winograd_input(x[start:stop], v, *pad, scratch)
                 np.matmul(u, v, out=m)
                 _winograd.winograd_output(m, bias, y[start:stop], scratch)
@@ -306,7 +317,7 @@ class Convolution2D(Layer):
         parallel.split(run, *_chunk_items(n, chunk, x[0].size), blas=True)
 
     def _winograd_backward(self, x: np.ndarray, dy: np.ndarray, dx: np.ndarray | None) -> None:
-        """dW, db (into the grads) and dx (if not None) by Winograd F(2x2, 5x5) (module notes).
+        """dW, db (into the grads) and dx (if not None) by Winograd F(4x4, 5x5) (module notes).
 
         For x (N, C, H, W) and dy (N, F, OH, OW) of a 5x5, stride-1 layer padded by at most
         4. Per chunk of tiles: the weight gradient is the adjoint of the forward pass,
@@ -319,7 +330,7 @@ class Convolution2D(Layer):
         f, oh, ow = dy.shape[1:]
         ph, pw = self.pad
         tpad = (4 - ph, 4 - pw)
-        tiles, dx_tiles = _tiles(oh, ow), _tiles(h, w)
+        tiles, dx_tiles = _winograd.plane_tiles(oh, ow), _winograd.plane_tiles(h, w)
         chunk = _winograd_chunk(n, tiles, max(c, f))
         kron = _winograd_kron(np.dtype(self.dtype))
         wp = self.params[0]
@@ -330,7 +341,7 @@ class Convolution2D(Layer):
         no_bias = self.buffer("no_bias", (0,))
         # The im2col route's col and output buffers hold the tiles of C and of F channels
         # (x's and the output's, then dx's and dy's): no more memory than forward needs.
-        c_capacity, f_capacity = (36 * k * chunk * max(tiles, dx_tiles) for k in (c, f))
+        c_capacity, f_capacity = (WINOGRAD_CELLS * k * chunk * max(tiles, dx_tiles) for k in (c, f))
         scratch_size = max(_winograd.input_scratch(h, w, ph, pw),
                            _winograd.output_scratch(oh, ow),
                            _winograd.input_scratch(oh, ow, *tpad),
@@ -344,18 +355,20 @@ class Convolution2D(Layer):
         def run(part: int, first: int, last: int) -> None:
             dw, db = part_grads(part)
             db[...] = 0  # the adjoint transform accumulates over the chunks, in double
-            du = self.buffer(f"winograd_du{part}", (36, f, c))
-            du_chunk = self.buffer(f"winograd_du_chunk{part}", (36, f, c))
+            # Scratch within this call, in the workspace (as forward's U): the model's
+            # Winograd layers share it.
+            du = self._view(f"{part}wdu", WINOGRAD_CELLS * f * c, (WINOGRAD_CELLS, f, c))
+            du_chunk = self._view(f"{part}wdu2", WINOGRAD_CELLS * f * c, (WINOGRAD_CELLS, f, c))
             if flipped is not None:
-                ut = self.buffer(f"winograd_ut{part}", (36, c, f))
-                np.matmul(kron, flipped.reshape(c * f, 25).T, out=ut.reshape(36, c * f))
+                ut = self._view(f"{part}wu", WINOGRAD_CELLS * c * f, (WINOGRAD_CELLS, c, f))
+                np.matmul(kron, flipped.reshape(c * f, 25).T, out=ut.reshape(WINOGRAD_CELLS, c * f))
             scratch = self._view(f"{part}wscratch", scratch_size, (scratch_size,))
             lo = first * chunk
             for start in range(lo, min(n, last * chunk), chunk):
                 stop = min(n, start + chunk)
                 t = (stop - start) * tiles
-                v = self._view(f"{part}col", c_capacity, (36, c, t))
-                dm = self._view(f"fnp{part}", f_capacity, (36, f, t))
+                v = self._view(f"{part}col", c_capacity, (WINOGRAD_CELLS, c, t))
+                dm = self._view(f"fnp{part}", f_capacity, (WINOGRAD_CELLS, f, t))
                 _winograd.winograd_input(x[start:stop], v, ph, pw, scratch)
                 _winograd.winograd_grad_output(dy[start:stop], dm, db, scratch)
                 # V transposed is a view BLAS takes as it is.
@@ -364,26 +377,27 @@ class Convolution2D(Layer):
                     du += du_chunk
                 if flipped is not None:  # V and dM are used up: dy's and dx's tiles
                     t = (stop - start) * dx_tiles
-                    vt = self._view(f"fnp{part}", f_capacity, (36, f, t))
-                    mt = self._view(f"{part}col", c_capacity, (36, c, t))
+                    vt = self._view(f"fnp{part}", f_capacity, (WINOGRAD_CELLS, f, t))
+                    mt = self._view(f"{part}col", c_capacity, (WINOGRAD_CELLS, c, t))
                     _winograd.winograd_input(dy[start:stop], vt, *tpad, scratch)
                     np.matmul(ut, vt, out=mt)
                     _winograd.winograd_output(mt, no_bias, dx[start:stop], scratch)
             # dW = G^T dU G, per part under the split's one-thread BLAS (as the weight
             # transform: outside a split, OpenBLAS's threads would spin against the next
             # split's parts, which slowed this layer's backward pass twofold).
-            np.matmul(du.reshape(36, f * c).T, kron, out=dw.reshape(f * c, 25))
+            np.matmul(du.reshape(WINOGRAD_CELLS, f * c).T, kron, out=dw.reshape(f * c, 25))
 
         ranges = parallel.split(run, *_chunk_items(n, chunk, x[0].size), blas=True)
         dw, db = _sum_parts(part_grads, len(ranges))
         if self.bias:
             self.params[1].grad[...] = db
 
-    def _takes_winograd(self, channels: int, pixels: int) -> bool:
-        """Whether a forward pass of ``channels`` input channels and ``pixels`` output pixels
-        per image runs by Winograd (module notes)."""
+    def _takes_winograd(self, channels: int, pixels: int, backward: bool = False) -> bool:
+        """Whether a forward (or ``backward``) pass of ``channels`` input channels and
+        ``pixels`` output pixels per image runs by Winograd (module notes)."""
         return (WINOGRAD and self.kernel == (5, 5) and self.stride == (1, 1)
-                and channels >= WINOGRAD_MIN_CHANNELS and pixels >= WINOGRAD_MIN_PIXELS)
+                and pixels >= WINOGRAD_MIN_PIXELS
+                and (not backward or channels >= WINOGRAD_MIN_CHANNELS))
 
     def _transposed_pad(self) -> tuple[int, int] | None:
         """The padding that turns the input gradient into a plain convolution, if any.
@@ -466,7 +480,7 @@ class Convolution2D(Layer):
         weight = wp.data.reshape(f, -1)
         dy3 = dy.reshape(n, f, oh * ow)
         dx = self.input_grad_buffer(x.shape) if need_input_grad else None
-        if n > chunk and self._takes_winograd(c, oh * ow) and max(self.pad) <= 4:
+        if n > chunk and self._takes_winograd(c, oh * ow, backward=True) and max(self.pad) <= 4:
             self._winograd_backward(x, dy, dx)
             return dx
         transposed = tpad = None
@@ -582,11 +596,6 @@ def _sum_parts(part_grads: Callable[[int], tuple[np.ndarray, np.ndarray]],
         dw += dw_part
         db += db_part
     return dw, db
-
-
-def _tiles(oh: int, ow: int) -> int:
-    """Winograd F(2x2, 5x5) tiles (2x2 output blocks) of one (OH, OW) output plane."""
-    return ((oh + 1) // 2) * ((ow + 1) // 2)
 
 
 def _winograd_chunk(n: int, tiles: int, channels: int) -> int:
