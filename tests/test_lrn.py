@@ -97,6 +97,29 @@ def test_float64_and_batch_size_changes() -> None:
         np.testing.assert_array_equal(dx, fresh_dx)
 
 
+@pytest.mark.parametrize("region,beta", [("across_channels", 0.75),
+                                         ("within_channel", 0.6)])
+def test_evaluation_mode_keeps_no_scale_and_backward_computes_it_again(region: str,
+                                                                     beta: float) -> None:
+    """Evaluation mode normalizes as training does, bit for bit, without keeping the scale
+    (an array of the input's size); a backward pass after it gives training's gradient."""
+    x = randn((3, 6, 5, 4), seed=4, scale=3.0)
+    dy = randn((3, 6, 5, 4), seed=5)
+    layer = LRN2D(3, alpha=2.0, beta=beta, k=1.5, norm_region=region)
+    trained_y, trained_dx = (a.copy() for a in run(layer, x, dy))
+    assert layer._buffers["scale"].shape == x.shape  # training keeps it for backward
+    fresh = LRN2D(**layer.get_config())
+    fresh.train(False)
+    assert fresh.ComputeFeature(Source(x)) is fresh.data
+    np.testing.assert_array_equal(fresh.data, trained_y)
+    assert "scale" not in fresh._buffers
+    np.testing.assert_array_equal(fresh.backward(dy), trained_dx)
+    np.testing.assert_array_equal(fresh.data, trained_y)  # left as it was
+    # The next evaluation forward and its backward again, on the buffers already there.
+    np.testing.assert_array_equal(fresh.ComputeFeature(Source(x)), trained_y)
+    np.testing.assert_array_equal(fresh.backward(dy), trained_dx)
+
+
 def test_get_config_rebuilds_and_no_input_grad() -> None:
     layer = LRN2D(5, alpha=1e-3, beta=0.5, k=2.0, norm_region="within_channel", name="norm1")
     config = layer.get_config()

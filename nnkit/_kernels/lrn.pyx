@@ -14,6 +14,10 @@ Window sums are running sums (add the entry that enters, subtract the one that l
 their cost does not depend on ``size``; the box is separable (rows, then columns). They
 accumulate in float64 scratch so float32 inputs do not drift over many channels.
 
+Forward keeps ``scale`` for backward (training) or nothing (inference); backward computes
+``scale^-beta`` again from it (for beta = 0.75, the common case, two square roots and a
+division), so the layer holds one array of the input's size rather than two.
+
 Backward (Caffe's formula), with ``r = dy * y / scale``:
 
     dx = dy * scale^-beta - (2 * alpha * beta / n) * x * (sum of r over the windows holding x)
@@ -90,41 +94,56 @@ cdef inline void _squares(const floating* x, double* out, Py_ssize_t n) noexcept
         out[i] = v * v
 
 
+cdef inline floating _pow_075(floating s) noexcept nogil:
+    """s^-3/4 = 1 / (sqrt(s) * sqrt(sqrt(s))): beta 0.75 (Caffe, AlexNet), far cheaper than
+    exp/log and within a few ulp."""
+    cdef floating q
+    if floating is float:
+        q = sqrtf(s)
+        return 1 / (q * sqrtf(q))
+    else:
+        q = sqrt(s)
+        return 1 / (q * sqrt(q))
+
+
+cdef inline floating _pow(floating s, floating nbeta) noexcept nogil:
+    """s^nbeta, for any other beta."""
+    if floating is float:
+        return expf(nbeta * logf(s))
+    else:
+        return exp(nbeta * log(s))
+
+
+cdef inline double _scale_of(double total, double k, double alpha_n) noexcept nogil:
+    # Running sums can leave a rounding residue below zero when the window empties.
+    return k + alpha_n * (total if total > 0.0 else 0.0)
+
+
 cdef inline void _forward_finish(const floating* x, const double* sums, floating* scale,
-                                 floating* spow, floating* y, Py_ssize_t n, double k,
-                                 double alpha_n, double beta) noexcept nogil:
-    """scale = k + alpha/n * S, spow = scale^-beta, y = x * spow for n contiguous entries."""
+                                 floating* y, Py_ssize_t n, double k, double alpha_n,
+                                 double beta) noexcept nogil:
+    """scale = k + alpha/n * S (stored unless ``scale`` is NULL), y = x * scale^-beta for n
+    contiguous entries. Forward and backward compute scale^-beta alike (_pow_075, _pow),
+    so backward's is forward's, bit for bit. One loop per case, so each vectorizes."""
     cdef Py_ssize_t i
-    cdef double total
-    cdef floating s, q
+    cdef floating s
     cdef floating nbeta = <floating>(-beta)
-    if beta == 0.75:
-        # The common case (Caffe, AlexNet): s^-3/4 = 1 / (sqrt(s) * sqrt(sqrt(s))), far
-        # cheaper than exp/log and within a few ulp.
+    if beta == 0.75 and scale != NULL:
         for i in range(n):
-            total = sums[i]
-            # Running sums can leave a rounding residue below zero when the window empties.
-            s = <floating>(k + alpha_n * (total if total > 0.0 else 0.0))
-            if floating is float:
-                q = sqrtf(s)
-                q = 1 / (q * sqrtf(q))
-            else:
-                q = sqrt(s)
-                q = 1 / (q * sqrt(q))
+            s = <floating>_scale_of(sums[i], k, alpha_n)
             scale[i] = s
-            spow[i] = q
-            y[i] = x[i] * q
+            y[i] = x[i] * _pow_075(s)
+    elif beta == 0.75:
+        for i in range(n):
+            y[i] = x[i] * _pow_075(<floating>_scale_of(sums[i], k, alpha_n))
+    elif scale != NULL:
+        for i in range(n):
+            s = <floating>_scale_of(sums[i], k, alpha_n)
+            scale[i] = s
+            y[i] = x[i] * _pow(s, nbeta)
     else:
         for i in range(n):
-            total = sums[i]
-            s = <floating>(k + alpha_n * (total if total > 0.0 else 0.0))
-            if floating is float:
-                q = expf(nbeta * logf(s))
-            else:
-                q = exp(nbeta * log(s))
-            scale[i] = s
-            spow[i] = q
-            y[i] = x[i] * q
+            y[i] = x[i] * _pow(<floating>_scale_of(sums[i], k, alpha_n), nbeta)
 
 
 cdef inline void _ratios(const floating* dy, const floating* y, const floating* scale,
@@ -134,13 +153,18 @@ cdef inline void _ratios(const floating* dy, const floating* y, const floating* 
         out[i] = <double>(dy[i] * y[i] / scale[i])
 
 
-cdef inline void _backward_finish(const floating* x, const floating* dy, const floating* spow,
+cdef inline void _backward_finish(const floating* x, const floating* dy, const floating* scale,
                                   const double* sums, floating* dx, Py_ssize_t n,
-                                  double coef) noexcept nogil:
+                                  double coef, double beta) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating c = <floating>coef
-    for i in range(n):
-        dx[i] = dy[i] * spow[i] - c * x[i] * <floating>sums[i]
+    cdef floating nbeta = <floating>(-beta)
+    if beta == 0.75:
+        for i in range(n):
+            dx[i] = dy[i] * _pow_075(scale[i]) - c * x[i] * <floating>sums[i]
+    else:
+        for i in range(n):
+            dx[i] = dy[i] * _pow(scale[i], nbeta) - c * x[i] * <floating>sums[i]
 
 
 cdef _check(str name, Py_ssize_t blocks, Py_ssize_t length, Py_ssize_t b2, Py_ssize_t l2):
@@ -159,11 +183,11 @@ cdef _check_args(Py_ssize_t blocks, Py_ssize_t length, Py_ssize_t rows, Py_ssize
         raise ValueError(f"lrn kernel: invalid window size {size}")
 
 
-def lrn_forward(floating[:, ::1] x, floating[:, ::1] scale, floating[:, ::1] spow,
-                floating[:, ::1] y, double[::1] vals, double[::1] tmp, bint across,
-                Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t size, double alpha, double beta,
-                double k) -> None:
-    """Fills ``scale``, ``spow = scale^-beta`` and ``y`` from ``x`` (all ``(blocks, rows*cols)``).
+def lrn_forward(floating[:, ::1] x, floating[:, ::1] scale, floating[:, ::1] y,
+                double[::1] vals, double[::1] tmp, bint across, Py_ssize_t rows,
+                Py_ssize_t cols, Py_ssize_t size, double alpha, double beta, double k) -> None:
+    """Fills ``y`` and ``scale`` from ``x`` (all ``(blocks, rows*cols)``); a ``scale`` of no
+    blocks keeps nothing (inference).
 
     ``vals`` and ``tmp`` are float64 scratch of at least ``rows * cols`` entries.
     """
@@ -173,8 +197,9 @@ def lrn_forward(floating[:, ::1] x, floating[:, ::1] scale, floating[:, ::1] spo
     cdef double alpha_n = alpha / (size if across else size * size)
     cdef double* sums
     _check_args(blocks, length, rows, cols, vals.shape[0], tmp.shape[0], size, across)
-    _check("scale", blocks, length, scale.shape[0], scale.shape[1])
-    _check("spow", blocks, length, spow.shape[0], spow.shape[1])
+    cdef bint keep = scale.shape[0] > 0
+    if keep:
+        _check("scale", blocks, length, scale.shape[0], scale.shape[1])
     _check("y", blocks, length, y.shape[0], y.shape[1])
     if blocks == 0 or length == 0:
         return
@@ -182,15 +207,15 @@ def lrn_forward(floating[:, ::1] x, floating[:, ::1] scale, floating[:, ::1] spo
         for b in range(blocks):
             _squares(&x[b, 0], &vals[0], length)
             sums = _block_sums(&vals[0], &tmp[0], across, rows, cols, before, after)
-            _forward_finish(&x[b, 0], sums, &scale[b, 0], &spow[b, 0], &y[b, 0], length, k,
-                            alpha_n, beta)
+            _forward_finish(&x[b, 0], sums, &scale[b, 0] if keep else NULL, &y[b, 0], length,
+                            k, alpha_n, beta)
 
 
 def lrn_backward(floating[:, ::1] x, floating[:, ::1] y, floating[:, ::1] scale,
-                 floating[:, ::1] spow, floating[:, ::1] dy, floating[:, ::1] dx,
-                 double[::1] vals, double[::1] tmp, bint across, Py_ssize_t rows,
-                 Py_ssize_t cols, Py_ssize_t size, double alpha, double beta) -> None:
-    """Fills ``dx`` from ``dy`` and the forward pass's ``x``, ``y``, ``scale`` and ``spow``."""
+                 floating[:, ::1] dy, floating[:, ::1] dx, double[::1] vals, double[::1] tmp,
+                 bint across, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t size, double alpha,
+                 double beta) -> None:
+    """Fills ``dx`` from ``dy`` and the forward pass's ``x``, ``y`` and ``scale``."""
     cdef Py_ssize_t blocks = x.shape[0], length = x.shape[1], b
     cdef Py_ssize_t before = size // 2 if across else (size - 1) // 2
     cdef Py_ssize_t after = (size - 1) // 2
@@ -199,7 +224,6 @@ def lrn_backward(floating[:, ::1] x, floating[:, ::1] y, floating[:, ::1] scale,
     _check_args(blocks, length, rows, cols, vals.shape[0], tmp.shape[0], size, across)
     _check("y", blocks, length, y.shape[0], y.shape[1])
     _check("scale", blocks, length, scale.shape[0], scale.shape[1])
-    _check("spow", blocks, length, spow.shape[0], spow.shape[1])
     _check("dy", blocks, length, dy.shape[0], dy.shape[1])
     _check("dx", blocks, length, dx.shape[0], dx.shape[1])
     if blocks == 0 or length == 0:
@@ -209,4 +233,5 @@ def lrn_backward(floating[:, ::1] x, floating[:, ::1] y, floating[:, ::1] scale,
             _ratios(&dy[b, 0], &y[b, 0], &scale[b, 0], &vals[0], length)
             # The windows holding entry i are those of i - after .. i + before.
             sums = _block_sums(&vals[0], &tmp[0], across, rows, cols, after, before)
-            _backward_finish(&x[b, 0], &dy[b, 0], &spow[b, 0], sums, &dx[b, 0], length, coef)
+            _backward_finish(&x[b, 0], &dy[b, 0], &scale[b, 0], sums, &dx[b, 0], length, coef,
+                             beta)

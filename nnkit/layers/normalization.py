@@ -27,8 +27,7 @@ class _Views(NamedTuple):
 
     x: np.ndarray
     y: np.ndarray
-    scale: np.ndarray       # k + alpha/n * S
-    scale_pow: np.ndarray   # scale ** -beta, kept so backward needs no pow
+    scale: np.ndarray       # k + alpha/n * S for backward; no blocks when not kept
     scratch: list           # per part of a split batch: two float64 arrays, one block long
     rows: int
     cols: int
@@ -91,6 +90,7 @@ class LRN2D(Layer):
         self.k = k
         self.norm_region = norm_region
         self._x: np.ndarray | None = None
+        self._scale_kept = False  # whether the last forward kept the scale
 
     @property
     def across(self) -> bool:
@@ -106,36 +106,42 @@ class LRN2D(Layer):
         """The input shape (C, H, W); raises unless the input is a batch of images."""
         return self.require_images(input_shape)
 
-    def _views(self, x: np.ndarray) -> _Views:
+    def _views(self, x: np.ndarray, keep_scale: bool = True) -> _Views:
         """The kernel arguments for ``x``, with the layer's buffers for this shape.
 
         Across channels a block is one image, (C, H*W); within a channel it is one plane,
         (H, W). Both are free reshapes of contiguous NCHW arrays. Buffers keep their memory
-        while the shape stays the same, so backward sees what forward wrote.
+        while the shape stays the same, so backward sees what forward wrote. Without
+        ``keep_scale`` the scale is an empty array, which the kernel leaves alone.
         """
         n, c, h, w = x.shape
         blocks, rows, cols = (n, c, h * w) if self.across else (n * c, h, w)
         flat = (blocks, rows * cols)
-        y, scale, scale_pow = (self.buffer(key, x.shape, x.dtype).reshape(flat)
-                               for key in ("y", "scale", "scale_pow"))
+        y = self.buffer("y", x.shape, x.dtype).reshape(flat)
+        scale = (self.buffer("scale", x.shape, x.dtype).reshape(flat) if keep_scale
+                 else self.buffer("no_scale", (0, rows * cols), x.dtype))
         scratch = [tuple(self.buffer(f"{key}{part}", (rows * cols,), np.float64)
                          for key in ("vals", "tmp"))
                    for part in range(len(parallel.parts(blocks, rows * cols)))]
-        return _Views(x.reshape(flat), y, scale, scale_pow, scratch, rows, cols)
+        return _Views(x.reshape(flat), y, scale, scratch, rows, cols)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Normalizes the batch ``x`` (N, C, H, W); keeps ``x`` and the scale for backward."""
-        self.output_shape(x.shape[1:])
-        x = np.ascontiguousarray(x)
-        v = self._views(x)
-
+    def _normalize(self, v: _Views) -> None:
+        """Fills ``v.y`` (and ``v.scale``, if it has blocks) from ``v.x``."""
         def run(part: int, lo: int, hi: int) -> None:
-            _kernels.lrn_forward(v.x[lo:hi], v.scale[lo:hi], v.scale_pow[lo:hi], v.y[lo:hi],
-                                 *v.scratch[part], self.across, v.rows, v.cols, self.size,
-                                 self.alpha, self.beta, self.k)
+            _kernels.lrn_forward(v.x[lo:hi], v.scale[lo:hi] if len(v.scale) else v.scale,
+                                 v.y[lo:hi], *v.scratch[part], self.across, v.rows, v.cols,
+                                 self.size, self.alpha, self.beta, self.k)
 
         parallel.split(run, len(v.x), v.x.shape[1])
-        self._x = x
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Normalizes the batch ``x`` (N, C, H, W); keeps ``x``, and in training mode the
+        scale, for backward. Evaluation mode keeps no scale: the CIFAR-10 network holds one
+        array fewer of each LRN's input size (backward computes it again if asked)."""
+        self.output_shape(x.shape[1:])
+        x = np.ascontiguousarray(x)
+        self._normalize(self._views(x, keep_scale=self.training))
+        self._x, self._scale_kept = x, self.training
         return self.buffer("y", x.shape, x.dtype)
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
@@ -149,14 +155,17 @@ class LRN2D(Layer):
             raise self.error(f"gradient of shape {dy.shape} does not match the output shape "
                              f"{x.shape}")
         v = self._views(x)
+        if not self._scale_kept:  # an evaluation-mode forward: the scale again (y is the same)
+            self._normalize(v)
+            self._scale_kept = True
         dy2 = np.ascontiguousarray(dy, dtype=x.dtype).reshape(v.x.shape)
         dx = self.input_grad_buffer(x.shape, x.dtype)
         dx2 = dx.reshape(v.x.shape)
 
         def run(part: int, lo: int, hi: int) -> None:
-            _kernels.lrn_backward(v.x[lo:hi], v.y[lo:hi], v.scale[lo:hi], v.scale_pow[lo:hi],
-                                  dy2[lo:hi], dx2[lo:hi], *v.scratch[part], self.across, v.rows,
-                                  v.cols, self.size, self.alpha, self.beta)
+            _kernels.lrn_backward(v.x[lo:hi], v.y[lo:hi], v.scale[lo:hi], dy2[lo:hi],
+                                  dx2[lo:hi], *v.scratch[part], self.across, v.rows, v.cols,
+                                  self.size, self.alpha, self.beta)
 
         parallel.split(run, len(v.x), v.x.shape[1])
         return dx
