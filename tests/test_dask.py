@@ -178,8 +178,15 @@ def test_a_killed_dask_worker_s_run_is_requeued_and_resumes_exactly(tmp_path, jo
             worker_pid = next(iter(client.run(os.getpid).values()))
         scratch = list((tmp_path / "dask-worker").rglob(f"nnkit-{run_id}-*"))  # the task's own folder
         os.kill(worker_pid, signal.SIGKILL)  # the Dask worker process (its nanny restarts it)
+        # Copy-back: what had reached the head by the kill, read before the head can know of it
+        # (later, the next attempt's own checkpoints come back into the same folder). The
+        # pointer names a checkpoint the head has: the task once sent one checkpoint with a
+        # ``latest`` the run had meanwhile moved on, so the head resumed from an older one.
+        at_kill = _latest(run.run_dir)
+        if where:
+            assert Path(run.run_dir, f"checkpoint-{at_kill}.h5").is_file(), sorted(os.listdir(run.run_dir))
         wait_until(lambda: not pid_alive(child), 30)  # the child died with it
-        latest = _latest(run.run_dir)  # copy-back: a later one may still be on its way to the head
+        latest = _latest(run.run_dir)  # shared: the last the child wrote
         wait_until(lambda: store._read("SELECT attempts FROM jobs")[0][0] == 2, 120)
         inbox = Path(store._read("SELECT head FROM jobs")[0][0])
         wait_until(lambda: len(_starts(inbox)) == 2, 120)  # the head relays every event
@@ -196,7 +203,7 @@ def test_a_killed_dask_worker_s_run_is_requeued_and_resumes_exactly(tmp_path, jo
     # From its last checkpoint: on the shared filesystem the one on disk; copied back, the last
     # that reached the head (the one seen at the kill, or a later one that was on its way).
     if where:
-        assert resumed >= latest and resumed % 10 == 0, (resumed, latest)
+        assert resumed >= at_kill and resumed % 10 == 0, (resumed, at_kill)
     else:
         assert resumed == latest, (resumed, latest)
     losses = {e["step"]: e["loss"] for e in events(run.run_dir)[::-1] if e["type"] == "train"}
@@ -324,3 +331,23 @@ def test_copied_back_files_land_with_latest_last(tmp_path, monkeypatch):
     cluster_module._unpack(tmp_path / "head", files)
     assert written == ["checkpoint-40.h5", "run.json", "latest"]
     assert (tmp_path / "head" / "latest").read_text() == "checkpoint-40.h5\n"
+
+
+def test_a_sent_checkpoint_carries_a_latest_naming_it_not_the_run_s_newer_one(tmp_path):
+    """The task reads ``latest``, then the files: by then the run may have written a newer
+    checkpoint and moved ``latest`` on. What goes to the head names the checkpoint it carries
+    (a pointer to one it never got made it resume from an older one). A checkpoint rotated
+    away in between sends nothing this round."""
+    import base64
+
+    from nnkit.experiments.cluster import _checkpoint_files
+
+    (tmp_path / "checkpoint-40.h5").write_bytes(b"forty")
+    (tmp_path / "checkpoint-50.h5").write_bytes(b"fifty")
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "latest").write_text("checkpoint-50.h5\n")  # moved on after 40 was read
+    files = _checkpoint_files(tmp_path, "checkpoint-40.h5")
+    assert sorted(files) == ["checkpoint-40.h5", "latest", "run.json"]
+    assert base64.b64decode(files["latest"]) == b"checkpoint-40.h5\n"
+    assert base64.b64decode(files["checkpoint-40.h5"]) == b"forty"
+    assert _checkpoint_files(tmp_path, "checkpoint-30.h5") is None

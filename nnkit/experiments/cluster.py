@@ -118,6 +118,24 @@ def _files(root: Path, names: list[str] | None = None) -> dict[str, str]:
     return found
 
 
+def _checkpoint_files(run_dir: Path, checkpoint: str) -> dict[str, str] | None:
+    """A new checkpoint for the head (:func:`_files` of it and ``run.json``) with a ``latest``
+    naming it, or None if it is gone (rotated away: the next one will do).
+
+    ``latest`` is written here, not read: the run may have moved it on to a newer checkpoint
+    since ``checkpoint`` was read from it, and the head must never get a pointer to a file
+    it was not sent (it would resume from an older one while ``latest`` named another).
+    """
+    try:
+        files = _files(run_dir, [checkpoint, "run.json"])
+    except FileNotFoundError:
+        return None
+    if checkpoint not in files:
+        return None
+    files[LATEST_FILE] = base64.b64encode(f"{checkpoint}\n".encode()).decode()
+    return files
+
+
 def _unpack(root: Path, files: dict[str, str]) -> None:
     """Writes ``files`` (from :func:`_files`) under ``root``, each atomically, none outside it.
 
@@ -226,8 +244,9 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
             if isinstance(info.get("total_steps"), int) and info["total_steps"] != plan:
                 plan = info["total_steps"]
                 events.put({"kind": "plan", "total_steps": plan})
-            if spec["copy_back"] and (latest := _latest_checkpoint(run_dir)) not in (None, sent_checkpoint):
-                events.put({"kind": "files", "files": _files(run_dir, [latest, "latest", "run.json"])})
+            if spec["copy_back"] and (latest := _latest_checkpoint(run_dir)) not in (None, sent_checkpoint) \
+                    and (files := _checkpoint_files(run_dir, latest)) is not None:
+                events.put({"kind": "files", "files": files})
                 sent_checkpoint = latest
             if status is not None:
                 break
