@@ -246,8 +246,10 @@ def test_max_evaluation_mode_pools_alike_and_backward_finds_the_maxima_again():
     ties = rng.integers(0, 3, (2, 3, 9, 8)).astype(np.float32)
     nan = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
     nan[0, 0, 2, 3] = nan[1, 1, 0, 0] = np.nan
-    for x in (ties, nan, rng.standard_normal((3, 4, 32, 32)).astype(np.float32)):
-        for k, s, p in ((3, 2, 1), (2, 2, 0), (3, 1, 1), (3, 2, 0)):
+    neg_inf = np.full((1, 2, 5, 5), -np.inf, np.float32)  # padding (-inf by rows) never wins
+    neg_inf[0, 0, 2, 2] = 1.0
+    for x in (ties, nan, neg_inf, rng.standard_normal((3, 4, 32, 32)).astype(np.float32)):
+        for k, s, p in ((3, 2, 1), (2, 2, 0), (3, 1, 1), (3, 2, 0), ((3, 2), (2, 1), (1, 0))):
             layer = MaxPooling2D(k, s, p)
             dy = rng.standard_normal((x.shape[0], *layer.output_shape(x.shape[1:])))
             trained = run(layer, x, dy.astype(np.float32))
@@ -328,6 +330,33 @@ def test_kernels_reject_buffers_that_do_not_fit():
     with pytest.raises(ValueError, match="argmax rows is 3"):
         kernels.max_forward(x, y, np.empty((2, 3, 4), np.intc), g.src, g.phases, g.border,
                             np.empty(g.cells, np.float32), best, where, *g.args)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_kernels_by_rows_reject_buffers_that_do_not_fit(kind):
+    """The evaluation-mode max and the average forward read no further than they check."""
+    from nnkit._kernels import pooling as kernels
+
+    x, scale = np.ones((2, 9, 9), np.float32), np.ones((4, 4), np.float32)
+    cells = kernels.row_cells(9, 4, 3, 2, 0)
+
+    def call(y, row):
+        if kind == "max":
+            kernels.max_values(x, y, row, 3, 3, 2, 2, 0, 0)
+        else:
+            kernels.avg_forward(x, y, np.ones(y.shape[1:], np.float32), row, 3, 3, 2, 2, 0, 0)
+
+    call(np.empty((2, 4, 4), np.float32), np.empty(cells, np.float32))  # fits
+    with pytest.raises(ValueError, match="a row buffer of 8 cells for 9"):
+        call(np.empty((2, 4, 4), np.float32), np.empty(cells - 1, np.float32))
+    with pytest.raises(ValueError, match="6x4 outputs do not fit a 9x9 plane"):
+        call(np.empty((2, 6, 4), np.float32), np.empty(cells, np.float32))  # row 10 of 9
+    with pytest.raises(ValueError, match="number of output planes is 3"):
+        call(np.empty((3, 4, 4), np.float32), np.empty(cells, np.float32))
+    if kind == "avg":
+        with pytest.raises(ValueError, match="scale rows is 3"):
+            kernels.avg_forward(x, np.empty((2, 4, 4), np.float32), scale[:3],
+                                np.empty(cells, np.float32), 3, 3, 2, 2, 0, 0)
 
 
 def test_output_size_below_one():
