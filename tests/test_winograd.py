@@ -48,12 +48,12 @@ def winograd_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.n
     tiles = n * kernels.plane_tiles(oh, ow)
     u = np.einsum("ak,fckl,bl->abfc", WINOGRAD_G, w, WINOGRAD_G).reshape(CELLS, f, c)
     v = np.empty((CELLS, c, tiles), x.dtype)
-    kernels.winograd_input(x, v, pad, pad, np.empty(kernels.input_scratch(h, width, pad, pad),
+    kernels.winograd_input(x, v, pad, pad, np.empty(kernels.input_scratch(n, h, width, pad, pad),
                                                     x.dtype))
     m = np.matmul(u.astype(x.dtype), v)
     y = np.empty((n, f, oh, ow), x.dtype)
     kernels.winograd_output(m, b.astype(x.dtype), y,
-                            np.empty(kernels.output_scratch(oh, ow), x.dtype))
+                            np.empty(kernels.output_scratch(n, oh, ow), x.dtype))
     return y
 
 
@@ -99,14 +99,14 @@ def test_no_bias_adds_nothing():
 
 def test_kernels_check_their_arrays():
     x = np.zeros((2, 3, 6, 6))  # 6x6 outputs: 2x2 tiles per image
-    scratch = np.zeros(kernels.input_scratch(6, 6, 2, 2))
+    scratch = np.zeros(kernels.input_scratch(2, 6, 6, 2, 2))
     with pytest.raises(ValueError, match=r"V is \(64, 3, 7\), needs \(64, 3, 8\)"):
         kernels.winograd_input(x, np.zeros((64, 3, 7)), 2, 2, scratch)
     with pytest.raises(ValueError, match="scratch of 5 values"):
         kernels.winograd_input(x, np.zeros((64, 3, 8)), 2, 2, np.zeros(5))
     with pytest.raises(ValueError, match="no 5x5 output for 3x3 images"):
         kernels.winograd_input(np.zeros((1, 1, 3, 3)), np.zeros((64, 1, 0)), 0, 0, scratch)
-    y, out_scratch = np.zeros((2, 4, 6, 6)), np.zeros(kernels.output_scratch(6, 6))
+    y, out_scratch = np.zeros((2, 4, 6, 6)), np.zeros(kernels.output_scratch(2, 6, 6))
     with pytest.raises(ValueError, match=r"M is \(36, 4, 8\), needs \(64, 4, 8\)"):
         kernels.winograd_output(np.zeros((36, 4, 8)), np.zeros(4), y, out_scratch)
     with pytest.raises(ValueError, match="3 biases for 4 filters"):
@@ -120,7 +120,7 @@ def grad_output_reference(dy: np.ndarray) -> np.ndarray:
     padded = np.zeros((n, f, TILE * th, TILE * tw))
     padded[:, :, :oh, :ow] = dy
     tiles = padded.reshape(n, f, th, TILE, tw, TILE).transpose(0, 1, 2, 4, 3, 5)  # n f th tw i j
-    dm = np.einsum("xi,nfabij,uj->xufnab", A_T.T, tiles, A_T.T)
+    dm = np.einsum("xi,nfabij,uj->xufanb", A_T.T, tiles, A_T.T)  # columns (th, n, tw)
     return dm.reshape(CELLS, f, n * th * tw)
 
 
@@ -130,7 +130,7 @@ def test_grad_output_is_the_adjoint_of_the_output_transform(n, f, oh, ow):
     rng = np.random.default_rng(5)
     dy = rng.standard_normal((n, f, oh, ow))
     tiles = n * kernels.plane_tiles(oh, ow)
-    scratch = np.empty(kernels.output_scratch(oh, ow))
+    scratch = np.empty(kernels.output_scratch(n, oh, ow))
     dm, db = np.empty((CELLS, f, tiles)), np.full(f, 0.5)
     kernels.winograd_grad_output(dy, dm, db, scratch)
     np.testing.assert_allclose(dm, grad_output_reference(dy), rtol=1e-13, atol=1e-13)
@@ -147,7 +147,7 @@ def test_grad_output_is_the_adjoint_of_the_output_transform(n, f, oh, ow):
 
 
 def test_grad_output_checks_its_arrays():
-    dy, scratch = np.zeros((2, 4, 6, 6)), np.zeros(kernels.output_scratch(6, 6))
+    dy, scratch = np.zeros((2, 4, 6, 6)), np.zeros(kernels.output_scratch(2, 6, 6))
     with pytest.raises(ValueError, match=r"dM is \(64, 4, 5\), needs \(64, 4, 8\)"):
         kernels.winograd_grad_output(dy, np.zeros((64, 4, 5)), np.zeros(4), scratch)
     with pytest.raises(ValueError, match="3 bias gradients for 4 filters"):

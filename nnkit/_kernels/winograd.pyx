@@ -25,18 +25,21 @@ These kernels do the input transform (``V`` from the images, zero padding includ
 output transform (``M`` to the NCHW output, plus the bias) and its adjoint for the weight
 gradient (``dM = A dY A^T`` from the output gradient, whose GEMMs with V give
 ``dU[xi nu] = dM[xi nu] @ V[xi nu].T`` and, through G, the filters' gradient
-``G^T dU G``); the weight transform and the GEMMs are numpy's. Tiles are numbered image by
-image, then row by row: tile (g, th, tw) is column ``(g * TH + th) * TW + tw`` of V and M,
-with TH, TW = ceil(OH / 4), ceil(OW / 4). Outputs of a last, partly filled tile row or
-column are computed and dropped.
+``G^T dU G``); the weight transform and the GEMMs are numpy's. Tiles are numbered tile
+row by tile row, the chunk's images side by side in each: tile (g, th, tw) is column
+``(th * G + g) * TW + tw`` of V and M, with TH, TW = ceil(OH / 4), ceil(OW / 4) (the GEMMs
+take the columns in any order; this one makes every transform's loop run over the whole
+chunk). Outputs of a last, partly filled tile row or column are computed and dropped.
 
-The loops are C (``winograd.h``), one image plane at a time, with contiguous loads only.
-The row transform reads the 8 input columns of tile ``tw`` as ``p0[tw], ..., p3[tw],
-p0[tw+1], ..., p3[tw+1]``, where ``pk`` holds the cells 4j + k of the padded row. The column
-transform keeps the rows of each phase (row mod 4) apart, so that row 4 th + a of tile
-t = th * TW + tw sits at t + (a / 4) * TW of its phase: it and the output transform run over
-all the tiles of a plane at once. Every function writes into arrays its caller owns (the
-scratch sizes are ``input_scratch`` and ``output_scratch``); none allocates.
+The loops are C (``winograd.h``), one channel (or filter) of all the chunk's images at a
+time, with contiguous loads only. The row transform reads the 8 input columns of tile
+``tw`` as ``p0[tw], ..., p3[tw], q0[tw], ..., q3[tw]``, where ``pk`` holds the cells
+4 tw + k of the padded row and ``qk`` the cells 4 (tw + 1) + k, the images' rows side by
+side. The column transform keeps the rows of each phase (row mod 4) apart, so that row
+4 th + a of tile column t sits at t + (a / 4) * G * TW of its phase: it and the output
+transform run over all the tiles of the chunk at once. Every function writes into arrays
+its caller owns (the scratch sizes are ``input_scratch`` and ``output_scratch``); none
+allocates.
 """
 from cython cimport floating
 
@@ -66,16 +69,18 @@ cdef extern from "winograd.h" nogil:
                                            double *db, double *scratch)
 
 
-cpdef Py_ssize_t input_scratch(Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw):
-    """Values of scratch ``winograd_input`` needs for (H, W) images padded by (ph, pw)."""
+cpdef Py_ssize_t input_scratch(Py_ssize_t g, Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph,
+                               Py_ssize_t pw):
+    """Values of scratch ``winograd_input`` needs for G (H, W) images padded by (ph, pw)."""
     cdef Py_ssize_t th = (h + 2 * ph - 1) // 4, tw = (w + 2 * pw - 1) // 4
-    return 4 * (4 * th + 4) * (tw + 1) + 32 * (th + 1) * tw
+    # p and q (4 phases of every padded row), u (the row transforms)
+    return 8 * (4 * th + 4) * g * tw + 32 * (th + 1) * g * tw
 
 
-cpdef Py_ssize_t output_scratch(Py_ssize_t oh, Py_ssize_t ow):
-    """Values of scratch ``winograd_output`` and ``winograd_grad_output`` need for (OH, OW)
-    outputs."""
-    return 48 * plane_tiles(oh, ow)
+cpdef Py_ssize_t output_scratch(Py_ssize_t g, Py_ssize_t oh, Py_ssize_t ow):
+    """Values of scratch ``winograd_output`` and ``winograd_grad_output`` need for G
+    (OH, OW) output planes per filter."""
+    return 48 * g * plane_tiles(oh, ow)
 
 
 cpdef Py_ssize_t plane_tiles(Py_ssize_t oh, Py_ssize_t ow):
@@ -101,7 +106,7 @@ cdef int _check_output_tiles(str name, tuple shape, Py_ssize_t g, Py_ssize_t f,
         raise ValueError(f"winograd kernel: {name} is {shape}, needs ({CELLS}, {f}, {tiles})")
     if per_filter not in (0, f):
         raise ValueError(f"winograd kernel: {per_filter} {what} for {f} filters")
-    return _check_scratch(scratch, output_scratch(oh, ow))
+    return _check_scratch(scratch, output_scratch(g, oh, ow))
 
 
 def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
@@ -118,7 +123,7 @@ def winograd_input(const floating[:, :, :, ::1] x, floating[:, :, ::1] v,
     cdef Py_ssize_t tiles = g * plane_tiles(oh, ow)
     if not (v.shape[0] == CELLS and v.shape[1] == c and v.shape[2] == tiles):
         raise ValueError(f"winograd kernel: V is {tuple(v.shape)[:3]}, needs ({CELLS}, {c}, {tiles})")
-    _check_scratch(scratch.shape[0], input_scratch(h, w, ph, pw))
+    _check_scratch(scratch.shape[0], input_scratch(g, h, w, ph, pw))
     if g == 0 or c == 0:
         return
     with nogil:

@@ -31,67 +31,67 @@ WINO_ATTR static inline __attribute__((always_inline)) void WINO_NAME(transform8
     }
 }
 
-/* V (64, C, G*TH*TW) = B^T d B for every 8x8 patch d of x (G, C, H, W), pad (ph, pw). */
+/* V (64, C, T) = B^T d B for every 8x8 patch d of x (G, C, H, W), pad (ph, pw); tile
+ * (g, th, tw) is column (th * G + g) * TW + tw of V (winograd.pyx). */
 WINO_ATTR static void WINO_NAME(nnkit_winograd_input)(
         const WINO_T *restrict x, ptrdiff_t g_count, ptrdiff_t c_count, ptrdiff_t h,
         ptrdiff_t w, ptrdiff_t ph, ptrdiff_t pw, WINO_T *restrict v,
         WINO_T *restrict scratch) {
     const ptrdiff_t th_count = (h + 2 * ph - 1) / 4, tw_count = (w + 2 * pw - 1) / 4;
-    const ptrdiff_t rows = 4 * th_count + 4, quarter = tw_count + 1;  /* padded rows, cells */
-    const ptrdiff_t plane_tiles = th_count * tw_count;
-    const ptrdiff_t cell = c_count * g_count * plane_tiles;        /* V's stride per cell */
-    /* p[k]: the cells 4j + k of each padded row (k < 4); u[nu][phase][a][tw]: the row
+    const ptrdiff_t rows = 4 * th_count + 4;                      /* padded rows */
+    const ptrdiff_t gt = g_count * tw_count;                      /* one row of every image */
+    const ptrdiff_t tiles = th_count * gt;                        /* the chunk's tiles */
+    const ptrdiff_t cell = c_count * tiles;                       /* V's stride per cell */
+    /* p[k][r][g][tw]: cell 4 tw + k of padded row r of image g; q likewise cell
+     * 4 (tw + 1) + k (the row transform's second half). u[nu][phase][a][g][tw]: the row
      * transform of padded row 4a + phase (th_count + 1 rows of each phase). */
+    const ptrdiff_t pq = rows * gt;
     WINO_T *restrict p = scratch;
-    WINO_T *restrict u = p + 4 * rows * quarter;
-    const ptrdiff_t u_rows = (th_count + 1) * tw_count;            /* per (nu, phase) */
-    /* Channel-major: the images of a chunk write each of V's 64 cell rows of a channel one
-     * after the other, so every write stream runs on instead of jumping a channel. */
+    WINO_T *restrict q = p + 4 * pq;
+    WINO_T *restrict u = q + 4 * pq;
+    const ptrdiff_t u_rows = (th_count + 1) * gt;                 /* per (nu, phase) */
     for (ptrdiff_t c = 0; c < c_count; c++) {
         for (ptrdiff_t g = 0; g < g_count; g++) {
             const WINO_T *plane = x + (g * c_count + c) * h * w;
             for (ptrdiff_t r = 0; r < rows; r++) {
                 const ptrdiff_t ir = r - ph;
                 const int inside = 0 <= ir && ir < h;
-                WINO_T *p0 = p + r * quarter, *p1 = p0 + rows * quarter;
-                WINO_T *p2 = p1 + rows * quarter, *p3 = p2 + rows * quarter;
-                for (ptrdiff_t j = 0; j < quarter; j++) {
-                    const ptrdiff_t c0 = 4 * j - pw;
-                    p0[j] = inside && 0 <= c0 && c0 < w ? plane[ir * w + c0] : 0;
-                    p1[j] = inside && 0 <= c0 + 1 && c0 + 1 < w ? plane[ir * w + c0 + 1] : 0;
-                    p2[j] = inside && 0 <= c0 + 2 && c0 + 2 < w ? plane[ir * w + c0 + 2] : 0;
-                    p3[j] = inside && 0 <= c0 + 3 && c0 + 3 < w ? plane[ir * w + c0 + 3] : 0;
+                for (ptrdiff_t k = 0; k < 4; k++) {
+                    WINO_T *pk = p + k * pq + r * gt + g * tw_count, *qk = q + (pk - p);
+                    for (ptrdiff_t j = 0; j <= tw_count; j++) {
+                        const ptrdiff_t col = 4 * j + k - pw;
+                        const WINO_T value = inside && 0 <= col && col < w ? plane[ir * w + col] : 0;
+                        (j < tw_count ? pk : qk - 1)[j] = value;  /* the last cell: q's only */
+                    }
+                    for (ptrdiff_t j = 0; j + 1 < tw_count; j++)
+                        qk[j] = pk[j + 1];
                 }
             }
-            /* Row transform: 8 outputs per tile from cells tw and tw + 1 of each phase. In a
-             * loop of its own, after every row is filled, so that no vector load has to wait
-             * on the scalar stores it spans (store forwarding). With the channel-major order
-             * and transform8 inlined: the CIFAR-10 convolutions' forward passes at batch 100
-             * took 0.92-0.95 of their time before (one thread, medians of 6 alternating runs,
-             * Zen 5). */
-            for (ptrdiff_t r = 0; r < rows; r++) {
-                WINO_T *p0 = p + r * quarter, *p1 = p0 + rows * quarter;
-                WINO_T *p2 = p1 + rows * quarter, *p3 = p2 + rows * quarter;
-                WINO_T *ur = u + (r & 3) * u_rows + (r >> 2) * tw_count;
-                const ptrdiff_t s = 4 * u_rows;                          /* next nu */
-                WINO_NAME(transform8)(p0, p1, p2, p3, p0 + 1, p1 + 1, p2 + 1, p3 + 1,
-                                      ur, ur + s, ur + 2 * s, ur + 3 * s, ur + 4 * s,
-                                      ur + 5 * s, ur + 6 * s, ur + 7 * s, tw_count);
-            }
-            /* Column transform B^T over rows 4th .. 4th+7: for tile t = th*TW + tw, row
-             * 4th + a is row th + a/4 of phase a%4, at t + (a/4)*TW: every read runs over
-             * the plane. */
-            WINO_T *out = v + c * (g_count * plane_tiles) + g * plane_tiles;
-            for (ptrdiff_t nu = 0; nu < 8; nu++) {
-                const WINO_T *u0 = u + 4 * nu * u_rows, *u1 = u0 + u_rows;
-                const WINO_T *u2 = u1 + u_rows, *u3 = u2 + u_rows;
-                WINO_T *vn = out + nu * cell;
-                const ptrdiff_t s = 8 * cell;                            /* next xi */
-                WINO_NAME(transform8)(u0, u1, u2, u3, u0 + tw_count, u1 + tw_count,
-                                      u2 + tw_count, u3 + tw_count, vn, vn + s, vn + 2 * s,
-                                      vn + 3 * s, vn + 4 * s, vn + 5 * s, vn + 6 * s,
-                                      vn + 7 * s, plane_tiles);
-            }
+        }
+        /* Row transform, all the chunk's images at once: 8 outputs per tile. In a loop of
+         * its own, after every row is filled, so that no vector load has to wait on the
+         * scalar stores it spans (store forwarding). */
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            const WINO_T *p0 = p + r * gt, *q0 = q + r * gt;
+            WINO_T *ur = u + (r & 3) * u_rows + (r >> 2) * gt;
+            const ptrdiff_t s = 4 * u_rows;                              /* next nu */
+            WINO_NAME(transform8)(p0, p0 + pq, p0 + 2 * pq, p0 + 3 * pq,
+                                  q0, q0 + pq, q0 + 2 * pq, q0 + 3 * pq,
+                                  ur, ur + s, ur + 2 * s, ur + 3 * s, ur + 4 * s,
+                                  ur + 5 * s, ur + 6 * s, ur + 7 * s, gt);
+        }
+        /* Column transform B^T over rows 4th .. 4th+7: row 4th + a of tile column
+         * (th * G + g) * TW + tw is row th + a/4 of phase a%4, at that column + (a/4) * G*TW
+         * of the phase: every read runs over all the chunk's tiles. */
+        WINO_T *out = v + c * tiles;
+        for (ptrdiff_t nu = 0; nu < 8; nu++) {
+            const WINO_T *u0 = u + 4 * nu * u_rows, *u1 = u0 + u_rows;
+            const WINO_T *u2 = u1 + u_rows, *u3 = u2 + u_rows;
+            WINO_T *vn = out + nu * cell;
+            const ptrdiff_t s = 8 * cell;                                /* next xi */
+            WINO_NAME(transform8)(u0, u1, u2, u3, u0 + gt, u1 + gt, u2 + gt, u3 + gt,
+                                  vn, vn + s, vn + 2 * s, vn + 3 * s, vn + 4 * s,
+                                  vn + 5 * s, vn + 6 * s, vn + 7 * s, tiles);
         }
     }
 }
@@ -115,40 +115,40 @@ WINO_ATTR static void WINO_NAME(collapse8)(
     }
 }
 
-/* y (G, F, OH, OW) = A^T M A (+ bias, if not NULL) for the tiles M (64, F, G*TH*TW). */
+/* y (G, F, OH, OW) = A^T M A (+ bias, if not NULL) for the tiles M (64, F, T), tile
+ * (g, th, tw) at column (th * G + g) * TW + tw. */
 WINO_ATTR static void WINO_NAME(nnkit_winograd_output)(
         const WINO_T *restrict m, const WINO_T *restrict bias, ptrdiff_t g_count,
         ptrdiff_t f_count, ptrdiff_t oh, ptrdiff_t ow, WINO_T *restrict y,
         WINO_T *restrict scratch) {
     const ptrdiff_t th_count = (oh + 3) / 4, tw_count = (ow + 3) / 4;
-    const ptrdiff_t plane_tiles = th_count * tw_count;
-    const ptrdiff_t cell = f_count * g_count * plane_tiles;
+    const ptrdiff_t gt = g_count * tw_count, pt = th_count * gt;   /* the chunk's tiles */
+    const ptrdiff_t cell = f_count * pt;
     WINO_T *restrict z = scratch;                       /* z[4 xi + j][t]: A^T over nu */
-    WINO_T *restrict q = scratch + 32 * plane_tiles;    /* q[4 i + j][t]: the outputs */
-    const ptrdiff_t pt = plane_tiles;
-    for (ptrdiff_t f = 0; f < f_count; f++) {  /* filter-major: M's reads run on (as V's writes) */
+    WINO_T *restrict q = scratch + 32 * pt;             /* q[4 i + j][t]: the outputs */
+    const ptrdiff_t full = ow / 4, rest = ow & 3;
+    for (ptrdiff_t f = 0; f < f_count; f++) {  /* all the chunk's images at once */
+        const WINO_T b = bias ? bias[f] : 0;
+        const WINO_T *in = m + f * pt;
+        for (ptrdiff_t xi = 0; xi < 8; xi++) {
+            const WINO_T *mx = in + 8 * xi * cell;
+            WINO_T *z0 = z + 4 * xi * pt;
+            WINO_NAME(collapse8)(mx, mx + cell, mx + 2 * cell, mx + 3 * cell, mx + 4 * cell,
+                                 mx + 5 * cell, mx + 6 * cell, mx + 7 * cell,
+                                 z0, z0 + pt, z0 + 2 * pt, z0 + 3 * pt, 0, pt);
+        }
+        for (ptrdiff_t j = 0; j < 4; j++) {  /* A^T over xi: q[4 i + j] */
+            const WINO_T *zj = z + j * pt;
+            const ptrdiff_t s = 4 * pt;                      /* next xi */
+            WINO_NAME(collapse8)(zj, zj + s, zj + 2 * s, zj + 3 * s, zj + 4 * s, zj + 5 * s,
+                                 zj + 6 * s, zj + 7 * s, q + j * pt, q + (4 + j) * pt,
+                                 q + (8 + j) * pt, q + (12 + j) * pt, b, pt);
+        }
         for (ptrdiff_t g = 0; g < g_count; g++) {
-            const WINO_T b = bias ? bias[f] : 0;
-            const WINO_T *in = m + f * (g_count * plane_tiles) + g * plane_tiles;
-            for (ptrdiff_t xi = 0; xi < 8; xi++) {
-                const WINO_T *mx = in + 8 * xi * cell;
-                WINO_T *z0 = z + 4 * xi * pt;
-                WINO_NAME(collapse8)(mx, mx + cell, mx + 2 * cell, mx + 3 * cell, mx + 4 * cell,
-                                     mx + 5 * cell, mx + 6 * cell, mx + 7 * cell,
-                                     z0, z0 + pt, z0 + 2 * pt, z0 + 3 * pt, 0, pt);
-            }
-            for (ptrdiff_t j = 0; j < 4; j++) {  /* A^T over xi: q[4 i + j] */
-                const WINO_T *zj = z + j * pt;
-                const ptrdiff_t s = 4 * pt;                      /* next xi */
-                WINO_NAME(collapse8)(zj, zj + s, zj + 2 * s, zj + 3 * s, zj + 4 * s, zj + 5 * s,
-                                     zj + 6 * s, zj + 7 * s, q + j * pt, q + (4 + j) * pt,
-                                     q + (8 + j) * pt, q + (12 + j) * pt, b, pt);
-            }
             WINO_T *plane = y + (g * f_count + f) * oh * ow;
-            const ptrdiff_t full = ow / 4, rest = ow & 3;
             for (ptrdiff_t row = 0; row < oh; row++) {
                 const ptrdiff_t th = row >> 2, i = row & 3;
-                const WINO_T *q0 = q + 4 * i * pt + th * tw_count;
+                const WINO_T *q0 = q + 4 * i * pt + th * gt + g * tw_count;
                 const WINO_T *q1 = q0 + pt, *q2 = q1 + pt, *q3 = q2 + pt;
                 WINO_T *yr = plane + row * ow;
                 for (ptrdiff_t tw = 0; tw < full; tw++) {
@@ -188,28 +188,29 @@ WINO_ATTR static void WINO_NAME(expand8)(
     }
 }
 
-/* dM (64, F, G*TH*TW) = A dY A^T for every 4x4 tile dY of dy (G, F, OH, OW), the outputs
- * past a last, partly filled tile row or column taken as zero: the adjoint of the output
- * transform. db[f] += the sum of dy's planes of filter f, unless db is NULL. */
+/* dM (64, F, T) = A dY A^T for every 4x4 tile dY of dy (G, F, OH, OW), the outputs past
+ * a last, partly filled tile row or column taken as zero: the adjoint of the output
+ * transform (same tile columns). db[f] += the sum of dy's planes of filter f, unless db is
+ * NULL. */
 WINO_ATTR static void WINO_NAME(nnkit_winograd_grad_output)(
         const WINO_T *restrict dy, ptrdiff_t g_count, ptrdiff_t f_count, ptrdiff_t oh,
         ptrdiff_t ow, WINO_T *restrict dm, double *restrict db, WINO_T *restrict scratch) {
     const ptrdiff_t th_count = (oh + 3) / 4, tw_count = (ow + 3) / 4;
-    const ptrdiff_t plane_tiles = th_count * tw_count, pt = plane_tiles;
-    const ptrdiff_t cell = f_count * g_count * plane_tiles;
+    const ptrdiff_t gt = g_count * tw_count, pt = th_count * gt;   /* the chunk's tiles */
+    const ptrdiff_t cell = f_count * pt;
     WINO_T *restrict q = scratch;                       /* q[4 i + j][t]: dY[i, j] */
     WINO_T *restrict z = scratch + 16 * pt;             /* z[8 i + nu][t]: A over j */
     const ptrdiff_t full = ow / 4, rest = ow & 3;
-    for (ptrdiff_t g = 0; g < g_count; g++) {
-        for (ptrdiff_t f = 0; f < f_count; f++) {
+    for (ptrdiff_t f = 0; f < f_count; f++) {  /* all the chunk's images at once */
+        if ((oh | ow) & 3)
+            for (ptrdiff_t k = 0; k < 16 * pt; k++)
+                q[k] = 0;
+        double sum = 0;
+        for (ptrdiff_t g = 0; g < g_count; g++) {
             const WINO_T *plane = dy + (g * f_count + f) * oh * ow;
-            if ((oh | ow) & 3)
-                for (ptrdiff_t k = 0; k < 16 * pt; k++)
-                    q[k] = 0;
-            double sum = 0;
             for (ptrdiff_t row = 0; row < oh; row++) {
                 const ptrdiff_t th = row >> 2, i = row & 3;
-                WINO_T *q0 = q + 4 * i * pt + th * tw_count;
+                WINO_T *q0 = q + 4 * i * pt + th * gt + g * tw_count;
                 WINO_T *q1 = q0 + pt, *q2 = q1 + pt, *q3 = q2 + pt;
                 const WINO_T *yr = plane + row * ow;
                 for (ptrdiff_t tw = 0; tw < full; tw++) {
@@ -224,23 +225,23 @@ WINO_ATTR static void WINO_NAME(nnkit_winograd_grad_output)(
                 for (ptrdiff_t k = 0; k < ow; k++)
                     sum += yr[k];
             }
-            if (db)
-                db[f] += sum;
-            for (ptrdiff_t i = 0; i < 4; i++) {  /* A over j: z[8 i + nu] */
-                const WINO_T *qi = q + 4 * i * pt;
-                WINO_T *zi = z + 8 * i * pt;
-                WINO_NAME(expand8)(qi, qi + pt, qi + 2 * pt, qi + 3 * pt, zi, zi + pt,
-                                   zi + 2 * pt, zi + 3 * pt, zi + 4 * pt, zi + 5 * pt,
-                                   zi + 6 * pt, zi + 7 * pt, pt);
-            }
-            WINO_T *out = dm + f * (g_count * plane_tiles) + g * plane_tiles;
-            for (ptrdiff_t nu = 0; nu < 8; nu++) {  /* A over i: dM[8 xi + nu] */
-                WINO_T *on = out + nu * cell;
-                const ptrdiff_t s = 8 * cell;                    /* next xi */
-                WINO_NAME(expand8)(z + nu * pt, z + (8 + nu) * pt, z + (16 + nu) * pt,
-                                   z + (24 + nu) * pt, on, on + s, on + 2 * s, on + 3 * s,
-                                   on + 4 * s, on + 5 * s, on + 6 * s, on + 7 * s, pt);
-            }
+        }
+        if (db)
+            db[f] += sum;
+        for (ptrdiff_t i = 0; i < 4; i++) {  /* A over j: z[8 i + nu] */
+            const WINO_T *qi = q + 4 * i * pt;
+            WINO_T *zi = z + 8 * i * pt;
+            WINO_NAME(expand8)(qi, qi + pt, qi + 2 * pt, qi + 3 * pt, zi, zi + pt,
+                               zi + 2 * pt, zi + 3 * pt, zi + 4 * pt, zi + 5 * pt,
+                               zi + 6 * pt, zi + 7 * pt, pt);
+        }
+        WINO_T *out = dm + f * pt;
+        for (ptrdiff_t nu = 0; nu < 8; nu++) {  /* A over i: dM[8 xi + nu] */
+            WINO_T *on = out + nu * cell;
+            const ptrdiff_t s = 8 * cell;                    /* next xi */
+            WINO_NAME(expand8)(z + nu * pt, z + (8 + nu) * pt, z + (16 + nu) * pt,
+                               z + (24 + nu) * pt, on, on + s, on + 2 * s, on + 3 * s,
+                               on + 4 * s, on + 5 * s, on + 6 * s, on + 7 * s, pt);
         }
     }
 }

@@ -301,8 +301,8 @@ class Convolution2D(Layer):
             # BLAS: outside a split, OpenBLAS's threads would spin against the parts.
             u = self._view(f"{part}wu", WINOGRAD_CELLS * f * c, (WINOGRAD_CELLS, f, c))
             np.matmul(kron, w.reshape(f * c, 25).T, out=u.reshape(WINOGRAD_CELLS, f * c))
-            size = max(_winograd.input_scratch(*x.shape[2:], *pad),
-                       _winograd.output_scratch(oh, ow))
+            size = max(_winograd.input_scratch(chunk, *x.shape[2:], *pad),
+                       _winograd.output_scratch(chunk, oh, ow))
             scratch = self._view(f"{part}wscratch", size, (size,))
             for start in range(first * chunk, min(n, last * chunk), chunk):
                 stop = min(n, start + chunk)
@@ -342,10 +342,10 @@ class Convolution2D(Layer):
         # The im2col route's col and output buffers hold the tiles of C and of F channels
         # (x's and the output's, then dx's and dy's): no more memory than forward needs.
         c_capacity, f_capacity = (WINOGRAD_CELLS * k * chunk * max(tiles, dx_tiles) for k in (c, f))
-        scratch_size = max(_winograd.input_scratch(h, w, ph, pw),
-                           _winograd.output_scratch(oh, ow),
-                           _winograd.input_scratch(oh, ow, *tpad),
-                           _winograd.output_scratch(h, w))
+        scratch_size = max(_winograd.input_scratch(chunk, h, w, ph, pw),
+                           _winograd.output_scratch(chunk, oh, ow),
+                           _winograd.input_scratch(chunk, oh, ow, *tpad),
+                           _winograd.output_scratch(chunk, h, w))
 
         def part_grads(part: int) -> tuple[np.ndarray, np.ndarray]:
             """(dW, db) summed by one part: part 0's dW goes straight into the grad."""
