@@ -1,10 +1,9 @@
 /* Winograd F(4x4, 5x5) input and output transforms and the output transform's adjoint
  * (nnkit/_kernels/winograd.pyx has the algorithm and the layouts), for float and double.
  *
- * The loops run over the tiles of a tile row (the row transform) or of a whole image plane
- * (TH*TW tiles, 16 on a 16x16 output: the column, output and adjoint transforms), reading
- * and writing contiguous runs through restrict-qualified parameters, so gcc vectorizes
- * them. On x86-64 each is compiled twice, for the baseline SSE2 and for AVX2 + FMA, and the
+ * The loops run over one tile row of all the chunk's images (the row transform) or over all
+ * the chunk's tiles (G*TH*TW: the column, output and adjoint transforms), reading and
+ * writing contiguous runs through restrict-qualified parameters, so gcc vectorizes them. On x86-64 each is compiled twice, for the baseline SSE2 and for AVX2 + FMA, and the
  * CPU picks at run time (as scaled_tanh.h does).
  */
 #ifndef NNKIT_WINOGRAD_H

@@ -46,14 +46,16 @@ multiplications than the im2col GEMM, between an input and an output transform. 
 too, given WINOGRAD_MIN_CHANNELS input channels: the weight gradient is the forward pass's
 adjoint (64 GEMMs of the transformed dy by the transformed input, then ``G^T dU G``), the
 input gradient a Winograd convolution of dy (``_winograd_backward``). Times over the im2col
-route's on the CIFAR-10 CNN (``benchmarks/winograd.py --rounds 7``, medians of the rounds'
-ratios; batch 100, then 256):
+route's on the CIFAR-10 CNN (``benchmarks/winograd.py``, medians of the rounds' ratios;
+batch 100, then 256), on a machine of the CI class with the transforms of then (``--rounds
+7``) and on a Zen 5 one (``--rounds 5``, OpenBLAS's SkylakeX kernels) with the transforms
+over the whole chunk (``nnkit._kernels.winograd``):
 
 | layer | forward | forward + backward (the input gradient included) |
 |---|---|---|
-| conv2 (32 channels, 16x16 outputs) | 0.35, 0.40 | 0.36, 0.40 |
-| conv3 (32 to 64 channels, 8x8 outputs) | 0.46, 0.66 | 0.51, 0.64 |
-| conv1 (3 channels, 32x32 outputs) | 0.90, 0.91 | 1.17, 1.14 (backward on im2col in the layer) |
+| conv2 (32 channels, 16x16 outputs) | 0.35, 0.40; Zen 5: 0.29, 0.31 | 0.36, 0.40; Zen 5: 0.34, 0.34 |
+| conv3 (32 to 64 channels, 8x8 outputs) | 0.46, 0.66; Zen 5: 0.37, 0.38 | 0.51, 0.64; Zen 5: 0.46, 0.50 |
+| conv1 (3 channels, 32x32 outputs) | 0.90, 0.91; Zen 5: 0.64, 0.82 | 1.17, 1.14; Zen 5: 0.79, 0.88 (backward on im2col in the layer) |
 
 F(2x2, 5x5), which this route ran before (36 GEMMs, 2.8x fewer multiplications), measured
 in the same session 0.58 (forward) and 0.59 (training) for conv2 at both batches, 0.81 and
