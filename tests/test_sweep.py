@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -127,10 +128,23 @@ def test_value_lists_and_distributions_parse():
 
 
 # ================================================================== Optuna, with real workers
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds ``path`` open (Linux's /proc)."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.path.realpath(fds / fd) == str(path.resolve()) for fd in os.listdir(fds))
+    except OSError:  # gone, or a descriptor closed while we looked
+        return False
+
+
 def start_workers(tmp_path: Path, n: int = 2) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-m", "nnkit.cli", "worker", "--store", "s.db", "--runs-dir", "runs",
-                              "--poll", "0.1"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    """``n`` workers on the store s.db, returned once each polls it (holds it open): a worker
+    still importing on a busy machine would otherwise find the short trials all taken."""
+    workers = [subprocess.Popen([sys.executable, "-m", "nnkit.cli", "worker", "--store", "s.db", "--runs-dir",
+                                 "runs", "--poll", "0.1"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    wait_until(lambda: all(_has_open(w.pid, tmp_path / "s.db") or w.poll() is not None for w in workers), 120)
+    return workers
 
 
 def stop_workers(workers: list[subprocess.Popen]) -> list[str]:
