@@ -18,7 +18,8 @@ the events. Through three ``distributed.Queue`` s per attempt, all held by the s
   poll) and a ``started`` note naming its Dask worker; the head folds them into the store's
   record with the same :class:`~.recorder.Recorder` a local run uses, appends them to the
   run's *inbox* (``<head dir>/<id>/events.jsonl``), and keeps the record's heartbeat current
-  while the Dask worker lives;
+  while the Dask worker lives. Each batch says how far into the file it reaches: on a shared
+  filesystem the next attempt first sends what a killed one wrote after its last batch;
 - ``commands``: ``nnkit ctl RUN ...`` and the web page append to the inbox's
   ``commands.jsonl`` (the store names the inbox: ``jobs.head``); the head forwards each line,
   the task appends it to the run directory's ``commands.jsonl``, the run applies it at its
@@ -222,14 +223,18 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         here = dataclasses.replace(taken, run_dir=str(run_dir))
         prepare_run_dir(here)
         events_path = run_dir / EVENTS_FILE
-        offset = events_path.stat().st_size if events_path.exists() else 0  # earlier attempts': sent
+        size = events_path.stat().st_size if events_path.exists() else 0
+        # Earlier attempts' lines were sent, except (a shared run directory) those after the last
+        # the head received: an attempt killed between two looks sends its last lines now.
+        offset = size if spec.get("events_offset") is None else min(spec["events_offset"], size)
         # The child's recorder needs a store: a throwaway one here, local to this machine.
         command = train_command(here, Store(scratch / "scratch.db"))
         with open(run_dir / OUTPUT_FILE, "ab") as output:
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                      preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent))
         worker = distributed.get_worker().address
-        events.put({"kind": "started", "worker": worker, "host": socket.gethostname(), "pid": child.pid})
+        events.put({"kind": "started", "worker": worker, "host": socket.gethostname(), "pid": child.pid,
+                    "offset": offset})
         sent_checkpoint = _latest_checkpoint(run_dir)
         plan = None
         heard = looked = time.monotonic()  # the head's last word, the last look at the owner
@@ -239,7 +244,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
             items, offset = read_jsonl(events_path, offset) if events_path.exists() else ([], offset)
             batch = [value for _, value in items if isinstance(value, dict)]
             if batch:
-                events.put({"kind": "events", "events": batch})
+                events.put({"kind": "events", "events": batch, "offset": offset})
             info = read_run_info(run_dir)  # the child's recorder writes its plan's length there
             if isinstance(info.get("total_steps"), int) and info["total_steps"] != plan:
                 plan = info["total_steps"]
@@ -293,6 +298,7 @@ class _Attempt:
     log: JsonlWriter
     copy: JsonlWriter | None  # copy_back: the run directory's events.jsonl here, as they come
     command_offset: int = 0
+    relayed: int | None = None  # the run directory's events.jsonl: bytes the head has received
     worker: str | None = None
     beat: float = field(default_factory=time.monotonic)
 
@@ -328,6 +334,7 @@ class DaskHead:
         self.taken = 0
         self.active: dict[str, _Attempt] = {}
         self.settled: dict[str, int] = {}  # run id -> the last attempt this head saw end
+        self.relayed: dict[str, int | None] = {}  # run id -> its last attempt's ``relayed``
         self.client: Any = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -403,8 +410,11 @@ class DaskHead:
         files = _files(Path(taken.run_dir)) if self.copy_back and Path(taken.run_dir).is_dir() else {}
         # An earlier attempt this head did not see end (its head died) may still train: wait for it.
         wait_previous = taken.attempt > 1 and self.settled.get(taken.run_id) != taken.attempt - 1
+        # A shared run directory keeps what a killed attempt wrote after its last relay: sent next.
+        events_offset = None if self.copy_back else self.relayed.get(taken.run_id)
         spec = {"claim": dataclasses.asdict(taken), "queues": names, "copy_back": self.copy_back, "files": files,
-                "poll": self.poll, "head_patience": self.head_patience, "wait_previous": wait_previous}
+                "poll": self.poll, "head_patience": self.head_patience, "wait_previous": wait_previous,
+                "events_offset": events_offset}
         # retries=0: a retry is a new claim of the head's (the start token stops Dask's own reruns).
         future = self.client.submit(run_task, spec, key=names["start"].replace("-start", "-task"), pure=False,
                                     retries=0)
@@ -436,6 +446,8 @@ class DaskHead:
     def _receive(self, attempt: _Attempt) -> None:
         for message in attempt.events.get(batch=True):
             kind = message.get("kind")
+            if kind in ("started", "events"):
+                attempt.relayed = message.get("offset", attempt.relayed)
             if kind == "started":
                 attempt.worker = message["worker"]
                 self.store._write(lambda db: db.execute("UPDATE jobs SET worker = ? WHERE run_id = ?",
@@ -480,6 +492,7 @@ class DaskHead:
             queue.close()
         final = settle(self.store, attempt.taken, status, requeue=self.stopping)
         self.settled[attempt.taken.run_id] = attempt.taken.attempt
+        self.relayed[attempt.taken.run_id] = attempt.relayed
         del self.active[attempt.taken.run_id]
         self.echo(f"nnkit worker: run {attempt.taken.run_id}: {final} (exit status {status})")
 
