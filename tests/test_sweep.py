@@ -169,9 +169,13 @@ def test_an_optuna_study_runs_its_trials_on_two_workers(tmp_path, job):
     pytest.importorskip("optuna")
     workers = start_workers(tmp_path)
     try:
+        # Two trials out at once, so each worker gets one: by default a new trial is asked at
+        # the sweep's next look (every 0.5 s) after the last was taken, and a trial this short
+        # can end before it, leaving the next to whichever worker looks first (one took all
+        # three in a CI run).
         done = sweep(tmp_path, *SHORT, "--optuna", "updater.lr=loguniform(1e-3,0.3)", "--trials", "3",
                      "--metric", "test_error", "--direction", "minimize", "--pruner", "none", "--seed", "0",
-                     "--name", "opt", timeout=600)
+                     "--parallel", "2", "--name", "opt", timeout=600)
     finally:
         logs = stop_workers(workers)
     assert done.returncode == 0, done.stderr
@@ -189,7 +193,7 @@ def test_an_optuna_study_runs_its_trials_on_two_workers(tmp_path, job):
         assert trial.value == store.metrics(run.id)["test_error"]  # told the run's metric as stored
         assert trial.intermediate_values == epoch_values(run.run_dir) and len(trial.intermediate_values) == 3
         assert float(store.params(run.id)["updater.lr"]) == trial.params["updater.lr"]
-    assert all(re.search(r"run [0-9a-f]{12} \(opt-\d\), attempt 1", log) for log in logs)  # both worked
+    assert all(re.search(r"run [0-9a-f]{12} \(opt-\d\), attempt 1", log) for log in logs), logs  # both worked
     assert store.get_sweep(sweep_id).status == "finished"
     best = min(trials, key=lambda t: t.value)
     assert f"best trial {best.number} (run {best.user_attrs['nnkit_run_id']})" in done.stdout
