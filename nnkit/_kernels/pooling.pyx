@@ -16,9 +16,10 @@ Two ways through a plane, each where it was measured faster:
 * **Through a scratch** (max pooling with positions, ``max_forward``; average pooling's
   backward pass, ``avg_backward``). Average pooling's backward pass by rows (spreading
   each output row's gradients over a row, then adding that row to its window's image
-  rows) took 1.4-1.5 of this route's time on 16x16 and 8x8 planes; max pooling with
-  positions by rows is untried (ties must still go to the first maximum in row-major
-  window order).
+  rows) took 1.4-1.5 of this route's time on 16x16 and 8x8 planes. Max pooling with
+  positions by rows (columns first, then rows, so that ties still go to the first maximum
+  in row-major window order) took 1.32 of it on 32x32 planes with 3x3 windows of stride
+  2, whose 3-cell windows of every other column did not vectorize.
 
 The scratch route makes every window whole and every load contiguous by first copying a
 group of planes into a *scratch* laid out for the windows (the layer sizes it and builds
@@ -40,9 +41,9 @@ its index tables once per input shape, see ``nnkit.layers.pooling``):
 Max pooling fills the cells outside the image with the nearest image cell. A window
 always contains that nearest cell and meets the copy right next to it in row-major order,
 so the maximum, its first position and NaN propagation are exactly those of the window
-clipped to the image: padding never wins. Average pooling leaves the cells outside the
-image at zero and multiplies each window sum by ``scale[oh, ow]``, 1 / (the window's
-cells inside the padded image), Caffe's divisor.
+clipped to the image: padding never wins. Average pooling's backward pass spreads
+``scale[oh, ow] * dy[oh, ow]`` over the window, ``scale`` being 1 / (the window's cells
+inside the padded image), Caffe's divisor (the forward pass by rows uses the same).
 
 The scratch holds ``(rows * sw + 1) * pitch`` cells: the phase rows, then a zero row.
 The layer's tables index it as for the group's first plane (plane ``g``'s cells are

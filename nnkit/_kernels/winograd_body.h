@@ -58,10 +58,13 @@ WINO_ATTR static void WINO_NAME(nnkit_winograd_input)(
                 const int inside = 0 <= ir && ir < h;
                 for (ptrdiff_t k = 0; k < 4; k++) {
                     WINO_T *pk = p + k * pq + r * gt + g * tw_count, *qk = q + (pk - p);
+                    /* Cells 4 j + k of the padded row, zero outside the image, into p; the
+                     * last into q, which is p one tile on (one loop for the cells measured
+                     * faster on 8x8 images than filling p and q separately). */
                     for (ptrdiff_t j = 0; j <= tw_count; j++) {
                         const ptrdiff_t col = 4 * j + k - pw;
                         const WINO_T value = inside && 0 <= col && col < w ? plane[ir * w + col] : 0;
-                        (j < tw_count ? pk : qk - 1)[j] = value;  /* the last cell: q's only */
+                        (j < tw_count ? pk : qk - 1)[j] = value;
                     }
                     for (ptrdiff_t j = 0; j + 1 < tw_count; j++)
                         qk[j] = pk[j + 1];

@@ -111,7 +111,10 @@ PIXEL_ROWS = (parallel.blas_kernels() or "").lower() in AVX512_KERNELS
 WINOGRAD_TILES = 192
 #: The fewest input channels for which a 5x5 convolution's backward pass takes the Winograd
 #: route: with few channels its weight-gradient GEMMs are too thin to win (the CIFAR-10
-#: conv1, C = 3: forward 0.90 of im2col's time, forward and backward 1.17).
+#: conv1, C = 3: forward 0.90 of im2col's time, forward and backward 1.17). On a Zen 5
+#: machine, with the transforms over the whole chunk, conv1's backward pass alone by
+#: Winograd took 0.92 (batch 100) and 0.95 (256) of im2col's (``benchmarks/winograd.py
+#: --rounds 5``, training minus forward): too little, on one machine, to move the threshold.
 WINOGRAD_MIN_CHANNELS = 16
 #: G of Winograd F(4x4, 5x5), the weight transform U = G g G^T (``nnkit._kernels.winograd``):
 #: row j is p^k / prod(p - q over the other points q) for p = 0, 1, -1, 2, -2, 1/2, -1/2

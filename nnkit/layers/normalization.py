@@ -128,8 +128,9 @@ class LRN2D(Layer):
     def _normalize(self, v: _Views) -> None:
         """Fills ``v.y`` (and ``v.scale``, if it has blocks) from ``v.x``."""
         def run(part: int, lo: int, hi: int) -> None:
-            _kernels.lrn_forward(v.x[lo:hi], v.scale[lo:hi], v.y[lo:hi], *v.scratch[part], self.across, v.rows, v.cols,
-                                 self.size, self.alpha, self.beta, self.k)
+            _kernels.lrn_forward(v.x[lo:hi], v.scale[lo:hi], v.y[lo:hi], *v.scratch[part],
+                                 self.across, v.rows, v.cols, self.size, self.alpha, self.beta,
+                                 self.k)
 
         parallel.split(run, len(v.x), v.x.shape[1])
 

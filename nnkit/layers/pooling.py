@@ -19,8 +19,9 @@ backward pass first copy each image into a scratch plane where every window is w
 every load contiguous, and :class:`_Geometry` builds the index tables for that copy once
 per input shape. By rows, the CIFAR-10 net's pools at batch 100 (two threads, medians of 5
 alternating runs on a Zen 5 machine) took 0.61 ms where the scratch route took 0.86
-(pool1, max in evaluation mode), 0.20 for 0.30 and 0.15 for 0.22 (the average pools). Large batches run as parallel parts
-(``nnkit.parallel``), each part a range of planes with scratch of its own.
+(pool1, max in evaluation mode), 0.20 for 0.30 and 0.15 for 0.22 (the average pools).
+Large batches run as parallel parts (``nnkit.parallel``), each part a range of planes
+with scratch of its own.
 """
 from __future__ import annotations
 
