@@ -4,12 +4,13 @@
     python benchmarks/winograd.py --rounds 21 --tiles 512
 
 One process; each round times a layer's forward pass (evaluation mode) and its training
-pass (forward and backward, the input gradient included except for conv1, the first layer)
+pass (forward and backward, the input gradient included except for the first layers)
 both ways, one right after the other, so that the machine's drift hits both alike. Prints
 the median ms of each route and the median of the per-round ratios (Winograd / im2col,
 lower is faster). The layers are the CIFAR-10 CNN's (``examples/cifar10_cnn.conf``) at their
 input shapes, float32, on nnkit's threads; conv1 takes the Winograd route here although the
-layer keeps its backward pass on im2col (``WINOGRAD_MIN_CHANNELS``), so that its cost shows.
+layer keeps its backward pass on im2col (``WINOGRAD_MIN_CHANNELS``), and so does the one-channel
+layer ``gray`` although it keeps its forward pass there too, so that their costs show.
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ from nnkit import Activation, Convolution2D, ImageInput
 LAYERS = [("conv1", 3, 32, 32), ("conv2", 32, 32, 16), ("conv3", 32, 64, 8)]
 #: A layer of 4x4 outputs (one tile per image), for WINOGRAD_MIN_PIXELS: ``--layers 4x4``.
 SMALL = ("4x4", 32, 64, 4)
+#: A first layer of one channel (grayscale 32x32 images), for
+#: WINOGRAD_MIN_FORWARD_CHANNELS: ``--layers gray``.
+GRAY = ("gray", 1, 32, 32)
+#: The first layers: they compute no input gradient.
+FIRST = ("conv1", "gray")
 
 
 def timed(fn, reps: int) -> float:
@@ -47,7 +53,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="calls timed per round and route")
     parser.add_argument("--batches", default="100,256")
     parser.add_argument("--layers", default="conv1,conv2,conv3",
-                        help="of conv1, conv2, conv3 and 4x4 (a layer of 4x4 outputs)")
+                        help="of conv1, conv2, conv3, 4x4 (a layer of 4x4 outputs) and gray "
+                             "(a first layer of one channel)")
     parser.add_argument("--tiles", type=int, default=convolution.WINOGRAD_TILES,
                         help="tiles per chunk (WINOGRAD_TILES)")
     args = parser.parse_args()
@@ -55,16 +62,17 @@ def main() -> None:
     # Every 5x5 layer takes the route, so that its cost shows where it loses too.
     convolution.WINOGRAD_MIN_PIXELS = 1
     convolution.WINOGRAD_MIN_CHANNELS = 1
+    convolution.WINOGRAD_MIN_FORWARD_CHANNELS = 1
     rng = np.random.default_rng(0)
     print("| layer | batch | pass | im2col ms | Winograd ms | Winograd / im2col (median of rounds) |")
     print("|---|---|---|---|---|---|")
     chosen = args.layers.split(",")
-    for name, c, f, side in [layer for layer in LAYERS + [SMALL] if layer[0] in chosen]:
+    for name, c, f, side in [layer for layer in LAYERS + [SMALL, GRAY] if layer[0] in chosen]:
         for n in map(int, args.batches.split(",")):
             images = ImageInput(side, side, c)
             images.Feed(rng.standard_normal((n, c, side, side)).astype(np.float32))
             source = images
-            if name != "conv1":
+            if name not in FIRST:
                 # A layer between: the convolution then computes its input gradient, as
                 # conv2 and conv3 do in the network.
                 source = Activation("relu")

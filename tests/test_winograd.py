@@ -250,6 +250,7 @@ ROUTES = [
     (100, 32, 8, 64, 5, 1, True, True),      # conv3
     (100, 32, 4, 64, 5, 1, True, False),     # 4x4 outputs, too few tiles
     (100, 3, 32, 32, 5, 1, True, True),      # conv1: 3 channels, forward only
+    (100, 1, 32, 32, 5, 1, False, False),    # one channel: im2col (a non-BLAS matmul)
     (4, 32, 16, 32, 5, 1, False, False),     # one im2col chunk
     (100, 32, 16, 32, 3, 1, True, False),    # not 5x5
     (100, 32, 36, 32, 5, 2, True, False),    # strided

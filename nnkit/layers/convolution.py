@@ -39,8 +39,9 @@ alike, the per-filter rows slightly faster (the same step 80 against 85 ms). ``P
 picks the layout from the kernels numpy's OpenBLAS loaded, once per process, so results do
 not depend on timing; ``scatter_bias_rows`` and ``gather_rows_sum`` move between it and NCHW.
 
-Winograd: a 5x5, stride-1 layer with at least WINOGRAD_MIN_PIXELS output pixels per image,
-on more than one chunk of images, runs as Winograd F(4x4, 5x5) instead
+Winograd: a 5x5, stride-1 layer with at least WINOGRAD_MIN_PIXELS output pixels per image
+and WINOGRAD_MIN_FORWARD_CHANNELS input channels, on more than one chunk of images, runs as
+Winograd F(4x4, 5x5) instead
 (``nnkit._kernels.winograd``): 64 GEMMs of (F, C) by (C, tiles), 6.25x fewer
 multiplications than the im2col GEMM, between an input and an output transform. Backward
 too, given WINOGRAD_MIN_CHANNELS input channels: the weight gradient is the forward pass's
@@ -116,6 +117,14 @@ WINOGRAD_TILES = 192
 #: Winograd took 0.92 (batch 100) and 0.95 (256) of im2col's (``benchmarks/winograd.py
 #: --rounds 5``, training minus forward): too little, on one machine, to move the threshold.
 WINOGRAD_MIN_CHANNELS = 16
+#: The fewest input channels for which a 5x5 convolution's forward pass takes the Winograd
+#: route. With one channel the 64 GEMMs have an inner dimension of 1, for which numpy's
+#: matmul runs its own loop instead of BLAS: a grayscale 32x32 first layer of 32 filters
+#: took 5.3x im2col's time at batch 100, 4.2x at 256 (``benchmarks/winograd.py --layers
+#: gray --rounds 5``, Zen 4). Computing those products inside the output transform brought
+#: it to 1.04 of im2col's (not kept: im2col does as well without another kernel); with 2-4
+#: channels that kernel was even with numpy's GEMMs and the output transform.
+WINOGRAD_MIN_FORWARD_CHANNELS = 2
 #: G of Winograd F(4x4, 5x5), the weight transform U = G g G^T (``nnkit._kernels.winograd``):
 #: row j is p^k / prod(p - q over the other points q) for p = 0, 1, -1, 2, -2, 1/2, -1/2
 #: (row 0's sign flipped, as is B^T's row 0), then infinity.
@@ -402,7 +411,7 @@ class Convolution2D(Layer):
         ``pixels`` output pixels per image runs by Winograd (module notes)."""
         return (WINOGRAD and self.kernel == (5, 5) and self.stride == (1, 1)
                 and pixels >= WINOGRAD_MIN_PIXELS
-                and (not backward or channels >= WINOGRAD_MIN_CHANNELS))
+                and channels >= (WINOGRAD_MIN_CHANNELS if backward else WINOGRAD_MIN_FORWARD_CHANNELS))
 
     def _transposed_pad(self) -> tuple[int, int] | None:
         """The padding that turns the input gradient into a plain convolution, if any.
