@@ -71,6 +71,50 @@ def test_split_reraises_after_every_part_finished(threads):
     assert sorted(finished) == [0, 0, 1]
 
 
+@pytest.mark.parametrize("spin", [0.0, 200e-6, 0.05])
+def test_hand_offs_with_and_without_spinning(threads, monkeypatch, spin):
+    """Helpers take their jobs whether they spin for them (the next split comes within the
+    spin), sleep at once (no spin), or sleep after spinning (a pause longer than the spin),
+    and every part's result and exception reaches the caller."""
+    threads(3)
+    monkeypatch.setattr(parallel, "SPIN_SECONDS", spin)
+    out = np.zeros(30)
+
+    def fn(part: int, lo: int, hi: int) -> None:
+        out[lo:hi] += part + 1
+
+    for round_ in range(20):
+        parallel.split(fn, 30)
+        if round_ % 5 == 4:
+            threading.Event().wait(0.002)  # past a 200 us spin (the helpers sleep), within 50 ms
+    assert out.tolist() == [20.0] * 10 + [40.0] * 10 + [60.0] * 10
+
+    def failing(part: int, lo: int, hi: int) -> None:
+        if part == 2:
+            raise KeyError(f"part {part}")
+
+    for _ in range(3):
+        with pytest.raises(KeyError, match="part 2"):
+            parallel.split(failing, 30)
+
+
+def test_wait_until_sees_a_post_from_another_thread():
+    from nnkit._kernels import handoff
+
+    counters = np.zeros(2, np.int64)
+    assert not handoff.wait_until(counters, 0, 1, 0)           # one look, not there
+    assert not handoff.wait_until(counters, 0, 1, 2_000_000)   # 2 ms, nobody posts
+    poster = threading.Timer(0.01, handoff.post, (counters, 0, 3))
+    poster.start()
+    assert handoff.wait_until(counters, 0, 2, 5_000_000_000)   # 3 >= 2, long before 5 s
+    poster.join()
+    assert counters.tolist() == [3, 0]
+    with pytest.raises(IndexError, match="counter 2 of 2"):
+        handoff.post(counters, 2, 1)
+    with pytest.raises(IndexError, match="counter -1 of 2"):
+        handoff.wait_until(counters, -1, 1, 0)
+
+
 def test_a_split_inside_a_split_runs_alone(threads):
     threads(2)
     inner = []
