@@ -124,8 +124,10 @@ def grad_output_reference(dy: np.ndarray) -> np.ndarray:
     return dm.reshape(CELLS, f, n * th * tw)
 
 
+# Partial tiles, one tile, 4 tiles per tile row of an image, and 2 (so that 4 tiles at a
+# time cross from one image to the next).
 @pytest.mark.parametrize("n,f,oh,ow", [(2, 3, 4, 6), (1, 2, 5, 7), (3, 1, 1, 1), (2, 4, 16, 16),
-                                       (1, 2, 11, 9)])
+                                       (1, 2, 11, 9), (3, 2, 8, 8)])
 def test_grad_output_is_the_adjoint_of_the_output_transform(n, f, oh, ow):
     rng = np.random.default_rng(5)
     dy = rng.standard_normal((n, f, oh, ow))

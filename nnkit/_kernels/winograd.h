@@ -10,33 +10,48 @@
 #define NNKIT_WINOGRAD_H
 
 #include <stddef.h>
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#define NNKIT_WINO_HAVE_SSE 1
+#else
+#define NNKIT_WINO_HAVE_SSE 0
+#endif
 
+/* WINO_SSE: the float instances transpose 4x4 blocks with SSE (x86-64's baseline). */
 #define WINO_T float
+#define WINO_SSE NNKIT_WINO_HAVE_SSE
 #define WINO_ATTR
 #define WINO_NAME(base) base##_float_baseline
 #include "winograd_body.h"
 #undef WINO_T
 #undef WINO_NAME
+#undef WINO_SSE
 #define WINO_T double
+#define WINO_SSE 0
 #define WINO_NAME(base) base##_double_baseline
 #include "winograd_body.h"
 #undef WINO_T
 #undef WINO_NAME
+#undef WINO_SSE
 #undef WINO_ATTR
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define NNKIT_WINO_AVX2 1
 #define WINO_ATTR __attribute__((target("avx2,fma")))
 #define WINO_T float
+#define WINO_SSE 1
 #define WINO_NAME(base) base##_float_avx2
 #include "winograd_body.h"
 #undef WINO_T
 #undef WINO_NAME
+#undef WINO_SSE
 #define WINO_T double
+#define WINO_SSE 0
 #define WINO_NAME(base) base##_double_avx2
 #include "winograd_body.h"
 #undef WINO_T
 #undef WINO_NAME
+#undef WINO_SSE
 #undef WINO_ATTR
 #endif
 

@@ -156,6 +156,149 @@ WINO_ATTR static void WINO_NAME(collapse8)(
     }
 }
 
+/* Output row `row` of every image g (at row + g * plane, OW values) from its tiles'
+ * columns j = 0..3: column j of the row's tile (g, tw) is q0[j * s + g * TW + tw]. With OW
+ * a multiple of 4 each tile's 4 values are contiguous in the output, and float moves 4
+ * tiles at a time by a 4x4 transpose (SSE), across the images' boundaries: the scalar
+ * stores, one row of one image at a time, took over half the output transform's
+ * instructions on 16-wide planes. */
+WINO_ATTR static inline __attribute__((always_inline)) void WINO_NAME(scatter_row)(
+        const WINO_T *restrict q0, ptrdiff_t s, ptrdiff_t g_count, ptrdiff_t tw_count,
+        WINO_T *restrict row, ptrdiff_t plane, ptrdiff_t ow) {
+    const WINO_T *q1 = q0 + s, *q2 = q1 + s, *q3 = q2 + s;
+    if (ow & 3) {  /* a last, partial tile: image by image */
+        const ptrdiff_t full = ow / 4;
+        for (ptrdiff_t g = 0; g < g_count; g++) {
+            WINO_T *yr = row + g * plane;
+            const ptrdiff_t o = g * tw_count;
+            for (ptrdiff_t t = 0; t < full; t++) {
+                yr[4 * t] = q0[o + t];
+                yr[4 * t + 1] = q1[o + t];
+                yr[4 * t + 2] = q2[o + t];
+                yr[4 * t + 3] = q3[o + t];
+            }
+            const WINO_T *last[3] = {q0 + o, q1 + o, q2 + o};
+            for (ptrdiff_t j = 0; j < (ow & 3); j++)
+                yr[4 * full + j] = last[j][full];
+        }
+        return;
+    }
+    const ptrdiff_t n = g_count * tw_count;
+    ptrdiff_t t = 0, g = 0, tw = 0;            /* tile t is (g, tw) */
+#if WINO_SSE
+    if ((tw_count & 3) == 0) {  /* 4 tiles of one image: 16 outputs in a run */
+        for (g = 0; g < g_count; g++)
+            for (tw = 0; tw < tw_count; tw += 4) {
+                const ptrdiff_t u = g * tw_count + tw;
+                __m128 a = _mm_loadu_ps(q0 + u), b = _mm_loadu_ps(q1 + u);
+                __m128 c = _mm_loadu_ps(q2 + u), d = _mm_loadu_ps(q3 + u);
+                _MM_TRANSPOSE4_PS(a, b, c, d);
+                WINO_T *out = row + g * plane + 4 * tw;
+                _mm_storeu_ps(out, a);
+                _mm_storeu_ps(out + 4, b);
+                _mm_storeu_ps(out + 8, c);
+                _mm_storeu_ps(out + 12, d);
+            }
+        return;
+    }
+    for (; t + 4 <= n; t += 4) {
+        __m128 a = _mm_loadu_ps(q0 + t), b = _mm_loadu_ps(q1 + t);
+        __m128 c = _mm_loadu_ps(q2 + t), d = _mm_loadu_ps(q3 + t);
+        _MM_TRANSPOSE4_PS(a, b, c, d);         /* a: tile t's 4 values, b: t + 1's, ... */
+        __m128 tile[4] = {a, b, c, d};
+        for (int k = 0; k < 4; k++) {
+            _mm_storeu_ps(row + g * plane + 4 * tw, tile[k]);
+            if (++tw == tw_count) {
+                tw = 0;
+                g++;
+            }
+        }
+    }
+#endif
+    for (; t < n; t++) {
+        WINO_T *out = row + g * plane + 4 * tw;
+        out[0] = q0[t];
+        out[1] = q1[t];
+        out[2] = q2[t];
+        out[3] = q3[t];
+        if (++tw == tw_count) {
+            tw = 0;
+            g++;
+        }
+    }
+}
+
+/* The inverse of scatter_row: q0[j * s + g * TW + tw] = column j of row `row`'s tile
+ * (g, tw), for every image g (a last, partial tile's missing columns are left as they
+ * are). */
+WINO_ATTR static inline __attribute__((always_inline)) void WINO_NAME(gather_row)(
+        const WINO_T *restrict row, ptrdiff_t plane, ptrdiff_t ow, ptrdiff_t g_count,
+        ptrdiff_t tw_count, WINO_T *restrict q0, ptrdiff_t s) {
+    WINO_T *q1 = q0 + s, *q2 = q1 + s, *q3 = q2 + s;
+    if (ow & 3) {  /* a last, partial tile: image by image */
+        const ptrdiff_t full = ow / 4;
+        for (ptrdiff_t g = 0; g < g_count; g++) {
+            const WINO_T *yr = row + g * plane;
+            const ptrdiff_t o = g * tw_count;
+            for (ptrdiff_t t = 0; t < full; t++) {
+                q0[o + t] = yr[4 * t];
+                q1[o + t] = yr[4 * t + 1];
+                q2[o + t] = yr[4 * t + 2];
+                q3[o + t] = yr[4 * t + 3];
+            }
+            WINO_T *last[3] = {q0 + o, q1 + o, q2 + o};
+            for (ptrdiff_t j = 0; j < (ow & 3); j++)
+                last[j][full] = yr[4 * full + j];
+        }
+        return;
+    }
+    const ptrdiff_t n = g_count * tw_count;
+    ptrdiff_t t = 0, g = 0, tw = 0;            /* tile t is (g, tw) */
+#if WINO_SSE
+    if ((tw_count & 3) == 0) {  /* 4 tiles of one image: 16 values in a run */
+        for (g = 0; g < g_count; g++)
+            for (tw = 0; tw < tw_count; tw += 4) {
+                const WINO_T *in = row + g * plane + 4 * tw;
+                __m128 a = _mm_loadu_ps(in), b = _mm_loadu_ps(in + 4);
+                __m128 c = _mm_loadu_ps(in + 8), d = _mm_loadu_ps(in + 12);
+                _MM_TRANSPOSE4_PS(a, b, c, d);
+                const ptrdiff_t u = g * tw_count + tw;
+                _mm_storeu_ps(q0 + u, a);
+                _mm_storeu_ps(q1 + u, b);
+                _mm_storeu_ps(q2 + u, c);
+                _mm_storeu_ps(q3 + u, d);
+            }
+        return;
+    }
+    for (; t + 4 <= n; t += 4) {
+        __m128 tile[4];
+        for (int k = 0; k < 4; k++) {
+            tile[k] = _mm_loadu_ps(row + g * plane + 4 * tw);
+            if (++tw == tw_count) {
+                tw = 0;
+                g++;
+            }
+        }
+        _MM_TRANSPOSE4_PS(tile[0], tile[1], tile[2], tile[3]);
+        _mm_storeu_ps(q0 + t, tile[0]);
+        _mm_storeu_ps(q1 + t, tile[1]);
+        _mm_storeu_ps(q2 + t, tile[2]);
+        _mm_storeu_ps(q3 + t, tile[3]);
+    }
+#endif
+    for (; t < n; t++) {
+        const WINO_T *in = row + g * plane + 4 * tw;
+        q0[t] = in[0];
+        q1[t] = in[1];
+        q2[t] = in[2];
+        q3[t] = in[3];
+        if (++tw == tw_count) {
+            tw = 0;
+            g++;
+        }
+    }
+}
+
 /* y (G, F, OH, OW) = A^T M A (+ bias, if not NULL) for the tiles M (64, F, T), tile
  * (g, th, tw) at column (th * G + g) * TW + tw. */
 WINO_ATTR static void WINO_NAME(nnkit_winograd_output)(
@@ -167,7 +310,6 @@ WINO_ATTR static void WINO_NAME(nnkit_winograd_output)(
     const ptrdiff_t cell = f_count * pt;
     WINO_T *restrict z = scratch;                       /* z[4 xi + j][t]: A^T over nu */
     WINO_T *restrict q = scratch + 32 * pt;             /* q[4 i + j][t]: the outputs */
-    const ptrdiff_t full = ow / 4, rest = ow & 3;
     for (ptrdiff_t f = 0; f < f_count; f++) {  /* all the chunk's images at once */
         const WINO_T b = bias ? bias[f] : 0;
         const WINO_T *in = m + f * pt;
@@ -185,23 +327,11 @@ WINO_ATTR static void WINO_NAME(nnkit_winograd_output)(
                                  zj + 6 * s, zj + 7 * s, q + j * pt, q + (4 + j) * pt,
                                  q + (8 + j) * pt, q + (12 + j) * pt, b, pt);
         }
-        for (ptrdiff_t g = 0; g < g_count; g++) {
-            WINO_T *plane = y + (g * f_count + f) * oh * ow;
-            for (ptrdiff_t row = 0; row < oh; row++) {
-                const ptrdiff_t th = row >> 2, i = row & 3;
-                const WINO_T *q0 = q + 4 * i * pt + th * gt + g * tw_count;
-                const WINO_T *q1 = q0 + pt, *q2 = q1 + pt, *q3 = q2 + pt;
-                WINO_T *yr = plane + row * ow;
-                for (ptrdiff_t tw = 0; tw < full; tw++) {
-                    yr[4 * tw] = q0[tw];
-                    yr[4 * tw + 1] = q1[tw];
-                    yr[4 * tw + 2] = q2[tw];
-                    yr[4 * tw + 3] = q3[tw];
-                }
-                const WINO_T *last[3] = {q0, q1, q2};
-                for (ptrdiff_t j = 0; j < rest; j++)
-                    yr[4 * full + j] = last[j][full];
-            }
+        WINO_T *planes = y + f * oh * ow;                   /* image g's at g * F*OH*OW */
+        for (ptrdiff_t row = 0; row < oh; row++) {
+            const WINO_T *q0 = q + 4 * (row & 3) * pt + (row >> 2) * gt;
+            WINO_NAME(scatter_row)(q0, pt, g_count, tw_count, planes + row * ow,
+                                   f_count * oh * ow, ow);
         }
     }
 }
@@ -241,31 +371,21 @@ WINO_ATTR static void WINO_NAME(nnkit_winograd_grad_output)(
     const ptrdiff_t cell = f_count * pt;
     WINO_T *restrict q = scratch;                       /* q[4 i + j][t]: dY[i, j] */
     WINO_T *restrict z = scratch + 16 * pt;             /* z[8 i + nu][t]: A over j */
-    const ptrdiff_t full = ow / 4, rest = ow & 3;
     for (ptrdiff_t f = 0; f < f_count; f++) {  /* all the chunk's images at once */
         if ((oh | ow) & 3)
             for (ptrdiff_t k = 0; k < 16 * pt; k++)
                 q[k] = 0;
         double sum = 0;
+        const WINO_T *planes = dy + f * oh * ow;           /* image g's at g * F*OH*OW */
+        for (ptrdiff_t row = 0; row < oh; row++) {
+            WINO_T *q0 = q + 4 * (row & 3) * pt + (row >> 2) * gt;
+            WINO_NAME(gather_row)(planes + row * ow, f_count * oh * ow, ow, g_count, tw_count,
+                                  q0, pt);
+        }
         for (ptrdiff_t g = 0; g < g_count; g++) {
-            const WINO_T *plane = dy + (g * f_count + f) * oh * ow;
-            for (ptrdiff_t row = 0; row < oh; row++) {
-                const ptrdiff_t th = row >> 2, i = row & 3;
-                WINO_T *q0 = q + 4 * i * pt + th * gt + g * tw_count;
-                WINO_T *q1 = q0 + pt, *q2 = q1 + pt, *q3 = q2 + pt;
-                const WINO_T *yr = plane + row * ow;
-                for (ptrdiff_t tw = 0; tw < full; tw++) {
-                    q0[tw] = yr[4 * tw];
-                    q1[tw] = yr[4 * tw + 1];
-                    q2[tw] = yr[4 * tw + 2];
-                    q3[tw] = yr[4 * tw + 3];
-                }
-                WINO_T *last[3] = {q0, q1, q2};
-                for (ptrdiff_t j = 0; j < rest; j++)
-                    last[j][full] = yr[4 * full + j];
-                for (ptrdiff_t k = 0; k < ow; k++)
-                    sum += yr[k];
-            }
+            const WINO_T *plane = planes + g * f_count * oh * ow;
+            for (ptrdiff_t k = 0; k < oh * ow; k++)
+                sum += plane[k];
         }
         if (db)
             db[f] += sum;
