@@ -10,6 +10,7 @@
 #define NNKIT_WINOGRAD_H
 
 #include <stddef.h>
+#include <string.h>
 #if defined(__SSE2__)
 #include <xmmintrin.h>
 #define NNKIT_WINO_HAVE_SSE 1

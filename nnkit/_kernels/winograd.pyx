@@ -73,8 +73,8 @@ cpdef Py_ssize_t input_scratch(Py_ssize_t g, Py_ssize_t h, Py_ssize_t w, Py_ssiz
                                Py_ssize_t pw):
     """Values of scratch ``winograd_input`` needs for G (H, W) images padded by (ph, pw)."""
     cdef Py_ssize_t th = (h + 2 * ph - 1) // 4, tw = (w + 2 * pw - 1) // 4
-    # p and q (4 phases of every padded row), u (the row transforms)
-    return 8 * (4 * th + 4) * g * tw + 32 * (th + 1) * g * tw
+    # p and q (4 phases of every padded row), u (the row transforms), one padded row
+    return 8 * (4 * th + 4) * g * tw + 32 * (th + 1) * g * tw + 4 * tw + 4
 
 
 cpdef Py_ssize_t output_scratch(Py_ssize_t g, Py_ssize_t oh, Py_ssize_t ow):

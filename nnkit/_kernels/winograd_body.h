@@ -31,45 +31,6 @@ WINO_ATTR static inline __attribute__((always_inline)) void WINO_NAME(transform8
     }
 }
 
-/* o_k[j] = row[4 j + k + off] for one group j, zero where that cell is outside the row (of
- * w cells). */
-WINO_ATTR static inline __attribute__((always_inline)) void WINO_NAME(fill_edge)(
-        const WINO_T *restrict row, ptrdiff_t w, ptrdiff_t off, ptrdiff_t j,
-        WINO_T *const out[4]) {
-    for (ptrdiff_t k = 0; k < 4; k++) {
-        const ptrdiff_t col = 4 * j + k + off;
-        out[k][j] = 0 <= col && col < w ? row[col] : 0;
-    }
-}
-
-/* o_k[j] = row[4 j + k + off] for j < n, zero where that cell is outside the row (of w
- * cells): the four phases of a padded row. The groups inside the row are copied without
- * a test, the four phases in one loop (0.48-0.69 of the instructions of one loop of tests
- * per phase, by callgrind, on the CIFAR-10 layers' chunks). */
-WINO_ATTR static inline __attribute__((always_inline)) void WINO_NAME(fill_phases)(
-        const WINO_T *restrict row, ptrdiff_t w, ptrdiff_t off, ptrdiff_t n,
-        WINO_T *restrict o0, WINO_T *restrict o1, WINO_T *restrict o2, WINO_T *restrict o3) {
-    /* The groups inside: 0 <= 4 j + off and 4 j + 3 + off < w, for lo <= j < hi. */
-    ptrdiff_t hi = w - 4 - off >= 0 ? (w - 4 - off) / 4 + 1 : 0;
-    if (hi > n)
-        hi = n;
-    ptrdiff_t lo = off >= 0 ? 0 : (3 - off) / 4;
-    if (lo > hi)
-        lo = hi;
-    WINO_T *const out[4] = {o0, o1, o2, o3};
-    for (ptrdiff_t j = 0; j < lo; j++)
-        WINO_NAME(fill_edge)(row, w, off, j, out);
-    for (ptrdiff_t j = lo; j < hi; j++) {
-        const WINO_T *cell = row + 4 * j + off;
-        o0[j] = cell[0];
-        o1[j] = cell[1];
-        o2[j] = cell[2];
-        o3[j] = cell[3];
-    }
-    for (ptrdiff_t j = hi; j < n; j++)
-        WINO_NAME(fill_edge)(row, w, off, j, out);
-}
-
 /* V (64, C, T) = B^T d B for every 8x8 patch d of x (G, C, H, W), pad (ph, pw); tile
  * (g, th, tw) is column (th * G + g) * TW + tw of V (winograd.pyx). */
 WINO_ATTR static void WINO_NAME(nnkit_winograd_input)(
@@ -89,24 +50,39 @@ WINO_ATTR static void WINO_NAME(nnkit_winograd_input)(
     WINO_T *restrict q = p + 4 * pq;
     WINO_T *restrict u = q + 4 * pq;
     const ptrdiff_t u_rows = (th_count + 1) * gt;                 /* per (nu, phase) */
+    /* One padded row, cells 0 .. 4 TW + 3 (which cover w + 2 pw): its padding stays zero,
+     * each image row is copied into cells pw .. pw + w - 1. */
+    WINO_T *restrict padded = u + 32 * u_rows;
+    for (ptrdiff_t k = 0; k < 4 * tw_count + 4; k++)
+        padded[k] = 0;
     for (ptrdiff_t c = 0; c < c_count; c++) {
         for (ptrdiff_t g = 0; g < g_count; g++) {
             const WINO_T *plane = x + (g * c_count + c) * h * w;
             for (ptrdiff_t r = 0; r < rows; r++) {
                 const ptrdiff_t ir = r - ph;
                 WINO_T *p0 = p + r * gt + g * tw_count, *q0 = q + (p0 - p);
+                WINO_T *p1 = p0 + pq, *p2 = p1 + pq, *p3 = p2 + pq;
+                WINO_T *q1 = q0 + pq, *q2 = q1 + pq, *q3 = q2 + pq;
                 if (ir < 0 || ir >= h) {  /* a padding row */
-                    for (ptrdiff_t k = 0; k < 4; k++)
-                        for (ptrdiff_t j = 0; j < tw_count; j++)
-                            p0[k * pq + j] = q0[k * pq + j] = 0;
+                    for (ptrdiff_t j = 0; j < tw_count; j++)
+                        p0[j] = p1[j] = p2[j] = p3[j] = q0[j] = q1[j] = q2[j] = q3[j] = 0;
                     continue;
                 }
-                /* Cells 4 j + k of the padded row into p, cells 4 (j + 1) + k into q. */
-                const WINO_T *row = plane + ir * w;
-                WINO_NAME(fill_phases)(row, w, -pw, tw_count, p0, p0 + pq, p0 + 2 * pq,
-                                       p0 + 3 * pq);
-                WINO_NAME(fill_phases)(row, w, 4 - pw, tw_count, q0, q0 + pq, q0 + 2 * pq,
-                                       q0 + 3 * pq);
+                /* Cells 4 j + k of the padded row into p, cells 4 (j + 1) + k into q:
+                 * copied without a test from the padded copy (a test per cell took twice
+                 * the instructions). */
+                memcpy(padded + pw, plane + ir * w, w * sizeof(WINO_T));
+                for (ptrdiff_t j = 0; j < tw_count; j++) {
+                    const WINO_T *cell = padded + 4 * j;
+                    p0[j] = cell[0];
+                    p1[j] = cell[1];
+                    p2[j] = cell[2];
+                    p3[j] = cell[3];
+                    q0[j] = cell[4];
+                    q1[j] = cell[5];
+                    q2[j] = cell[6];
+                    q3[j] = cell[7];
+                }
             }
         }
         /* Row transform, all the chunk's images at once: 8 outputs per tile. In a loop of
