@@ -8,9 +8,9 @@ pass (forward and backward, the input gradient included except for the first lay
 both ways, one right after the other, so that the machine's drift hits both alike. Prints
 the median ms of each route and the median of the per-round ratios (Winograd / im2col,
 lower is faster). The layers are the CIFAR-10 CNN's (``examples/cifar10_cnn.conf``) at their
-input shapes, float32, on nnkit's threads; conv1 takes the Winograd route here although the
-layer keeps its backward pass on im2col (``WINOGRAD_MIN_CHANNELS``), and so does the one-channel
-layer ``gray`` although it keeps its forward pass there too, so that their costs show.
+input shapes, float32, on nnkit's threads; the one-channel layer ``gray`` takes the Winograd
+route here although the layer keeps its passes on im2col (``WINOGRAD_MIN_FORWARD_CHANNELS``,
+``WINOGRAD_MIN_CHANNELS``), so that its cost shows.
 """
 from __future__ import annotations
 

@@ -251,7 +251,7 @@ ROUTES = [
     (100, 32, 16, 32, 5, 1, False, True),    # conv2, evaluation
     (100, 32, 8, 64, 5, 1, True, True),      # conv3
     (100, 32, 4, 64, 5, 1, True, False),     # 4x4 outputs, too few tiles
-    (100, 3, 32, 32, 5, 1, True, True),      # conv1: 3 channels, forward only
+    (100, 3, 32, 32, 5, 1, True, True),      # conv1: 3 channels
     (100, 1, 32, 32, 5, 1, False, False),    # one channel: im2col (a non-BLAS matmul)
     (4, 32, 16, 32, 5, 1, False, False),     # one im2col chunk
     (100, 32, 16, 32, 3, 1, True, False),    # not 5x5
@@ -273,8 +273,8 @@ def test_which_layers_take_the_route(monkeypatch, n, c, h, f, kernel, stride, tr
     assert not calls
 
 
-@pytest.mark.parametrize("c,takes", [(3, False), (16, True)])
-def test_backward_takes_the_route_from_16_channels(monkeypatch, c, takes):
+@pytest.mark.parametrize("c,takes", [(1, False), (2, False), (3, True), (16, True)])
+def test_backward_takes_the_route_from_3_channels(monkeypatch, c, takes):
     calls = []
     monkeypatch.setattr(Convolution2D, "_winograd_backward",
                         lambda self, *args: calls.append(self))

@@ -111,12 +111,15 @@ PIXEL_ROWS = (parallel.blas_kernels() or "").lower() in AVX512_KERNELS
 #: size: the CIFAR-10 conv3 (64 filters) takes 96.
 WINOGRAD_TILES = 192
 #: The fewest input channels for which a 5x5 convolution's backward pass takes the Winograd
-#: route: with few channels its weight-gradient GEMMs are too thin to win (the CIFAR-10
-#: conv1, C = 3: forward 0.90 of im2col's time, forward and backward 1.17). On a Zen 5
-#: machine, with the transforms over the whole chunk, conv1's backward pass alone by
-#: Winograd took 0.92 (batch 100) and 0.95 (256) of im2col's (``benchmarks/winograd.py
-#: --rounds 5``, training minus forward): too little, on one machine, to move the threshold.
-WINOGRAD_MIN_CHANNELS = 16
+#: route. With few channels its weight-gradient GEMMs are thin: with the first transforms
+#: the CIFAR-10 conv1 (C = 3) lost (forward and backward 1.17 of im2col's time), and with
+#: the transforms over the whole chunk its backward pass alone took 0.92-0.95 of im2col's
+#: on a Zen 5 machine. With the transforms' copies vectorized (no test per cell, 4x4
+#: transposes) it took 0.85 at batch 100 and at 256 on a Zen 4 machine
+#: (``benchmarks/winograd.py --rounds 9 --layers conv1``, training minus forward), so 3
+#: channels take the route. One or two do not: a GEMM with a dimension of 1 leaves BLAS
+#: (``WINOGRAD_MIN_FORWARD_CHANNELS``).
+WINOGRAD_MIN_CHANNELS = 3
 #: The fewest input channels for which a 5x5 convolution's forward pass takes the Winograd
 #: route. With one channel the 64 GEMMs have an inner dimension of 1, for which numpy's
 #: matmul runs its own loop instead of BLAS: a grayscale 32x32 first layer of 32 filters
