@@ -13,10 +13,10 @@ split of two parts that do nothing took 68.6 us on a 2-core one). So a helper th
 a job first spins for SPIN_SECONDS (200 us), without the GIL, on a counter of the jobs it
 was given (``nnkit._kernels.handoff``), and only then sleeps on its queue; the caller spins
 likewise for its helpers' parts before it sleeps. The empty split then took 38.5 us, and
-the CIFAR-10 CNN's inference step at batch 100 0.974-0.988 of its time without the spins
-(medians of 11 alternating rounds in one process, five runs; spins of 50 us and 1 ms gave
-the same), its training step 0.988; the MLP's training step 1.005, the CNN's at batch 1
-(no split there has two parts) 0.97. The spins are short, so they are not the pools
+the CIFAR-10 CNN's inference step at batch 100 0.974 and 0.984 of its time without the
+spins (medians of 11 alternating rounds in one process, two runs; spins of 50 us and 1 ms
+gave 0.984 and 0.985), its training step 0.988; the MLP's training step 1.005, the CNN's at
+batch 1 (no split there has two parts) 0.97. The spins are short, so they are not the pools
 spinning against each other that the notes below keep out: a product right after a split
 shares its core with a helper's spin for at most 200 us.
 
